@@ -1,0 +1,41 @@
+//! # ringcast-core: the pure heart of ringcast
+//!
+//! Everything in this crate is deterministic: no sockets, no tasks, no clock, no OS
+//! randomness. Time enters as [`Millis`] arguments and identities as values, so every
+//! behaviour can be unit- and property-tested without a runtime (the sans-IO shape of
+//! `quinn-proto`). The I/O crates (`ringcastd`, later the cluster crate) are thin drivers
+//! that feed inputs in and act on what comes out.
+//!
+//! What lives here, top-down along the data path:
+//! - [`name`]: validated names ([`ChannelName`], [`NamespaceName`], [`NodeId`], [`ConnId`]).
+//! - [`slot`] and [`ring`]: channel -> slot -> owning node, via `hashring` with virtual
+//!   nodes, precomputed per membership view.
+//! - [`namespace`]: per-namespace options (history, limits, policies) and their validation.
+//! - [`log`]: one channel's stream: `(epoch, offset)` sequencing, the history window,
+//!   idempotency dedup ([`dedup`]), recovery decisions and history pages.
+//! - [`caps`]: channel capability patterns carried in client tokens.
+//! - [`ratelimit`]: token buckets on an injected clock.
+//!
+//! What does not live here: encoding (see `ringcast-proto`), networking, configuration
+//! files, and anything that awaits.
+
+pub mod caps;
+pub mod dedup;
+pub mod log;
+pub mod name;
+pub mod namespace;
+pub mod position;
+pub mod ratelimit;
+pub mod ring;
+pub mod slot;
+pub mod time;
+
+pub use caps::{ChannelPattern, PatternError};
+pub use log::{Appended, ChannelLog, HistoryPage, NotRecoveredReason, Recovery};
+pub use name::{ChannelName, ConnId, NameError, NamespaceName, NodeId};
+pub use namespace::{BackpressurePolicy, NamespaceError, NamespaceOptions};
+pub use position::{Epoch, Offset, PositionError, StreamPosition};
+pub use ratelimit::TokenBucket;
+pub use ring::{Ring, RingError};
+pub use slot::{Slot, SLOTS};
+pub use time::Millis;

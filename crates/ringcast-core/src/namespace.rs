@@ -1,0 +1,184 @@
+//! Namespace options: per-namespace behaviour of its channels.
+//!
+//! A channel's namespace is the part of its name before the first `:` (`scores` in
+//! `scores:nba:lakers`; `default` when there is none). Options come from the `[namespaces.NAME]`
+//! tables of the configuration file; this module owns their shape, defaults and
+//! validation, so a bad value is refused before the node starts.
+
+use crate::dedup::DedupPolicy;
+use crate::log::HistoryPolicy;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Largest `max_message_bytes` any namespace may set.
+pub const MAX_MESSAGE_BYTES_CEILING: usize = 1024 * 1024;
+/// Largest `history_size` any namespace may set.
+pub const MAX_HISTORY_SIZE: usize = 100_000;
+/// Longest `history_ttl` any namespace may set.
+pub const MAX_HISTORY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What to do when a subscriber's send queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BackpressurePolicy {
+    /// Drop the oldest queued messages, then tell the client with a `gap`.
+    DropOldest,
+    /// Drop the new message, then tell the client with a `gap`.
+    DropNewest,
+    /// Close the connection with `slow_consumer`; the client resumes from history.
+    #[default]
+    Disconnect,
+    /// Replace a queued message with a newer one for the same key (scoreboards).
+    KeepLatest,
+}
+
+/// Options of one namespace. Every field has a default, documented on the field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceOptions {
+    /// Messages kept per channel for recovery and history (default 300).
+    pub history_size: usize,
+    /// Longest a message is kept (default `"2m"`).
+    #[serde(with = "crate::time::serde_duration")]
+    pub history_ttl: Duration,
+    /// Whether clients may publish (default true). Scoreboards set false: only the
+    /// server API publishes.
+    pub client_publish: bool,
+    /// Largest `data` of a publish, in bytes of its JSON text (default 65536).
+    pub max_message_bytes: usize,
+    /// Whether connections without a token may subscribe (and publish, if
+    /// `client_publish`) (default false).
+    pub anonymous: bool,
+    /// Slow-subscriber policy (default `disconnect`).
+    pub backpressure: BackpressurePolicy,
+    /// How long an idempotency key is remembered (default `"2m"`).
+    #[serde(with = "crate::time::serde_duration")]
+    pub dedup_window: Duration,
+}
+
+impl Default for NamespaceOptions {
+    fn default() -> Self {
+        NamespaceOptions {
+            history_size: 300,
+            history_ttl: Duration::from_secs(120),
+            client_publish: true,
+            max_message_bytes: 64 * 1024,
+            anonymous: false,
+            backpressure: BackpressurePolicy::Disconnect,
+            dedup_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A namespace option out of range. The text names the field and the allowed range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct NamespaceError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl NamespaceOptions {
+    /// Checks ranges that serde cannot express.
+    pub fn validate(&self) -> Result<(), NamespaceError> {
+        let err = |field, problem: String| Err(NamespaceError { field, problem });
+        if self.history_size > MAX_HISTORY_SIZE {
+            return err(
+                "history_size",
+                format!(
+                    "{} is above the maximum {MAX_HISTORY_SIZE}",
+                    self.history_size
+                ),
+            );
+        }
+        if self.history_ttl > MAX_HISTORY_TTL {
+            return err("history_ttl", "must be at most 24h".into());
+        }
+        if self.history_size > 0 && self.history_ttl.is_zero() {
+            return err(
+                "history_ttl",
+                "must be above zero when history_size is above zero".into(),
+            );
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes > MAX_MESSAGE_BYTES_CEILING {
+            return err(
+                "max_message_bytes",
+                format!(
+                    "{} is outside 1..={MAX_MESSAGE_BYTES_CEILING}",
+                    self.max_message_bytes
+                ),
+            );
+        }
+        if self.dedup_window.is_zero() || self.dedup_window > Duration::from_secs(3600) {
+            return err("dedup_window", "must be between 1ms and 1h".into());
+        }
+        Ok(())
+    }
+
+    #[must_use]
+    pub fn history_policy(&self) -> HistoryPolicy {
+        HistoryPolicy {
+            size: self.history_size,
+            ttl: self.history_ttl,
+        }
+    }
+
+    #[must_use]
+    pub fn dedup_policy(&self) -> DedupPolicy {
+        DedupPolicy {
+            window: self.dedup_window,
+            ..DedupPolicy::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let d = NamespaceOptions::default();
+        assert_eq!(d.validate(), Ok(()));
+        assert_eq!(
+            (d.history_size, d.history_ttl),
+            (300, Duration::from_secs(120))
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_field() {
+        let bad = NamespaceOptions {
+            max_message_bytes: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.validate().map_err(|e| e.field),
+            Err("max_message_bytes")
+        );
+        let bad = NamespaceOptions {
+            history_size: MAX_HISTORY_SIZE + 1,
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("history_size"));
+        let bad = NamespaceOptions {
+            history_ttl: Duration::ZERO,
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("history_ttl"));
+    }
+
+    #[test]
+    fn policies_parse_by_snake_case_name() {
+        for (s, p) in [
+            ("drop_oldest", BackpressurePolicy::DropOldest),
+            ("drop_newest", BackpressurePolicy::DropNewest),
+            ("disconnect", BackpressurePolicy::Disconnect),
+            ("keep_latest", BackpressurePolicy::KeepLatest),
+        ] {
+            let v: Result<BackpressurePolicy, _> = serde_json::from_str(&format!("\"{s}\""));
+            assert_eq!(v.ok(), Some(p));
+        }
+        assert!(serde_json::from_str::<BackpressurePolicy>("\"drop_all\"").is_err());
+    }
+}
