@@ -1,1 +1,14 @@
-//! placeholder
+//! # ringcast-proto: what crosses the wire
+//!
+//! - [`client`]: the WebSocket client protocol (JSON text frames): decoding commands
+//!   with precise, client-visible errors, and encoding replies and pushes.
+//! - [`codes`]: the stable [`ErrorCode`]s and WebSocket [`CloseCode`]s, whose tables in
+//!   `proto/client.md` are kept in sync by a test.
+//!
+//! The normative description lives in `proto/client.md`; golden frames under
+//! `proto/golden/` are read by the tests in both directions. This crate does no I/O.
+
+pub mod client;
+pub mod codes;
+
+pub use codes::{CloseCode, ErrorCode};

@@ -1,0 +1,516 @@
+//! The client protocol: one JSON object per WebSocket text frame.
+//!
+//! [`decode_command`] turns a frame into a [`Request`] or a [`DecodeError`] that already
+//! carries the client-visible code, message and (when it could be read) the command's
+//! `id`, so the session can answer every bad frame precisely and keep going.
+//!
+//! The `encode_*` functions build server frames. A `message` push is encoded once per
+//! publish and its bytes are shared by history, replay and every subscriber.
+
+use crate::codes::ErrorCode;
+use ringcast_core::dedup::MAX_IDEMPOTENCY_KEY_BYTES;
+use ringcast_core::{ChannelName, Epoch, NotRecoveredReason, Offset, StreamPosition};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// Largest command id (ids must survive a round trip through a JavaScript number).
+pub const MAX_COMMAND_ID: u64 = (1 << 53) - 1;
+/// Largest `limit` of a history request.
+pub const MAX_HISTORY_LIMIT: u32 = 1000;
+/// `limit` of a history request that gives none.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
+
+/// A decoded command with its id.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: u64,
+    pub command: Command,
+}
+
+/// Where a resuming subscriber stands. `epoch` is `None` when the client sent an empty or
+/// absent epoch: it cannot prove continuity, so recovery answers `epoch_changed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since {
+    pub epoch: Option<Epoch>,
+    pub offset: Offset,
+}
+
+/// Client commands. See `proto/client.md` for each one's reply.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Connect { token: Option<String> },
+    Refresh { token: String },
+    Subscribe { channel: ChannelName, since: Option<Since> },
+    Unsubscribe { channel: ChannelName },
+    Publish { channel: ChannelName, data: Box<RawValue>, idempotency_key: Option<String> },
+    History { channel: ChannelName, before: Option<Offset>, limit: u32 },
+    Ping,
+}
+
+/// A frame that could not be decoded, with what to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    /// The command's id, when it could be read (errors then echo it).
+    pub id: Option<u64>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<'a> {
+    id: u64,
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default, borrow)]
+    since: Option<&'a RawValue>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    before: Option<u64>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSince<'a> {
+    #[serde(default, borrow)]
+    epoch: Option<Cow<'a, str>>,
+    offset: u64,
+}
+
+fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> DecodeError {
+    DecodeError { id, code, message: message.into() }
+}
+
+/// Decodes one text frame.
+pub fn decode_command(text: &str) -> Result<Request, DecodeError> {
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        // Echo the id if the frame at least has a readable one.
+        let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|r| r.id);
+        err(id, ErrorCode::BadRequest, format!("malformed command: {e}"))
+    })?;
+    let id = env.id;
+    if id > MAX_COMMAND_ID {
+        return Err(err(None, ErrorCode::BadRequest, format!("id must be at most {MAX_COMMAND_ID}")));
+    }
+    let some = Some(id);
+    let channel = |c: &Option<Cow<'_, str>>| -> Result<ChannelName, DecodeError> {
+        let raw = c
+            .as_deref()
+            .ok_or_else(|| err(some, ErrorCode::BadRequest, format!("`{}` needs a `channel`", env.kind)))?;
+        ChannelName::new(raw).map_err(|e| err(some, ErrorCode::InvalidChannel, format!("invalid channel: {e}")))
+    };
+    let command = match env.kind.as_ref() {
+        "connect" => Command::Connect { token: env.token },
+        "refresh" => Command::Refresh {
+            token: env.token.ok_or_else(|| err(some, ErrorCode::BadRequest, "`refresh` needs a `token`"))?,
+        },
+        "subscribe" => Command::Subscribe {
+            channel: channel(&env.channel)?,
+            since: env.since.map(|raw| decode_since(raw, id)).transpose()?,
+        },
+        "unsubscribe" => Command::Unsubscribe { channel: channel(&env.channel)? },
+        "publish" => {
+            let channel = channel(&env.channel)?;
+            let data = env.data.ok_or_else(|| err(some, ErrorCode::BadRequest, "`publish` needs `data`"))?;
+            if let Some(key) = &env.idempotency_key {
+                check_idempotency_key(key).map_err(|m| err(some, ErrorCode::InvalidIdempotencyKey, m))?;
+            }
+            Command::Publish { channel, data, idempotency_key: env.idempotency_key }
+        }
+        "history" => Command::History {
+            channel: channel(&env.channel)?,
+            before: env.before.map(Offset),
+            limit: check_history_limit(env.limit).map_err(|m| err(some, ErrorCode::BadRequest, m))?,
+        },
+        "ping" => Command::Ping,
+        other => {
+            return Err(err(
+                some,
+                ErrorCode::UnknownCommand,
+                format!("unknown command type {other:?}; see proto/client.md"),
+            ))
+        }
+    };
+    Ok(Request { id, command })
+}
+
+fn decode_since(raw: &RawValue, id: u64) -> Result<Since, DecodeError> {
+    let bad = |m: String| err(Some(id), ErrorCode::InvalidPosition, m);
+    let s: RawSince<'_> = serde_json::from_str(raw.get())
+        .map_err(|e| bad(format!("`since` must be {{\"epoch\": \"<decimal>\", \"offset\": <0..2^64>}}: {e}")))?;
+    let epoch = match s.epoch.as_deref() {
+        None | Some("") => None,
+        Some(e) => Some(e.parse::<Epoch>().map_err(|e| bad(format!("`since.epoch`: {e}")))?),
+    };
+    Ok(Since { epoch, offset: Offset(s.offset) })
+}
+
+/// Idempotency keys: 1..=128 bytes of printable ASCII.
+pub fn check_idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "idempotency_key must be 1..={MAX_IDEMPOTENCY_KEY_BYTES} bytes of printable ASCII"
+        ));
+    }
+    Ok(())
+}
+
+/// History limits: 1..=1000, default 100.
+pub fn check_history_limit(limit: Option<u32>) -> Result<u32, String> {
+    match limit {
+        None => Ok(DEFAULT_HISTORY_LIMIT),
+        Some(l) if (1..=MAX_HISTORY_LIMIT).contains(&l) => Ok(l),
+        Some(l) => Err(format!("limit {l} is outside 1..={MAX_HISTORY_LIMIT}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Server frames.
+
+#[derive(Serialize)]
+struct MessagePush<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    channel: &'a str,
+    epoch: Epoch,
+    offset: Offset,
+    data: &'a RawValue,
+}
+
+/// The `message` push for one sequenced publish. Encoded once, shared by every reader.
+#[must_use]
+pub fn encode_message(channel: &ChannelName, position: StreamPosition, data: &RawValue) -> String {
+    to_json(&MessagePush {
+        kind: "message",
+        channel: channel.as_str(),
+        epoch: position.epoch,
+        offset: position.offset,
+        data,
+    })
+}
+
+/// Fields of a `connected` reply.
+#[derive(Debug, Serialize)]
+pub struct Connected<'a> {
+    /// Connection id, unique on this node.
+    pub client: String,
+    pub node: &'a str,
+    /// `sub` of the token; absent for anonymous connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
+    /// Token expiry (unix seconds); absent when the token does not expire.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    pub ping_interval_ms: u64,
+    pub version: &'a str,
+}
+
+/// The outcome of `subscribe`, as sent in the `subscribed` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeOutcome {
+    /// No `since` was given: live messages from `position` on.
+    Fresh,
+    /// `since` was honoured: `replayed` messages follow this reply, then live ones.
+    Recovered { replayed: usize },
+    /// `since` could not be honoured; history holds `oldest..=newest`.
+    NotRecovered { reason: NotRecoveredReason, oldest: Offset, newest: Offset },
+}
+
+#[derive(Serialize)]
+struct Reply<'a, T: Serialize> {
+    id: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    body: T,
+    #[serde(skip)]
+    _p: std::marker::PhantomData<&'a ()>,
+}
+
+fn reply<T: Serialize>(id: u64, kind: &'static str, body: T) -> String {
+    to_json(&Reply { id, kind, body, _p: std::marker::PhantomData })
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    // Invariant: these types serialise to JSON without fail (no maps with non-string
+    // keys, no failing Serialize impls); an empty object is a safe fallback.
+    serde_json::to_string(v).unwrap_or_else(|_| String::from("{}"))
+}
+
+#[must_use]
+pub fn encode_connected(id: u64, c: &Connected<'_>) -> String {
+    reply(id, "connected", c)
+}
+
+#[must_use]
+pub fn encode_subscribed(id: u64, channel: &ChannelName, top: StreamPosition, outcome: SubscribeOutcome) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+        epoch: Epoch,
+        offset: Offset,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replayed: Option<usize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        oldest: Option<Offset>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        newest: Option<Offset>,
+    }
+    let mut b = Body {
+        channel: channel.as_str(),
+        epoch: top.epoch,
+        offset: top.offset,
+        recovered: None,
+        replayed: None,
+        reason: None,
+        oldest: None,
+        newest: None,
+    };
+    match outcome {
+        SubscribeOutcome::Fresh => {}
+        SubscribeOutcome::Recovered { replayed } => {
+            b.recovered = Some(true);
+            b.replayed = Some(replayed);
+        }
+        SubscribeOutcome::NotRecovered { reason, oldest, newest } => {
+            b.recovered = Some(false);
+            b.reason = Some(reason.as_str());
+            b.oldest = Some(oldest);
+            b.newest = Some(newest);
+        }
+    }
+    reply(id, "subscribed", b)
+}
+
+#[must_use]
+pub fn encode_unsubscribed(id: u64, channel: &ChannelName) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+    }
+    reply(id, "unsubscribed", Body { channel: channel.as_str() })
+}
+
+/// The body of a publish acknowledgement (WebSocket `ack` and HTTP publish).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Ack<'a> {
+    pub channel: &'a str,
+    pub epoch: Epoch,
+    pub offset: Offset,
+    /// True when this ack repeats an earlier one for the same idempotency key.
+    pub duplicate: bool,
+}
+
+#[must_use]
+pub fn encode_ack(id: u64, ack: &Ack<'_>) -> String {
+    reply(id, "ack", ack)
+}
+
+/// A page of history. `messages` are `message` push frames, oldest first.
+#[derive(Debug)]
+pub struct HistoryReply<'a, M> {
+    pub channel: &'a str,
+    pub epoch: Epoch,
+    pub oldest: Offset,
+    pub newest: Offset,
+    pub next_before: Option<Offset>,
+    pub messages: &'a [M],
+}
+
+/// Encodes a page of history whose messages are already-encoded push frames.
+/// With `id`, a WebSocket `history` reply; without, the HTTP response body.
+#[must_use]
+pub fn encode_history<M: AsRef<str>>(id: Option<u64>, h: &HistoryReply<'_, M>) -> String {
+    #[derive(Serialize)]
+    struct Head<'a> {
+        channel: &'a str,
+        epoch: Epoch,
+        oldest: Offset,
+        newest: Offset,
+        next_before: Option<Offset>,
+    }
+    let head = Head { channel: h.channel, epoch: h.epoch, oldest: h.oldest, newest: h.newest, next_before: h.next_before };
+    let head = match id {
+        Some(id) => reply(id, "history", head),
+        None => to_json(&head),
+    };
+    // Splice the pre-encoded messages in without re-parsing them.
+    let body_len: usize = h.messages.iter().map(|m| m.as_ref().len() + 1).sum();
+    let mut out = String::with_capacity(head.len() + body_len + 16);
+    out.push_str(head.strip_suffix('}').unwrap_or(&head));
+    out.push_str(",\"messages\":[");
+    for (i, m) in h.messages.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(m.as_ref());
+    }
+    out.push_str("]}");
+    out
+}
+
+#[must_use]
+pub fn encode_refreshed(id: u64, expires_at: Option<u64>) -> String {
+    #[derive(Serialize)]
+    struct Body {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
+    }
+    reply(id, "refreshed", Body { expires_at })
+}
+
+#[must_use]
+pub fn encode_pong(id: u64) -> String {
+    #[derive(Serialize)]
+    struct Body {}
+    reply(id, "pong", Body {})
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'static str,
+    message: &'a str,
+}
+
+/// An `error` reply. `id` is absent when the frame's id could not be read.
+#[must_use]
+pub fn encode_error(id: Option<u64>, code: ErrorCode, message: &str) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        error: ErrorBody<'a>,
+    }
+    to_json(&Frame { id, kind: "error", error: ErrorBody { code: code.as_str(), message } })
+}
+
+/// The HTTP API's error body: `{"error": {"code", "message"}}`.
+#[must_use]
+pub fn encode_http_error(code: ErrorCode, message: &str) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        error: ErrorBody<'a>,
+    }
+    to_json(&Frame { error: ErrorBody { code: code.as_str(), message } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(s: &str) -> Result<Request, DecodeError> {
+        decode_command(s)
+    }
+
+    fn code(s: &str) -> (Option<u64>, ErrorCode) {
+        match dec(s) {
+            Err(e) => (e.id, e.code),
+            Ok(r) => panic!("{s} decoded to {r:?}"),
+        }
+    }
+
+    #[test]
+    fn each_bad_frame_gets_its_code_and_keeps_the_id_when_readable() {
+        assert_eq!(code("not json"), (None, ErrorCode::BadRequest));
+        assert_eq!(code("[]"), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"ping"}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"id":"1","type":"ping"}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"id":-1,"type":"ping"}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"id":9007199254740992,"type":"ping"}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"id":3,"type":"fly"}"#), (Some(3), ErrorCode::UnknownCommand));
+        assert_eq!(code(r#"{"id":3,"type":"ping","extra":1}"#), (Some(3), ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"id":4,"type":"subscribe"}"#), (Some(4), ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"id":4,"type":"subscribe","channel":"a b"}"#), (Some(4), ErrorCode::InvalidChannel));
+        assert_eq!(code(r#"{"id":4,"type":"subscribe","channel":7}"#), (Some(4), ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"id":5,"type":"publish","channel":"c"}"#), (Some(5), ErrorCode::BadRequest));
+        assert_eq!(
+            code(r#"{"id":5,"type":"publish","channel":"c","data":1,"idempotency_key":""}"#),
+            (Some(5), ErrorCode::InvalidIdempotencyKey)
+        );
+        let long = "k".repeat(129);
+        assert_eq!(
+            code(&format!(r#"{{"id":5,"type":"publish","channel":"c","data":1,"idempotency_key":"{long}"}}"#)),
+            (Some(5), ErrorCode::InvalidIdempotencyKey)
+        );
+        assert_eq!(code(r#"{"id":6,"type":"history","channel":"c","limit":0}"#), (Some(6), ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"id":6,"type":"refresh"}"#), (Some(6), ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn since_positions_are_checked() {
+        let sub = |since: &str| dec(&format!(r#"{{"id":1,"type":"subscribe","channel":"c","since":{since}}}"#));
+        let ok = |since: &str| match sub(since) {
+            Ok(Request { command: Command::Subscribe { since: Some(s), .. }, .. }) => s,
+            other => panic!("{since}: {other:?}"),
+        };
+        assert_eq!(ok(r#"{"epoch":"9","offset":3}"#), Since { epoch: Epoch::new(9), offset: Offset(3) });
+        assert_eq!(ok(r#"{"epoch":"","offset":3}"#), Since { epoch: None, offset: Offset(3) });
+        assert_eq!(ok(r#"{"offset":18446744073709551615}"#), Since { epoch: None, offset: Offset(u64::MAX) });
+        for bad in [
+            r#"{"epoch":"9","offset":-1}"#,
+            r#"{"epoch":"9","offset":18446744073709551616}"#,
+            r#"{"epoch":"x","offset":1}"#,
+            r#"{"epoch":9,"offset":1}"#,
+            r#"{"epoch":"9"}"#,
+            r#"{"epoch":"9","offset":1,"x":1}"#,
+            r#""9:1""#,
+        ] {
+            assert_eq!(sub(bad).err().map(|e| e.code), Some(ErrorCode::InvalidPosition), "{bad}");
+        }
+    }
+
+    #[test]
+    fn publish_keeps_data_verbatim() {
+        let r = dec(r#"{"id":2,"type":"publish","channel":"chat:x","data":{"b":[1, 2],"a":"\u00e9"}}"#);
+        match r {
+            Ok(Request { id: 2, command: Command::Publish { data, .. } }) => {
+                assert_eq!(data.get(), r#"{"b":[1, 2],"a":"\u00e9"}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn history_splices_encoded_messages() {
+        let e = Epoch::new(5).unwrap_or_else(|| unreachable!());
+        let c = ChannelName::new("c").unwrap_or_else(|e| panic!("{e}"));
+        let data = RawValue::from_string("1".into()).unwrap_or_else(|e| panic!("{e}"));
+        let m = encode_message(&c, StreamPosition { epoch: e, offset: Offset(1) }, &data);
+        let h = HistoryReply {
+            channel: "c",
+            epoch: e,
+            oldest: Offset(1),
+            newest: Offset(1),
+            next_before: None,
+            messages: &[m],
+        };
+        let v: serde_json::Value = serde_json::from_str(&encode_history(Some(9), &h)).unwrap_or_default();
+        assert_eq!(v["id"], 9);
+        assert_eq!(v["messages"][0]["offset"], 1);
+        assert_eq!(v["messages"][0]["epoch"], "5");
+        let v: serde_json::Value = serde_json::from_str(&encode_history::<String>(None, &HistoryReply { messages: &[], ..h })).unwrap_or_default();
+        assert_eq!(v["messages"], serde_json::json!([]));
+        assert!(v.get("id").is_none());
+    }
+}
