@@ -1,0 +1,386 @@
+//! Configuration: a typed tree, layered file -> environment -> flags.
+//!
+//! Every field has a default documented on it, so an empty file is a valid config. The
+//! layers are applied by [`Config::load`] from injected sources (file text, an env map,
+//! parsed flags), so tests never touch the process environment. Anything wrong is
+//! reported as a [`ConfigError`] naming the field and what is allowed; `main` prints it
+//! and exits with status 64 (EX_USAGE).
+
+use ringcast_core::namespace::MAX_MESSAGE_BYTES_CEILING;
+use ringcast_core::{NamespaceName, NamespaceOptions, NodeId};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The built-in development config used when no `--config` is given.
+pub const DEMO_CONFIG: &str = include_str!("../demo.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub limits: Limits,
+    pub heartbeat: Heartbeat,
+    pub auth: AuthConfig,
+    pub api: ApiConfig,
+    /// `[namespaces.NAME]` tables. A channel whose namespace is not listed is refused
+    /// with `unknown_namespace`.
+    pub namespaces: BTreeMap<String, NamespaceOptions>,
+}
+
+/// `[node]`: identity and addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Node id (default `"standalone"`). Lowercase letters, digits, `-`, `_`, `.`.
+    pub id: String,
+    /// Client address: HTTP and WebSocket on one TCP port (default `127.0.0.1:7400`).
+    /// Port 0 picks a free port; the bound address is printed in the ready record.
+    pub listen: SocketAddr,
+    /// How long a SIGTERM waits for connections to close before exiting (default `"10s"`).
+    #[serde(with = "ringcast_core::time::serde_duration")]
+    pub shutdown_grace: Duration,
+}
+
+/// `[limits]`: every bound on client input, named.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open client TCP connections (default 10000). Further connections wait in the
+    /// kernel backlog until one closes.
+    pub max_connections: usize,
+    /// Largest WebSocket frame or message, and largest HTTP body (default 131072).
+    /// Larger frames close the connection with 1009; larger bodies get 413.
+    pub max_frame_bytes: usize,
+    /// Subscriptions per connection (default 512), `too_many_channels` beyond.
+    pub max_channels_per_connection: usize,
+    /// Sustained commands per second per connection (default 100), `rate_limited` beyond.
+    pub commands_per_second: u32,
+    /// Commands a connection may send in a burst (default 200).
+    pub command_burst: u32,
+    /// New WebSocket handshakes per second for the whole node (default 1000; 0 = off),
+    /// 429 beyond.
+    pub handshakes_per_second: u32,
+    /// Time to send the request head of an HTTP request or upgrade (default `"10s"`);
+    /// slower clients (slowloris) are dropped.
+    #[serde(with = "ringcast_core::time::serde_duration")]
+    pub handshake_timeout: Duration,
+    /// Time from the upgrade to the `connect` command (default `"10s"`), close 4003 beyond.
+    #[serde(with = "ringcast_core::time::serde_duration")]
+    pub connect_timeout: Duration,
+    /// Request header fields (default 64); more get 431.
+    pub max_header_count: usize,
+    /// Bytes of request line plus headers (default 16384, at least 8192); more get 431.
+    pub max_header_bytes: usize,
+    /// Frames queued for one connection before it is a slow consumer (default 1000).
+    pub send_queue_messages: usize,
+    /// Bytes queued for one connection before it is a slow consumer (default 1 MiB).
+    pub send_queue_bytes: usize,
+    /// Longest a write to one client may take before the connection is dropped
+    /// (default `"10s"`).
+    #[serde(with = "ringcast_core::time::serde_duration")]
+    pub write_timeout: Duration,
+}
+
+/// `[heartbeat]`: detecting dead clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Heartbeat {
+    /// Server ping period (default `"25s"`).
+    #[serde(with = "ringcast_core::time::serde_duration")]
+    pub ping_interval: Duration,
+    /// Extra time allowed for an answer (default `"10s"`): a client silent for
+    /// `ping_interval + pong_timeout` is closed with 4010.
+    #[serde(with = "ringcast_core::time::serde_duration")]
+    pub pong_timeout: Duration,
+}
+
+/// `[auth]`: client tokens and origins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Shared secret for HS256 tokens (default: none, HS256 refused).
+    pub hmac_secret: Option<String>,
+    /// PEM file with the RSA public key for RS256 tokens (default: none).
+    pub rsa_public_key_file: Option<PathBuf>,
+    /// PEM file with the EC P-256 public key for ES256 tokens (default: none).
+    pub ec_public_key_file: Option<PathBuf>,
+    /// Required `iss` claim (default: not checked).
+    pub issuer: Option<String>,
+    /// Required `aud` claim (default: not checked).
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (default `"5s"`).
+    #[serde(with = "ringcast_core::time::serde_duration")]
+    pub leeway: Duration,
+    /// Browser origins allowed to open WebSockets (default: empty = any). Requests
+    /// without an `Origin` header (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+}
+
+/// `[api]`: the server HTTP API.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// API key for `POST /v1/publish` and `/v1/broadcast` (sent as
+    /// `Authorization: Bearer KEY`). Default: none, and those endpoints answer 401.
+    pub key: Option<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: "standalone".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_frame_bytes: 128 * 1024,
+            max_channels_per_connection: 512,
+            commands_per_second: 100,
+            command_burst: 200,
+            handshakes_per_second: 1000,
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_header_count: 64,
+            max_header_bytes: 16 * 1024,
+            send_queue_messages: 1000,
+            send_queue_bytes: 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            hmac_secret: None,
+            rsa_public_key_file: None,
+            ec_public_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(5),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat { ping_interval: Duration::from_secs(25), pong_timeout: Duration::from_secs(10) }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node: NodeConfig::default(),
+            limits: Limits::default(),
+            heartbeat: Heartbeat::default(),
+            auth: AuthConfig::default(),
+            api: ApiConfig::default(),
+            namespaces: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration problem, with where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+/// Overrides taken from command-line flags (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct FlagOverrides {
+    pub listen: Option<SocketAddr>,
+    pub node_id: Option<String>,
+    pub api_key: Option<String>,
+}
+
+/// Environment variables read, and the field each overrides.
+pub const ENV_VARS: [(&str, &str); 5] = [
+    ("RINGCAST_LISTEN", "node.listen"),
+    ("RINGCAST_NODE_ID", "node.id"),
+    ("RINGCAST_API_KEY", "api.key"),
+    ("RINGCAST_HMAC_SECRET", "auth.hmac_secret"),
+    ("RINGCAST_ALLOWED_ORIGINS", "auth.allowed_origins (comma-separated)"),
+];
+
+impl Config {
+    /// Parses a TOML document (`origin` names it in errors).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })
+    }
+
+    /// Layers: the file text (or the built-in demo config), then `env`, then `flags`,
+    /// then validation.
+    pub fn load(
+        file: Option<(&str, &str)>,
+        env: &HashMap<String, String>,
+        flags: &FlagOverrides,
+    ) -> Result<Config, ConfigError> {
+        let mut c = match file {
+            Some((text, origin)) => Config::from_toml(text, origin)?,
+            None => Config::from_toml(DEMO_CONFIG, "(built-in demo config)")?,
+        };
+        c.apply_env(env)?;
+        if let Some(l) = flags.listen {
+            c.node.listen = l;
+        }
+        if let Some(id) = &flags.node_id {
+            c.node.id = id.clone();
+        }
+        if let Some(k) = &flags.api_key {
+            c.api.key = Some(k.clone());
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+        if let Some(v) = env.get("RINGCAST_LISTEN") {
+            self.node.listen = v.parse().map_err(|_| ConfigError::Invalid {
+                field: "RINGCAST_LISTEN".into(),
+                problem: format!("{v:?} is not an address like 127.0.0.1:7400"),
+            })?;
+        }
+        if let Some(v) = env.get("RINGCAST_NODE_ID") {
+            self.node.id = v.clone();
+        }
+        if let Some(v) = env.get("RINGCAST_API_KEY") {
+            self.api.key = Some(v.clone());
+        }
+        if let Some(v) = env.get("RINGCAST_HMAC_SECRET") {
+            self.auth.hmac_secret = Some(v.clone());
+        }
+        if let Some(v) = env.get("RINGCAST_ALLOWED_ORIGINS") {
+            self.auth.allowed_origins =
+                v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        }
+        Ok(())
+    }
+
+    /// Checks what serde cannot: ranges, names, and cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, problem: String| Err(ConfigError::Invalid { field: field.into(), problem });
+        if let Err(e) = NodeId::new(&self.node.id) {
+            return invalid("node.id", e.to_string());
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return invalid("limits.max_connections", "must be at least 1".into());
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&l.max_frame_bytes) {
+            return invalid("limits.max_frame_bytes", "must be between 1024 and 16777216".into());
+        }
+        if l.max_channels_per_connection == 0 {
+            return invalid("limits.max_channels_per_connection", "must be at least 1".into());
+        }
+        if l.command_burst == 0 {
+            return invalid("limits.command_burst", "must be at least 1".into());
+        }
+        if !(1..=1024).contains(&l.max_header_count) {
+            return invalid("limits.max_header_count", "must be between 1 and 1024".into());
+        }
+        if !(8192..=1024 * 1024).contains(&l.max_header_bytes) {
+            return invalid("limits.max_header_bytes", "must be between 8192 and 1048576".into());
+        }
+        if l.send_queue_messages == 0 || l.send_queue_bytes < l.max_frame_bytes {
+            return invalid(
+                "limits.send_queue_*",
+                "send_queue_messages must be at least 1 and send_queue_bytes at least max_frame_bytes".into(),
+            );
+        }
+        for (name, d) in [
+            ("limits.handshake_timeout", l.handshake_timeout),
+            ("limits.connect_timeout", l.connect_timeout),
+            ("limits.write_timeout", l.write_timeout),
+            ("heartbeat.ping_interval", self.heartbeat.ping_interval),
+            ("heartbeat.pong_timeout", self.heartbeat.pong_timeout),
+        ] {
+            if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+                return invalid(name, "must be between 10ms and 1h".into());
+            }
+        }
+        if matches!(&self.auth.hmac_secret, Some(s) if s.len() < 16) {
+            return invalid("auth.hmac_secret", "must be at least 16 bytes".into());
+        }
+        if matches!(&self.api.key, Some(k) if k.len() < 8) {
+            return invalid("api.key", "must be at least 8 bytes".into());
+        }
+        for (name, ns) in &self.namespaces {
+            if let Err(e) = NamespaceName::new(name) {
+                return invalid(&format!("namespaces.{name}"), e.to_string());
+            }
+            if let Err(e) = ns.validate() {
+                return invalid(&format!("namespaces.{name}.{}", e.field), e.problem);
+            }
+            if ns.max_message_bytes > l.max_frame_bytes.min(MAX_MESSAGE_BYTES_CEILING) {
+                return invalid(
+                    &format!("namespaces.{name}.max_message_bytes"),
+                    "must not exceed limits.max_frame_bytes".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::load(Some((text, "test.toml")), &HashMap::new(), &FlagOverrides::default())
+    }
+
+    #[test]
+    fn empty_file_is_valid_and_demo_config_parses() {
+        let c = load("").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.node.listen.port(), 7400);
+        assert_eq!(c.auth.leeway, Duration::from_secs(5));
+        let d = Config::load(None, &HashMap::new(), &FlagOverrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(d.namespaces.contains_key("chat"));
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let env = HashMap::from([
+            ("RINGCAST_LISTEN".to_string(), "127.0.0.1:9000".to_string()),
+            ("RINGCAST_NODE_ID".to_string(), "from-env".to_string()),
+        ]);
+        let flags = FlagOverrides { node_id: Some("from-flag".into()), ..Default::default() };
+        let c = Config::load(Some(("[node]\nid = \"from-file\"", "t")), &env, &flags).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.node.listen.port(), 9000);
+        assert_eq!(c.node.id, "from-flag");
+    }
+
+    #[test]
+    fn mistakes_name_the_field() {
+        let msg = |t: &str| load(t).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg("[node]\nlisen = \"x\"").contains("unknown field `lisen`"));
+        assert!(msg("[limits]\nmax_frame_bytes = 10").contains("limits.max_frame_bytes"));
+        assert!(msg("[heartbeat]\nping_interval = \"25\"").contains("no unit"));
+        assert!(msg("[namespaces.Bad]").contains("namespaces.Bad"));
+        assert!(msg("[namespaces.chat]\nhistory_size = 1000000").contains("namespaces.chat.history_size"));
+        assert!(msg("[namespaces.chat]\nbackpressure = \"yolo\"").contains("unknown variant"));
+        assert!(msg("[auth]\nhmac_secret = \"short\"").contains("auth.hmac_secret"));
+        let env = HashMap::from([("RINGCAST_LISTEN".to_string(), "nope".to_string())]);
+        let e = Config::load(Some(("", "t")), &env, &FlagOverrides::default()).err().map(|e| e.to_string());
+        assert!(e.unwrap_or_default().contains("RINGCAST_LISTEN"));
+    }
+}

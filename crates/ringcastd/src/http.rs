@@ -1,0 +1,416 @@
+//! HTTP on the client port: the server API, health, metrics and the WebSocket upgrade.
+//!
+//! Every error, including malformed paths, queries and bodies, is a JSON body
+//! `{"error": {"code", "message"}}` with the code's HTTP status (see
+//! `proto/openapi.yaml`). Bodies are read with an explicit size limit
+//! (`limits.max_frame_bytes`).
+
+use crate::node::Node;
+use crate::server::ConnPermit;
+use crate::session;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use ringcast_core::{ChannelName, NamespaceOptions, Offset, Slot};
+use ringcast_proto::client::{check_history_limit, check_idempotency_key, encode_history, encode_http_error, Ack, HistoryReply};
+use ringcast_proto::ErrorCode;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tracing::debug;
+
+/// Most channels one broadcast may target.
+pub const MAX_BROADCAST_CHANNELS: usize = 1000;
+/// Per-connection read buffer for WebSocket sessions (tungstenite's default is 128 KiB,
+/// allocated eagerly; small buffers keep idle connections cheap).
+pub const WS_READ_BUFFER_BYTES: usize = 4096;
+/// Bytes tungstenite buffers before writing; a batch of small frames goes out in writes
+/// of about this size.
+pub const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+type AppState = Arc<Node>;
+
+/// The router for the client port.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/ws", get(ws_upgrade))
+        .route("/v1/publish", post(publish))
+        .route("/v1/broadcast", post(broadcast))
+        .route("/v1/channels/{channel}", get(channel_info))
+        .route("/v1/channels/{channel}/history", get(history))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(ErrorCode::NotFound, "no such endpoint; see proto/openapi.yaml") })
+        .method_not_allowed_fallback(|| async { error(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint") })
+        .with_state(node)
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+fn error(code: ErrorCode, message: &str) -> Response {
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(status, encode_http_error(code, message))
+}
+
+struct ApiError(ErrorCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, &self.1)
+    }
+}
+
+fn api_err(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError(code, message.into())
+}
+
+/// Constant-time comparison, so the API key cannot be guessed byte by byte.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
+fn has_api_key(node: &Node, headers: &HeaderMap) -> bool {
+    match (&node.config.api.key, bearer(headers)) {
+        (Some(key), Some(given)) => same_secret(key.as_bytes(), given.as_bytes()),
+        _ => false,
+    }
+}
+
+fn require_api_key(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    if node.config.api.key.is_none() {
+        return Err(api_err(ErrorCode::Unauthorized, "the server API is disabled: set api.key in the config"));
+    }
+    if !has_api_key(node, headers) {
+        return Err(api_err(ErrorCode::Unauthorized, "missing or wrong API key (Authorization: Bearer KEY)"));
+    }
+    Ok(())
+}
+
+fn parse_channel(raw: &str) -> Result<ChannelName, ApiError> {
+    ChannelName::new(raw).map_err(|e| api_err(ErrorCode::InvalidChannel, format!("invalid channel: {e}")))
+}
+
+fn namespace<'n>(node: &'n Node, channel: &ChannelName) -> Result<&'n NamespaceOptions, ApiError> {
+    node.namespace(channel).ok_or_else(|| {
+        api_err(ErrorCode::UnknownNamespace, format!("namespace {:?} is not configured", channel.namespace()))
+    })
+}
+
+async fn read_body(node: &Node, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let limit = node.config.limits.max_frame_bytes;
+    http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|_| api_err(ErrorCode::MessageTooLarge, format!("request body is larger than {limit} bytes")))
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| api_err(ErrorCode::BadRequest, format!("malformed JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody<'a> {
+    #[serde(borrow)]
+    channels: Vec<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// Publishes server-side (ignores `client_publish`). Shared by publish and broadcast.
+fn publish_one(
+    node: &Node,
+    channel: &ChannelName,
+    data: &RawValue,
+    key: Option<&str>,
+) -> Result<serde_json::Value, ApiError> {
+    let started = Instant::now();
+    let ns = namespace(node, channel)?;
+    if data.get().len() > ns.max_message_bytes {
+        return Err(api_err(
+            ErrorCode::MessageTooLarge,
+            format!("data is {} bytes; namespace limit is {}", data.get().len(), ns.max_message_bytes),
+        ));
+    }
+    let p = node
+        .hub
+        .publish(channel, ns, data, key, node.now())
+        .map_err(|code| api_err(code, "idempotency_key was already used with different data"))?;
+    node.metrics.publish(crate::metrics::Source::Http);
+    node.metrics.publish_latency(started.elapsed());
+    let ack = Ack { channel: channel.as_str(), epoch: p.position.epoch, offset: p.position.offset, duplicate: p.duplicate };
+    Ok(serde_json::to_value(&ack).unwrap_or_default())
+}
+
+fn check_key(key: Option<&str>) -> Result<(), ApiError> {
+    match key {
+        Some(k) => check_idempotency_key(k).map_err(|m| api_err(ErrorCode::InvalidIdempotencyKey, m)),
+        None => Ok(()),
+    }
+}
+
+async fn publish(State(node): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    require_api_key(&node, &headers)?;
+    let bytes = read_body(&node, body).await?;
+    let b: PublishBody<'_> = parse_json(&bytes)?;
+    check_key(b.idempotency_key.as_deref())?;
+    let channel = parse_channel(&b.channel)?;
+    let ack = publish_one(&node, &channel, b.data, b.idempotency_key.as_deref())?;
+    Ok(json(StatusCode::OK, ack.to_string()))
+}
+
+async fn broadcast(State(node): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    require_api_key(&node, &headers)?;
+    let bytes = read_body(&node, body).await?;
+    let b: BroadcastBody<'_> = parse_json(&bytes)?;
+    check_key(b.idempotency_key.as_deref())?;
+    if b.channels.is_empty() || b.channels.len() > MAX_BROADCAST_CHANNELS {
+        return Err(api_err(ErrorCode::BadRequest, format!("channels must hold 1..={MAX_BROADCAST_CHANNELS} names")));
+    }
+    // Validate every name before publishing anything, so a typo publishes nothing.
+    let channels = b.channels.iter().map(|c| parse_channel(c)).collect::<Result<Vec<_>, _>>()?;
+    let results: Vec<serde_json::Value> = channels
+        .iter()
+        .map(|c| match publish_one(&node, c, b.data, b.idempotency_key.as_deref()) {
+            Ok(ack) => ack,
+            Err(ApiError(code, message)) => {
+                serde_json::json!({"channel": c.as_str(), "error": {"code": code.as_str(), "message": message}})
+            }
+        })
+        .collect();
+    Ok(json(StatusCode::OK, serde_json::json!({ "results": results }).to_string()))
+}
+
+/// Reads `before` and `limit` from a query string; anything else is an error.
+fn parse_history_query(q: Option<&str>) -> Result<(Option<Offset>, u32), ApiError> {
+    let (mut before, mut limit) = (None, None);
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let n: u64 = v
+            .parse()
+            .map_err(|_| api_err(ErrorCode::BadRequest, format!("query parameter {k:?} must be a non-negative integer")))?;
+        match k {
+            "before" => before = Some(Offset(n)),
+            "limit" => limit = Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            _ => return Err(api_err(ErrorCode::BadRequest, format!("unknown query parameter {k:?}; use before, limit"))),
+        }
+    }
+    let limit = check_history_limit(limit).map_err(|m| api_err(ErrorCode::BadRequest, m))?;
+    Ok((before, limit))
+}
+
+/// History may be read with the API key, a client token allowed to subscribe, or
+/// nothing at all on anonymous namespaces.
+async fn history(
+    State(node): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
+    let channel = parse_channel(&raw)?;
+    let ns = namespace(&node, &channel)?;
+    let (before, limit) = parse_history_query(query.as_deref())?;
+    if !ns.anonymous && !has_api_key(&node, &headers) {
+        let token = bearer(&headers).ok_or_else(|| {
+            api_err(ErrorCode::Unauthorized, "send the API key or a client token as Authorization: Bearer")
+        })?;
+        let id = node.verifier.verify(token).map_err(|e| api_err(e.code, "invalid token"))?;
+        if !id.may_subscribe(&channel) {
+            return Err(api_err(ErrorCode::PermissionDenied, format!("no subscribe capability for {channel}")));
+        }
+    }
+    let page = node.hub.history(&channel, ns, before, limit as usize, node.now());
+    let body = encode_history(
+        None,
+        &HistoryReply {
+            channel: channel.as_str(),
+            epoch: page.epoch,
+            oldest: page.oldest,
+            newest: page.newest,
+            next_before: page.next_before,
+            messages: &page.entries,
+        },
+    );
+    Ok(json(StatusCode::OK, body))
+}
+
+/// Where a channel lives and what this node holds for it (operators; API key).
+async fn channel_info(
+    State(node): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_api_key(&node, &headers)?;
+    let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
+    let channel = parse_channel(&raw)?;
+    let slot = Slot::of(&channel);
+    let info = node.hub.info(&channel);
+    let body = serde_json::json!({
+        "channel": channel.as_str(),
+        "namespace": channel.namespace(),
+        "namespace_configured": node.namespace(&channel).is_some(),
+        "slot": slot.get(),
+        "owner": node.ring.owner(slot).as_str(),
+        "epoch": info.top.map(|t| t.epoch.to_string()),
+        "offset": info.top.map(|t| t.offset.0),
+        "history_len": info.history_len,
+        "local_subscribers": info.local_subscribers,
+    });
+    Ok(json(StatusCode::OK, body.to_string()))
+}
+
+async fn healthz(State(node): State<AppState>) -> Response {
+    json(StatusCode::OK, serde_json::json!({"status": "ok", "node": node.node_id.as_str()}).to_string())
+}
+
+async fn readyz(State(node): State<AppState>) -> Response {
+    if node.is_ready() {
+        json(StatusCode::OK, r#"{"status":"ready"}"#.into())
+    } else {
+        json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#.into())
+    }
+}
+
+async fn metrics(State(node): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A `Sec-WebSocket-Key` must be base64 of 16 bytes: 22 alphabet chars then `==`.
+fn valid_ws_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+fn reject_handshake(node: &Node, code: ErrorCode, message: &str) -> Response {
+    node.metrics.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
+    node.metrics.error(code);
+    error(code, message)
+}
+
+/// Validates an RFC 6455 upgrade request and hands the connection to a session.
+async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Response {
+    if !node.is_ready() {
+        return reject_handshake(&node, ErrorCode::Unavailable, "node is not ready; try another node");
+    }
+    let h = req.headers();
+    if !header_has_token(h, header::UPGRADE, "websocket") || !header_has_token(h, header::CONNECTION, "upgrade") {
+        return reject_handshake(&node, ErrorCode::BadRequest, "expected a WebSocket upgrade request");
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        node.metrics.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
+        let mut r = error(ErrorCode::BadRequest, "only WebSocket version 13 is supported");
+        *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return r;
+    }
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec()).filter(|k| valid_ws_key(k)) else {
+        return reject_handshake(&node, ErrorCode::BadRequest, "missing or malformed Sec-WebSocket-Key");
+    };
+    let allowed = &node.config.auth.allowed_origins;
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let ok = allowed.is_empty()
+            || allowed.iter().any(|a| a == "*" || origin.to_str().is_ok_and(|o| o.eq_ignore_ascii_case(a)));
+        if !ok {
+            return reject_handshake(&node, ErrorCode::PermissionDenied, "origin not allowed");
+        }
+    }
+    if !node.admit_handshake() {
+        let mut r = reject_handshake(&node, ErrorCode::RateLimited, "too many new connections; retry shortly");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let permit = req.extensions().get::<ConnPermit>().cloned();
+    let conn = node.next_conn_id();
+    let limits = &node.config.limits;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes));
+    let session_node = node.clone();
+    node.tracker.spawn(async move {
+        let _permit = permit;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+                session::run(session_node, ws, conn).await;
+            }
+            Err(e) => debug!(error = %e, "upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(&key))
+        .body(Body::empty())
+        .unwrap_or_else(|_| error(ErrorCode::Internal, "cannot build the upgrade response"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_keys_and_queries() {
+        assert!(valid_ws_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!valid_ws_key(b"dGhlIHNhbXBsZSBub25jZQ="));
+        assert!(!valid_ws_key(b"dGhlIHNhbXBsZSBub25jZ!=="));
+        assert!(matches!(parse_history_query(Some("before=10&limit=5")), Ok((Some(Offset(10)), 5))));
+        assert!(matches!(parse_history_query(None), Ok((None, 100))));
+        assert!(parse_history_query(Some("limit=0")).is_err());
+        assert!(parse_history_query(Some("limit=-1")).is_err());
+        assert!(parse_history_query(Some("page=2")).is_err());
+        assert!(same_secret(b"abc", b"abc") && !same_secret(b"abc", b"abd") && !same_secret(b"ab", b"abc"));
+    }
+}

@@ -1,0 +1,29 @@
+//! # ringcastd: the ringcast node
+//!
+//! A node serves clients on one TCP port (HTTP API and WebSocket at `/ws`) and owns
+//! channels: it sequences their publishes, keeps their history and fans messages out to
+//! local subscribers. Standalone (no membership) the node is a one-member ring and owns
+//! every slot; the cluster layer adds membership and forwarding in front of the same
+//! calls.
+//!
+//! Layout, along the data path:
+//! - [`config`]: the typed configuration tree and its layering.
+//! - [`server`]: the accept loop and per-connection HTTP/1.1 with limits.
+//! - [`http`]: the HTTP API, health, metrics and the WebSocket upgrade.
+//! - [`session`]: one task per WebSocket client.
+//! - [`hub`] and [`outbox`]: channels, their logs and local fan-out into bounded
+//!   per-connection queues.
+//! - [`auth`]: JWT verification and capabilities. [`metrics`]: Prometheus counters.
+//! - [`node`]: shared state and the serve/drain lifecycle.
+//!
+//! Pure logic lives in `ringcast-core`; this crate is the I/O around it.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod server;
+pub mod session;

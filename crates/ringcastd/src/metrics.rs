@@ -1,0 +1,157 @@
+//! Node metrics, rendered as Prometheus text at `/metrics`.
+//!
+//! Plain atomics owned by the node (not a global recorder), so several nodes can run in
+//! one test process and each counts only its own work. Updates are relaxed atomic adds;
+//! nothing on the hot path allocates or locks.
+
+use ringcast_proto::{CloseCode, ErrorCode};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the publish latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// Where a publish came from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    WebSocket,
+    Http,
+}
+
+/// All counters of one node.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections: AtomicI64,
+    pub connections_total: AtomicU64,
+    pub subscriptions: AtomicI64,
+    pub channels: AtomicI64,
+    publishes_ws: AtomicU64,
+    publishes_http: AtomicU64,
+    pub publish_duplicates: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub slow_consumer_drops: AtomicU64,
+    pub handshakes_rejected: AtomicU64,
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+    closes: [AtomicU64; CloseCode::ALL.len()],
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_nanos: AtomicU64,
+}
+
+impl Metrics {
+    pub fn publish(&self, source: Source) {
+        match source {
+            Source::WebSocket => self.publishes_ws.fetch_add(1, Relaxed),
+            Source::Http => self.publishes_http.fetch_add(1, Relaxed),
+        };
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn close(&self, code: CloseCode) {
+        if let Some(i) = CloseCode::ALL.iter().position(|c| *c == code) {
+            self.closes[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Records the time from receiving a publish to the end of its fan-out.
+    pub fn publish_latency(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.latency_buckets[i].fetch_add(1, Relaxed);
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        let gauge = |o: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(&mut o, "ringcast_connections", "Open WebSocket sessions.", self.connections.load(Relaxed));
+        gauge(&mut o, "ringcast_subscriptions", "Active subscriptions on this node.", self.subscriptions.load(Relaxed));
+        gauge(&mut o, "ringcast_channels", "Channels with state on this node.", self.channels.load(Relaxed));
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(&mut o, "ringcast_connections_total", "WebSocket sessions opened.", self.connections_total.load(Relaxed));
+        let _ = writeln!(
+            o,
+            "# HELP ringcast_publishes_total Publishes sequenced, by source.\n# TYPE ringcast_publishes_total counter\n\
+             ringcast_publishes_total{{source=\"ws\"}} {}\nringcast_publishes_total{{source=\"http\"}} {}",
+            self.publishes_ws.load(Relaxed),
+            self.publishes_http.load(Relaxed)
+        );
+        counter(
+            &mut o,
+            "ringcast_publish_duplicates_total",
+            "Publishes answered from the idempotency window.",
+            self.publish_duplicates.load(Relaxed),
+        );
+        counter(&mut o, "ringcast_deliveries_total", "Messages queued to local subscribers.", self.deliveries.load(Relaxed));
+        let _ = writeln!(
+            o,
+            "# HELP ringcast_drops_total Deliveries dropped, by policy.\n# TYPE ringcast_drops_total counter\n\
+             ringcast_drops_total{{policy=\"disconnect\"}} {}",
+            self.slow_consumer_drops.load(Relaxed)
+        );
+        counter(
+            &mut o,
+            "ringcast_handshakes_rejected_total",
+            "WebSocket upgrades refused (origin, rate, readiness, malformed).",
+            self.handshakes_rejected.load(Relaxed),
+        );
+        let _ = writeln!(o, "# HELP ringcast_errors_total Errors returned to clients, by code.\n# TYPE ringcast_errors_total counter");
+        for (c, v) in ErrorCode::ALL.iter().zip(&self.errors) {
+            let _ = writeln!(o, "ringcast_errors_total{{code=\"{}\"}} {}", c.as_str(), v.load(Relaxed));
+        }
+        let _ = writeln!(o, "# HELP ringcast_closes_total WebSocket closes by the server, by code.\n# TYPE ringcast_closes_total counter");
+        for (c, v) in CloseCode::ALL.iter().zip(&self.closes) {
+            let _ = writeln!(o, "ringcast_closes_total{{code=\"{}\"}} {}", c.code(), v.load(Relaxed));
+        }
+        let _ = writeln!(
+            o,
+            "# HELP ringcast_publish_seconds Time from receiving a publish to the end of its local fan-out.\n\
+             # TYPE ringcast_publish_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for (b, v) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            cumulative += v.load(Relaxed);
+            let _ = writeln!(o, "ringcast_publish_seconds_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(o, "ringcast_publish_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(o, "ringcast_publish_seconds_sum {}", self.latency_sum_nanos.load(Relaxed) as f64 / 1e9);
+        let _ = writeln!(o, "ringcast_publish_seconds_count {count}");
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_and_cumulative_buckets() {
+        let m = Metrics::default();
+        m.publish(Source::Http);
+        m.publish_latency(Duration::from_micros(200));
+        m.publish_latency(Duration::from_secs(5));
+        m.error(ErrorCode::RateLimited);
+        let text = m.render();
+        assert!(text.contains("ringcast_publishes_total{source=\"http\"} 1"));
+        assert!(text.contains("ringcast_errors_total{code=\"rate_limited\"} 1"));
+        assert!(text.contains("ringcast_publish_seconds_bucket{le=\"0.00025\"} 1"));
+        assert!(text.contains("ringcast_publish_seconds_bucket{le=\"1\"} 1"));
+        assert!(text.contains("ringcast_publish_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("ringcast_closes_total{code=\"4008\"} 0"));
+    }
+}

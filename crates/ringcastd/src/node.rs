@@ -1,0 +1,163 @@
+//! The node: shared state of one `ringcastd` process and its lifecycle.
+//!
+//! [`Node`] bundles what every task needs (config, hub, ring, verifier, metrics, the
+//! shutdown token and task tracker). [`serve`] runs the node on a bound listener until
+//! the shutdown token is cancelled, then drains: readiness turns false, the listener
+//! stops, sessions are closed with 1001, and tasks get `node.shutdown_grace` to finish.
+
+use crate::auth::{AuthConfigError, Verifier};
+use crate::config::Config;
+use crate::hub::{EpochSource, Hub};
+use crate::metrics::Metrics;
+use ringcast_core::ring::DEFAULT_VNODES;
+use ringcast_core::{ChannelName, ConnId, Millis, NamespaceOptions, NodeId, Ring, TokenBucket};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// How often history is expired and idle channels are forgotten.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Errors that stop a node from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+    #[error("node.id: {0}")]
+    NodeId(String),
+    #[error("ring: {0}")]
+    Ring(#[from] ringcast_core::RingError),
+}
+
+/// Shared state of one node.
+pub struct Node {
+    pub config: Config,
+    pub node_id: NodeId,
+    pub ring: Ring,
+    pub hub: Hub,
+    pub verifier: Verifier,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    namespaces: HashMap<String, NamespaceOptions>,
+    any_anonymous: bool,
+    ready: AtomicBool,
+    handshakes: Mutex<TokenBucket>,
+    next_conn: AtomicU64,
+    origin: Instant,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Builds a node from a validated config. `epoch_seed` should be random per process.
+    pub fn new(config: Config, epoch_seed: u64, shutdown: CancellationToken) -> Result<Arc<Node>, StartError> {
+        let node_id = NodeId::new(&config.node.id).map_err(|e| StartError::NodeId(e.to_string()))?;
+        let ring = Ring::build(std::slice::from_ref(&node_id), DEFAULT_VNODES)?;
+        let verifier = Verifier::from_config(&config.auth)?;
+        let metrics = Arc::new(Metrics::default());
+        let namespaces: HashMap<String, NamespaceOptions> =
+            config.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let any_anonymous = namespaces.values().any(|n| n.anonymous);
+        for (name, ns) in &namespaces {
+            if ns.backpressure != ringcast_core::BackpressurePolicy::Disconnect {
+                warn!(
+                    namespace = %name,
+                    policy = ?ns.backpressure,
+                    "backpressure policy is parsed but not yet applied; slow consumers are disconnected (4008)"
+                );
+            }
+        }
+        let origin = Instant::now();
+        let handshakes = TokenBucket::new(
+            config.limits.handshakes_per_second,
+            config.limits.handshakes_per_second.max(1),
+            Millis(0),
+        );
+        Ok(Arc::new(Node {
+            hub: Hub::new(EpochSource::new(epoch_seed), metrics.clone()),
+            node_id,
+            ring,
+            verifier,
+            metrics,
+            shutdown,
+            tracker: TaskTracker::new(),
+            namespaces,
+            any_anonymous,
+            ready: AtomicBool::new(false),
+            handshakes: Mutex::new(handshakes),
+            next_conn: AtomicU64::new(1),
+            origin,
+            config,
+        }))
+    }
+
+    /// Monotonic time for the core.
+    #[must_use]
+    pub fn now(&self) -> Millis {
+        Millis(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    #[must_use]
+    pub fn namespace(&self, channel: &ChannelName) -> Option<&NamespaceOptions> {
+        self.namespaces.get(channel.namespace())
+    }
+
+    #[must_use]
+    pub fn any_anonymous_namespace(&self) -> bool {
+        self.any_anonymous
+    }
+
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.shutdown.is_cancelled()
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Takes a handshake token from the node-wide bucket.
+    pub fn admit_handshake(&self) -> bool {
+        let now = self.now();
+        self.handshakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).try_take(now)
+    }
+}
+
+/// Serves clients on `listener` until `node.shutdown` is cancelled, then drains.
+pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+    let sweeper = {
+        let node = node.clone();
+        node.tracker.clone().spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = node.shutdown.cancelled() => break,
+                    _ = tick.tick() => { node.hub.sweep(node.now()); }
+                }
+            }
+        })
+    };
+    node.ready.store(true, Ordering::Release);
+    crate::server::accept_loop(node.clone(), listener).await;
+
+    // Draining: the accept loop returned because shutdown was cancelled.
+    node.ready.store(false, Ordering::Release);
+    info!(grace_ms = node.config.node.shutdown_grace.as_millis() as u64, "shutting down: closing sessions");
+    node.tracker.close();
+    if tokio::time::timeout(node.config.node.shutdown_grace, node.tracker.wait()).await.is_err() {
+        warn!(open_tasks = node.tracker.len(), "shutdown grace expired; exiting with tasks still open");
+    }
+    let _ = sweeper.await;
+    info!("shutdown complete");
+}

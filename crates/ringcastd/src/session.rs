@@ -1,0 +1,450 @@
+//! One WebSocket session: the task that owns a client connection.
+//!
+//! The loop races, in priority order: node shutdown, queued frames to write (replies
+//! and pushes from the [`Outbox`]), the next client frame, the heartbeat deadline, the
+//! ping tick, and the auth deadline (connect timeout, then token expiry). Reads and
+//! writes happen in this one task; producers elsewhere only push into the outbox.
+//!
+//! Every client frame is rate-limited, decoded into a command, checked against the
+//! namespace and the session's capabilities, and answered with a reply or an `error`
+//! with a stable code; only framing violations, failed `connect`, expiry, heartbeat
+//! loss, a slow reader or persistent flooding end the session, each with its documented
+//! close code. On exit the session removes all its subscriptions.
+
+use crate::auth::Identity;
+use crate::metrics::Source;
+use crate::node::Node;
+use crate::outbox::{Outbox, Pushed};
+use futures_util::{SinkExt, StreamExt};
+use ringcast_core::{ChannelName, ConnId, NamespaceOptions, TokenBucket};
+use ringcast_proto::client::{
+    decode_command, encode_ack, encode_connected, encode_error, encode_history, encode_pong, encode_refreshed,
+    encode_unsubscribed, Ack, Command, Connected, HistoryReply,
+};
+use ringcast_proto::{CloseCode, ErrorCode};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{sleep_until, Instant as TokioInstant};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info_span, Instrument};
+
+/// Consecutive rate-limited commands after which the session is closed with 4009.
+pub const MAX_RATE_LIMIT_STRIKES: u32 = 50;
+/// How long a closing session waits for the client's close frame.
+const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
+
+/// An error answer to one command.
+struct Reject {
+    code: ErrorCode,
+    message: String,
+}
+
+fn reject(code: ErrorCode, message: impl Into<String>) -> Reject {
+    Reject { code, message: message.into() }
+}
+
+struct Session {
+    node: Arc<Node>,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    identity: Option<Identity>,
+    subscriptions: HashSet<ChannelName>,
+    bucket: TokenBucket,
+    strikes: u32,
+    /// When the auth deadline fires: the connect timeout, then the token's expiry.
+    auth_deadline: Option<Instant>,
+}
+
+/// Runs a session to completion on an upgraded connection.
+pub async fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, conn: ConnId)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let span = info_span!("session", conn = conn.0);
+    async move {
+        node.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        node.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+        let limits = &node.config.limits;
+        let mut s = Session {
+            outbox: Arc::new(Outbox::new(limits.send_queue_messages, limits.send_queue_bytes)),
+            bucket: TokenBucket::new(limits.commands_per_second, limits.command_burst, node.now()),
+            identity: None,
+            subscriptions: HashSet::new(),
+            strikes: 0,
+            auth_deadline: Some(Instant::now() + limits.connect_timeout),
+            node: node.clone(),
+            conn,
+        };
+        let code = s.run(ws).await;
+        debug!(close = code.map(|c| c.code()), "session ended");
+        for channel in s.subscriptions.drain() {
+            node.hub.unsubscribe(&channel, conn);
+        }
+        node.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+    .instrument(span)
+    .await;
+}
+
+impl Session {
+    /// The session loop. Returns the close code the server sent, if any.
+    async fn run<S>(&mut self, mut ws: WebSocketStream<S>) -> Option<CloseCode>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let hb = self.node.config.heartbeat.clone();
+        let shutdown = self.node.shutdown.clone();
+        let write_timeout = self.node.config.limits.write_timeout;
+        let silence_limit = hb.ping_interval + hb.pong_timeout;
+        let mut last_seen = Instant::now();
+        let mut dead_at = TokioInstant::from_std(last_seen + silence_limit);
+        let mut ping = tokio::time::interval_at(TokioInstant::now() + hb.ping_interval, hb.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch: Vec<Utf8Bytes> = Vec::new();
+        let far_future = TokioInstant::now() + Duration::from_secs(86_400 * 365);
+
+        loop {
+            let auth_at = self.auth_deadline.map_or(far_future, TokioInstant::from_std);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    // Write what is queued, then tell the client to go elsewhere.
+                    let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await;
+                    return Some(self.close(&mut ws, CloseCode::GoingAway).await);
+                }
+                () = self.outbox.ready() => {
+                    match tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await {
+                        Ok(Ok(None)) => {}
+                        Ok(Ok(Some(code))) => return Some(self.close(&mut ws, code).await),
+                        Ok(Err(e)) => {
+                            debug!(error = %e, "write failed");
+                            return None;
+                        }
+                        Err(_) => {
+                            debug!("write timed out");
+                            self.node.metrics.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
+                            self.node.metrics.close(CloseCode::SlowConsumer);
+                            return Some(CloseCode::SlowConsumer);
+                        }
+                    }
+                }
+                frame = ws.next() => {
+                    last_seen = Instant::now();
+                    match frame {
+                        None => return None,
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(code) = self.on_text(text.as_str()) {
+                                let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await;
+                                return Some(self.close(&mut ws, code).await);
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            return Some(self.close(&mut ws, CloseCode::UnsupportedData).await);
+                        }
+                        Some(Ok(Message::Close(_))) => {
+                            // tungstenite answers the close; drive it out and stop.
+                            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, ws.flush()).await;
+                            return None;
+                        }
+                        Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
+                        Some(Err(e)) => {
+                            let code = close_code_for(&e);
+                            debug!(error = %e, close = code.map(|c| c.code()), "read failed");
+                            return match code {
+                                Some(code) => Some(self.close(&mut ws, code).await),
+                                None => None,
+                            };
+                        }
+                    }
+                }
+                () = sleep_until(dead_at) => {
+                    let deadline = last_seen + silence_limit;
+                    if deadline <= Instant::now() {
+                        return Some(self.close(&mut ws, CloseCode::HeartbeatTimeout).await);
+                    }
+                    dead_at = TokioInstant::from_std(deadline);
+                }
+                _ = ping.tick() => {
+                    let sent = tokio::time::timeout(write_timeout, ws.send(Message::Ping(Default::default()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        return None;
+                    }
+                }
+                () = sleep_until(auth_at) => {
+                    let code = if self.identity.is_some() { CloseCode::TokenExpired } else { CloseCode::ConnectTimeout };
+                    return Some(self.close(&mut ws, code).await);
+                }
+            }
+        }
+    }
+
+    /// Writes everything queued as one batch. Returns a close the outbox asked for.
+    async fn write_batch<S>(
+        &self,
+        ws: &mut WebSocketStream<S>,
+        batch: &mut Vec<Utf8Bytes>,
+    ) -> Result<Option<CloseCode>, WsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let close = self.outbox.drain(batch);
+        if !batch.is_empty() {
+            for frame in batch.drain(..) {
+                ws.feed(Message::Text(frame)).await?;
+            }
+            ws.flush().await?;
+        }
+        Ok(close)
+    }
+
+    /// Sends a close frame and waits briefly for the client's answer.
+    async fn close<S>(&self, ws: &mut WebSocketStream<S>, code: CloseCode) -> CloseCode
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.node.metrics.close(code);
+        if code == CloseCode::SlowConsumer {
+            self.node.metrics.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
+        }
+        let frame = CloseFrame { code: WsCloseCode::from(code.code()), reason: Utf8Bytes::from_static(code.reason()) };
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, async {
+            if ws.close(Some(frame)).await.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        })
+        .await;
+        code
+    }
+
+    fn reply(&self, frame: String) {
+        // An overflow here marks the session as a slow consumer; the writer closes it.
+        if self.outbox.push(Utf8Bytes::from(frame)) == Pushed::Overflow {
+            debug!("reply overflowed the send queue");
+        }
+    }
+
+    fn reply_error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
+        self.node.metrics.error(code);
+        self.reply(encode_error(id, code, message));
+    }
+
+    /// Handles one text frame. Returns a close code when the session must end.
+    fn on_text(&mut self, text: &str) -> Option<CloseCode> {
+        if !self.bucket.try_take(self.node.now()) {
+            self.strikes += 1;
+            if self.strikes >= MAX_RATE_LIMIT_STRIKES {
+                self.node.metrics.error(ErrorCode::RateLimited);
+                return Some(CloseCode::RateLimited);
+            }
+            let id = decode_command(text).ok().map(|r| r.id);
+            self.reply_error(id, ErrorCode::RateLimited, "too many commands; slow down");
+            return None;
+        }
+        self.strikes = 0;
+        let request = match decode_command(text) {
+            Ok(r) => r,
+            Err(e) => {
+                self.reply_error(e.id, e.code, &e.message);
+                return None;
+            }
+        };
+        let id = request.id;
+        match self.dispatch(id, request.command) {
+            Ok(None) => None,
+            Ok(Some(code)) => Some(code),
+            Err(r) => {
+                self.reply_error(Some(id), r.code, &r.message);
+                match r.code {
+                    // A failed connect ends the session.
+                    ErrorCode::Unauthorized if self.identity.is_none() => Some(CloseCode::Unauthorized),
+                    ErrorCode::TokenExpired if self.identity.is_none() => Some(CloseCode::TokenExpired),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, id: u64, command: Command) -> Result<Option<CloseCode>, Reject> {
+        if let Command::Ping = command {
+            self.reply(encode_pong(id));
+            return Ok(None);
+        }
+        if let Command::Connect { token } = command {
+            self.connect(id, token)?;
+            return Ok(None);
+        }
+        if self.identity.is_none() {
+            return Err(reject(ErrorCode::NotConnected, "send `connect` first"));
+        }
+        match command {
+            Command::Refresh { token } => self.refresh(id, &token)?,
+            Command::Subscribe { channel, since } => {
+                let ns = self.check_subscribe(&channel)?;
+                if self.subscriptions.contains(&channel) {
+                    return Err(reject(ErrorCode::AlreadySubscribed, format!("already subscribed to {channel}")));
+                }
+                let max = self.node.config.limits.max_channels_per_connection;
+                if self.subscriptions.len() >= max {
+                    return Err(reject(ErrorCode::TooManyChannels, format!("at most {max} subscriptions per connection")));
+                }
+                let now = self.node.now();
+                self.node
+                    .hub
+                    .subscribe(&channel, &ns, self.conn, &self.outbox, since, id, now)
+                    .map_err(|code| reject(code, format!("cannot subscribe to {channel}")))?;
+                self.subscriptions.insert(channel);
+            }
+            Command::Unsubscribe { channel } => {
+                if !self.subscriptions.remove(&channel) {
+                    return Err(reject(ErrorCode::NotSubscribed, format!("not subscribed to {channel}")));
+                }
+                self.node.hub.unsubscribe(&channel, self.conn);
+                self.reply(encode_unsubscribed(id, &channel));
+            }
+            Command::Publish { channel, data, idempotency_key } => {
+                let started = Instant::now();
+                let ns = self.check_publish(&channel)?;
+                if data.get().len() > ns.max_message_bytes {
+                    return Err(reject(
+                        ErrorCode::MessageTooLarge,
+                        format!("data is {} bytes; namespace limit is {}", data.get().len(), ns.max_message_bytes),
+                    ));
+                }
+                let now = self.node.now();
+                let p = self
+                    .node
+                    .hub
+                    .publish(&channel, &ns, &data, idempotency_key.as_deref(), now)
+                    .map_err(|code| reject(code, "idempotency_key was already used with different data"))?;
+                self.node.metrics.publish(Source::WebSocket);
+                self.node.metrics.publish_latency(started.elapsed());
+                let ack = Ack {
+                    channel: channel.as_str(),
+                    epoch: p.position.epoch,
+                    offset: p.position.offset,
+                    duplicate: p.duplicate,
+                };
+                self.reply(encode_ack(id, &ack));
+            }
+            Command::History { channel, before, limit } => {
+                let ns = self.check_subscribe(&channel)?;
+                let now = self.node.now();
+                let page = self.node.hub.history(&channel, &ns, before, limit as usize, now);
+                self.reply(encode_history(
+                    Some(id),
+                    &HistoryReply {
+                        channel: channel.as_str(),
+                        epoch: page.epoch,
+                        oldest: page.oldest,
+                        newest: page.newest,
+                        next_before: page.next_before,
+                        messages: &page.entries,
+                    },
+                ));
+            }
+            Command::Ping | Command::Connect { .. } => {}
+        }
+        Ok(None)
+    }
+
+    fn connect(&mut self, id: u64, token: Option<String>) -> Result<(), Reject> {
+        if self.identity.is_some() {
+            return Err(reject(ErrorCode::AlreadyConnected, "already connected; use `refresh` to replace the token"));
+        }
+        let identity = match token {
+            Some(t) => self.node.verifier.verify(&t).map_err(|e| {
+                debug!(reason = %e.log_reason, "connect refused");
+                reject(e.code, "invalid token")
+            })?,
+            None if self.node.any_anonymous_namespace() => Identity::anonymous(),
+            None => return Err(reject(ErrorCode::Unauthorized, "a token is required")),
+        };
+        self.auth_deadline = expiry_instant(identity.expires_at, self.node.config.auth.leeway);
+        self.reply(encode_connected(
+            id,
+            &Connected {
+                client: self.conn.to_string(),
+                node: self.node.node_id.as_str(),
+                user: identity.user.as_deref(),
+                expires_at: identity.expires_at,
+                ping_interval_ms: u64::try_from(self.node.config.heartbeat.ping_interval.as_millis()).unwrap_or(u64::MAX),
+                version: env!("CARGO_PKG_VERSION"),
+            },
+        ));
+        self.identity = Some(identity);
+        Ok(())
+    }
+
+    fn refresh(&mut self, id: u64, token: &str) -> Result<(), Reject> {
+        let current = self.identity.as_ref().and_then(|i| i.user.clone());
+        let Some(user) = current else {
+            return Err(reject(ErrorCode::Unauthorized, "anonymous sessions cannot refresh; reconnect with a token"));
+        };
+        let fresh = self.node.verifier.verify(token).map_err(|e| reject(e.code, "invalid token"))?;
+        if fresh.user.as_deref() != Some(user.as_str()) {
+            return Err(reject(ErrorCode::Unauthorized, "the new token is for a different user"));
+        }
+        self.auth_deadline = expiry_instant(fresh.expires_at, self.node.config.auth.leeway);
+        self.reply(encode_refreshed(id, fresh.expires_at));
+        self.identity = Some(fresh);
+        Ok(())
+    }
+
+    fn namespace(&self, channel: &ChannelName) -> Result<NamespaceOptions, Reject> {
+        self.node.namespace(channel).cloned().ok_or_else(|| {
+            reject(ErrorCode::UnknownNamespace, format!("namespace {:?} is not configured", channel.namespace()))
+        })
+    }
+
+    fn check_subscribe(&self, channel: &ChannelName) -> Result<NamespaceOptions, Reject> {
+        let ns = self.namespace(channel)?;
+        let allowed = ns.anonymous || self.identity.as_ref().is_some_and(|i| i.may_subscribe(channel));
+        if !allowed {
+            return Err(reject(ErrorCode::PermissionDenied, format!("no subscribe capability for {channel}")));
+        }
+        Ok(ns)
+    }
+
+    fn check_publish(&self, channel: &ChannelName) -> Result<NamespaceOptions, Reject> {
+        let ns = self.namespace(channel)?;
+        if !ns.client_publish {
+            return Err(reject(
+                ErrorCode::PermissionDenied,
+                format!("clients may not publish in namespace {:?}; use the HTTP API", channel.namespace()),
+            ));
+        }
+        let allowed = ns.anonymous || self.identity.as_ref().is_some_and(|i| i.may_publish(channel));
+        if !allowed {
+            return Err(reject(ErrorCode::PermissionDenied, format!("no publish capability for {channel}")));
+        }
+        Ok(ns)
+    }
+}
+
+/// The instant a token expires (with leeway), or `None` when it never does.
+fn expiry_instant(expires_at: Option<u64>, leeway: Duration) -> Option<Instant> {
+    let exp = expires_at?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let left = Duration::from_secs(exp).saturating_sub(now) + leeway;
+    Instant::now().checked_add(left)
+}
+
+/// The close code for a read error, when the connection is still able to carry one.
+fn close_code_for(e: &WsError) -> Option<CloseCode> {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders) => {
+            Some(CloseCode::MessageTooBig)
+        }
+        WsError::Utf8(_) => Some(CloseCode::InvalidPayload),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing) => None,
+        WsError::Protocol(_) => Some(CloseCode::ProtocolError),
+        _ => None,
+    }
+}
