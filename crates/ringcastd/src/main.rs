@@ -20,9 +20,15 @@ use tracing::{info, warn};
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "ringcastd", version, about = "ringcast node: a clustered real-time pub/sub router")]
-#[command(after_help = "Environment: RINGCAST_LOG (log filter, default info) and the overrides listed in docs/configuration.md.\n\
-Without --config the built-in development config is used (loopback only, demo namespaces, dev API key).")]
+#[command(
+    name = "ringcastd",
+    version,
+    about = "ringcast node: a clustered real-time pub/sub router"
+)]
+#[command(
+    after_help = "Environment: RINGCAST_LOG (log filter, default info) and the overrides listed in docs/configuration.md.\n\
+Without --config the built-in development config is used (loopback only, demo namespaces, dev API key)."
+)]
 struct Args {
     /// TOML configuration file (default: the built-in development config).
     #[arg(long, short)]
@@ -56,7 +62,12 @@ enum LogFormat {
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
@@ -76,7 +87,12 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        println!("configuration OK: node {} on {}, {} namespace(s)", config.node.id, config.node.listen, config.namespaces.len());
+        println!(
+            "configuration OK: node {} on {}, {} namespace(s)",
+            config.node.id,
+            config.node.listen,
+            config.namespaces.len()
+        );
         return ExitCode::SUCCESS;
     }
     if args.worker_threads == Some(0) {
@@ -88,7 +104,10 @@ fn main() -> ExitCode {
     if let Some(n) = args.worker_threads {
         rt.worker_threads(n);
     }
-    let result = rt.build().context("cannot start the async runtime").and_then(|rt| rt.block_on(run(config, args.config.is_none())));
+    let result = rt
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(run(config, args.config.is_none())));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -104,11 +123,21 @@ fn report(message: &str) {
 }
 
 fn load_config(args: &Args, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
-    let flags = FlagOverrides { listen: args.listen, node_id: args.node_id.clone(), api_key: args.api_key.clone() };
-    let path = args.config.clone().or_else(|| env.get("RINGCAST_CONFIG").map(PathBuf::from));
+    let flags = FlagOverrides {
+        listen: args.listen,
+        node_id: args.node_id.clone(),
+        api_key: args.api_key.clone(),
+    };
+    let path = args
+        .config
+        .clone()
+        .or_else(|| env.get("RINGCAST_CONFIG").map(PathBuf::from));
     match path {
         Some(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
             Config::load(Some((&text, &path.display().to_string())), env, &flags)
         }
         None => Config::load(None, env, &flags),
@@ -119,7 +148,10 @@ fn init_tracing(format: LogFormat, filter: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or("info"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -131,10 +163,12 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (node.listen / --listen)"))?;
-    let local = listener.local_addr().context("cannot read the bound address")?;
-    let shutdown = CancellationToken::new();
+    let local = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let drain = CancellationToken::new();
     let seed = getrandom::u64().context("cannot read OS randomness for the epoch seed")?;
-    let node = Node::new(config, seed, shutdown.clone())?;
+    let node = Node::new(config, seed, drain.clone())?;
     if demo {
         warn!(
             "running the built-in development config: anonymous demo namespaces, API key \"dev-api-key\"; \
@@ -159,15 +193,18 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
         let _ = writeln!(out, "{ready}");
         let _ = out.flush();
     }
-    tokio::spawn(wait_for_signal(shutdown));
+    tokio::spawn(wait_for_signal(drain));
     serve(node, listener).await;
     Ok(())
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT; a second signal exits at once.
-async fn wait_for_signal(shutdown: CancellationToken) {
+/// Cancels `drain` on SIGTERM or SIGINT; a second signal exits at once.
+async fn wait_for_signal(drain: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         warn!("cannot install signal handlers; stop the node with SIGKILL");
         return;
     };
@@ -175,7 +212,7 @@ async fn wait_for_signal(shutdown: CancellationToken) {
         _ = term.recv() => info!(signal = "SIGTERM", "draining"),
         _ = int.recv() => info!(signal = "SIGINT", "draining"),
     }
-    shutdown.cancel();
+    drain.cancel();
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},

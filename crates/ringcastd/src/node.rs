@@ -1,9 +1,11 @@
 //! The node: shared state of one `ringcastd` process and its lifecycle.
 //!
 //! [`Node`] bundles what every task needs (config, hub, ring, verifier, metrics, the
-//! shutdown token and task tracker). [`serve`] runs the node on a bound listener until
-//! the shutdown token is cancelled, then drains: readiness turns false, the listener
-//! stops, sessions are closed with 1001, and tasks get `node.shutdown_grace` to finish.
+//! draining flag, the shutdown token and task tracker). [`serve`] runs the node on a
+//! bound listener until `drain` is cancelled. Then it drains: readiness turns false and
+//! new upgrades are refused for `node.drain_delay` while existing sessions keep
+//! working; then the shutdown token is cancelled, the listener stops, sessions are
+//! closed with 1001, and tasks get `node.shutdown_grace` to finish.
 
 use crate::auth::{AuthConfigError, Verifier};
 use crate::config::Config;
@@ -42,6 +44,9 @@ pub struct Node {
     pub hub: Hub,
     pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
+    /// Cancelled when the node should start draining (SIGTERM).
+    pub drain: CancellationToken,
+    /// Cancelled when sessions must close (after the drain delay).
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     namespaces: HashMap<String, NamespaceOptions>,
@@ -54,19 +59,30 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("node_id", &self.node_id).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl Node {
     /// Builds a node from a validated config. `epoch_seed` should be random per process.
-    pub fn new(config: Config, epoch_seed: u64, shutdown: CancellationToken) -> Result<Arc<Node>, StartError> {
-        let node_id = NodeId::new(&config.node.id).map_err(|e| StartError::NodeId(e.to_string()))?;
+    /// Cancelling `drain` starts the graceful shutdown.
+    pub fn new(
+        config: Config,
+        epoch_seed: u64,
+        drain: CancellationToken,
+    ) -> Result<Arc<Node>, StartError> {
+        let node_id =
+            NodeId::new(&config.node.id).map_err(|e| StartError::NodeId(e.to_string()))?;
         let ring = Ring::build(std::slice::from_ref(&node_id), DEFAULT_VNODES)?;
         let verifier = Verifier::from_config(&config.auth)?;
         let metrics = Arc::new(Metrics::default());
-        let namespaces: HashMap<String, NamespaceOptions> =
-            config.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let namespaces: HashMap<String, NamespaceOptions> = config
+            .namespaces
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let any_anonymous = namespaces.values().any(|n| n.anonymous);
         for (name, ns) in &namespaces {
             if ns.backpressure != ringcast_core::BackpressurePolicy::Disconnect {
@@ -89,7 +105,8 @@ impl Node {
             ring,
             verifier,
             metrics,
-            shutdown,
+            drain,
+            shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             namespaces,
             any_anonymous,
@@ -119,7 +136,7 @@ impl Node {
 
     #[must_use]
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.shutdown.is_cancelled()
+        self.ready.load(Ordering::Acquire) && !self.drain.is_cancelled()
     }
 
     pub fn next_conn_id(&self) -> ConnId {
@@ -129,12 +146,27 @@ impl Node {
     /// Takes a handshake token from the node-wide bucket.
     pub fn admit_handshake(&self) -> bool {
         let now = self.now();
-        self.handshakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).try_take(now)
+        self.handshakes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .try_take(now)
     }
 }
 
-/// Serves clients on `listener` until `node.shutdown` is cancelled, then drains.
+/// Serves clients on `listener` until `node.drain` is cancelled, then drains and stops.
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+    {
+        let node = node.clone();
+        node.tracker.clone().spawn(async move {
+            node.drain.cancelled().await;
+            info!(
+                delay_ms = node.config.node.drain_delay.as_millis() as u64,
+                "draining: readyz now 503"
+            );
+            tokio::time::sleep(node.config.node.drain_delay).await;
+            node.shutdown.cancel();
+        });
+    }
     let sweeper = {
         let node = node.clone();
         node.tracker.clone().spawn(async move {
@@ -153,10 +185,19 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
 
     // Draining: the accept loop returned because shutdown was cancelled.
     node.ready.store(false, Ordering::Release);
-    info!(grace_ms = node.config.node.shutdown_grace.as_millis() as u64, "shutting down: closing sessions");
+    info!(
+        grace_ms = node.config.node.shutdown_grace.as_millis() as u64,
+        "shutting down: closing sessions"
+    );
     node.tracker.close();
-    if tokio::time::timeout(node.config.node.shutdown_grace, node.tracker.wait()).await.is_err() {
-        warn!(open_tasks = node.tracker.len(), "shutdown grace expired; exiting with tasks still open");
+    if tokio::time::timeout(node.config.node.shutdown_grace, node.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open_tasks = node.tracker.len(),
+            "shutdown grace expired; exiting with tasks still open"
+        );
     }
     let _ = sweeper.await;
     info!("shutdown complete");
