@@ -81,9 +81,7 @@ fn binary() -> Result<PathBuf> {
         if !status.success() {
             return Err("cargo build -p ringcastd failed".into());
         }
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
         Ok(target.join("debug").join("ringcastd"))
     })
     .clone()
@@ -138,21 +136,15 @@ impl Ringcastd {
             _dir: dir,
             stderr_path,
         };
-        let line = rx.recv_timeout(WAIT).map_err(|_| {
-            anyhow!(
-                "no ready record within {WAIT:?}; stderr:\n{}",
-                node.stderr()
-            )
-        })?;
+        let line = rx
+            .recv_timeout(WAIT)
+            .map_err(|_| anyhow!("no ready record within {WAIT:?}; stderr:\n{}", node.stderr()))?;
         let ready: Value = serde_json::from_str(&line)
             .map_err(|e| anyhow!("bad ready record {line:?}: {e}; stderr:\n{}", node.stderr()))?;
         if ready["event"] != "ready" {
             bail!("unexpected first line {line:?}");
         }
-        node.addr = ready["client_addr"]
-            .as_str()
-            .context("client_addr")?
-            .parse()?;
+        node.addr = ready["client_addr"].as_str().context("client_addr")?.parse()?;
         node.node = ready["node"].as_str().unwrap_or_default().to_owned();
         Ok(node)
     }
@@ -171,9 +163,7 @@ impl Ringcastd {
     /// Sends SIGTERM.
     pub fn terminate(&self) -> Result<()> {
         let pid = self.child.as_ref().context("already reaped")?.id();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()?;
+        let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
         if !status.success() {
             bail!("kill -TERM {pid} failed");
         }
@@ -235,10 +225,7 @@ impl Drop for Ringcastd {
 /// Seconds since the Unix epoch.
 #[must_use]
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// An HS256 token signed with [`SECRET`].
@@ -252,9 +239,7 @@ pub fn token(claims: &Value) -> String {
 /// A token for `sub` valid for `ttl_secs`, allowed to subscribe and publish on `caps`.
 #[must_use]
 pub fn user_token(sub: &str, ttl_secs: u64, caps: &[&str]) -> String {
-    token(
-        &json!({"sub": sub, "exp": unix_now() + ttl_secs, "caps": {"subscribe": caps, "publish": caps}}),
-    )
+    token(&json!({"sub": sub, "exp": unix_now() + ttl_secs, "caps": {"subscribe": caps, "publish": caps}}))
 }
 
 /// A response from [`http`].
@@ -274,10 +259,7 @@ impl HttpResponse {
 
     #[must_use]
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -289,10 +271,8 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<HttpResponse> {
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -306,37 +286,21 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> Result<HttpResponse> 
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(request).await?;
     let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .context("response timed out")??;
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.context("response timed out")??;
     parse_response(&buf)
 }
 
 fn parse_response(buf: &[u8]) -> Result<HttpResponse> {
     let text = String::from_utf8_lossy(buf);
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .context("no header end in response")?;
+    let (head, rest) = text.split_once("\r\n\r\n").context("no header end in response")?;
     let mut lines = head.lines();
     let status_line = lines.next().context("empty response")?;
     let status: u16 = status_line.split(' ').nth(1).context("status")?.parse()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(rest)?
-    } else {
-        rest.to_owned()
-    };
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked { dechunk(rest)? } else { rest.to_owned() };
+    Ok(HttpResponse { status, headers, body })
 }
 
 fn dechunk(mut s: &str) -> Result<String> {
@@ -372,14 +336,9 @@ pub struct Closed {
 
 impl WsClient {
     pub async fn open(url: &str) -> Result<WsClient> {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .context("connect timed out")??;
-        Ok(WsClient {
-            ws,
-            next_id: 1,
-            pending: VecDeque::new(),
-        })
+        let (ws, _) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await.context("connect timed out")??;
+        Ok(WsClient { ws, next_id: 1, pending: VecDeque::new() })
     }
 
     /// Opens and sends `connect` (with `token`, or anonymous); returns the reply.
@@ -444,15 +403,12 @@ impl WsClient {
     /// The next text frame as JSON.
     pub async fn read_frame(&mut self) -> Result<Value> {
         loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .context("no frame within timeout")?;
+            let m = tokio::time::timeout(WAIT, self.ws.next()).await.context("no frame within timeout")?;
             match m {
                 Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
                 Some(Ok(Message::Close(c))) => {
-                    let (code, reason) = c
-                        .map(|c| (u16::from(c.code), c.reason.to_string()))
-                        .unwrap_or((1005, String::new()));
+                    let (code, reason) =
+                        c.map(|c| (u16::from(c.code), c.reason.to_string())).unwrap_or((1005, String::new()));
                     bail!("connection closed: {code} {reason}")
                 }
                 Some(Ok(_)) => continue,
@@ -465,21 +421,13 @@ impl WsClient {
     /// Reads until the server closes; returns the close code and reason.
     pub async fn expect_close(&mut self) -> Result<Closed> {
         loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .context("no close within timeout")?;
+            let m = tokio::time::timeout(WAIT, self.ws.next()).await.context("no close within timeout")?;
             match m {
                 Some(Ok(Message::Close(Some(c)))) => {
-                    return Ok(Closed {
-                        code: u16::from(c.code),
-                        reason: c.reason.to_string(),
-                    })
+                    return Ok(Closed { code: u16::from(c.code), reason: c.reason.to_string() })
                 }
                 Some(Ok(Message::Close(None))) => {
-                    return Ok(Closed {
-                        code: u16::from(CloseCode::Status),
-                        reason: String::new(),
-                    })
+                    return Ok(Closed { code: u16::from(CloseCode::Status), reason: String::new() })
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => bail!("websocket error before close: {e}"),
@@ -499,8 +447,7 @@ impl WsClient {
 
     /// Publishes and returns the reply.
     pub async fn publish(&mut self, channel: &str, data: Value) -> Result<Value> {
-        self.request(json!({"type": "publish", "channel": channel, "data": data}))
-            .await
+        self.request(json!({"type": "publish", "channel": channel, "data": data})).await
     }
 
     /// Reads `n` `message` pushes for `channel`.
@@ -525,21 +472,11 @@ pub fn error_code(v: &Value) -> String {
 /// Publishes over HTTP with the API key; returns the response.
 pub async fn http_publish(node: &Ringcastd, channel: &str, data: Value) -> Result<HttpResponse> {
     let body = json!({"channel": channel, "data": data}).to_string();
-    http(
-        node.addr,
-        "POST",
-        "/v1/publish",
-        &[("Authorization", &format!("Bearer {API_KEY}"))],
-        &body,
-    )
-    .await
+    http(node.addr, "POST", "/v1/publish", &[("Authorization", &format!("Bearer {API_KEY}"))], &body).await
 }
 
 /// Offsets of a list of `message` pushes.
 #[must_use]
 pub fn offsets(messages: &[Value]) -> Vec<u64> {
-    messages
-        .iter()
-        .filter_map(|m| m["offset"].as_u64())
-        .collect()
+    messages.iter().filter_map(|m| m["offset"].as_u64()).collect()
 }

@@ -23,29 +23,15 @@ async fn fan_out_reaches_every_subscriber_in_order() -> Result<()> {
             let ack = publisher.publish("chat:fanout", json!({"n": i})).await?;
             assert_eq!(ack["type"], "ack", "{ack}");
         } else {
-            assert_eq!(
-                http_publish(&node, "chat:fanout", json!({"n": i}))
-                    .await?
-                    .status,
-                200
-            );
+            assert_eq!(http_publish(&node, "chat:fanout", json!({"n": i})).await?.status, 200);
         }
     }
     for c in &mut subs {
         let got = c.messages(100).await?;
-        assert_eq!(
-            offsets(&got),
-            (1..=100).collect::<Vec<u64>>(),
-            "gapless, ordered offsets"
-        );
+        assert_eq!(offsets(&got), (1..=100).collect::<Vec<u64>>(), "gapless, ordered offsets");
         let data: Vec<i64> = got.iter().filter_map(|m| m["data"]["n"].as_i64()).collect();
-        assert_eq!(
-            data,
-            (0..100).collect::<Vec<i64>>(),
-            "payloads in publish order"
-        );
-        let epochs: std::collections::HashSet<&str> =
-            got.iter().filter_map(|m| m["epoch"].as_str()).collect();
+        assert_eq!(data, (0..100).collect::<Vec<i64>>(), "payloads in publish order");
+        let epochs: std::collections::HashSet<&str> = got.iter().filter_map(|m| m["epoch"].as_str()).collect();
         assert_eq!(epochs.len(), 1);
     }
     assert!(node.metric("ringcast_deliveries_total").await? >= 5000.0);
@@ -77,11 +63,7 @@ async fn resume_inside_the_window_replays_everything_then_goes_live() -> Result<
     let (mut c, _) = WsClient::connect(&url, None).await?;
     let since = json!({"epoch": last["epoch"], "offset": last["offset"]});
     let r = c.subscribe("chat:resume", Some(since)).await?;
-    assert_eq!(
-        (r["recovered"].clone(), r["replayed"].clone()),
-        (json!(true), json!(10)),
-        "{r}"
-    );
+    assert_eq!((r["recovered"].clone(), r["replayed"].clone()), (json!(true), json!(10)), "{r}");
     assert_eq!(r["offset"], 15);
     publish_n(&node, "chat:resume", 16, 1).await?;
     let got = c.messages(11).await?;
@@ -98,65 +80,33 @@ async fn resume_outside_the_window_says_why_and_what_is_left() -> Result<()> {
     let acks = publish_n(&node, "small:x", 1, 20).await?;
     let epoch = acks[0]["epoch"].clone();
 
-    let r = c
-        .subscribe("small:x", Some(json!({"epoch": epoch, "offset": 3})))
-        .await?;
+    let r = c.subscribe("small:x", Some(json!({"epoch": epoch, "offset": 3}))).await?;
     assert_eq!(r["recovered"], false, "{r}");
     assert_eq!(
-        (
-            r["reason"].as_str(),
-            r["oldest"].as_u64(),
-            r["newest"].as_u64()
-        ),
+        (r["reason"].as_str(), r["oldest"].as_u64(), r["newest"].as_u64()),
         (Some("position_expired"), Some(16), Some(20))
     );
-    c.request(json!({"type": "unsubscribe", "channel": "small:x"}))
-        .await?;
+    c.request(json!({"type": "unsubscribe", "channel": "small:x"})).await?;
 
-    let r = c
-        .subscribe("small:x", Some(json!({"epoch": "12345", "offset": 20})))
-        .await?;
-    assert_eq!(
-        (r["recovered"].clone(), r["reason"].clone()),
-        (json!(false), json!("epoch_changed")),
-        "{r}"
-    );
-    c.request(json!({"type": "unsubscribe", "channel": "small:x"}))
-        .await?;
+    let r = c.subscribe("small:x", Some(json!({"epoch": "12345", "offset": 20}))).await?;
+    assert_eq!((r["recovered"].clone(), r["reason"].clone()), (json!(false), json!("epoch_changed")), "{r}");
+    c.request(json!({"type": "unsubscribe", "channel": "small:x"})).await?;
 
-    let r = c
-        .subscribe("small:x", Some(json!({"epoch": "", "offset": 20})))
-        .await?;
-    assert_eq!(
-        r["reason"], "epoch_changed",
-        "an empty epoch cannot prove continuity: {r}"
-    );
-    c.request(json!({"type": "unsubscribe", "channel": "small:x"}))
-        .await?;
+    let r = c.subscribe("small:x", Some(json!({"epoch": "", "offset": 20}))).await?;
+    assert_eq!(r["reason"], "epoch_changed", "an empty epoch cannot prove continuity: {r}");
+    c.request(json!({"type": "unsubscribe", "channel": "small:x"})).await?;
 
-    let r = c
-        .subscribe("small:x", Some(json!({"epoch": epoch, "offset": 21})))
-        .await?;
+    let r = c.subscribe("small:x", Some(json!({"epoch": epoch, "offset": 21}))).await?;
     assert_eq!(r["reason"], "position_ahead", "{r}");
-    c.request(json!({"type": "unsubscribe", "channel": "small:x"}))
-        .await?;
+    c.request(json!({"type": "unsubscribe", "channel": "small:x"})).await?;
 
-    let r = c
-        .subscribe("small:x", Some(json!({"epoch": epoch, "offset": u64::MAX})))
-        .await?;
+    let r = c.subscribe("small:x", Some(json!({"epoch": epoch, "offset": u64::MAX}))).await?;
     assert_eq!(r["reason"], "position_ahead", "{r}");
-    c.request(json!({"type": "unsubscribe", "channel": "small:x"}))
-        .await?;
+    c.request(json!({"type": "unsubscribe", "channel": "small:x"})).await?;
 
     // At the top of the window: recovered with nothing to replay.
-    let r = c
-        .subscribe("small:x", Some(json!({"epoch": epoch, "offset": 20})))
-        .await?;
-    assert_eq!(
-        (r["recovered"].clone(), r["replayed"].clone()),
-        (json!(true), json!(0)),
-        "{r}"
-    );
+    let r = c.subscribe("small:x", Some(json!({"epoch": epoch, "offset": 20}))).await?;
+    assert_eq!((r["recovered"].clone(), r["replayed"].clone()), (json!(true), json!(0)), "{r}");
     // Not recovered means nothing was replayed: the next push is live.
     publish_n(&node, "small:x", 21, 1).await?;
     assert_eq!(offsets(&c.messages(1).await?), vec![21]);
@@ -172,36 +122,15 @@ async fn a_retried_publish_returns_the_original_ack() -> Result<()> {
     let cmd = json!({"type": "publish", "channel": "chat:idem", "data": {"m": "hello"}, "idempotency_key": "msg-1"});
     let first = c.request(cmd.clone()).await?;
     let retry = c.request(cmd).await?;
-    assert_eq!(
-        (first["offset"].clone(), first["duplicate"].clone()),
-        (json!(1), json!(false)),
-        "{first}"
-    );
-    assert_eq!(
-        (retry["offset"].clone(), retry["duplicate"].clone()),
-        (json!(1), json!(true)),
-        "{retry}"
-    );
+    assert_eq!((first["offset"].clone(), first["duplicate"].clone()), (json!(1), json!(false)), "{first}");
+    assert_eq!((retry["offset"].clone(), retry["duplicate"].clone()), (json!(1), json!(true)), "{retry}");
     assert_eq!(retry["epoch"], first["epoch"]);
 
     // Same key over HTTP: the same ack.
-    let body = json!({"channel": "chat:idem", "data": {"m": "hello"}, "idempotency_key": "msg-1"})
-        .to_string();
+    let body = json!({"channel": "chat:idem", "data": {"m": "hello"}, "idempotency_key": "msg-1"}).to_string();
     let auth = format!("Bearer {API_KEY}");
-    let r = http(
-        node.addr,
-        "POST",
-        "/v1/publish",
-        &[("Authorization", &auth)],
-        &body,
-    )
-    .await?;
-    assert_eq!(
-        (r.json()["offset"].clone(), r.json()["duplicate"].clone()),
-        (json!(1), json!(true)),
-        "{}",
-        r.body
-    );
+    let r = http(node.addr, "POST", "/v1/publish", &[("Authorization", &auth)], &body).await?;
+    assert_eq!((r.json()["offset"].clone(), r.json()["duplicate"].clone()), (json!(1), json!(true)), "{}", r.body);
 
     // Same key, different data: a conflict, nothing sequenced.
     let clash = c
@@ -209,10 +138,7 @@ async fn a_retried_publish_returns_the_original_ack() -> Result<()> {
         .await?;
     assert_eq!(error_code(&clash), "conflict", "{clash}");
     let next = c.publish("chat:idem", json!("next")).await?;
-    assert_eq!(
-        next["offset"], 2,
-        "the subscriber saw exactly one copy: {next}"
-    );
+    assert_eq!(next["offset"], 2, "the subscriber saw exactly one copy: {next}");
     assert_eq!(offsets(&sub.messages(2).await?), vec![1, 2]);
     Ok(())
 }
@@ -242,64 +168,24 @@ async fn history_pages_backwards_over_websocket_and_http() -> Result<()> {
     let want: Vec<Vec<u64>> = vec![(16..=25).collect(), (6..=15).collect(), (1..=5).collect()];
     assert_eq!(pages, want);
 
-    let r = http(
-        node.addr,
-        "GET",
-        "/v1/channels/chat:hist/history?limit=3&before=10",
-        &[],
-        "",
-    )
-    .await?;
+    let r = http(node.addr, "GET", "/v1/channels/chat:hist/history?limit=3&before=10", &[], "").await?;
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
-    assert_eq!(
-        offsets(
-            v["messages"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-        ),
-        vec![7, 8, 9]
-    );
-    assert_eq!(
-        (
-            v["oldest"].as_u64(),
-            v["newest"].as_u64(),
-            v["next_before"].as_u64()
-        ),
-        (Some(1), Some(25), Some(7))
-    );
+    assert_eq!(offsets(v["messages"].as_array().map(Vec::as_slice).unwrap_or_default()), vec![7, 8, 9]);
+    assert_eq!((v["oldest"].as_u64(), v["newest"].as_u64(), v["next_before"].as_u64()), (Some(1), Some(25), Some(7)));
     assert_eq!(v["messages"][0]["data"], 7);
 
     // Private namespaces need the API key or a token with the capability.
     publish_n(&node, "private:h", 1, 2).await?;
     let r = http(node.addr, "GET", "/v1/channels/private:h/history", &[], "").await?;
-    assert_eq!(
-        (r.status, error_code(&r.json())),
-        (401, "unauthorized".into())
-    );
+    assert_eq!((r.status, error_code(&r.json())), (401, "unauthorized".into()));
     let t = user_token("bob", 60, &["private:other"]);
-    let r = http(
-        node.addr,
-        "GET",
-        "/v1/channels/private:h/history",
-        &[("Authorization", &format!("Bearer {t}"))],
-        "",
-    )
-    .await?;
-    assert_eq!(
-        (r.status, error_code(&r.json())),
-        (403, "permission_denied".into())
-    );
+    let r = http(node.addr, "GET", "/v1/channels/private:h/history", &[("Authorization", &format!("Bearer {t}"))], "")
+        .await?;
+    assert_eq!((r.status, error_code(&r.json())), (403, "permission_denied".into()));
     let t = user_token("bob", 60, &["private:*"]);
-    let r = http(
-        node.addr,
-        "GET",
-        "/v1/channels/private:h/history",
-        &[("Authorization", &format!("Bearer {t}"))],
-        "",
-    )
-    .await?;
+    let r = http(node.addr, "GET", "/v1/channels/private:h/history", &[("Authorization", &format!("Bearer {t}"))], "")
+        .await?;
     assert_eq!(r.status, 200, "{}", r.body);
     let r = http(
         node.addr,
@@ -319,17 +205,9 @@ async fn broadcast_publishes_to_many_channels_with_per_channel_results() -> Resu
     let (mut a, _) = WsClient::connect(&node.ws_url(), None).await?;
     a.subscribe("scores:game1", None).await?;
     a.subscribe("scores:game2", None).await?;
-    let body = json!({"channels": ["scores:game1", "scores:game2", "nope:x"], "data": {"home": 1}})
-        .to_string();
+    let body = json!({"channels": ["scores:game1", "scores:game2", "nope:x"], "data": {"home": 1}}).to_string();
     let auth = format!("Bearer {API_KEY}");
-    let r = http(
-        node.addr,
-        "POST",
-        "/v1/broadcast",
-        &[("Authorization", &auth)],
-        &body,
-    )
-    .await?;
+    let r = http(node.addr, "POST", "/v1/broadcast", &[("Authorization", &auth)], &body).await?;
     assert_eq!(r.status, 200, "{}", r.body);
     let results = r.json()["results"].as_array().cloned().unwrap_or_default();
     assert_eq!(results.len(), 3);

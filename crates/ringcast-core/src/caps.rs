@@ -30,10 +30,7 @@ impl ChannelPattern {
         if s.len() > MAX_CHANNEL_BYTES {
             return Err(PatternError::TooLong);
         }
-        if let Some(c) = s
-            .chars()
-            .find(|&c| !(c.is_ascii_graphic() && c != '>' && c != '#' && c != '"'))
-        {
+        if let Some(c) = s.chars().find(|&c| !(c.is_ascii_graphic() && c != '>' && c != '#' && c != '"')) {
             return Err(PatternError::InvalidChar(c));
         }
         Ok(ChannelPattern(s.to_owned()))
@@ -102,13 +99,7 @@ mod tests {
         let c = "a".repeat(250);
         assert!(!m(&p[..255.min(p.len())], &format!("{c}b")));
         assert_eq!(ChannelPattern::new(""), Err(PatternError::Empty));
-        assert_eq!(
-            ChannelPattern::new("a b"),
-            Err(PatternError::InvalidChar(' '))
-        );
-        assert_eq!(
-            ChannelPattern::new("a>"),
-            Err(PatternError::InvalidChar('>'))
-        );
+        assert_eq!(ChannelPattern::new("a b"), Err(PatternError::InvalidChar(' ')));
+        assert_eq!(ChannelPattern::new("a>"), Err(PatternError::InvalidChar('>')));
     }
 }

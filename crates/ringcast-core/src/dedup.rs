@@ -23,10 +23,7 @@ pub struct DedupPolicy {
 
 impl Default for DedupPolicy {
     fn default() -> Self {
-        DedupPolicy {
-            window: Duration::from_secs(120),
-            max_keys: 10_000,
-        }
+        DedupPolicy { window: Duration::from_secs(120), max_keys: 10_000 }
     }
 }
 
@@ -56,13 +53,7 @@ pub struct DedupWindow {
 }
 
 impl DedupWindow {
-    pub fn check(
-        &mut self,
-        key: &str,
-        digest: u64,
-        policy: &DedupPolicy,
-        now: Millis,
-    ) -> DedupCheck {
+    pub fn check(&mut self, key: &str, digest: u64, policy: &DedupPolicy, now: Millis) -> DedupCheck {
         self.expire(policy, now);
         match self.index.get(key) {
             None => DedupCheck::New,
@@ -72,23 +63,9 @@ impl DedupWindow {
     }
 
     /// Records a key just sequenced. Call only after `check` returned `New`.
-    pub fn record(
-        &mut self,
-        key: &str,
-        digest: u64,
-        position: StreamPosition,
-        policy: &DedupPolicy,
-        now: Millis,
-    ) {
+    pub fn record(&mut self, key: &str, digest: u64, position: StreamPosition, policy: &DedupPolicy, now: Millis) {
         let key: Arc<str> = key.into();
-        self.index.insert(
-            key.clone(),
-            Seen {
-                position,
-                digest,
-                at: now,
-            },
-        );
+        self.index.insert(key.clone(), Seen { position, digest, at: now });
         self.order.push_back(key);
         while self.order.len() > policy.max_keys {
             if let Some(old) = self.order.pop_front() {
@@ -100,10 +77,7 @@ impl DedupWindow {
     /// Forgets keys older than the window.
     pub fn expire(&mut self, policy: &DedupPolicy, now: Millis) {
         while let Some(front) = self.order.front() {
-            let expired = self
-                .index
-                .get(front)
-                .is_none_or(|s| s.at.saturating_add(policy.window) <= now);
+            let expired = self.index.get(front).is_none_or(|s| s.at.saturating_add(policy.window) <= now);
             if !expired {
                 break;
             }
@@ -127,9 +101,7 @@ impl DedupWindow {
     #[must_use]
     pub fn next_expiry(&self, policy: &DedupPolicy) -> Option<Millis> {
         let front = self.order.front()?;
-        self.index
-            .get(front)
-            .map(|s| s.at.saturating_add(policy.window))
+        self.index.get(front).map(|s| s.at.saturating_add(policy.window))
     }
 }
 
@@ -139,49 +111,31 @@ mod tests {
     use crate::position::{Epoch, Offset};
 
     fn pos(o: u64) -> StreamPosition {
-        StreamPosition {
-            epoch: Epoch::new(1).unwrap_or_else(|| unreachable!()),
-            offset: Offset(o),
-        }
+        StreamPosition { epoch: Epoch::new(1).unwrap_or_else(|| unreachable!()), offset: Offset(o) }
     }
 
     #[test]
     fn duplicate_conflict_and_expiry() {
-        let p = DedupPolicy {
-            window: Duration::from_secs(10),
-            max_keys: 100,
-        };
+        let p = DedupPolicy { window: Duration::from_secs(10), max_keys: 100 };
         let mut w = DedupWindow::default();
         assert_eq!(w.check("k", 1, &p, Millis(0)), DedupCheck::New);
         w.record("k", 1, pos(1), &p, Millis(0));
-        assert_eq!(
-            w.check("k", 1, &p, Millis(9_999)),
-            DedupCheck::Duplicate(pos(1))
-        );
-        assert_eq!(
-            w.check("k", 2, &p, Millis(9_999)),
-            DedupCheck::Conflict(pos(1))
-        );
+        assert_eq!(w.check("k", 1, &p, Millis(9_999)), DedupCheck::Duplicate(pos(1)));
+        assert_eq!(w.check("k", 2, &p, Millis(9_999)), DedupCheck::Conflict(pos(1)));
         assert_eq!(w.check("k", 1, &p, Millis(10_000)), DedupCheck::New);
         assert!(w.is_empty());
     }
 
     #[test]
     fn bounded_by_count() {
-        let p = DedupPolicy {
-            window: Duration::from_secs(10),
-            max_keys: 3,
-        };
+        let p = DedupPolicy { window: Duration::from_secs(10), max_keys: 3 };
         let mut w = DedupWindow::default();
         for i in 0..10u64 {
             w.record(&format!("k{i}"), i, pos(i + 1), &p, Millis(0));
         }
         assert_eq!(w.len(), 3);
         assert_eq!(w.check("k0", 0, &p, Millis(0)), DedupCheck::New);
-        assert_eq!(
-            w.check("k9", 9, &p, Millis(0)),
-            DedupCheck::Duplicate(pos(10))
-        );
+        assert_eq!(w.check("k9", 9, &p, Millis(0)), DedupCheck::Duplicate(pos(10)));
     }
 }
 

@@ -41,10 +41,7 @@ struct Entry<P> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended<P> {
     /// Sequenced now at `position`; `payload` is what was stored (for fan-out).
-    Fresh {
-        position: StreamPosition,
-        payload: P,
-    },
+    Fresh { position: StreamPosition, payload: P },
     /// The idempotency key was seen with the same payload: the original position.
     /// Nothing was stored and nothing must be fanned out.
     Duplicate { position: StreamPosition },
@@ -87,11 +84,7 @@ pub enum Recovery<P> {
     Recovered { replay: Vec<P> },
     /// Continuity cannot be given. History holds `oldest..=newest` (empty when
     /// `oldest > newest`) so the reader can take what is left and page the rest.
-    NotRecovered {
-        reason: NotRecoveredReason,
-        oldest: Offset,
-        newest: Offset,
-    },
+    NotRecovered { reason: NotRecoveredReason, oldest: Offset, newest: Offset },
 }
 
 /// One page of history, oldest first.
@@ -136,10 +129,7 @@ impl<P: Clone> ChannelLog<P> {
     /// The newest position (offset 0 when nothing was sequenced in this epoch).
     #[must_use]
     pub fn top(&self) -> StreamPosition {
-        StreamPosition {
-            epoch: self.epoch,
-            offset: self.top,
-        }
+        StreamPosition { epoch: self.epoch, offset: self.top }
     }
 
     #[must_use]
@@ -168,18 +158,13 @@ impl<P: Clone> ChannelLog<P> {
         let position = self.top();
         let payload = encode(position);
         if self.history_policy.size > 0 {
-            self.history.push_back(Entry {
-                offset: self.top,
-                at: now,
-                payload: payload.clone(),
-            });
+            self.history.push_back(Entry { offset: self.top, at: now, payload: payload.clone() });
             while self.history.len() > self.history_policy.size {
                 self.history.pop_front();
             }
         }
         if let Some(key) = idempotency_key {
-            self.dedup
-                .record(key, digest, position, &self.dedup_policy, now);
+            self.dedup.record(key, digest, position, &self.dedup_policy, now);
         }
         Ok(Appended::Fresh { position, payload })
     }
@@ -204,11 +189,7 @@ impl<P: Clone> ChannelLog<P> {
     pub fn recover(&mut self, since: StreamPosition, now: Millis) -> Recovery<P> {
         self.prune(now);
         let (oldest, newest) = (self.oldest(), self.top);
-        let not = |reason| Recovery::NotRecovered {
-            reason,
-            oldest,
-            newest,
-        };
+        let not = |reason| Recovery::NotRecovered { reason, oldest, newest };
         if since.epoch != self.epoch {
             return not(NotRecoveredReason::EpochChanged);
         }
@@ -221,12 +202,7 @@ impl<P: Clone> ChannelLog<P> {
         if since.offset.next() < oldest {
             return not(NotRecoveredReason::PositionExpired);
         }
-        let replay = self
-            .history
-            .iter()
-            .filter(|e| e.offset > since.offset)
-            .map(|e| e.payload.clone())
-            .collect();
+        let replay = self.history.iter().filter(|e| e.offset > since.offset).map(|e| e.payload.clone()).collect();
         Recovery::Recovered { replay }
     }
 
@@ -236,19 +212,9 @@ impl<P: Clone> ChannelLog<P> {
         let before = before.unwrap_or(self.top.next());
         let below = self.history.partition_point(|e| e.offset < before);
         let start = below.saturating_sub(limit);
-        let entries: Vec<P> = self
-            .history
-            .range(start..below)
-            .map(|e| e.payload.clone())
-            .collect();
+        let entries: Vec<P> = self.history.range(start..below).map(|e| e.payload.clone()).collect();
         let next_before = (start > 0 && !entries.is_empty()).then(|| self.history[start].offset);
-        HistoryPage {
-            epoch: self.epoch,
-            oldest: self.oldest(),
-            newest: self.top,
-            entries,
-            next_before,
-        }
+        HistoryPage { epoch: self.epoch, oldest: self.oldest(), newest: self.top, entries, next_before }
     }
 
     /// True when the log holds nothing worth keeping: no history and no idempotency keys.
@@ -278,31 +244,17 @@ mod tests {
     fn log(size: usize, ttl_s: u64) -> ChannelLog<u64> {
         ChannelLog::new(
             epoch(7),
-            HistoryPolicy {
-                size,
-                ttl: Duration::from_secs(ttl_s),
-            },
-            DedupPolicy {
-                window: Duration::from_secs(120),
-                max_keys: 100,
-            },
+            HistoryPolicy { size, ttl: Duration::from_secs(ttl_s) },
+            DedupPolicy { window: Duration::from_secs(120), max_keys: 100 },
         )
     }
 
-    fn push(
-        l: &mut ChannelLog<u64>,
-        now: u64,
-        key: Option<&str>,
-        digest: u64,
-    ) -> Result<Appended<u64>, AppendError> {
+    fn push(l: &mut ChannelLog<u64>, now: u64, key: Option<&str>, digest: u64) -> Result<Appended<u64>, AppendError> {
         l.append(Millis(now), key, digest, |p| p.offset.0)
     }
 
     fn at(e: u64, o: u64) -> StreamPosition {
-        StreamPosition {
-            epoch: epoch(e),
-            offset: Offset(o),
-        }
+        StreamPosition { epoch: epoch(e), offset: Offset(o) }
     }
 
     #[test]
@@ -325,32 +277,13 @@ mod tests {
     fn idempotent_retry_returns_original_and_conflict_is_refused() {
         let mut l = log(10, 60);
         let first = push(&mut l, 0, Some("k1"), 11);
-        assert_eq!(
-            first,
-            Ok(Appended::Fresh {
-                position: at(7, 1),
-                payload: 1
-            })
-        );
+        assert_eq!(first, Ok(Appended::Fresh { position: at(7, 1), payload: 1 }));
         push(&mut l, 1, None, 0).ok();
-        assert_eq!(
-            push(&mut l, 2, Some("k1"), 11),
-            Ok(Appended::Duplicate { position: at(7, 1) })
-        );
-        assert_eq!(
-            push(&mut l, 2, Some("k1"), 12),
-            Err(AppendError::Conflict { position: at(7, 1) })
-        );
-        assert_eq!(
-            l.top(),
-            at(7, 2),
-            "duplicates and conflicts sequence nothing"
-        );
+        assert_eq!(push(&mut l, 2, Some("k1"), 11), Ok(Appended::Duplicate { position: at(7, 1) }));
+        assert_eq!(push(&mut l, 2, Some("k1"), 12), Err(AppendError::Conflict { position: at(7, 1) }));
+        assert_eq!(l.top(), at(7, 2), "duplicates and conflicts sequence nothing");
         // After the window the key is new again.
-        assert!(matches!(
-            push(&mut l, 121_000, Some("k1"), 11),
-            Ok(Appended::Fresh { .. })
-        ));
+        assert!(matches!(push(&mut l, 121_000, Some("k1"), 11), Ok(Appended::Fresh { .. })));
     }
 
     #[test]
@@ -360,22 +293,9 @@ mod tests {
             push(&mut l, 0, None, 0).ok();
         }
         // History holds 4..=8.
-        assert_eq!(
-            l.recover(at(7, 8), Millis(0)),
-            Recovery::Recovered { replay: vec![] }
-        );
-        assert_eq!(
-            l.recover(at(7, 5), Millis(0)),
-            Recovery::Recovered {
-                replay: vec![6, 7, 8]
-            }
-        );
-        assert_eq!(
-            l.recover(at(7, 3), Millis(0)),
-            Recovery::Recovered {
-                replay: vec![4, 5, 6, 7, 8]
-            }
-        );
+        assert_eq!(l.recover(at(7, 8), Millis(0)), Recovery::Recovered { replay: vec![] });
+        assert_eq!(l.recover(at(7, 5), Millis(0)), Recovery::Recovered { replay: vec![6, 7, 8] });
+        assert_eq!(l.recover(at(7, 3), Millis(0)), Recovery::Recovered { replay: vec![4, 5, 6, 7, 8] });
     }
 
     #[test]
@@ -384,40 +304,16 @@ mod tests {
         for _ in 0..8 {
             push(&mut l, 0, None, 0).ok();
         }
-        let nr = |reason, oldest, newest| Recovery::NotRecovered {
-            reason,
-            oldest: Offset(oldest),
-            newest: Offset(newest),
-        };
-        assert_eq!(
-            l.recover(at(7, 2), Millis(0)),
-            nr(NotRecoveredReason::PositionExpired, 4, 8)
-        );
-        assert_eq!(
-            l.recover(at(7, 0), Millis(0)),
-            nr(NotRecoveredReason::PositionExpired, 4, 8)
-        );
-        assert_eq!(
-            l.recover(at(8, 8), Millis(0)),
-            nr(NotRecoveredReason::EpochChanged, 4, 8)
-        );
-        assert_eq!(
-            l.recover(at(7, 9), Millis(0)),
-            nr(NotRecoveredReason::PositionAhead, 4, 8)
-        );
-        assert_eq!(
-            l.recover(at(7, u64::MAX), Millis(0)),
-            nr(NotRecoveredReason::PositionAhead, 4, 8)
-        );
+        let nr =
+            |reason, oldest, newest| Recovery::NotRecovered { reason, oldest: Offset(oldest), newest: Offset(newest) };
+        assert_eq!(l.recover(at(7, 2), Millis(0)), nr(NotRecoveredReason::PositionExpired, 4, 8));
+        assert_eq!(l.recover(at(7, 0), Millis(0)), nr(NotRecoveredReason::PositionExpired, 4, 8));
+        assert_eq!(l.recover(at(8, 8), Millis(0)), nr(NotRecoveredReason::EpochChanged, 4, 8));
+        assert_eq!(l.recover(at(7, 9), Millis(0)), nr(NotRecoveredReason::PositionAhead, 4, 8));
+        assert_eq!(l.recover(at(7, u64::MAX), Millis(0)), nr(NotRecoveredReason::PositionAhead, 4, 8));
         // TTL: everything expires after 60 s; a reader at the top is still current.
-        assert_eq!(
-            l.recover(at(7, 8), Millis(60_000)),
-            Recovery::Recovered { replay: vec![] }
-        );
-        assert_eq!(
-            l.recover(at(7, 7), Millis(60_000)),
-            nr(NotRecoveredReason::PositionExpired, 9, 8)
-        );
+        assert_eq!(l.recover(at(7, 8), Millis(60_000)), Recovery::Recovered { replay: vec![] });
+        assert_eq!(l.recover(at(7, 7), Millis(60_000)), nr(NotRecoveredReason::PositionExpired, 9, 8));
     }
 
     #[test]
@@ -428,22 +324,13 @@ mod tests {
         }
         let p1 = l.page(Millis(0), None, 4);
         assert_eq!(p1.entries, vec![22, 23, 24, 25]);
-        assert_eq!(
-            (p1.oldest, p1.newest, p1.next_before),
-            (Offset(16), Offset(25), Some(Offset(22)))
-        );
+        assert_eq!((p1.oldest, p1.newest, p1.next_before), (Offset(16), Offset(25), Some(Offset(22))));
         let p2 = l.page(Millis(0), p1.next_before, 4);
         assert_eq!(p2.entries, vec![18, 19, 20, 21]);
         let p3 = l.page(Millis(0), p2.next_before, 4);
         assert_eq!((p3.entries, p3.next_before), (vec![16, 17], None));
-        assert_eq!(
-            l.page(Millis(0), Some(Offset(1)), 4).entries,
-            Vec::<u64>::new()
-        );
-        assert_eq!(
-            l.page(Millis(0), Some(Offset(u64::MAX)), 2).entries,
-            vec![24, 25]
-        );
+        assert_eq!(l.page(Millis(0), Some(Offset(1)), 4).entries, Vec::<u64>::new());
+        assert_eq!(l.page(Millis(0), Some(Offset(u64::MAX)), 2).entries, vec![24, 25]);
         assert_eq!(l.page(Millis(0), None, 0).entries, Vec::<u64>::new());
     }
 

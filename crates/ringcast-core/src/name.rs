@@ -64,10 +64,7 @@ fn namespace_char_ok(b: u8) -> bool {
 }
 
 fn first_bad(s: &str, ok: impl Fn(u8) -> bool, base: usize) -> Result<(), NameError> {
-    match s
-        .char_indices()
-        .find(|&(_, c)| !c.is_ascii() || !ok(c as u8))
-    {
+    match s.char_indices().find(|&(_, c)| !c.is_ascii() || !ok(c as u8)) {
         Some((at, ch)) => Err(NameError::InvalidChar { ch, at: at + base }),
         None => Ok(()),
     }
@@ -82,10 +79,7 @@ impl NamespaceName {
             return Err(NameError::Empty);
         }
         if s.len() > MAX_NAMESPACE_BYTES {
-            return Err(NameError::TooLong {
-                len: s.len(),
-                max: MAX_NAMESPACE_BYTES,
-            });
+            return Err(NameError::TooLong { len: s.len(), max: MAX_NAMESPACE_BYTES });
         }
         if s.starts_with('#') {
             return Err(NameError::Reserved);
@@ -106,10 +100,7 @@ impl ChannelName {
             return Err(NameError::Empty);
         }
         if s.len() > MAX_CHANNEL_BYTES {
-            return Err(NameError::TooLong {
-                len: s.len(),
-                max: MAX_CHANNEL_BYTES,
-            });
+            return Err(NameError::TooLong { len: s.len(), max: MAX_CHANNEL_BYTES });
         }
         match s.find(':') {
             Some(0) => return Err(NameError::EmptyNamespace),
@@ -119,10 +110,7 @@ impl ChannelName {
                     return Err(NameError::Reserved);
                 }
                 if ns.len() > MAX_NAMESPACE_BYTES {
-                    return Err(NameError::TooLong {
-                        len: ns.len(),
-                        max: MAX_NAMESPACE_BYTES,
-                    });
+                    return Err(NameError::TooLong { len: ns.len(), max: MAX_NAMESPACE_BYTES });
                 }
                 first_bad(ns, namespace_char_ok, 0)?;
                 if i + 1 == s.len() {
@@ -158,10 +146,7 @@ impl NodeId {
             return Err(NameError::Empty);
         }
         if s.len() > MAX_NODE_ID_BYTES {
-            return Err(NameError::TooLong {
-                len: s.len(),
-                max: MAX_NODE_ID_BYTES,
-            });
+            return Err(NameError::TooLong { len: s.len(), max: MAX_NODE_ID_BYTES });
         }
         first_bad(s, |b| namespace_char_ok(b) || b == b'.', 0)?;
         Ok(NodeId(s.into()))
@@ -209,13 +194,7 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_grammar() {
-        for ok in [
-            "scores:nba:lakers",
-            "chat",
-            "a",
-            "chat:room-1.general",
-            "x:a@b=c,d;e/f+g!h~i|j$k",
-        ] {
+        for ok in ["scores:nba:lakers", "chat", "a", "chat:room-1.general", "x:a@b=c,d;e/f+g!h~i|j$k"] {
             assert!(ChannelName::new(ok).is_ok(), "{ok}");
         }
         let c = ChannelName::new("scores:nba:lakers").unwrap_or_else(|e| panic!("{e}"));
@@ -230,35 +209,14 @@ mod tests {
         assert_eq!(ChannelName::new(":x"), Err(NameError::EmptyNamespace));
         assert_eq!(ChannelName::new("chat:"), Err(NameError::EmptyRest));
         assert_eq!(ChannelName::new("#user:1"), Err(NameError::Reserved));
-        assert_eq!(
-            ChannelName::new("chat:a b"),
-            Err(NameError::InvalidChar { ch: ' ', at: 6 })
-        );
-        assert_eq!(
-            ChannelName::new("chat:a*"),
-            Err(NameError::InvalidChar { ch: '*', at: 6 })
-        );
-        assert_eq!(
-            ChannelName::new("chat:>"),
-            Err(NameError::InvalidChar { ch: '>', at: 5 })
-        );
-        assert_eq!(
-            ChannelName::new("Chat:x"),
-            Err(NameError::InvalidChar { ch: 'C', at: 0 })
-        );
-        assert_eq!(
-            ChannelName::new("chat:\u{7}"),
-            Err(NameError::InvalidChar { ch: '\u{7}', at: 5 })
-        );
-        assert_eq!(
-            ChannelName::new("chat:é"),
-            Err(NameError::InvalidChar { ch: 'é', at: 5 })
-        );
+        assert_eq!(ChannelName::new("chat:a b"), Err(NameError::InvalidChar { ch: ' ', at: 6 }));
+        assert_eq!(ChannelName::new("chat:a*"), Err(NameError::InvalidChar { ch: '*', at: 6 }));
+        assert_eq!(ChannelName::new("chat:>"), Err(NameError::InvalidChar { ch: '>', at: 5 }));
+        assert_eq!(ChannelName::new("Chat:x"), Err(NameError::InvalidChar { ch: 'C', at: 0 }));
+        assert_eq!(ChannelName::new("chat:\u{7}"), Err(NameError::InvalidChar { ch: '\u{7}', at: 5 }));
+        assert_eq!(ChannelName::new("chat:é"), Err(NameError::InvalidChar { ch: 'é', at: 5 }));
         let long = "a".repeat(256);
-        assert_eq!(
-            ChannelName::new(&long),
-            Err(NameError::TooLong { len: 256, max: 255 })
-        );
+        assert_eq!(ChannelName::new(&long), Err(NameError::TooLong { len: 256, max: 255 }));
         assert!(ChannelName::new(&"a".repeat(255)).is_ok());
     }
 

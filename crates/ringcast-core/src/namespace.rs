@@ -83,30 +83,18 @@ impl NamespaceOptions {
     pub fn validate(&self) -> Result<(), NamespaceError> {
         let err = |field, problem: String| Err(NamespaceError { field, problem });
         if self.history_size > MAX_HISTORY_SIZE {
-            return err(
-                "history_size",
-                format!(
-                    "{} is above the maximum {MAX_HISTORY_SIZE}",
-                    self.history_size
-                ),
-            );
+            return err("history_size", format!("{} is above the maximum {MAX_HISTORY_SIZE}", self.history_size));
         }
         if self.history_ttl > MAX_HISTORY_TTL {
             return err("history_ttl", "must be at most 24h".into());
         }
         if self.history_size > 0 && self.history_ttl.is_zero() {
-            return err(
-                "history_ttl",
-                "must be above zero when history_size is above zero".into(),
-            );
+            return err("history_ttl", "must be above zero when history_size is above zero".into());
         }
         if self.max_message_bytes == 0 || self.max_message_bytes > MAX_MESSAGE_BYTES_CEILING {
             return err(
                 "max_message_bytes",
-                format!(
-                    "{} is outside 1..={MAX_MESSAGE_BYTES_CEILING}",
-                    self.max_message_bytes
-                ),
+                format!("{} is outside 1..={MAX_MESSAGE_BYTES_CEILING}", self.max_message_bytes),
             );
         }
         if self.dedup_window.is_zero() || self.dedup_window > Duration::from_secs(3600) {
@@ -117,18 +105,12 @@ impl NamespaceOptions {
 
     #[must_use]
     pub fn history_policy(&self) -> HistoryPolicy {
-        HistoryPolicy {
-            size: self.history_size,
-            ttl: self.history_ttl,
-        }
+        HistoryPolicy { size: self.history_size, ttl: self.history_ttl }
     }
 
     #[must_use]
     pub fn dedup_policy(&self) -> DedupPolicy {
-        DedupPolicy {
-            window: self.dedup_window,
-            ..DedupPolicy::default()
-        }
+        DedupPolicy { window: self.dedup_window, ..DedupPolicy::default() }
     }
 }
 
@@ -140,31 +122,16 @@ mod tests {
     fn defaults_are_valid_and_documented_values() {
         let d = NamespaceOptions::default();
         assert_eq!(d.validate(), Ok(()));
-        assert_eq!(
-            (d.history_size, d.history_ttl),
-            (300, Duration::from_secs(120))
-        );
+        assert_eq!((d.history_size, d.history_ttl), (300, Duration::from_secs(120)));
     }
 
     #[test]
     fn out_of_range_values_name_their_field() {
-        let bad = NamespaceOptions {
-            max_message_bytes: 0,
-            ..Default::default()
-        };
-        assert_eq!(
-            bad.validate().map_err(|e| e.field),
-            Err("max_message_bytes")
-        );
-        let bad = NamespaceOptions {
-            history_size: MAX_HISTORY_SIZE + 1,
-            ..Default::default()
-        };
+        let bad = NamespaceOptions { max_message_bytes: 0, ..Default::default() };
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("max_message_bytes"));
+        let bad = NamespaceOptions { history_size: MAX_HISTORY_SIZE + 1, ..Default::default() };
         assert_eq!(bad.validate().map_err(|e| e.field), Err("history_size"));
-        let bad = NamespaceOptions {
-            history_ttl: Duration::ZERO,
-            ..Default::default()
-        };
+        let bad = NamespaceOptions { history_ttl: Duration::ZERO, ..Default::default() };
         assert_eq!(bad.validate().map_err(|e| e.field), Err("history_ttl"));
     }
 

@@ -77,10 +77,7 @@ impl FromStr for Epoch {
         if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(PositionError::BadEpoch);
         }
-        s.parse::<u64>()
-            .ok()
-            .and_then(Epoch::new)
-            .ok_or(PositionError::BadEpoch)
+        s.parse::<u64>().ok().and_then(Epoch::new).ok_or(PositionError::BadEpoch)
     }
 }
 
@@ -117,33 +114,18 @@ mod tests {
     fn epoch_parses_only_plain_nonzero_decimals() {
         assert_eq!("42".parse::<Epoch>(), Ok(Epoch(42)));
         assert_eq!("18446744073709551615".parse::<Epoch>(), Ok(Epoch(u64::MAX)));
-        for bad in [
-            "",
-            "0",
-            "-1",
-            "+1",
-            " 1",
-            "1.0",
-            "abc",
-            "18446744073709551616",
-            "0x10",
-        ] {
+        for bad in ["", "0", "-1", "+1", " 1", "1.0", "abc", "18446744073709551616", "0x10"] {
             assert!(bad.parse::<Epoch>().is_err(), "{bad:?} must be rejected");
         }
     }
 
     #[test]
     fn epoch_is_a_string_on_the_wire() {
-        let pos = StreamPosition {
-            epoch: Epoch(7),
-            offset: Offset(3),
-        };
+        let pos = StreamPosition { epoch: Epoch(7), offset: Offset(3) };
         let json = serde_json::to_string(&pos).unwrap_or_default();
         assert_eq!(json, r#"{"epoch":"7","offset":3}"#);
-        let back: StreamPosition = serde_json::from_str(&json).unwrap_or(StreamPosition {
-            epoch: Epoch(1),
-            offset: Offset(0),
-        });
+        let back: StreamPosition =
+            serde_json::from_str(&json).unwrap_or(StreamPosition { epoch: Epoch(1), offset: Offset(0) });
         assert_eq!(back, pos);
         assert!(serde_json::from_str::<StreamPosition>(r#"{"epoch":7,"offset":3}"#).is_err());
         assert!(serde_json::from_str::<StreamPosition>(r#"{"epoch":"7","offset":-1}"#).is_err());

@@ -17,12 +17,7 @@ impl TokenBucket {
     #[must_use]
     pub fn new(per_second: u32, burst: u32, now: Millis) -> TokenBucket {
         let burst = burst.max(1);
-        TokenBucket {
-            per_second,
-            burst,
-            milli_tokens: u64::from(burst) * 1000,
-            last: now,
-        }
+        TokenBucket { per_second, burst, milli_tokens: u64::from(burst) * 1000, last: now }
     }
 
     /// Takes one token if available.

@@ -82,15 +82,7 @@ impl Ring {
         }
         let mut ring: HashRing<VNode> = HashRing::new();
         ring.batch_add(
-            members
-                .iter()
-                .flat_map(|n| {
-                    (0..vnodes).map(move |index| VNode {
-                        node: n.clone(),
-                        index,
-                    })
-                })
-                .collect(),
+            members.iter().flat_map(|n| (0..vnodes).map(move |index| VNode { node: n.clone(), index })).collect(),
         );
         let n = members.len();
         let cap = (LOAD_FACTOR * f64::from(SLOTS) / n as f64).ceil() as usize;
@@ -148,9 +140,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn nodes(n: usize) -> Vec<NodeId> {
-        (0..n)
-            .map(|i| NodeId::new(&format!("node-{i}")).unwrap_or_else(|e| panic!("{e}")))
-            .collect()
+        (0..n).map(|i| NodeId::new(&format!("node-{i}")).unwrap_or_else(|e| panic!("{e}"))).collect()
     }
 
     #[test]

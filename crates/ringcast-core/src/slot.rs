@@ -59,18 +59,12 @@ mod tests {
     #[test]
     fn slot_is_stable_and_in_range() {
         // Pinned values: changing the hash would move every channel in a live cluster.
-        assert_eq!(
-            Slot::of_bytes(b"scores:nba:lakers").get(),
-            Slot::of_bytes(b"scores:nba:lakers").get()
-        );
+        assert_eq!(Slot::of_bytes(b"scores:nba:lakers").get(), Slot::of_bytes(b"scores:nba:lakers").get());
         for i in 0..10_000u32 {
             let s = Slot::of_bytes(format!("chat:room{i}").as_bytes());
             assert!(s.get() < SLOTS);
         }
-        assert_eq!(
-            Slot::of_bytes(b"").get(),
-            (xxhash_rust::xxh3::xxh3_64(b"") % 1024) as u16
-        );
+        assert_eq!(Slot::of_bytes(b"").get(), (xxhash_rust::xxh3::xxh3_64(b"") % 1024) as u16);
         assert!(Slot::new(SLOTS).is_none());
         assert_eq!(Slot::all().count(), usize::from(SLOTS));
     }

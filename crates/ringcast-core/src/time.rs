@@ -31,22 +31,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("{s:?} is not a duration like \"250ms\", \"30s\", \"2m\" or \"1h\"")
-    })?;
+    let n: u64 =
+        num.parse().map_err(|_| format!("{s:?} is not a duration like \"250ms\", \"30s\", \"2m\" or \"1h\""))?;
     let ms = match unit {
         "ms" => Some(n),
         "s" => n.checked_mul(1_000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
-        _ => {
-            return Err(format!(
-                "{s:?} has no unit: write for example \"30s\" (units: ms, s, m, h)"
-            ))
-        }
+        _ => return Err(format!("{s:?} has no unit: write for example \"30s\" (units: ms, s, m, h)")),
     };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    ms.map(Duration::from_millis).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Serde adapter for human durations (`"30s"`), for configuration structs.
@@ -81,10 +75,7 @@ mod tests {
 
     #[test]
     fn millis_saturate() {
-        assert_eq!(
-            Millis(u64::MAX).saturating_add(Duration::from_secs(1)),
-            Millis(u64::MAX)
-        );
+        assert_eq!(Millis(u64::MAX).saturating_add(Duration::from_secs(1)), Millis(u64::MAX));
         assert_eq!(Millis(5).since(Millis(10)), Duration::ZERO);
     }
 }

@@ -163,9 +163,7 @@ fn decode_since(raw: &RawValue, id: u64) -> Result<Since, DecodeError> {
 /// Idempotency keys: 1..=128 bytes of printable ASCII.
 pub fn check_idempotency_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "idempotency_key must be 1..={MAX_IDEMPOTENCY_KEY_BYTES} bytes of printable ASCII"
-        ));
+        return Err(format!("idempotency_key must be 1..={MAX_IDEMPOTENCY_KEY_BYTES} bytes of printable ASCII"));
     }
     Ok(())
 }
@@ -348,7 +346,8 @@ pub fn encode_history<M: AsRef<str>>(id: Option<u64>, h: &HistoryReply<'_, M>) -
         newest: Offset,
         next_before: Option<Offset>,
     }
-    let head = Head { channel: h.channel, epoch: h.epoch, oldest: h.oldest, newest: h.newest, next_before: h.next_before };
+    let head =
+        Head { channel: h.channel, epoch: h.epoch, oldest: h.oldest, newest: h.newest, next_before: h.next_before };
     let head = match id {
         Some(id) => reply(id, "history", head),
         None => to_json(&head),
@@ -509,7 +508,9 @@ mod tests {
         assert_eq!(v["id"], 9);
         assert_eq!(v["messages"][0]["offset"], 1);
         assert_eq!(v["messages"][0]["epoch"], "5");
-        let v: serde_json::Value = serde_json::from_str(&encode_history::<String>(None, &HistoryReply { messages: &[], ..h })).unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(&encode_history::<String>(None, &HistoryReply { messages: &[], ..h }))
+                .unwrap_or_default();
         assert_eq!(v["messages"], serde_json::json!([]));
         assert!(v.get("id").is_none());
     }

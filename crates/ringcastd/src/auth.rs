@@ -80,16 +80,9 @@ pub struct AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
     #[error("auth.{field}: cannot read {path}: {source}")]
-    Read {
-        field: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
+    Read { field: &'static str, path: String, source: std::io::Error },
     #[error("auth.{field}: not a valid PEM public key: {message}")]
-    Key {
-        field: &'static str,
-        message: String,
-    },
+    Key { field: &'static str, message: String },
 }
 
 /// Verifies tokens against the configured keys.
@@ -103,9 +96,7 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let algs: Vec<_> = self.keys.iter().map(|(a, _)| a).collect();
-        f.debug_struct("Verifier")
-            .field("algorithms", &algs)
-            .finish_non_exhaustive()
+        f.debug_struct("Verifier").field("algorithms", &algs).finish_non_exhaustive()
     }
 }
 
@@ -113,11 +104,8 @@ impl Verifier {
     pub fn from_config(c: &AuthConfig) -> Result<Verifier, AuthConfigError> {
         let mut keys = Vec::new();
         if let Some(secret) = &c.hmac_secret {
-            let key =
-                DecodingKey::from_secret(secret.as_bytes()).map_err(|e| AuthConfigError::Key {
-                    field: "hmac_secret",
-                    message: e.to_string(),
-                })?;
+            let key = DecodingKey::from_secret(secret.as_bytes())
+                .map_err(|e| AuthConfigError::Key { field: "hmac_secret", message: e.to_string() })?;
             keys.push((Algorithm::HS256, key));
         }
         let read = |field: &'static str, path: &std::path::Path| {
@@ -129,26 +117,17 @@ impl Verifier {
         };
         if let Some(path) = &c.rsa_public_key_file {
             let pem = read("rsa_public_key_file", path)?;
-            let key = DecodingKey::from_rsa_pem(&pem).map_err(|e| AuthConfigError::Key {
-                field: "rsa_public_key_file",
-                message: e.to_string(),
-            })?;
+            let key = DecodingKey::from_rsa_pem(&pem)
+                .map_err(|e| AuthConfigError::Key { field: "rsa_public_key_file", message: e.to_string() })?;
             keys.push((Algorithm::RS256, key));
         }
         if let Some(path) = &c.ec_public_key_file {
             let pem = read("ec_public_key_file", path)?;
-            let key = DecodingKey::from_ec_pem(&pem).map_err(|e| AuthConfigError::Key {
-                field: "ec_public_key_file",
-                message: e.to_string(),
-            })?;
+            let key = DecodingKey::from_ec_pem(&pem)
+                .map_err(|e| AuthConfigError::Key { field: "ec_public_key_file", message: e.to_string() })?;
             keys.push((Algorithm::ES256, key));
         }
-        Ok(Verifier {
-            keys,
-            issuer: c.issuer.clone(),
-            audience: c.audience.clone(),
-            leeway_secs: c.leeway.as_secs(),
-        })
+        Ok(Verifier { keys, issuer: c.issuer.clone(), audience: c.audience.clone(), leeway_secs: c.leeway.as_secs() })
     }
 
     /// Whether any token can be accepted at all.
@@ -159,15 +138,11 @@ impl Verifier {
 
     /// Verifies a token and returns the identity it grants.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let unauthorized = |why: String| AuthError {
-            code: ErrorCode::Unauthorized,
-            log_reason: why,
-        };
+        let unauthorized = |why: String| AuthError { code: ErrorCode::Unauthorized, log_reason: why };
         if token.len() > 8192 {
             return Err(unauthorized("token longer than 8192 bytes".into()));
         }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| unauthorized(format!("bad header: {e}")))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| unauthorized(format!("bad header: {e}")))?;
         let (alg, key) = self
             .keys
             .iter()
@@ -189,10 +164,7 @@ impl Verifier {
             v.required_spec_claims.insert("iss".into());
         }
         let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthError {
-                code: ErrorCode::TokenExpired,
-                log_reason: "expired".into(),
-            },
+            ErrorKind::ExpiredSignature => AuthError { code: ErrorCode::TokenExpired, log_reason: "expired".into() },
             other => unauthorized(format!("{other:?}")),
         })?;
         let c = data.claims;
@@ -201,15 +173,10 @@ impl Verifier {
         }
         let patterns = |list: Vec<String>, what: &str| -> Result<Vec<ChannelPattern>, AuthError> {
             if list.len() > MAX_PATTERNS_PER_CAP {
-                return Err(unauthorized(format!(
-                    "more than {MAX_PATTERNS_PER_CAP} {what} patterns"
-                )));
+                return Err(unauthorized(format!("more than {MAX_PATTERNS_PER_CAP} {what} patterns")));
             }
             list.iter()
-                .map(|p| {
-                    ChannelPattern::new(p)
-                        .map_err(|e| unauthorized(format!("{what} pattern {p:?}: {e}")))
-                })
+                .map(|p| ChannelPattern::new(p).map_err(|e| unauthorized(format!("{what} pattern {p:?}: {e}"))))
                 .collect()
         };
         Ok(Identity {
@@ -230,18 +197,12 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn verifier() -> Verifier {
-        let c = AuthConfig {
-            hmac_secret: Some(SECRET.into()),
-            ..AuthConfig::default()
-        };
+        let c = AuthConfig { hmac_secret: Some(SECRET.into()), ..AuthConfig::default() };
         Verifier::from_config(&c).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
     }
 
     fn sign(claims: serde_json::Value) -> String {
@@ -264,24 +225,11 @@ mod tests {
     fn bad_tokens_are_refused_with_the_right_code() {
         let v = verifier();
         let code = |t: &str| v.verify(t).err().map(|e| e.code);
+        assert_eq!(code(&sign(json!({"sub": "a", "exp": now() - 60}))), Some(ErrorCode::TokenExpired));
+        assert_eq!(code(&sign(json!({"sub": "a"}))), Some(ErrorCode::Unauthorized), "exp required");
+        assert_eq!(code(&sign(json!({"exp": now() + 60}))), Some(ErrorCode::Unauthorized), "sub required");
         assert_eq!(
-            code(&sign(json!({"sub": "a", "exp": now() - 60}))),
-            Some(ErrorCode::TokenExpired)
-        );
-        assert_eq!(
-            code(&sign(json!({"sub": "a"}))),
-            Some(ErrorCode::Unauthorized),
-            "exp required"
-        );
-        assert_eq!(
-            code(&sign(json!({"exp": now() + 60}))),
-            Some(ErrorCode::Unauthorized),
-            "sub required"
-        );
-        assert_eq!(
-            code(&sign(
-                json!({"sub": "a", "exp": now() + 60, "nbf": now() + 600})
-            )),
+            code(&sign(json!({"sub": "a", "exp": now() + 60, "nbf": now() + 600}))),
             Some(ErrorCode::Unauthorized)
         );
         assert_eq!(code("garbage"), Some(ErrorCode::Unauthorized));
@@ -290,20 +238,13 @@ mod tests {
         assert_eq!(code(none), Some(ErrorCode::Unauthorized));
         // Signed with another secret.
         let other = EncodingKey::from_secret(b"another-secret-another-secret!!")
-            .and_then(|k| {
-                encode(
-                    &Header::default(),
-                    &json!({"sub": "a", "exp": now() + 60}),
-                    &k,
-                )
-            })
+            .and_then(|k| encode(&Header::default(), &json!({"sub": "a", "exp": now() + 60}), &k))
             .unwrap_or_default();
         assert_eq!(code(&other), Some(ErrorCode::Unauthorized));
         // RS256 header with no RSA key configured.
         let rs = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln";
         assert_eq!(code(rs), Some(ErrorCode::Unauthorized));
-        let bad_pattern =
-            sign(json!({"sub": "a", "exp": now() + 60, "caps": {"publish": ["a b"]}}));
+        let bad_pattern = sign(json!({"sub": "a", "exp": now() + 60, "caps": {"publish": ["a b"]}}));
         assert_eq!(code(&bad_pattern), Some(ErrorCode::Unauthorized));
     }
 }

@@ -182,10 +182,7 @@ impl Default for AuthConfig {
 
 impl Default for Heartbeat {
     fn default() -> Self {
-        Heartbeat {
-            ping_interval: Duration::from_secs(25),
-            pong_timeout: Duration::from_secs(10),
-        }
+        Heartbeat { ping_interval: Duration::from_secs(25), pong_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -206,10 +203,7 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("{field}: {problem}")]
@@ -230,19 +224,13 @@ pub const ENV_VARS: [(&str, &str); 5] = [
     ("RINGCAST_NODE_ID", "node.id"),
     ("RINGCAST_API_KEY", "api.key"),
     ("RINGCAST_HMAC_SECRET", "auth.hmac_secret"),
-    (
-        "RINGCAST_ALLOWED_ORIGINS",
-        "auth.allowed_origins (comma-separated)",
-    ),
+    ("RINGCAST_ALLOWED_ORIGINS", "auth.allowed_origins (comma-separated)"),
 ];
 
 impl Config {
     /// Parses a TOML document (`origin` names it in errors).
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string(),
-        })
+        toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })
     }
 
     /// Layers: the file text (or the built-in demo config), then `env`, then `flags`,
@@ -287,24 +275,15 @@ impl Config {
             self.auth.hmac_secret = Some(v.clone());
         }
         if let Some(v) = env.get("RINGCAST_ALLOWED_ORIGINS") {
-            self.auth.allowed_origins = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
+            self.auth.allowed_origins =
+                v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
         }
         Ok(())
     }
 
     /// Checks what serde cannot: ranges, names, and cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &str, problem: String| {
-            Err(ConfigError::Invalid {
-                field: field.into(),
-                problem,
-            })
-        };
+        let invalid = |field: &str, problem: String| Err(ConfigError::Invalid { field: field.into(), problem });
         if let Err(e) = NodeId::new(&self.node.id) {
             return invalid("node.id", e.to_string());
         }
@@ -313,31 +292,19 @@ impl Config {
             return invalid("limits.max_connections", "must be at least 1".into());
         }
         if !(1024..=16 * 1024 * 1024).contains(&l.max_frame_bytes) {
-            return invalid(
-                "limits.max_frame_bytes",
-                "must be between 1024 and 16777216".into(),
-            );
+            return invalid("limits.max_frame_bytes", "must be between 1024 and 16777216".into());
         }
         if l.max_channels_per_connection == 0 {
-            return invalid(
-                "limits.max_channels_per_connection",
-                "must be at least 1".into(),
-            );
+            return invalid("limits.max_channels_per_connection", "must be at least 1".into());
         }
         if l.command_burst == 0 {
             return invalid("limits.command_burst", "must be at least 1".into());
         }
         if !(1..=1024).contains(&l.max_header_count) {
-            return invalid(
-                "limits.max_header_count",
-                "must be between 1 and 1024".into(),
-            );
+            return invalid("limits.max_header_count", "must be between 1 and 1024".into());
         }
         if !(8192..=1024 * 1024).contains(&l.max_header_bytes) {
-            return invalid(
-                "limits.max_header_bytes",
-                "must be between 8192 and 1048576".into(),
-            );
+            return invalid("limits.max_header_bytes", "must be between 8192 and 1048576".into());
         }
         if l.send_queue_messages == 0 || l.send_queue_bytes < l.max_frame_bytes {
             return invalid(
@@ -356,13 +323,8 @@ impl Config {
                 return invalid(name, "must be between 10ms and 1h".into());
             }
         }
-        if self.node.drain_delay > Duration::from_secs(300)
-            || self.node.shutdown_grace > Duration::from_secs(300)
-        {
-            return invalid(
-                "node.drain_delay / node.shutdown_grace",
-                "must be at most 5m".into(),
-            );
+        if self.node.drain_delay > Duration::from_secs(300) || self.node.shutdown_grace > Duration::from_secs(300) {
+            return invalid("node.drain_delay / node.shutdown_grace", "must be at most 5m".into());
         }
         if matches!(&self.auth.hmac_secret, Some(s) if s.len() < 16) {
             return invalid("auth.hmac_secret", "must be at least 16 bytes".into());
@@ -393,11 +355,7 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Config, ConfigError> {
-        Config::load(
-            Some((text, "test.toml")),
-            &HashMap::new(),
-            &FlagOverrides::default(),
-        )
+        Config::load(Some((text, "test.toml")), &HashMap::new(), &FlagOverrides::default())
     }
 
     #[test]
@@ -405,8 +363,7 @@ mod tests {
         let c = load("").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.node.listen.port(), 7400);
         assert_eq!(c.auth.leeway, Duration::from_secs(5));
-        let d = Config::load(None, &HashMap::new(), &FlagOverrides::default())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let d = Config::load(None, &HashMap::new(), &FlagOverrides::default()).unwrap_or_else(|e| panic!("{e}"));
         assert!(d.namespaces.contains_key("chat"));
     }
 
@@ -416,12 +373,8 @@ mod tests {
             ("RINGCAST_LISTEN".to_string(), "127.0.0.1:9000".to_string()),
             ("RINGCAST_NODE_ID".to_string(), "from-env".to_string()),
         ]);
-        let flags = FlagOverrides {
-            node_id: Some("from-flag".into()),
-            ..Default::default()
-        };
-        let c = Config::load(Some(("[node]\nid = \"from-file\"", "t")), &env, &flags)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let flags = FlagOverrides { node_id: Some("from-flag".into()), ..Default::default() };
+        let c = Config::load(Some(("[node]\nid = \"from-file\"", "t")), &env, &flags).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.node.listen.port(), 9000);
         assert_eq!(c.node.id, "from-flag");
     }
@@ -433,14 +386,11 @@ mod tests {
         assert!(msg("[limits]\nmax_frame_bytes = 10").contains("limits.max_frame_bytes"));
         assert!(msg("[heartbeat]\nping_interval = \"25\"").contains("no unit"));
         assert!(msg("[namespaces.Bad]").contains("namespaces.Bad"));
-        assert!(msg("[namespaces.chat]\nhistory_size = 1000000")
-            .contains("namespaces.chat.history_size"));
+        assert!(msg("[namespaces.chat]\nhistory_size = 1000000").contains("namespaces.chat.history_size"));
         assert!(msg("[namespaces.chat]\nbackpressure = \"yolo\"").contains("unknown variant"));
         assert!(msg("[auth]\nhmac_secret = \"short\"").contains("auth.hmac_secret"));
         let env = HashMap::from([("RINGCAST_LISTEN".to_string(), "nope".to_string())]);
-        let e = Config::load(Some(("", "t")), &env, &FlagOverrides::default())
-            .err()
-            .map(|e| e.to_string());
+        let e = Config::load(Some(("", "t")), &env, &FlagOverrides::default()).err().map(|e| e.to_string());
         assert!(e.unwrap_or_default().contains("RINGCAST_LISTEN"));
     }
 }

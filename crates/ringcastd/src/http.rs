@@ -19,8 +19,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use ringcast_core::{ChannelName, NamespaceOptions, Offset, Slot};
 use ringcast_proto::client::{
-    check_history_limit, check_idempotency_key, encode_history, encode_http_error, Ack,
-    HistoryReply,
+    check_history_limit, check_idempotency_key, encode_history, encode_http_error, Ack, HistoryReply,
 };
 use ringcast_proto::ErrorCode;
 use serde::Deserialize;
@@ -56,36 +55,19 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(|| async {
-            error(
-                ErrorCode::NotFound,
-                "no such endpoint; see proto/openapi.yaml",
-            )
-        })
+        .fallback(|| async { error(ErrorCode::NotFound, "no such endpoint; see proto/openapi.yaml") })
         .method_not_allowed_fallback(|| async {
-            error(
-                ErrorCode::MethodNotAllowed,
-                "method not allowed on this endpoint",
-            )
+            error(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
         })
         .with_state(node)
 }
 
 fn json(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 fn error(code: ErrorCode, message: &str) -> Response {
-    let status =
-        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json(status, encode_http_error(code, message))
 }
 
@@ -107,11 +89,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
 fn has_api_key(node: &Node, headers: &HeaderMap) -> bool {
@@ -123,31 +101,21 @@ fn has_api_key(node: &Node, headers: &HeaderMap) -> bool {
 
 fn require_api_key(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     if node.config.api.key.is_none() {
-        return Err(api_err(
-            ErrorCode::Unauthorized,
-            "the server API is disabled: set api.key in the config",
-        ));
+        return Err(api_err(ErrorCode::Unauthorized, "the server API is disabled: set api.key in the config"));
     }
     if !has_api_key(node, headers) {
-        return Err(api_err(
-            ErrorCode::Unauthorized,
-            "missing or wrong API key (Authorization: Bearer KEY)",
-        ));
+        return Err(api_err(ErrorCode::Unauthorized, "missing or wrong API key (Authorization: Bearer KEY)"));
     }
     Ok(())
 }
 
 fn parse_channel(raw: &str) -> Result<ChannelName, ApiError> {
-    ChannelName::new(raw)
-        .map_err(|e| api_err(ErrorCode::InvalidChannel, format!("invalid channel: {e}")))
+    ChannelName::new(raw).map_err(|e| api_err(ErrorCode::InvalidChannel, format!("invalid channel: {e}")))
 }
 
 fn namespace<'n>(node: &'n Node, channel: &ChannelName) -> Result<&'n NamespaceOptions, ApiError> {
     node.namespace(channel).ok_or_else(|| {
-        api_err(
-            ErrorCode::UnknownNamespace,
-            format!("namespace {:?} is not configured", channel.namespace()),
-        )
+        api_err(ErrorCode::UnknownNamespace, format!("namespace {:?} is not configured", channel.namespace()))
     })
 }
 
@@ -157,17 +125,11 @@ async fn read_body(node: &Node, body: Body) -> Result<bytes::Bytes, ApiError> {
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|_| {
-            api_err(
-                ErrorCode::MessageTooLarge,
-                format!("request body is larger than {limit} bytes"),
-            )
-        })
+        .map_err(|_| api_err(ErrorCode::MessageTooLarge, format!("request body is larger than {limit} bytes")))
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| api_err(ErrorCode::BadRequest, format!("malformed JSON body: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| api_err(ErrorCode::BadRequest, format!("malformed JSON body: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -204,11 +166,7 @@ fn publish_one(
     if data.get().len() > ns.max_message_bytes {
         return Err(api_err(
             ErrorCode::MessageTooLarge,
-            format!(
-                "data is {} bytes; namespace limit is {}",
-                data.get().len(),
-                ns.max_message_bytes
-            ),
+            format!("data is {} bytes; namespace limit is {}", data.get().len(), ns.max_message_bytes),
         ));
     }
     let p = node
@@ -217,29 +175,19 @@ fn publish_one(
         .map_err(|code| api_err(code, "idempotency_key was already used with different data"))?;
     node.metrics.publish(crate::metrics::Source::Http);
     node.metrics.publish_latency(started.elapsed());
-    let ack = Ack {
-        channel: channel.as_str(),
-        epoch: p.position.epoch,
-        offset: p.position.offset,
-        duplicate: p.duplicate,
-    };
+    let ack =
+        Ack { channel: channel.as_str(), epoch: p.position.epoch, offset: p.position.offset, duplicate: p.duplicate };
     Ok(serde_json::to_value(&ack).unwrap_or_default())
 }
 
 fn check_key(key: Option<&str>) -> Result<(), ApiError> {
     match key {
-        Some(k) => {
-            check_idempotency_key(k).map_err(|m| api_err(ErrorCode::InvalidIdempotencyKey, m))
-        }
+        Some(k) => check_idempotency_key(k).map_err(|m| api_err(ErrorCode::InvalidIdempotencyKey, m)),
         None => Ok(()),
     }
 }
 
-async fn publish(
-    State(node): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn publish(State(node): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     require_api_key(&node, &headers)?;
     let bytes = read_body(&node, body).await?;
     let b: PublishBody<'_> = parse_json(&bytes)?;
@@ -249,27 +197,16 @@ async fn publish(
     Ok(json(StatusCode::OK, ack.to_string()))
 }
 
-async fn broadcast(
-    State(node): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn broadcast(State(node): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     require_api_key(&node, &headers)?;
     let bytes = read_body(&node, body).await?;
     let b: BroadcastBody<'_> = parse_json(&bytes)?;
     check_key(b.idempotency_key.as_deref())?;
     if b.channels.is_empty() || b.channels.len() > MAX_BROADCAST_CHANNELS {
-        return Err(api_err(
-            ErrorCode::BadRequest,
-            format!("channels must hold 1..={MAX_BROADCAST_CHANNELS} names"),
-        ));
+        return Err(api_err(ErrorCode::BadRequest, format!("channels must hold 1..={MAX_BROADCAST_CHANNELS} names")));
     }
     // Validate every name before publishing anything, so a typo publishes nothing.
-    let channels = b
-        .channels
-        .iter()
-        .map(|c| parse_channel(c))
-        .collect::<Result<Vec<_>, _>>()?;
+    let channels = b.channels.iter().map(|c| parse_channel(c)).collect::<Result<Vec<_>, _>>()?;
     let results: Vec<serde_json::Value> = channels
         .iter()
         .map(|c| match publish_one(&node, c, b.data, b.idempotency_key.as_deref()) {
@@ -279,10 +216,7 @@ async fn broadcast(
             }
         })
         .collect();
-    Ok(json(
-        StatusCode::OK,
-        serde_json::json!({ "results": results }).to_string(),
-    ))
+    Ok(json(StatusCode::OK, serde_json::json!({ "results": results }).to_string()))
 }
 
 /// Reads `before` and `limit` from a query string; anything else is an error.
@@ -291,19 +225,13 @@ fn parse_history_query(q: Option<&str>) -> Result<(Option<Offset>, u32), ApiErro
     for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let n: u64 = v.parse().map_err(|_| {
-            api_err(
-                ErrorCode::BadRequest,
-                format!("query parameter {k:?} must be a non-negative integer"),
-            )
+            api_err(ErrorCode::BadRequest, format!("query parameter {k:?} must be a non-negative integer"))
         })?;
         match k {
             "before" => before = Some(Offset(n)),
             "limit" => limit = Some(u32::try_from(n).unwrap_or(u32::MAX)),
             _ => {
-                return Err(api_err(
-                    ErrorCode::BadRequest,
-                    format!("unknown query parameter {k:?}; use before, limit"),
-                ))
+                return Err(api_err(ErrorCode::BadRequest, format!("unknown query parameter {k:?}; use before, limit")))
             }
         }
     }
@@ -319,36 +247,20 @@ async fn history(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Path(raw) = path.map_err(|e| {
-        api_err(
-            ErrorCode::InvalidChannel,
-            format!("bad channel in path: {e}"),
-        )
-    })?;
+    let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
     let channel = parse_channel(&raw)?;
     let ns = namespace(&node, &channel)?;
     let (before, limit) = parse_history_query(query.as_deref())?;
     if !ns.anonymous && !has_api_key(&node, &headers) {
         let token = bearer(&headers).ok_or_else(|| {
-            api_err(
-                ErrorCode::Unauthorized,
-                "send the API key or a client token as Authorization: Bearer",
-            )
+            api_err(ErrorCode::Unauthorized, "send the API key or a client token as Authorization: Bearer")
         })?;
-        let id = node
-            .verifier
-            .verify(token)
-            .map_err(|e| api_err(e.code, "invalid token"))?;
+        let id = node.verifier.verify(token).map_err(|e| api_err(e.code, "invalid token"))?;
         if !id.may_subscribe(&channel) {
-            return Err(api_err(
-                ErrorCode::PermissionDenied,
-                format!("no subscribe capability for {channel}"),
-            ));
+            return Err(api_err(ErrorCode::PermissionDenied, format!("no subscribe capability for {channel}")));
         }
     }
-    let page = node
-        .hub
-        .history(&channel, ns, before, limit as usize, node.now());
+    let page = node.hub.history(&channel, ns, before, limit as usize, node.now());
     let body = encode_history(
         None,
         &HistoryReply {
@@ -370,12 +282,7 @@ async fn channel_info(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_api_key(&node, &headers)?;
-    let Path(raw) = path.map_err(|e| {
-        api_err(
-            ErrorCode::InvalidChannel,
-            format!("bad channel in path: {e}"),
-        )
-    })?;
+    let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
     let channel = parse_channel(&raw)?;
     let slot = Slot::of(&channel);
     let info = node.hub.info(&channel);
@@ -394,30 +301,21 @@ async fn channel_info(
 }
 
 async fn healthz(State(node): State<AppState>) -> Response {
-    json(
-        StatusCode::OK,
-        serde_json::json!({"status": "ok", "node": node.node_id.as_str()}).to_string(),
-    )
+    json(StatusCode::OK, serde_json::json!({"status": "ok", "node": node.node_id.as_str()}).to_string())
 }
 
 async fn readyz(State(node): State<AppState>) -> Response {
     if node.is_ready() {
         json(StatusCode::OK, r#"{"status":"ready"}"#.into())
     } else {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"status":"draining"}"#.into(),
-        )
+        json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#.into())
     }
 }
 
 async fn metrics(State(node): State<AppState>) -> Response {
     (
         StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
         node.metrics.render(),
     )
         .into_response()
@@ -436,15 +334,11 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 fn valid_ws_key(key: &[u8]) -> bool {
     key.len() == 24
         && key.ends_with(b"==")
-        && key[..22]
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        && key[..22].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }
 
 fn reject_handshake(node: &Node, code: ErrorCode, message: &str) -> Response {
-    node.metrics
-        .handshakes_rejected
-        .fetch_add(1, Ordering::Relaxed);
+    node.metrics.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
     node.metrics.error(code);
     error(code, message)
 }
@@ -452,69 +346,33 @@ fn reject_handshake(node: &Node, code: ErrorCode, message: &str) -> Response {
 /// Validates an RFC 6455 upgrade request and hands the connection to a session.
 async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Response {
     if !node.is_ready() {
-        return reject_handshake(
-            &node,
-            ErrorCode::Unavailable,
-            "node is not ready; try another node",
-        );
+        return reject_handshake(&node, ErrorCode::Unavailable, "node is not ready; try another node");
     }
     let h = req.headers();
-    if !header_has_token(h, header::UPGRADE, "websocket")
-        || !header_has_token(h, header::CONNECTION, "upgrade")
-    {
-        return reject_handshake(
-            &node,
-            ErrorCode::BadRequest,
-            "expected a WebSocket upgrade request",
-        );
+    if !header_has_token(h, header::UPGRADE, "websocket") || !header_has_token(h, header::CONNECTION, "upgrade") {
+        return reject_handshake(&node, ErrorCode::BadRequest, "expected a WebSocket upgrade request");
     }
-    if h.get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
-        node.metrics
-            .handshakes_rejected
-            .fetch_add(1, Ordering::Relaxed);
-        let mut r = error(
-            ErrorCode::BadRequest,
-            "only WebSocket version 13 is supported",
-        );
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        node.metrics.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
+        let mut r = error(ErrorCode::BadRequest, "only WebSocket version 13 is supported");
         *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
-        r.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
+        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return r;
     }
-    let Some(key) = h
-        .get(header::SEC_WEBSOCKET_KEY)
-        .map(|k| k.as_bytes().to_vec())
-        .filter(|k| valid_ws_key(k))
-    else {
-        return reject_handshake(
-            &node,
-            ErrorCode::BadRequest,
-            "missing or malformed Sec-WebSocket-Key",
-        );
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec()).filter(|k| valid_ws_key(k)) else {
+        return reject_handshake(&node, ErrorCode::BadRequest, "missing or malformed Sec-WebSocket-Key");
     };
     let allowed = &node.config.auth.allowed_origins;
     if let Some(origin) = h.get(header::ORIGIN) {
         let ok = allowed.is_empty()
-            || allowed
-                .iter()
-                .any(|a| a == "*" || origin.to_str().is_ok_and(|o| o.eq_ignore_ascii_case(a)));
+            || allowed.iter().any(|a| a == "*" || origin.to_str().is_ok_and(|o| o.eq_ignore_ascii_case(a)));
         if !ok {
             return reject_handshake(&node, ErrorCode::PermissionDenied, "origin not allowed");
         }
     }
     if !node.admit_handshake() {
-        let mut r = reject_handshake(
-            &node,
-            ErrorCode::RateLimited,
-            "too many new connections; retry shortly",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut r = reject_handshake(&node, ErrorCode::RateLimited, "too many new connections; retry shortly");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -531,12 +389,7 @@ async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Res
         let _permit = permit;
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
                 session::run(session_node, ws, conn).await;
             }
             Err(e) => debug!(error = %e, "upgrade failed"),
@@ -560,18 +413,11 @@ mod tests {
         assert!(valid_ws_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
         assert!(!valid_ws_key(b"dGhlIHNhbXBsZSBub25jZQ="));
         assert!(!valid_ws_key(b"dGhlIHNhbXBsZSBub25jZ!=="));
-        assert!(matches!(
-            parse_history_query(Some("before=10&limit=5")),
-            Ok((Some(Offset(10)), 5))
-        ));
+        assert!(matches!(parse_history_query(Some("before=10&limit=5")), Ok((Some(Offset(10)), 5))));
         assert!(matches!(parse_history_query(None), Ok((None, 100))));
         assert!(parse_history_query(Some("limit=0")).is_err());
         assert!(parse_history_query(Some("limit=-1")).is_err());
         assert!(parse_history_query(Some("page=2")).is_err());
-        assert!(
-            same_secret(b"abc", b"abc")
-                && !same_secret(b"abc", b"abd")
-                && !same_secret(b"ab", b"abc")
-        );
+        assert!(same_secret(b"abc", b"abc") && !same_secret(b"abc", b"abd") && !same_secret(b"ab", b"abc"));
     }
 }

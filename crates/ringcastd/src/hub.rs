@@ -21,8 +21,8 @@ use crate::outbox::{Outbox, Pushed};
 use ringcast_core::dedup::payload_digest;
 use ringcast_core::log::AppendError;
 use ringcast_core::{
-    Appended, ChannelLog, ChannelName, ConnId, Epoch, HistoryPage, Millis, NamespaceOptions,
-    NotRecoveredReason, Offset, Recovery, Slot, StreamPosition,
+    Appended, ChannelLog, ChannelName, ConnId, Epoch, HistoryPage, Millis, NamespaceOptions, NotRecoveredReason,
+    Offset, Recovery, Slot, StreamPosition,
 };
 use ringcast_proto::client::{encode_message, encode_subscribed, Since, SubscribeOutcome};
 use ringcast_proto::ErrorCode;
@@ -46,10 +46,7 @@ pub struct EpochSource {
 impl EpochSource {
     #[must_use]
     pub fn new(seed: u64) -> EpochSource {
-        EpochSource {
-            base: seed,
-            counter: AtomicU64::new(0),
-        }
+        EpochSource { base: seed, counter: AtomicU64::new(0) }
     }
 
     pub fn next(&self) -> Epoch {
@@ -105,20 +102,14 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub")
-            .field("epochs", &self.epochs)
-            .finish_non_exhaustive()
+        f.debug_struct("Hub").field("epochs", &self.epochs).finish_non_exhaustive()
     }
 }
 
 impl Hub {
     #[must_use]
     pub fn new(epochs: EpochSource, metrics: Arc<Metrics>) -> Hub {
-        Hub {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            epochs,
-            metrics,
-        }
+        Hub { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), epochs, metrics }
     }
 
     fn shard(&self, channel: &ChannelName) -> &Mutex<HashMap<ChannelName, Arc<Channel>>> {
@@ -142,11 +133,7 @@ impl Hub {
                         self.metrics.channels.fetch_add(1, Ordering::Relaxed);
                         Arc::new(Channel {
                             state: Mutex::new(ChannelState {
-                                log: ChannelLog::new(
-                                    self.epochs.next(),
-                                    ns.history_policy(),
-                                    ns.dedup_policy(),
-                                ),
+                                log: ChannelLog::new(self.epochs.next(), ns.history_policy(), ns.dedup_policy()),
                                 subscribers: HashMap::new(),
                                 removed: false,
                             }),
@@ -166,11 +153,7 @@ impl Hub {
     }
 
     /// Runs `f` on the channel's state if the channel exists.
-    fn with_existing<R>(
-        &self,
-        channel: &ChannelName,
-        f: impl FnOnce(&mut ChannelState) -> R,
-    ) -> Option<R> {
+    fn with_existing<R>(&self, channel: &ChannelName, f: impl FnOnce(&mut ChannelState) -> R) -> Option<R> {
         let cell = lock(self.shard(channel)).get(channel).cloned()?;
         let mut st = lock(&cell.state);
         (!st.removed).then(|| f(&mut st))
@@ -189,26 +172,16 @@ impl Hub {
         self.with_channel(channel, ns, |st| {
             let appended = st
                 .log
-                .append(now, idempotency_key, digest, |pos| {
-                    Utf8Bytes::from(encode_message(channel, pos, data))
-                })
+                .append(now, idempotency_key, digest, |pos| Utf8Bytes::from(encode_message(channel, pos, data)))
                 .map_err(|AppendError::Conflict { .. }| ErrorCode::Conflict)?;
             match appended {
                 Appended::Duplicate { position } => {
-                    self.metrics
-                        .publish_duplicates
-                        .fetch_add(1, Ordering::Relaxed);
-                    Ok(Published {
-                        position,
-                        duplicate: true,
-                    })
+                    self.metrics.publish_duplicates.fetch_add(1, Ordering::Relaxed);
+                    Ok(Published { position, duplicate: true })
                 }
                 Appended::Fresh { position, payload } => {
                     self.fan_out(st, &payload);
-                    Ok(Published {
-                        position,
-                        duplicate: false,
-                    })
+                    Ok(Published { position, duplicate: false })
                 }
             }
         })
@@ -221,9 +194,7 @@ impl Hub {
             match outbox.push(frame.clone()) {
                 Pushed::Queued => delivered += 1,
                 Pushed::Overflow => {
-                    self.metrics
-                        .slow_consumer_drops
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.metrics.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
                     dropped.push(*conn);
                 }
                 Pushed::Closed => dropped.push(*conn),
@@ -234,9 +205,7 @@ impl Hub {
                 self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        self.metrics
-            .deliveries
-            .fetch_add(delivered, Ordering::Relaxed);
+        self.metrics.deliveries.fetch_add(delivered, Ordering::Relaxed);
     }
 
     /// Subscribes `conn`: queues the `subscribed` reply (and, with `since`, the replay)
@@ -273,24 +242,12 @@ impl Hub {
                         }
                     };
                     match recovery {
-                        Recovery::Recovered { replay } => (
-                            SubscribeOutcome::Recovered {
-                                replayed: replay.len(),
-                            },
-                            replay,
-                        ),
-                        Recovery::NotRecovered {
-                            reason,
-                            oldest,
-                            newest,
-                        } => (
-                            SubscribeOutcome::NotRecovered {
-                                reason,
-                                oldest,
-                                newest,
-                            },
-                            Vec::new(),
-                        ),
+                        Recovery::Recovered { replay } => {
+                            (SubscribeOutcome::Recovered { replayed: replay.len() }, replay)
+                        }
+                        Recovery::NotRecovered { reason, oldest, newest } => {
+                            (SubscribeOutcome::NotRecovered { reason, oldest, newest }, Vec::new())
+                        }
                     }
                 }
             };
@@ -304,9 +261,7 @@ impl Hub {
 
     /// Removes `conn` from the channel's subscribers. Returns whether it was subscribed.
     pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId) -> bool {
-        let removed = self
-            .with_existing(channel, |st| st.subscribers.remove(&conn).is_some())
-            .unwrap_or(false);
+        let removed = self.with_existing(channel, |st| st.subscribers.remove(&conn).is_some()).unwrap_or(false);
         if removed {
             self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
@@ -332,11 +287,7 @@ impl Hub {
             history_len: st.log.history_len(),
             local_subscribers: st.subscribers.len(),
         })
-        .unwrap_or(ChannelInfo {
-            top: None,
-            history_len: 0,
-            local_subscribers: 0,
-        })
+        .unwrap_or(ChannelInfo { top: None, history_len: 0, local_subscribers: 0 })
     }
 
     /// Expires history and forgets idle channels. Returns how many were forgotten.
@@ -355,9 +306,7 @@ impl Hub {
                 }
             });
         }
-        self.metrics
-            .channels
-            .fetch_sub(forgotten as i64, Ordering::Relaxed);
+        self.metrics.channels.fetch_sub(forgotten as i64, Ordering::Relaxed);
         forgotten
     }
 }
@@ -383,9 +332,7 @@ mod tests {
     fn frames(o: &Outbox) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
         o.drain(&mut out);
-        out.iter()
-            .map(|f| serde_json::from_str(f.as_str()).unwrap_or_default())
-            .collect()
+        out.iter().map(|f| serde_json::from_str(f.as_str()).unwrap_or_default()).collect()
     }
 
     #[test]
@@ -394,33 +341,20 @@ mod tests {
         let ns = NamespaceOptions::default();
         let c = ch("chat:a");
         for i in 1..=5 {
-            h.publish(&c, &ns, &raw(&i.to_string()), None, Millis(0))
-                .ok();
+            h.publish(&c, &ns, &raw(&i.to_string()), None, Millis(0)).ok();
         }
         let epoch = h.info(&c).top.map(|t| t.epoch);
         let o = Arc::new(Outbox::new(100, 1 << 20));
-        let since = Since {
-            epoch,
-            offset: Offset(2),
-        };
-        assert_eq!(
-            h.subscribe(&c, &ns, ConnId(1), &o, Some(since), 9, Millis(0)),
-            Ok(())
-        );
+        let since = Since { epoch, offset: Offset(2) };
+        assert_eq!(h.subscribe(&c, &ns, ConnId(1), &o, Some(since), 9, Millis(0)), Ok(()));
         h.publish(&c, &ns, &raw("6"), None, Millis(0)).ok();
         let got = frames(&o);
         assert_eq!(got[0]["type"], "subscribed");
         assert_eq!(got[0]["recovered"], true);
         assert_eq!(got[0]["replayed"], 3);
-        let offsets: Vec<_> = got[1..]
-            .iter()
-            .map(|m| m["offset"].as_u64().unwrap_or(0))
-            .collect();
+        let offsets: Vec<_> = got[1..].iter().map(|m| m["offset"].as_u64().unwrap_or(0)).collect();
         assert_eq!(offsets, vec![3, 4, 5, 6]);
-        assert_eq!(
-            h.subscribe(&c, &ns, ConnId(1), &o, None, 10, Millis(0)),
-            Err(ErrorCode::AlreadySubscribed)
-        );
+        assert_eq!(h.subscribe(&c, &ns, ConnId(1), &o, None, 10, Millis(0)), Err(ErrorCode::AlreadySubscribed));
     }
 
     #[test]
@@ -432,14 +366,10 @@ mod tests {
             ..Default::default()
         };
         let c = ch("chat:b");
-        let first = h
-            .publish(&c, &ns, &raw("1"), Some("k"), Millis(0))
-            .map(|p| p.position);
+        let first = h.publish(&c, &ns, &raw("1"), Some("k"), Millis(0)).map(|p| p.position);
         assert_eq!(h.sweep(Millis(500)), 0);
         assert_eq!(h.sweep(Millis(1_000)), 1);
-        let second = h
-            .publish(&c, &ns, &raw("1"), Some("k"), Millis(1_000))
-            .map(|p| p.position);
+        let second = h.publish(&c, &ns, &raw("1"), Some("k"), Millis(1_000)).map(|p| p.position);
         assert_ne!(first.map(|p| p.epoch), second.map(|p| p.epoch));
         assert_eq!(second.map(|p| p.offset), Ok(Offset(1)));
         let _ = DedupPolicy::default();
@@ -452,19 +382,13 @@ mod tests {
         let c = ch("chat:c");
         let slow = Arc::new(Outbox::new(3, 1 << 20));
         let fast = Arc::new(Outbox::new(1000, 1 << 20));
-        h.subscribe(&c, &ns, ConnId(1), &slow, None, 1, Millis(0))
-            .ok();
-        h.subscribe(&c, &ns, ConnId(2), &fast, None, 1, Millis(0))
-            .ok();
+        h.subscribe(&c, &ns, ConnId(1), &slow, None, 1, Millis(0)).ok();
+        h.subscribe(&c, &ns, ConnId(2), &fast, None, 1, Millis(0)).ok();
         for i in 0..10 {
-            h.publish(&c, &ns, &raw(&i.to_string()), None, Millis(0))
-                .ok();
+            h.publish(&c, &ns, &raw(&i.to_string()), None, Millis(0)).ok();
         }
         let mut out = Vec::new();
-        assert_eq!(
-            slow.drain(&mut out),
-            Some(ringcast_proto::CloseCode::SlowConsumer)
-        );
+        assert_eq!(slow.drain(&mut out), Some(ringcast_proto::CloseCode::SlowConsumer));
         assert_eq!(frames(&fast).len(), 11);
         assert_eq!(h.info(&c).local_subscribers, 1);
     }

@@ -20,11 +20,7 @@ use tracing::{info, warn};
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "ringcastd",
-    version,
-    about = "ringcast node: a clustered real-time pub/sub router"
-)]
+#[command(name = "ringcastd", version, about = "ringcast node: a clustered real-time pub/sub router")]
 #[command(
     after_help = "Environment: RINGCAST_LOG (log filter, default info) and the overrides listed in docs/configuration.md.\n\
 Without --config the built-in development config is used (loopback only, demo namespaces, dev API key)."
@@ -62,12 +58,7 @@ enum LogFormat {
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
@@ -123,21 +114,12 @@ fn report(message: &str) {
 }
 
 fn load_config(args: &Args, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
-    let flags = FlagOverrides {
-        listen: args.listen,
-        node_id: args.node_id.clone(),
-        api_key: args.api_key.clone(),
-    };
-    let path = args
-        .config
-        .clone()
-        .or_else(|| env.get("RINGCAST_CONFIG").map(PathBuf::from));
+    let flags = FlagOverrides { listen: args.listen, node_id: args.node_id.clone(), api_key: args.api_key.clone() };
+    let path = args.config.clone().or_else(|| env.get("RINGCAST_CONFIG").map(PathBuf::from));
     match path {
         Some(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
             Config::load(Some((&text, &path.display().to_string())), env, &flags)
         }
         None => Config::load(None, env, &flags),
@@ -148,10 +130,7 @@ fn init_tracing(format: LogFormat, filter: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or("info"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -163,9 +142,7 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (node.listen / --listen)"))?;
-    let local = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
+    let local = listener.local_addr().context("cannot read the bound address")?;
     let drain = CancellationToken::new();
     let seed = getrandom::u64().context("cannot read OS randomness for the epoch seed")?;
     let node = Node::new(config, seed, drain.clone())?;
@@ -201,10 +178,7 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
 /// Cancels `drain` on SIGTERM or SIGINT; a second signal exits at once.
 async fn wait_for_signal(drain: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         warn!("cannot install signal handlers; stop the node with SIGKILL");
         return;
     };

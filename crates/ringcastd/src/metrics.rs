@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the publish latency histogram buckets.
-const LATENCY_BUCKETS: [f64; 12] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-];
+const LATENCY_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
 /// Where a publish came from.
 #[derive(Debug, Clone, Copy)]
@@ -68,8 +66,7 @@ impl Metrics {
             self.latency_buckets[i].fetch_add(1, Relaxed);
         }
         self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_nanos
-            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.latency_sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -79,24 +76,9 @@ impl Metrics {
         let gauge = |o: &mut String, name: &str, help: &str, v: i64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
-        gauge(
-            &mut o,
-            "ringcast_connections",
-            "Open WebSocket sessions.",
-            self.connections.load(Relaxed),
-        );
-        gauge(
-            &mut o,
-            "ringcast_subscriptions",
-            "Active subscriptions on this node.",
-            self.subscriptions.load(Relaxed),
-        );
-        gauge(
-            &mut o,
-            "ringcast_channels",
-            "Channels with state on this node.",
-            self.channels.load(Relaxed),
-        );
+        gauge(&mut o, "ringcast_connections", "Open WebSocket sessions.", self.connections.load(Relaxed));
+        gauge(&mut o, "ringcast_subscriptions", "Active subscriptions on this node.", self.subscriptions.load(Relaxed));
+        gauge(&mut o, "ringcast_channels", "Channels with state on this node.", self.channels.load(Relaxed));
         let counter = |o: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
@@ -137,23 +119,16 @@ impl Metrics {
             "WebSocket upgrades refused (origin, rate, readiness, malformed).",
             self.handshakes_rejected.load(Relaxed),
         );
-        let _ = writeln!(o, "# HELP ringcast_errors_total Errors returned to clients, by code.\n# TYPE ringcast_errors_total counter");
+        let _ = writeln!(
+            o,
+            "# HELP ringcast_errors_total Errors returned to clients, by code.\n# TYPE ringcast_errors_total counter"
+        );
         for (c, v) in ErrorCode::ALL.iter().zip(&self.errors) {
-            let _ = writeln!(
-                o,
-                "ringcast_errors_total{{code=\"{}\"}} {}",
-                c.as_str(),
-                v.load(Relaxed)
-            );
+            let _ = writeln!(o, "ringcast_errors_total{{code=\"{}\"}} {}", c.as_str(), v.load(Relaxed));
         }
         let _ = writeln!(o, "# HELP ringcast_closes_total WebSocket closes by the server, by code.\n# TYPE ringcast_closes_total counter");
         for (c, v) in CloseCode::ALL.iter().zip(&self.closes) {
-            let _ = writeln!(
-                o,
-                "ringcast_closes_total{{code=\"{}\"}} {}",
-                c.code(),
-                v.load(Relaxed)
-            );
+            let _ = writeln!(o, "ringcast_closes_total{{code=\"{}\"}} {}", c.code(), v.load(Relaxed));
         }
         let _ = writeln!(
             o,
@@ -163,18 +138,11 @@ impl Metrics {
         let mut cumulative = 0;
         for (b, v) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
             cumulative += v.load(Relaxed);
-            let _ = writeln!(
-                o,
-                "ringcast_publish_seconds_bucket{{le=\"{b}\"}} {cumulative}"
-            );
+            let _ = writeln!(o, "ringcast_publish_seconds_bucket{{le=\"{b}\"}} {cumulative}");
         }
         let count = self.latency_count.load(Relaxed);
         let _ = writeln!(o, "ringcast_publish_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            o,
-            "ringcast_publish_seconds_sum {}",
-            self.latency_sum_nanos.load(Relaxed) as f64 / 1e9
-        );
+        let _ = writeln!(o, "ringcast_publish_seconds_sum {}", self.latency_sum_nanos.load(Relaxed) as f64 / 1e9);
         let _ = writeln!(o, "ringcast_publish_seconds_count {count}");
         o
     }

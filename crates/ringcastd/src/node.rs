@@ -59,30 +59,20 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node")
-            .field("node_id", &self.node_id)
-            .finish_non_exhaustive()
+        f.debug_struct("Node").field("node_id", &self.node_id).finish_non_exhaustive()
     }
 }
 
 impl Node {
     /// Builds a node from a validated config. `epoch_seed` should be random per process.
     /// Cancelling `drain` starts the graceful shutdown.
-    pub fn new(
-        config: Config,
-        epoch_seed: u64,
-        drain: CancellationToken,
-    ) -> Result<Arc<Node>, StartError> {
-        let node_id =
-            NodeId::new(&config.node.id).map_err(|e| StartError::NodeId(e.to_string()))?;
+    pub fn new(config: Config, epoch_seed: u64, drain: CancellationToken) -> Result<Arc<Node>, StartError> {
+        let node_id = NodeId::new(&config.node.id).map_err(|e| StartError::NodeId(e.to_string()))?;
         let ring = Ring::build(std::slice::from_ref(&node_id), DEFAULT_VNODES)?;
         let verifier = Verifier::from_config(&config.auth)?;
         let metrics = Arc::new(Metrics::default());
-        let namespaces: HashMap<String, NamespaceOptions> = config
-            .namespaces
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let namespaces: HashMap<String, NamespaceOptions> =
+            config.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let any_anonymous = namespaces.values().any(|n| n.anonymous);
         for (name, ns) in &namespaces {
             if ns.backpressure != ringcast_core::BackpressurePolicy::Disconnect {
@@ -146,10 +136,7 @@ impl Node {
     /// Takes a handshake token from the node-wide bucket.
     pub fn admit_handshake(&self) -> bool {
         let now = self.now();
-        self.handshakes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .try_take(now)
+        self.handshakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).try_take(now)
     }
 }
 
@@ -159,10 +146,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         let node = node.clone();
         node.tracker.clone().spawn(async move {
             node.drain.cancelled().await;
-            info!(
-                delay_ms = node.config.node.drain_delay.as_millis() as u64,
-                "draining: readyz now 503"
-            );
+            info!(delay_ms = node.config.node.drain_delay.as_millis() as u64, "draining: readyz now 503");
             tokio::time::sleep(node.config.node.drain_delay).await;
             node.shutdown.cancel();
         });
@@ -185,19 +169,10 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
 
     // Draining: the accept loop returned because shutdown was cancelled.
     node.ready.store(false, Ordering::Release);
-    info!(
-        grace_ms = node.config.node.shutdown_grace.as_millis() as u64,
-        "shutting down: closing sessions"
-    );
+    info!(grace_ms = node.config.node.shutdown_grace.as_millis() as u64, "shutting down: closing sessions");
     node.tracker.close();
-    if tokio::time::timeout(node.config.node.shutdown_grace, node.tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            open_tasks = node.tracker.len(),
-            "shutdown grace expired; exiting with tasks still open"
-        );
+    if tokio::time::timeout(node.config.node.shutdown_grace, node.tracker.wait()).await.is_err() {
+        warn!(open_tasks = node.tracker.len(), "shutdown grace expired; exiting with tasks still open");
     }
     let _ = sweeper.await;
     info!("shutdown complete");

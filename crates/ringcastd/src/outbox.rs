@@ -44,20 +44,13 @@ pub struct Outbox {
 impl Outbox {
     #[must_use]
     pub fn new(max_frames: usize, max_bytes: usize) -> Outbox {
-        Outbox {
-            state: Mutex::new(State::default()),
-            notify: Notify::new(),
-            max_frames,
-            max_bytes,
-        }
+        Outbox { state: Mutex::new(State::default()), notify: Notify::new(), max_frames, max_bytes }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave State inconsistent (every update
         // is a single push/clear), so a poisoned lock is still usable.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Queues a frame within the bounds.
@@ -139,10 +132,7 @@ mod tests {
         assert_eq!(o.push(f("d")), Pushed::Closed);
         let mut out = Vec::new();
         assert_eq!(o.drain(&mut out), Some(CloseCode::SlowConsumer));
-        assert!(
-            out.is_empty(),
-            "a slow consumer's backlog is freed, not written"
-        );
+        assert!(out.is_empty(), "a slow consumer's backlog is freed, not written");
     }
 
     #[test]

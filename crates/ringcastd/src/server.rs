@@ -58,23 +58,11 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let (node2, app) = (node.clone(), app.clone());
-        node.tracker.spawn(serve_connection(
-            node2,
-            stream,
-            peer,
-            app,
-            ConnPermit(Arc::new(permit)),
-        ));
+        node.tracker.spawn(serve_connection(node2, stream, peer, app, ConnPermit(Arc::new(permit))));
     }
 }
 
-async fn serve_connection(
-    node: Arc<Node>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    app: axum::Router,
-    permit: ConnPermit,
-) {
+async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr, app: axum::Router, permit: ConnPermit) {
     let limits = &node.config.limits;
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(permit.clone());
@@ -89,9 +77,7 @@ async fn serve_connection(
         .max_headers(limits.max_header_count)
         .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
+    let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,

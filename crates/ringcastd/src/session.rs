@@ -18,8 +18,8 @@ use crate::outbox::{Outbox, Pushed};
 use futures_util::{SinkExt, StreamExt};
 use ringcast_core::{ChannelName, ConnId, NamespaceOptions, TokenBucket};
 use ringcast_proto::client::{
-    decode_command, encode_ack, encode_connected, encode_error, encode_history, encode_pong,
-    encode_refreshed, encode_unsubscribed, Ack, Command, Connected, HistoryReply,
+    decode_command, encode_ack, encode_connected, encode_error, encode_history, encode_pong, encode_refreshed,
+    encode_unsubscribed, Ack, Command, Connected, HistoryReply,
 };
 use ringcast_proto::{CloseCode, ErrorCode};
 use std::collections::HashSet;
@@ -47,10 +47,7 @@ struct Reject {
 }
 
 fn reject(code: ErrorCode, message: impl Into<String>) -> Reject {
-    Reject {
-        code,
-        message: message.into(),
-    }
+    Reject { code, message: message.into() }
 }
 
 struct Session {
@@ -73,15 +70,10 @@ where
     let span = info_span!("session", conn = conn.0);
     async move {
         node.metrics.connections.fetch_add(1, Ordering::Relaxed);
-        node.metrics
-            .connections_total
-            .fetch_add(1, Ordering::Relaxed);
+        node.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         let limits = &node.config.limits;
         let mut s = Session {
-            outbox: Arc::new(Outbox::new(
-                limits.send_queue_messages,
-                limits.send_queue_bytes,
-            )),
+            outbox: Arc::new(Outbox::new(limits.send_queue_messages, limits.send_queue_bytes)),
             bucket: TokenBucket::new(limits.commands_per_second, limits.command_burst, node.now()),
             identity: None,
             subscriptions: HashSet::new(),
@@ -113,16 +105,13 @@ impl Session {
         let silence_limit = hb.ping_interval + hb.pong_timeout;
         let mut last_seen = Instant::now();
         let mut dead_at = TokioInstant::from_std(last_seen + silence_limit);
-        let mut ping =
-            tokio::time::interval_at(TokioInstant::now() + hb.ping_interval, hb.ping_interval);
+        let mut ping = tokio::time::interval_at(TokioInstant::now() + hb.ping_interval, hb.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch: Vec<Utf8Bytes> = Vec::new();
         let far_future = TokioInstant::now() + Duration::from_secs(86_400 * 365);
 
         loop {
-            let auth_at = self
-                .auth_deadline
-                .map_or(far_future, TokioInstant::from_std);
+            let auth_at = self.auth_deadline.map_or(far_future, TokioInstant::from_std);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -222,15 +211,9 @@ impl Session {
     {
         self.node.metrics.close(code);
         if code == CloseCode::SlowConsumer {
-            self.node
-                .metrics
-                .slow_consumer_drops
-                .fetch_add(1, Ordering::Relaxed);
+            self.node.metrics.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
         }
-        let frame = CloseFrame {
-            code: WsCloseCode::from(code.code()),
-            reason: Utf8Bytes::from_static(code.reason()),
-        };
+        let frame = CloseFrame { code: WsCloseCode::from(code.code()), reason: Utf8Bytes::from_static(code.reason()) };
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, async {
             if ws.close(Some(frame)).await.is_ok() {
                 while let Some(Ok(_)) = ws.next().await {}
@@ -280,12 +263,8 @@ impl Session {
                 self.reply_error(Some(id), r.code, &r.message);
                 match r.code {
                     // A failed connect ends the session.
-                    ErrorCode::Unauthorized if self.identity.is_none() => {
-                        Some(CloseCode::Unauthorized)
-                    }
-                    ErrorCode::TokenExpired if self.identity.is_none() => {
-                        Some(CloseCode::TokenExpired)
-                    }
+                    ErrorCode::Unauthorized if self.identity.is_none() => Some(CloseCode::Unauthorized),
+                    ErrorCode::TokenExpired if self.identity.is_none() => Some(CloseCode::TokenExpired),
                     _ => None,
                 }
             }
@@ -309,10 +288,7 @@ impl Session {
             Command::Subscribe { channel, since } => {
                 let ns = self.check_subscribe(&channel)?;
                 if self.subscriptions.contains(&channel) {
-                    return Err(reject(
-                        ErrorCode::AlreadySubscribed,
-                        format!("already subscribed to {channel}"),
-                    ));
+                    return Err(reject(ErrorCode::AlreadySubscribed, format!("already subscribed to {channel}")));
                 }
                 let max = self.node.config.limits.max_channels_per_connection;
                 if self.subscriptions.len() >= max {
@@ -330,29 +306,18 @@ impl Session {
             }
             Command::Unsubscribe { channel } => {
                 if !self.subscriptions.remove(&channel) {
-                    return Err(reject(
-                        ErrorCode::NotSubscribed,
-                        format!("not subscribed to {channel}"),
-                    ));
+                    return Err(reject(ErrorCode::NotSubscribed, format!("not subscribed to {channel}")));
                 }
                 self.node.hub.unsubscribe(&channel, self.conn);
                 self.reply(encode_unsubscribed(id, &channel));
             }
-            Command::Publish {
-                channel,
-                data,
-                idempotency_key,
-            } => {
+            Command::Publish { channel, data, idempotency_key } => {
                 let started = Instant::now();
                 let ns = self.check_publish(&channel)?;
                 if data.get().len() > ns.max_message_bytes {
                     return Err(reject(
                         ErrorCode::MessageTooLarge,
-                        format!(
-                            "data is {} bytes; namespace limit is {}",
-                            data.get().len(),
-                            ns.max_message_bytes
-                        ),
+                        format!("data is {} bytes; namespace limit is {}", data.get().len(), ns.max_message_bytes),
                     ));
                 }
                 let now = self.node.now();
@@ -360,9 +325,7 @@ impl Session {
                     .node
                     .hub
                     .publish(&channel, &ns, &data, idempotency_key.as_deref(), now)
-                    .map_err(|code| {
-                        reject(code, "idempotency_key was already used with different data")
-                    })?;
+                    .map_err(|code| reject(code, "idempotency_key was already used with different data"))?;
                 self.node.metrics.publish(Source::WebSocket);
                 self.node.metrics.publish_latency(started.elapsed());
                 let ack = Ack {
@@ -373,17 +336,10 @@ impl Session {
                 };
                 self.reply(encode_ack(id, &ack));
             }
-            Command::History {
-                channel,
-                before,
-                limit,
-            } => {
+            Command::History { channel, before, limit } => {
                 let ns = self.check_subscribe(&channel)?;
                 let now = self.node.now();
-                let page = self
-                    .node
-                    .hub
-                    .history(&channel, &ns, before, limit as usize, now);
+                let page = self.node.hub.history(&channel, &ns, before, limit as usize, now);
                 self.reply(encode_history(
                     Some(id),
                     &HistoryReply {
@@ -403,10 +359,7 @@ impl Session {
 
     fn connect(&mut self, id: u64, token: Option<String>) -> Result<(), Reject> {
         if self.identity.is_some() {
-            return Err(reject(
-                ErrorCode::AlreadyConnected,
-                "already connected; use `refresh` to replace the token",
-            ));
+            return Err(reject(ErrorCode::AlreadyConnected, "already connected; use `refresh` to replace the token"));
         }
         let identity = match token {
             Some(t) => self.node.verifier.verify(&t).map_err(|e| {
@@ -424,10 +377,8 @@ impl Session {
                 node: self.node.node_id.as_str(),
                 user: identity.user.as_deref(),
                 expires_at: identity.expires_at,
-                ping_interval_ms: u64::try_from(
-                    self.node.config.heartbeat.ping_interval.as_millis(),
-                )
-                .unwrap_or(u64::MAX),
+                ping_interval_ms: u64::try_from(self.node.config.heartbeat.ping_interval.as_millis())
+                    .unwrap_or(u64::MAX),
                 version: env!("CARGO_PKG_VERSION"),
             },
         ));
@@ -438,21 +389,11 @@ impl Session {
     fn refresh(&mut self, id: u64, token: &str) -> Result<(), Reject> {
         let current = self.identity.as_ref().and_then(|i| i.user.clone());
         let Some(user) = current else {
-            return Err(reject(
-                ErrorCode::Unauthorized,
-                "anonymous sessions cannot refresh; reconnect with a token",
-            ));
+            return Err(reject(ErrorCode::Unauthorized, "anonymous sessions cannot refresh; reconnect with a token"));
         };
-        let fresh = self
-            .node
-            .verifier
-            .verify(token)
-            .map_err(|e| reject(e.code, "invalid token"))?;
+        let fresh = self.node.verifier.verify(token).map_err(|e| reject(e.code, "invalid token"))?;
         if fresh.user.as_deref() != Some(user.as_str()) {
-            return Err(reject(
-                ErrorCode::Unauthorized,
-                "the new token is for a different user",
-            ));
+            return Err(reject(ErrorCode::Unauthorized, "the new token is for a different user"));
         }
         self.auth_deadline = expiry_instant(fresh.expires_at, self.node.config.auth.leeway);
         self.reply(encode_refreshed(id, fresh.expires_at));
@@ -462,25 +403,15 @@ impl Session {
 
     fn namespace(&self, channel: &ChannelName) -> Result<NamespaceOptions, Reject> {
         self.node.namespace(channel).cloned().ok_or_else(|| {
-            reject(
-                ErrorCode::UnknownNamespace,
-                format!("namespace {:?} is not configured", channel.namespace()),
-            )
+            reject(ErrorCode::UnknownNamespace, format!("namespace {:?} is not configured", channel.namespace()))
         })
     }
 
     fn check_subscribe(&self, channel: &ChannelName) -> Result<NamespaceOptions, Reject> {
         let ns = self.namespace(channel)?;
-        let allowed = ns.anonymous
-            || self
-                .identity
-                .as_ref()
-                .is_some_and(|i| i.may_subscribe(channel));
+        let allowed = ns.anonymous || self.identity.as_ref().is_some_and(|i| i.may_subscribe(channel));
         if !allowed {
-            return Err(reject(
-                ErrorCode::PermissionDenied,
-                format!("no subscribe capability for {channel}"),
-            ));
+            return Err(reject(ErrorCode::PermissionDenied, format!("no subscribe capability for {channel}")));
         }
         Ok(ns)
     }
@@ -490,22 +421,12 @@ impl Session {
         if !ns.client_publish {
             return Err(reject(
                 ErrorCode::PermissionDenied,
-                format!(
-                    "clients may not publish in namespace {:?}; use the HTTP API",
-                    channel.namespace()
-                ),
+                format!("clients may not publish in namespace {:?}; use the HTTP API", channel.namespace()),
             ));
         }
-        let allowed = ns.anonymous
-            || self
-                .identity
-                .as_ref()
-                .is_some_and(|i| i.may_publish(channel));
+        let allowed = ns.anonymous || self.identity.as_ref().is_some_and(|i| i.may_publish(channel));
         if !allowed {
-            return Err(reject(
-                ErrorCode::PermissionDenied,
-                format!("no publish capability for {channel}"),
-            ));
+            return Err(reject(ErrorCode::PermissionDenied, format!("no publish capability for {channel}")));
         }
         Ok(ns)
     }
@@ -514,9 +435,7 @@ impl Session {
 /// The instant a token expires (with leeway), or `None` when it never does.
 fn expiry_instant(expires_at: Option<u64>, leeway: Duration) -> Option<Instant> {
     let exp = expires_at?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let left = Duration::from_secs(exp).saturating_sub(now) + leeway;
     Instant::now().checked_add(left)
 }
@@ -528,9 +447,7 @@ fn close_code_for(e: &WsError) -> Option<CloseCode> {
             Some(CloseCode::MessageTooBig)
         }
         WsError::Utf8(_) => Some(CloseCode::InvalidPayload),
-        WsError::Protocol(
-            ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing,
-        ) => None,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing) => None,
         WsError::Protocol(_) => Some(CloseCode::ProtocolError),
         _ => None,
     }
