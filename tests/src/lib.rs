@@ -281,13 +281,42 @@ pub async fn http(
     raw_http(addr, req.as_bytes()).await
 }
 
-/// Sends raw bytes and parses the HTTP response.
+/// Sends raw bytes and parses the HTTP response. Reading stops at the end of the body
+/// (by `Content-Length`), at EOF, or, for `101 Switching Protocols`, after the head: the
+/// connection may stay open, and is dropped.
 pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> Result<HttpResponse> {
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(request).await?;
     let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.context("response timed out")??;
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return anyhow::Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if response_complete(&buf) {
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read).await.context("response timed out")??;
     parse_response(&buf)
+}
+
+fn response_complete(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    if buf.starts_with(b"HTTP/1.1 101") {
+        return true;
+    }
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| buf.len() >= end + 4 + len)
 }
 
 fn parse_response(buf: &[u8]) -> Result<HttpResponse> {
@@ -479,4 +508,18 @@ pub async fn http_publish(node: &Ringcastd, channel: &str, data: Value) -> Resul
 #[must_use]
 pub fn offsets(messages: &[Value]) -> Vec<u64> {
     messages.iter().filter_map(|m| m["offset"].as_u64()).collect()
+}
+
+/// Runs `ringcastd` with `args` (and `config` written to a file passed as `--config`
+/// when given) and waits for it to exit; returns the exit code and stderr.
+pub fn run_to_exit(config: Option<&str>, args: &[&str]) -> Result<(Option<i32>, String)> {
+    let dir = tempfile::tempdir()?;
+    let mut cmd = Command::new(binary()?);
+    if let Some(c) = config {
+        let path = dir.path().join("ringcast.toml");
+        std::fs::write(&path, c)?;
+        cmd.arg("--config").arg(path);
+    }
+    let out = cmd.args(args).stdin(Stdio::null()).output()?;
+    Ok((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()))
 }
