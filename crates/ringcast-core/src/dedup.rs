@@ -105,6 +105,12 @@ impl DedupWindow {
     }
 }
 
+/// The digest used to tell a retry (same payload) from a conflicting reuse of a key.
+#[must_use]
+pub fn payload_digest(payload: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(payload)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,10 +143,4 @@ mod tests {
         assert_eq!(w.check("k0", 0, &p, Millis(0)), DedupCheck::New);
         assert_eq!(w.check("k9", 9, &p, Millis(0)), DedupCheck::Duplicate(pos(10)));
     }
-}
-
-/// The digest used to tell a retry (same payload) from a conflicting reuse of a key.
-#[must_use]
-pub fn payload_digest(payload: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(payload)
 }

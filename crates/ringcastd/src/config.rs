@@ -18,7 +18,7 @@ use std::time::Duration;
 pub const DEMO_CONFIG: &str = include_str!("../demo.toml");
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub node: NodeConfig,
@@ -186,18 +186,6 @@ impl Default for Heartbeat {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            node: NodeConfig::default(),
-            limits: Limits::default(),
-            heartbeat: Heartbeat::default(),
-            auth: AuthConfig::default(),
-            api: ApiConfig::default(),
-            namespaces: BTreeMap::new(),
-        }
-    }
-}
 
 /// A configuration problem, with where it came from.
 #[derive(Debug, thiserror::Error)]
