@@ -116,7 +116,8 @@ async fn sigterm_drains_then_closes_clients_with_1001_and_exits_cleanly() -> Res
 
 #[test]
 fn bad_configuration_and_flags_exit_64_with_a_reason() -> Result<()> {
-    let cases: [(Option<&str>, &[&str], &str); 6] = [
+    let cases: [(Option<&str>, &[&str], &str); 7] = [
+        (Some("[auth]\nrsa_public_key_file = \"/no/such/key.pem\""), &[], "auth.rsa_public_key_file"),
         (Some("[node]\nlisten = \"nowhere\""), &[], "listen"),
         (Some("[limits]\nmax_frame_bytes = 1"), &[], "limits.max_frame_bytes"),
         (Some("[namespaces.chat]\nhistory_ttl = \"forever\""), &[], "history_ttl"),

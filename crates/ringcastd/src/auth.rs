@@ -221,6 +221,56 @@ mod tests {
         assert!(!id.may_publish(&room), "deny by default");
     }
 
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    }
+
+    fn sign_with(alg: Algorithm, private_pem: &str, claims: &serde_json::Value) -> String {
+        let pem = std::fs::read(fixture(private_pem)).unwrap_or_else(|e| panic!("{private_pem}: {e}"));
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+            _ => EncodingKey::from_ec_pem(&pem),
+        };
+        key.and_then(|k| encode(&Header::new(alg), claims, &k)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn rs256_and_es256_tokens_verify_with_configured_public_keys() {
+        let c = AuthConfig {
+            rsa_public_key_file: Some(fixture("rsa_public.pem")),
+            ec_public_key_file: Some(fixture("ec_public.pem")),
+            ..AuthConfig::default()
+        };
+        let v = Verifier::from_config(&c).unwrap_or_else(|e| panic!("{e}"));
+        let claims = json!({"sub": "rsa-user", "exp": now() + 60});
+        let rs = sign_with(Algorithm::RS256, "rsa_private.pem", &claims);
+        assert_eq!(v.verify(&rs).ok().and_then(|i| i.user).as_deref(), Some("rsa-user"));
+        let es = sign_with(Algorithm::ES256, "ec_private.pem", &claims);
+        assert_eq!(v.verify(&es).ok().and_then(|i| i.user).as_deref(), Some("rsa-user"));
+
+        // HS/RS confusion: an HS256 token "signed" with the public key as the secret.
+        let public = std::fs::read(fixture("rsa_public.pem")).unwrap_or_default();
+        let forged =
+            EncodingKey::from_secret(&public).and_then(|k| encode(&Header::default(), &claims, &k)).unwrap_or_default();
+        assert_eq!(v.verify(&forged).err().map(|e| e.code), Some(ErrorCode::Unauthorized));
+        // A token signed by a key we do not trust.
+        let stranger = sign_with(Algorithm::ES256, "ec_private.pem", &claims);
+        let only_rsa = Verifier::from_config(&AuthConfig {
+            rsa_public_key_file: Some(fixture("rsa_public.pem")),
+            ..AuthConfig::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(only_rsa.verify(&stranger).err().map(|e| e.code), Some(ErrorCode::Unauthorized));
+    }
+
+    #[test]
+    fn unreadable_or_invalid_key_files_are_config_errors() {
+        let missing = AuthConfig { rsa_public_key_file: Some(fixture("nope.pem")), ..AuthConfig::default() };
+        assert!(matches!(Verifier::from_config(&missing), Err(AuthConfigError::Read { .. })));
+        let not_a_key = AuthConfig { ec_public_key_file: Some(fixture("README.md")), ..AuthConfig::default() };
+        assert!(matches!(Verifier::from_config(&not_a_key), Err(AuthConfigError::Key { .. })));
+    }
+
     #[test]
     fn bad_tokens_are_refused_with_the_right_code() {
         let v = verifier();

@@ -186,7 +186,6 @@ impl Default for Heartbeat {
     }
 }
 
-
 /// A configuration problem, with where it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

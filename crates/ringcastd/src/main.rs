@@ -77,6 +77,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // Key files are part of the configuration: unreadable or invalid ones are usage
+    // errors too, caught before anything starts.
+    if let Err(e) = ringcastd::auth::Verifier::from_config(&config.auth) {
+        report(&format!("ringcastd: configuration error: {e}"));
+        return ExitCode::from(EXIT_USAGE);
+    }
     if args.check_config {
         println!(
             "configuration OK: node {} on {}, {} namespace(s)",

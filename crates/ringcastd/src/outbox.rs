@@ -37,6 +37,8 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
+    /// Woken when the queue overflows, so a writer stuck on a full socket gives up.
+    overflow: Notify,
     max_frames: usize,
     max_bytes: usize,
 }
@@ -44,7 +46,13 @@ pub struct Outbox {
 impl Outbox {
     #[must_use]
     pub fn new(max_frames: usize, max_bytes: usize) -> Outbox {
-        Outbox { state: Mutex::new(State::default()), notify: Notify::new(), max_frames, max_bytes }
+        Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            overflow: Notify::new(),
+            max_frames,
+            max_bytes,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -65,6 +73,7 @@ impl Outbox {
             s.close = Some(CloseCode::SlowConsumer);
             drop(s);
             self.notify.notify_one();
+            self.overflow.notify_waiters();
             return Pushed::Overflow;
         }
         s.bytes += frame.len();
@@ -113,6 +122,18 @@ impl Outbox {
     pub async fn ready(&self) {
         self.notify.notified().await;
     }
+
+    /// Resolves once the queue has overflowed (the connection is a slow consumer).
+    pub async fn overflowed(&self) {
+        loop {
+            // Created before the check, so an overflow between the two is not missed.
+            let woken = self.overflow.notified();
+            if self.lock().close == Some(CloseCode::SlowConsumer) {
+                return;
+            }
+            woken.await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +154,25 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(o.drain(&mut out), Some(CloseCode::SlowConsumer));
         assert!(out.is_empty(), "a slow consumer's backlog is freed, not written");
+    }
+
+    #[tokio::test]
+    async fn overflowed_resolves_on_overflow_only() {
+        let o = std::sync::Arc::new(Outbox::new(1, 1000));
+        let waiter = tokio::spawn({
+            let o = o.clone();
+            async move { o.overflowed().await }
+        });
+        o.close(CloseCode::GoingAway);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a graceful close is not an overflow");
+        let o2 = Outbox::new(1, 1000);
+        o2.push(f("a"));
+        o2.push(f("b"));
+        tokio::time::timeout(std::time::Duration::from_secs(1), o2.overflowed())
+            .await
+            .unwrap_or_else(|_| panic!("overflow not seen"));
+        waiter.abort();
     }
 
     #[test]

@@ -120,16 +120,23 @@ impl Session {
                     return Some(self.close(&mut ws, CloseCode::GoingAway).await);
                 }
                 () = self.outbox.ready() => {
-                    match tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await {
-                        Ok(Ok(None)) => {}
-                        Ok(Ok(Some(code))) => return Some(self.close(&mut ws, code).await),
-                        Ok(Err(e)) => {
+                    let written = tokio::select! {
+                        r = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)) => r.ok(),
+                        // The queue overflowed while this write waited on a full socket:
+                        // give up now rather than at the write timeout.
+                        () = self.outbox.overflowed() => None,
+                    };
+                    match written {
+                        Some(Ok(None)) => {}
+                        Some(Ok(Some(code))) => return Some(self.close(&mut ws, code).await),
+                        Some(Err(e)) => {
                             debug!(error = %e, "write failed");
                             return None;
                         }
-                        Err(_) => {
-                            debug!("write timed out");
-                            self.node.metrics.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
+                        None => {
+                            // The socket is not draining, so a close frame would not
+                            // get through either: drop the connection.
+                            debug!("slow consumer: dropping a connection whose socket is full");
                             self.node.metrics.close(CloseCode::SlowConsumer);
                             return Some(CloseCode::SlowConsumer);
                         }
@@ -210,9 +217,6 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         self.node.metrics.close(code);
-        if code == CloseCode::SlowConsumer {
-            self.node.metrics.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
-        }
         let frame = CloseFrame { code: WsCloseCode::from(code.code()), reason: Utf8Bytes::from_static(code.reason()) };
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, async {
             if ws.close(Some(frame)).await.is_ok() {
