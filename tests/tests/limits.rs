@@ -148,6 +148,18 @@ async fn bad_http_requests_get_json_errors() -> Result<()> {
     )
     .await?;
     assert_eq!((r.status, error_code(&r.json())), (401, "unauthorized".into()));
+    // History: an unknown namespace is only revealed to callers with the API key, and a
+    // channel with no stream has no epoch (reading creates nothing).
+    let r = http(node.addr, "GET", "/v1/channels/ghost:x/history", &[], "").await?;
+    assert_eq!((r.status, error_code(&r.json())), (401, "unauthorized".into()), "{}", r.body);
+    let r = http(node.addr, "GET", "/v1/channels/ghost:x/history", &h, "").await?;
+    assert_eq!((r.status, error_code(&r.json())), (404, "unknown_namespace".into()), "{}", r.body);
+    let r = http(node.addr, "GET", "/v1/channels/chat:never/history", &[], "").await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!((r.json()["epoch"].clone(), r.json()["newest"].clone()), (json!(null), json!(0)), "{}", r.body);
+    let r = http(node.addr, "GET", "/v1/channels/chat:never", &h, "").await?;
+    assert_eq!(r.json()["epoch"], json!(null), "history reads create no channel state: {}", r.body);
+
     let r = http(node.addr, "GET", "/v1/channels/chat:x", &h, "").await?;
     assert_eq!((r.status, r.json()["owner"].as_str()), (200, Some("standalone")), "{}", r.body);
     assert_eq!(r.json()["namespace"], "chat");

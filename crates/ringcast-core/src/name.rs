@@ -10,7 +10,8 @@
 //! A channel without `:` belongs to the namespace `default`. The characters `*` and `>`
 //! are reserved for pattern subscriptions, `#` for server-owned namespaces (such as
 //! `#user:`), and whitespace, control characters and non-ASCII are never allowed, so a
-//! channel name is safe in URLs paths (after percent-encoding `#`), logs and metrics.
+//! channel name is safe in logs and metrics, and in URL paths once `/` is
+//! percent-encoded (`%2F`).
 
 use std::fmt;
 use std::sync::Arc;

@@ -69,7 +69,8 @@ struct Envelope<'a> {
     token: Option<String>,
     #[serde(default, borrow)]
     since: Option<&'a RawValue>,
-    #[serde(default)]
+    /// Present (even as `null`) is `Some`; absent is `None`.
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     #[serde(default)]
     idempotency_key: Option<String>,
@@ -90,6 +91,12 @@ struct RawSince<'a> {
     #[serde(default, borrow)]
     epoch: Option<Cow<'a, str>>,
     offset: u64,
+}
+
+/// Deserialises a field that is present, whatever its value (serde maps `null` to `None`
+/// for `Option` fields; publish data may legitimately be `null`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> DecodeError {
@@ -323,11 +330,12 @@ pub fn encode_ack(id: u64, ack: &Ack<'_>) -> String {
     reply(id, "ack", ack)
 }
 
-/// A page of history. `messages` are `message` push frames, oldest first.
+/// A page of history. `messages` are `message` push frames, oldest first. `epoch` is
+/// `None` for a channel with no stream (nothing published, or all of it forgotten).
 #[derive(Debug)]
 pub struct HistoryReply<'a, M> {
     pub channel: &'a str,
-    pub epoch: Epoch,
+    pub epoch: Option<Epoch>,
     pub oldest: Offset,
     pub newest: Offset,
     pub next_before: Option<Offset>,
@@ -341,7 +349,7 @@ pub fn encode_history<M: AsRef<str>>(id: Option<u64>, h: &HistoryReply<'_, M>) -
     #[derive(Serialize)]
     struct Head<'a> {
         channel: &'a str,
-        epoch: Epoch,
+        epoch: Option<Epoch>,
         oldest: Offset,
         newest: Offset,
         next_before: Option<Offset>,
@@ -480,6 +488,14 @@ mod tests {
     }
 
     #[test]
+    fn null_data_is_data() {
+        match dec(r#"{"id":2,"type":"publish","channel":"c","data":null}"#) {
+            Ok(Request { command: Command::Publish { data, .. }, .. }) => assert_eq!(data.get(), "null"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn publish_keeps_data_verbatim() {
         let r = dec(r#"{"id":2,"type":"publish","channel":"chat:x","data":{"b":[1, 2],"a":"\u00e9"}}"#);
         match r {
@@ -498,7 +514,7 @@ mod tests {
         let m = encode_message(&c, StreamPosition { epoch: e, offset: Offset(1) }, &data);
         let h = HistoryReply {
             channel: "c",
-            epoch: e,
+            epoch: Some(e),
             oldest: Offset(1),
             newest: Offset(1),
             next_before: None,

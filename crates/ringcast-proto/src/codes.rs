@@ -132,8 +132,6 @@ pub enum CloseCode {
     InvalidPayload,
     /// 1009: a frame or message was larger than `limits.max_frame_bytes`.
     MessageTooBig,
-    /// 1011: an internal error; reconnect.
-    InternalError,
     /// 4001: `connect` failed authentication. Get a valid token before reconnecting.
     Unauthorized,
     /// 4002: the session's token expired without a `refresh`. Get a new token, reconnect.
@@ -150,14 +148,13 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every code, in documentation order.
-    pub const ALL: [CloseCode; 13] = [
+    pub const ALL: [CloseCode; 12] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
         CloseCode::UnsupportedData,
         CloseCode::InvalidPayload,
         CloseCode::MessageTooBig,
-        CloseCode::InternalError,
         CloseCode::Unauthorized,
         CloseCode::TokenExpired,
         CloseCode::ConnectTimeout,
@@ -175,7 +172,6 @@ impl CloseCode {
             CloseCode::UnsupportedData => 1003,
             CloseCode::InvalidPayload => 1007,
             CloseCode::MessageTooBig => 1009,
-            CloseCode::InternalError => 1011,
             CloseCode::Unauthorized => 4001,
             CloseCode::TokenExpired => 4002,
             CloseCode::ConnectTimeout => 4003,
@@ -195,7 +191,6 @@ impl CloseCode {
             CloseCode::UnsupportedData => "unsupported_data",
             CloseCode::InvalidPayload => "invalid_payload",
             CloseCode::MessageTooBig => "message_too_big",
-            CloseCode::InternalError => "internal_error: reconnect",
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::TokenExpired => "token_expired",
             CloseCode::ConnectTimeout => "connect_timeout",
@@ -208,9 +203,6 @@ impl CloseCode {
     /// Whether a client should reconnect on its own after this close.
     #[must_use]
     pub fn reconnect(self) -> bool {
-        matches!(
-            self,
-            CloseCode::GoingAway | CloseCode::InternalError | CloseCode::SlowConsumer | CloseCode::HeartbeatTimeout
-        )
+        matches!(self, CloseCode::GoingAway | CloseCode::SlowConsumer | CloseCode::HeartbeatTimeout)
     }
 }

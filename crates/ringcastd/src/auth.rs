@@ -10,8 +10,10 @@
 //!  "caps": {"subscribe": ["chat:*"], "publish": ["chat:*"]}}
 //! ```
 //!
-//! `sub` and `exp` are required; `nbf`, `iss` and `aud` are checked when present (and
-//! `iss`/`aud` required when configured). Capabilities are deny-by-default: a channel
+//! `sub` and `exp` are required; `nbf` is checked when present; `iss` and `aud` are
+//! required and checked when configured (`auth.issuer`, `auth.audience`) and ignored
+//! otherwise. `auth.leeway` applies in whole seconds, to `exp` and `nbf` alike and to
+//! the session's expiry deadline. Capabilities are deny-by-default: a channel
 //! needs a matching `caps` pattern unless its namespace is `anonymous`. History reads
 //! follow `subscribe`. Rejections never say more than `unauthorized` or `token_expired`.
 
@@ -127,7 +129,12 @@ impl Verifier {
                 .map_err(|e| AuthConfigError::Key { field: "ec_public_key_file", message: e.to_string() })?;
             keys.push((Algorithm::ES256, key));
         }
-        Ok(Verifier { keys, issuer: c.issuer.clone(), audience: c.audience.clone(), leeway_secs: c.leeway.as_secs() })
+        Ok(Verifier {
+            keys,
+            issuer: c.issuer.clone(),
+            audience: c.audience.clone(),
+            leeway_secs: c.leeway_secs().as_secs(),
+        })
     }
 
     /// Whether any token can be accepted at all.

@@ -6,13 +6,18 @@
 //! reported as a [`ConfigError`] naming the field and what is allowed; `main` prints it
 //! and exits with status 64 (EX_USAGE).
 
-use ringcast_core::namespace::MAX_MESSAGE_BYTES_CEILING;
 use ringcast_core::{NamespaceName, NamespaceOptions, NodeId};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Room a WebSocket `publish` frame needs around its `data` (id, type, channel,
+/// idempotency key, JSON punctuation): `max_message_bytes` plus this must fit in
+/// `max_frame_bytes`, so an oversized `data` is answered with `message_too_large`
+/// instead of closing the connection with 1009.
+pub const ENVELOPE_ALLOWANCE_BYTES: usize = 1024;
 
 /// The built-in development config used when no `--config` is given.
 pub const DEMO_CONFIG: &str = include_str!("../demo.toml");
@@ -163,6 +168,14 @@ impl Default for Limits {
             send_queue_bytes: 1024 * 1024,
             write_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl AuthConfig {
+    /// The leeway as JWT libraries apply it: whole seconds.
+    #[must_use]
+    pub fn leeway_secs(&self) -> Duration {
+        Duration::from_secs(self.leeway.as_secs())
     }
 }
 
@@ -326,10 +339,14 @@ impl Config {
             if let Err(e) = ns.validate() {
                 return invalid(&format!("namespaces.{name}.{}", e.field), e.problem);
             }
-            if ns.max_message_bytes > l.max_frame_bytes.min(MAX_MESSAGE_BYTES_CEILING) {
+            if ns.max_message_bytes + ENVELOPE_ALLOWANCE_BYTES > l.max_frame_bytes {
                 return invalid(
                     &format!("namespaces.{name}.max_message_bytes"),
-                    "must not exceed limits.max_frame_bytes".into(),
+                    format!(
+                        "must be at least {ENVELOPE_ALLOWANCE_BYTES} bytes below limits.max_frame_bytes ({}), \
+                         room for the command around the data",
+                        l.max_frame_bytes
+                    ),
                 );
             }
         }

@@ -1,9 +1,10 @@
 //! HTTP on the client port: the server API, health, metrics and the WebSocket upgrade.
 //!
-//! Every error, including malformed paths, queries and bodies, is a JSON body
-//! `{"error": {"code", "message"}}` with the code's HTTP status (see
-//! `proto/openapi.yaml`). Bodies are read with an explicit size limit
-//! (`limits.max_frame_bytes`).
+//! Every error this module answers, including malformed paths, queries and bodies, is
+//! a JSON body `{"error": {"code", "message"}}` with the code's HTTP status (see
+//! `proto/openapi.yaml`). Requests hyper itself refuses before routing (431 for too many
+//! or too large headers, 400 for an unparsable request head) have empty bodies. Bodies
+//! are read with an explicit size limit (`limits.max_frame_bytes`).
 
 use crate::node::Node;
 use crate::server::ConnPermit;
@@ -18,9 +19,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use ringcast_core::{ChannelName, NamespaceOptions, Offset, Slot};
-use ringcast_proto::client::{
-    check_history_limit, check_idempotency_key, encode_history, encode_http_error, Ack, HistoryReply,
-};
+use ringcast_proto::client::{check_history_limit, check_idempotency_key, encode_history, encode_http_error, Ack};
 use ringcast_proto::ErrorCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -121,11 +120,13 @@ fn namespace<'n>(node: &'n Node, channel: &ChannelName) -> Result<&'n NamespaceO
 
 async fn read_body(node: &Node, body: Body) -> Result<bytes::Bytes, ApiError> {
     let limit = node.config.limits.max_frame_bytes;
-    http_body_util::Limited::new(body, limit)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|_| api_err(ErrorCode::MessageTooLarge, format!("request body is larger than {limit} bytes")))
+    http_body_util::Limited::new(body, limit).collect().await.map(|c| c.to_bytes()).map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            api_err(ErrorCode::MessageTooLarge, format!("request body is larger than {limit} bytes"))
+        } else {
+            api_err(ErrorCode::BadRequest, format!("cannot read the request body: {e}"))
+        }
+    })
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
@@ -249,9 +250,21 @@ async fn history(
 ) -> Result<Response, ApiError> {
     let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
     let channel = parse_channel(&raw)?;
-    let ns = namespace(&node, &channel)?;
     let (before, limit) = parse_history_query(query.as_deref())?;
-    if !ns.anonymous && !has_api_key(&node, &headers) {
+    let api_key = has_api_key(&node, &headers);
+    // Without credentials an unknown namespace answers like a private one, so callers
+    // cannot probe which namespaces exist.
+    let ns = match node.namespace(&channel) {
+        Some(ns) => ns,
+        None if api_key => {
+            let message = format!("namespace {:?} is not configured", channel.namespace());
+            return Err(api_err(ErrorCode::UnknownNamespace, message));
+        }
+        None => {
+            return Err(api_err(ErrorCode::Unauthorized, "send the API key or a client token as Authorization: Bearer"))
+        }
+    };
+    if !ns.anonymous && !api_key {
         let token = bearer(&headers).ok_or_else(|| {
             api_err(ErrorCode::Unauthorized, "send the API key or a client token as Authorization: Bearer")
         })?;
@@ -260,19 +273,8 @@ async fn history(
             return Err(api_err(ErrorCode::PermissionDenied, format!("no subscribe capability for {channel}")));
         }
     }
-    let page = node.hub.history(&channel, ns, before, limit as usize, node.now());
-    let body = encode_history(
-        None,
-        &HistoryReply {
-            channel: channel.as_str(),
-            epoch: page.epoch,
-            oldest: page.oldest,
-            newest: page.newest,
-            next_before: page.next_before,
-            messages: &page.entries,
-        },
-    );
-    Ok(json(StatusCode::OK, body))
+    let page = node.hub.history(&channel, before, limit as usize, node.now());
+    Ok(json(StatusCode::OK, encode_history(None, &session::history_reply(&channel, page.as_ref()))))
 }
 
 /// Where a channel lives and what this node holds for it (operators; API key).
@@ -353,8 +355,8 @@ async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Res
         return reject_handshake(&node, ErrorCode::BadRequest, "expected a WebSocket upgrade request");
     }
     if h.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        node.metrics.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
-        let mut r = error(ErrorCode::BadRequest, "only WebSocket version 13 is supported");
+        // RFC 6455 section 4.4: 426 with the supported version.
+        let mut r = reject_handshake(&node, ErrorCode::BadRequest, "only WebSocket version 13 is supported");
         *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
         r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return r;

@@ -268,16 +268,16 @@ impl Hub {
         removed
     }
 
-    /// A page of history (oldest first) of pre-encoded `message` frames.
+    /// A page of history (oldest first) of pre-encoded `message` frames; `None` when the
+    /// channel has no stream here. Reading never creates channel state.
     pub fn history(
         &self,
         channel: &ChannelName,
-        ns: &NamespaceOptions,
         before: Option<Offset>,
         limit: usize,
         now: Millis,
-    ) -> HistoryPage<Utf8Bytes> {
-        self.with_channel(channel, ns, |st| st.log.page(now, before, limit))
+    ) -> Option<HistoryPage<Utf8Bytes>> {
+        self.with_existing(channel, |st| st.log.page(now, before, limit))
     }
 
     /// What this node holds for a channel (no state is created).

@@ -44,7 +44,7 @@ struct Args {
     /// Tokio worker threads (default: one per core).
     #[arg(long)]
     worker_threads: Option<usize>,
-    /// Validate the configuration, print it as understood, and exit.
+    /// Validate the configuration (including key files), print a one-line summary, exit.
     #[arg(long)]
     check_config: bool,
 }
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
     let result = rt
         .build()
         .context("cannot start the async runtime")
-        .and_then(|rt| rt.block_on(run(config, args.config.is_none())));
+        .and_then(|rt| rt.block_on(run(config, config_path(&args, &env).is_none())));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -119,10 +119,15 @@ fn report(message: &str) {
     eprintln!("{message}");
 }
 
+/// The config file to read: `--config`, else `$RINGCAST_CONFIG`, else none (the
+/// built-in development config).
+fn config_path(args: &Args, env: &HashMap<String, String>) -> Option<PathBuf> {
+    args.config.clone().or_else(|| env.get("RINGCAST_CONFIG").map(PathBuf::from))
+}
+
 fn load_config(args: &Args, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
     let flags = FlagOverrides { listen: args.listen, node_id: args.node_id.clone(), api_key: args.api_key.clone() };
-    let path = args.config.clone().or_else(|| env.get("RINGCAST_CONFIG").map(PathBuf::from));
-    match path {
+    match config_path(args, env) {
         Some(path) => {
             let text =
                 std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;

@@ -28,7 +28,10 @@ pub enum Pushed {
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Utf8Bytes>,
+    /// Bytes of the frames that count against the bounds (replay frames do not).
     bytes: usize,
+    /// How many queued frames are exempt from the bounds (replay and its reply).
+    exempt: usize,
     close: Option<CloseCode>,
 }
 
@@ -67,9 +70,10 @@ impl Outbox {
         if s.close.is_some() {
             return Pushed::Closed;
         }
-        if s.frames.len() >= self.max_frames || s.bytes + frame.len() > self.max_bytes {
+        if s.frames.len() - s.exempt >= self.max_frames || s.bytes + frame.len() > self.max_bytes {
             s.frames.clear();
             s.bytes = 0;
+            s.exempt = 0;
             s.close = Some(CloseCode::SlowConsumer);
             drop(s);
             self.notify.notify_one();
@@ -83,16 +87,17 @@ impl Outbox {
         Pushed::Queued
     }
 
-    /// Queues frames outside the bounds. Only for a `subscribed` reply and its replay,
-    /// which are bounded by the namespace's `history_size` and share their bytes with
-    /// history, so they cost the queue slots and not copies.
+    /// Queues frames outside the bounds, and without counting them against the bounds
+    /// for later pushes. Only for a `subscribed` reply and its replay, which are bounded
+    /// by the namespace's `history_size` and share their bytes with history, so they
+    /// cost the queue slots and not copies.
     pub fn push_unbounded(&self, frames: impl IntoIterator<Item = Utf8Bytes>) {
         let mut s = self.lock();
         if s.close.is_some() {
             return;
         }
         for f in frames {
-            s.bytes += f.len();
+            s.exempt += 1;
             s.frames.push_back(f);
         }
         drop(s);
@@ -115,6 +120,7 @@ impl Outbox {
         let mut s = self.lock();
         out.extend(s.frames.drain(..));
         s.bytes = 0;
+        s.exempt = 0;
         s.close
     }
 
@@ -180,6 +186,15 @@ mod tests {
         let o = Outbox::new(100, 5);
         assert_eq!(o.push(f("abc")), Pushed::Queued);
         assert_eq!(o.push(f("abc")), Pushed::Overflow);
+    }
+
+    #[test]
+    fn a_large_replay_does_not_count_against_live_messages() {
+        let o = Outbox::new(2, 10);
+        o.push_unbounded((0..100).map(|_| f("replayed frame")));
+        assert_eq!(o.push(f("live1")), Pushed::Queued);
+        assert_eq!(o.push(f("live2")), Pushed::Queued);
+        assert_eq!(o.push(f("live3")), Pushed::Overflow, "live frames still have their bound");
     }
 
     #[test]

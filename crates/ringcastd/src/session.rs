@@ -341,20 +341,10 @@ impl Session {
                 self.reply(encode_ack(id, &ack));
             }
             Command::History { channel, before, limit } => {
-                let ns = self.check_subscribe(&channel)?;
+                self.check_subscribe(&channel)?;
                 let now = self.node.now();
-                let page = self.node.hub.history(&channel, &ns, before, limit as usize, now);
-                self.reply(encode_history(
-                    Some(id),
-                    &HistoryReply {
-                        channel: channel.as_str(),
-                        epoch: page.epoch,
-                        oldest: page.oldest,
-                        newest: page.newest,
-                        next_before: page.next_before,
-                        messages: &page.entries,
-                    },
-                ));
+                let page = self.node.hub.history(&channel, before, limit as usize, now);
+                self.reply(encode_history(Some(id), &history_reply(&channel, page.as_ref())));
             }
             Command::Ping | Command::Connect { .. } => {}
         }
@@ -373,7 +363,7 @@ impl Session {
             None if self.node.any_anonymous_namespace() => Identity::anonymous(),
             None => return Err(reject(ErrorCode::Unauthorized, "a token is required")),
         };
-        self.auth_deadline = expiry_instant(identity.expires_at, self.node.config.auth.leeway);
+        self.auth_deadline = expiry_instant(identity.expires_at, self.node.config.auth.leeway_secs());
         self.reply(encode_connected(
             id,
             &Connected {
@@ -399,7 +389,7 @@ impl Session {
         if fresh.user.as_deref() != Some(user.as_str()) {
             return Err(reject(ErrorCode::Unauthorized, "the new token is for a different user"));
         }
-        self.auth_deadline = expiry_instant(fresh.expires_at, self.node.config.auth.leeway);
+        self.auth_deadline = expiry_instant(fresh.expires_at, self.node.config.auth.leeway_secs());
         self.reply(encode_refreshed(id, fresh.expires_at));
         self.identity = Some(fresh);
         Ok(())
@@ -433,6 +423,31 @@ impl Session {
             return Err(reject(ErrorCode::PermissionDenied, format!("no publish capability for {channel}")));
         }
         Ok(ns)
+    }
+}
+
+/// The reply for a history page (or for a channel with no stream: no epoch, empty).
+pub(crate) fn history_reply<'a>(
+    channel: &'a ChannelName,
+    page: Option<&'a ringcast_core::HistoryPage<Utf8Bytes>>,
+) -> HistoryReply<'a, Utf8Bytes> {
+    match page {
+        Some(p) => HistoryReply {
+            channel: channel.as_str(),
+            epoch: Some(p.epoch),
+            oldest: p.oldest,
+            newest: p.newest,
+            next_before: p.next_before,
+            messages: &p.entries,
+        },
+        None => HistoryReply {
+            channel: channel.as_str(),
+            epoch: None,
+            oldest: ringcast_core::Offset(1),
+            newest: ringcast_core::Offset::ZERO,
+            next_before: None,
+            messages: &[],
+        },
     }
 }
 

@@ -1,0 +1,271 @@
+//! Golden client frames under `proto/golden/client/`, checked in both directions.
+//!
+//! - `commands/*.json`: frames a client may send. Each must decode, as the command named
+//!   by the file name's prefix (`subscribe_since.json` is a `subscribe`).
+//! - `invalid/*.json`: frames that must be refused, with the code and echoed id listed
+//!   in `invalid/expected.json`.
+//! - `server/*.json`: frames the server sends. Each is rebuilt here with the matching
+//!   `encode_*` function and compared as JSON values, so the files show exactly what the
+//!   encoder produces and the encoder cannot drift from the files.
+//!
+//! Adding a golden file without teaching this test about it (or the reverse) fails.
+
+use ringcast_core::{ChannelName, Epoch, NotRecoveredReason, Offset, StreamPosition};
+use ringcast_proto::client::{
+    decode_command, encode_ack, encode_connected, encode_error, encode_history, encode_message, encode_pong,
+    encode_refreshed, encode_subscribed, encode_unsubscribed, Ack, Command, Connected, HistoryReply, Request,
+    SubscribeOutcome, DEFAULT_HISTORY_LIMIT,
+};
+use ringcast_proto::ErrorCode;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The expectations file inside `invalid/`; every other file there is a frame.
+const EXPECTED_FILE: &str = "expected.json";
+
+fn golden_dir(sub: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto/golden/client").join(sub)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `(file name, contents)` of every `*.json` file in `dir`, sorted; panics when none.
+fn json_files(sub: &str) -> Vec<(String, String)> {
+    let dir = golden_dir(sub);
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut files: Vec<(String, String)> = entries
+        .map(|entry| entry.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_else(|| panic!("{}: file name is not UTF-8", p.display()))
+                .to_owned();
+            let text = read(&p);
+            (name, text)
+        })
+        .collect();
+    files.sort();
+    assert!(
+        files.iter().any(|(name, _)| name != EXPECTED_FILE),
+        "{}: no golden *.json frames found (wrong directory, or the files were deleted)",
+        dir.display()
+    );
+    files
+}
+
+fn stem(name: &str) -> &str {
+    name.strip_suffix(".json").unwrap_or(name)
+}
+
+fn kind(command: &Command) -> &'static str {
+    match command {
+        Command::Connect { .. } => "connect",
+        Command::Refresh { .. } => "refresh",
+        Command::Subscribe { .. } => "subscribe",
+        Command::Unsubscribe { .. } => "unsubscribe",
+        Command::Publish { .. } => "publish",
+        Command::History { .. } => "history",
+        Command::Ping => "ping",
+    }
+}
+
+/// What the variant files add to their command beyond its kind.
+fn check_variant(name: &str, request: &Request) {
+    let ok = match (stem(name), &request.command) {
+        ("connect", Command::Connect { token }) => token.is_some(),
+        ("connect_anonymous", Command::Connect { token }) => token.is_none(),
+        ("subscribe", Command::Subscribe { since, .. }) => since.is_none(),
+        ("subscribe_since", Command::Subscribe { since, .. }) => since.is_some_and(|s| s.epoch.is_some()),
+        ("subscribe_since_no_epoch", Command::Subscribe { since, .. }) => since.is_some_and(|s| s.epoch.is_none()),
+        ("publish", Command::Publish { idempotency_key, .. }) => idempotency_key.is_none(),
+        ("publish_idempotent", Command::Publish { idempotency_key, .. }) => idempotency_key.is_some(),
+        ("history", Command::History { before, limit, .. }) => before.is_none() && *limit == DEFAULT_HISTORY_LIMIT,
+        ("history_page", Command::History { before, limit, .. }) => before.is_some() && *limit != DEFAULT_HISTORY_LIMIT,
+        _ => true,
+    };
+    assert!(ok, "commands/{name} decoded to {request:?}, which is not what its name promises");
+}
+
+#[test]
+fn every_command_golden_decodes_as_its_named_kind() {
+    for (name, text) in json_files("commands") {
+        let request = decode_command(&text)
+            .unwrap_or_else(|e| panic!("commands/{name} must decode but was refused: {e:?}\n{text}"));
+        let prefix = stem(&name).split('_').next().unwrap_or_default();
+        assert_eq!(kind(&request.command), prefix, "commands/{name}: decoded command kind vs file name prefix");
+        let frame: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("commands/{name}: {e}"));
+        assert_eq!(frame["type"], prefix, "commands/{name}: `type` field vs file name prefix");
+        assert_eq!(frame["id"].as_u64(), Some(request.id), "commands/{name}: decoded id");
+        check_variant(&name, &request);
+    }
+}
+
+#[test]
+fn every_invalid_golden_is_refused_with_its_code_and_id() {
+    let files = json_files("invalid");
+    let expected_path = golden_dir("invalid").join(EXPECTED_FILE);
+    let expected: BTreeMap<String, Value> =
+        serde_json::from_str(&read(&expected_path)).unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
+    let frames: BTreeSet<&str> =
+        files.iter().map(|(name, _)| name.as_str()).filter(|name| *name != EXPECTED_FILE).collect();
+    let listed: BTreeSet<&str> = expected.keys().map(String::as_str).collect();
+    assert_eq!(frames, listed, "invalid/ frames vs the entries of invalid/{EXPECTED_FILE}");
+
+    for (name, text) in files.iter().filter(|(name, _)| name != EXPECTED_FILE) {
+        let want = &expected[name.as_str()];
+        let want_code =
+            want["code"].as_str().unwrap_or_else(|| panic!("invalid/{EXPECTED_FILE}: {name}.code must be a string"));
+        let want_id = match &want["id"] {
+            Value::Null => None,
+            Value::Number(n) => Some(n.as_u64().unwrap_or_else(|| panic!("invalid/{EXPECTED_FILE}: {name}.id"))),
+            other => panic!("invalid/{EXPECTED_FILE}: {name}.id must be a number or null, not {other}"),
+        };
+        match decode_command(text) {
+            Ok(request) => panic!("invalid/{name} must be refused but decoded to {request:?}"),
+            Err(e) => {
+                assert_eq!(e.code.as_str(), want_code, "invalid/{name}: error code ({})", e.message);
+                assert_eq!(e.id, want_id, "invalid/{name}: echoed id");
+                assert!(!e.message.is_empty(), "invalid/{name}: the error must say what is wrong");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Server frames: the values below are the ones written in the golden files.
+
+const EPOCH: u64 = 7_208_313_938_417_610_519;
+const CHANNEL: &str = "chat:room-1";
+
+fn epoch() -> Epoch {
+    Epoch::new(EPOCH).unwrap_or_else(|| panic!("the golden epoch is non-zero"))
+}
+
+fn channel() -> ChannelName {
+    ChannelName::new(CHANNEL).unwrap_or_else(|e| panic!("{CHANNEL}: {e}"))
+}
+
+fn at(offset: u64) -> StreamPosition {
+    StreamPosition { epoch: epoch(), offset: Offset(offset) }
+}
+
+fn raw(json: &str) -> Box<RawValue> {
+    RawValue::from_string(json.to_owned()).unwrap_or_else(|e| panic!("{json}: {e}"))
+}
+
+fn message(offset: u64, data: &str) -> String {
+    encode_message(&channel(), at(offset), &raw(data))
+}
+
+/// The frame each `server/<name>.json` must equal, built with the encoder.
+fn server_frames() -> BTreeMap<&'static str, String> {
+    let c = channel();
+    let ack = |offset, duplicate| Ack { channel: CHANNEL, epoch: epoch(), offset: Offset(offset), duplicate };
+    let history = [message(36, r#"{"text":"hi","from":"bob"}"#), message(37, r#"{"text":"hey","from":"alice"}"#)];
+    BTreeMap::from([
+        (
+            "connected",
+            encode_connected(
+                1,
+                &Connected {
+                    client: "17".into(),
+                    node: "standalone",
+                    user: Some("alice"),
+                    expires_at: Some(1_893_456_000),
+                    ping_interval_ms: 25_000,
+                    version: "0.1.0",
+                },
+            ),
+        ),
+        (
+            "connected_anonymous",
+            encode_connected(
+                1,
+                &Connected {
+                    client: "18".into(),
+                    node: "standalone",
+                    user: None,
+                    expires_at: None,
+                    ping_interval_ms: 25_000,
+                    version: "0.1.0",
+                },
+            ),
+        ),
+        ("subscribed_fresh", encode_subscribed(2, &c, at(41), SubscribeOutcome::Fresh)),
+        ("subscribed_recovered", encode_subscribed(3, &c, at(44), SubscribeOutcome::Recovered { replayed: 3 })),
+        (
+            "subscribed_not_recovered",
+            encode_subscribed(
+                3,
+                &c,
+                at(1250),
+                SubscribeOutcome::NotRecovered {
+                    reason: NotRecoveredReason::PositionExpired,
+                    oldest: Offset(951),
+                    newest: Offset(1250),
+                },
+            ),
+        ),
+        ("unsubscribed", encode_unsubscribed(21, &c)),
+        ("ack", encode_ack(5, &ack(45, false))),
+        ("ack_duplicate", encode_ack(6, &ack(45, true))),
+        (
+            "history",
+            encode_history(
+                Some(8),
+                &HistoryReply {
+                    channel: CHANNEL,
+                    epoch: Some(epoch()),
+                    oldest: Offset(31),
+                    newest: Offset(45),
+                    next_before: Some(Offset(36)),
+                    messages: &history,
+                },
+            ),
+        ),
+        ("refreshed", encode_refreshed(20, Some(1_893_459_600))),
+        ("pong", encode_pong(9)),
+        (
+            "error",
+            encode_error(
+                Some(14),
+                ErrorCode::InvalidChannel,
+                "invalid channel: character ' ' at byte 9 is not allowed",
+            ),
+        ),
+        (
+            "error_without_id",
+            encode_error(
+                None,
+                ErrorCode::BadRequest,
+                "malformed command: EOF while parsing an object at line 1 column 22",
+            ),
+        ),
+        ("message", message(45, r#"{"text":"hello","from":"alice"}"#)),
+    ])
+}
+
+#[test]
+fn every_server_golden_is_what_the_encoder_produces() {
+    let files = json_files("server");
+    let built = server_frames();
+    let on_disk: BTreeSet<&str> = files.iter().map(|(name, _)| stem(name)).collect();
+    let known: BTreeSet<&str> = built.keys().copied().collect();
+    assert_eq!(on_disk, known, "server/ files vs the frames this test builds (add both or neither)");
+
+    for (name, text) in &files {
+        let golden: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("server/{name}: {e}"));
+        let encoded = &built[stem(name)];
+        let ours: Value =
+            serde_json::from_str(encoded).unwrap_or_else(|e| panic!("server/{name}: encoder output is not JSON: {e}"));
+        assert_eq!(ours, golden, "server/{name}: the encoder produced\n{encoded}\nbut the golden file holds\n{text}");
+        let prefix = stem(name).split('_').next().unwrap_or_default();
+        assert_eq!(golden["type"], prefix, "server/{name}: `type` field vs file name prefix");
+    }
+}
