@@ -34,6 +34,16 @@ struct Seen {
     at: Millis,
 }
 
+/// One remembered idempotency key, as carried in a handoff snapshot. Ages, not
+/// timestamps, because monotonic clocks are per node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupEntry {
+    pub key: String,
+    pub digest: u64,
+    pub position: StreamPosition,
+    pub age: Duration,
+}
+
 /// What the window says about a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DedupCheck {
@@ -95,6 +105,33 @@ impl DedupWindow {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
+    }
+
+    /// Every key inside the window, oldest first, with its age (for handoff snapshots).
+    #[must_use]
+    pub fn export(&self, now: Millis) -> Vec<DedupEntry> {
+        self.order
+            .iter()
+            .filter_map(|k| {
+                self.index.get(k).map(|s| DedupEntry {
+                    key: k.to_string(),
+                    digest: s.digest,
+                    position: s.position,
+                    age: now.since(s.at),
+                })
+            })
+            .collect()
+    }
+
+    /// Rebuilds a window from exported entries (oldest first), as of `now`.
+    pub fn import(entries: Vec<DedupEntry>, policy: &DedupPolicy, now: Millis) -> DedupWindow {
+        let mut w = DedupWindow::default();
+        for e in entries {
+            let at = Millis(now.0.saturating_sub(u64::try_from(e.age.as_millis()).unwrap_or(u64::MAX)));
+            w.record(&e.key, e.digest, e.position, policy, at);
+        }
+        w.expire(policy, now);
+        w
     }
 
     /// When the oldest key expires, if any.

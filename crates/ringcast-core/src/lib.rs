@@ -10,9 +10,13 @@
 //! - [`name`]: validated names ([`ChannelName`], [`NamespaceName`], [`NodeId`], [`ConnId`]).
 //! - [`slot`] and [`ring`]: channel -> slot -> owning node, via `hashring` with virtual
 //!   nodes, precomputed per membership view.
+//! - [`ownership`]: from a membership snapshot, where each slot's requests go, which
+//!   vacant slots this node claims and which of its slots it hands off (throttled).
 //! - [`namespace`]: per-namespace options (history, limits, policies) and their validation.
 //! - [`log`]: one channel's stream: `(epoch, offset)` sequencing, the history window,
 //!   idempotency dedup ([`dedup`]), recovery decisions and history pages.
+//! - [`mirror`]: exactly-once, in-order delivery at a subscriber node whatever order
+//!   the owner's messages arrive in (gaps are buffered, then filled from history).
 //! - [`caps`]: channel capability patterns carried in client tokens.
 //! - [`ratelimit`]: token buckets on an injected clock.
 //!
@@ -22,8 +26,10 @@
 pub mod caps;
 pub mod dedup;
 pub mod log;
+pub mod mirror;
 pub mod name;
 pub mod namespace;
+pub mod ownership;
 pub mod position;
 pub mod ratelimit;
 pub mod ring;

@@ -101,6 +101,17 @@ pub struct HistoryPage<P> {
     pub next_before: Option<Offset>,
 }
 
+/// Everything a channel's log holds, for moving it to another node (graceful handoff).
+/// Ages instead of timestamps: monotonic clocks are per node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSnapshot<P> {
+    pub epoch: Epoch,
+    pub top: Offset,
+    /// `(offset, age, payload)`, oldest first, contiguous and ending at `top`.
+    pub history: Vec<(Offset, Duration, P)>,
+    pub dedup: Vec<crate::dedup::DedupEntry>,
+}
+
 /// One channel's sequenced stream. See the module docs for its invariants.
 #[derive(Debug)]
 pub struct ChannelLog<P> {
@@ -225,6 +236,45 @@ impl<P: Clone> ChannelLog<P> {
         self.history.is_empty() && self.dedup.is_empty()
     }
 
+    /// Everything needed to continue this stream elsewhere, as of `now`.
+    pub fn snapshot(&mut self, now: Millis) -> LogSnapshot<P> {
+        self.prune(now);
+        LogSnapshot {
+            epoch: self.epoch,
+            top: self.top,
+            history: self.history.iter().map(|e| (e.offset, now.since(e.at), e.payload.clone())).collect(),
+            dedup: self.dedup.export(now),
+        }
+    }
+
+    /// Continues a stream from a snapshot taken elsewhere: same epoch, next offset
+    /// `top + 1`, same history and idempotency keys. Entries that break the snapshot's
+    /// invariants (not contiguous, not ending at `top`) are dropped rather than trusted.
+    #[must_use]
+    pub fn restore(
+        snap: LogSnapshot<P>,
+        history_policy: HistoryPolicy,
+        dedup_policy: DedupPolicy,
+        now: Millis,
+    ) -> Self {
+        let mut history: VecDeque<Entry<P>> = VecDeque::new();
+        for (offset, age, payload) in snap.history.into_iter().rev() {
+            let expected = history.front().map_or(snap.top, |e: &Entry<P>| Offset(e.offset.0.saturating_sub(1)));
+            if offset != expected || offset == Offset::ZERO {
+                break;
+            }
+            let at = Millis(now.0.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
+            history.push_front(Entry { offset, at, payload });
+        }
+        while history.len() > history_policy.size {
+            history.pop_front();
+        }
+        let dedup = DedupWindow::import(snap.dedup, &dedup_policy, now);
+        let mut log = ChannelLog { epoch: snap.epoch, top: snap.top, history, dedup, history_policy, dedup_policy };
+        log.prune(now);
+        log
+    }
+
     /// Number of messages currently held.
     #[must_use]
     pub fn history_len(&self) -> usize {
@@ -341,6 +391,49 @@ mod tests {
         assert!(!l.is_idle(Millis(500)));
         assert!(!l.is_idle(Millis(1_000)), "the key outlives the history");
         assert!(l.is_idle(Millis(120_000)));
+    }
+
+    #[test]
+    fn a_restored_snapshot_continues_the_same_stream() {
+        let mut a = log(10, 60);
+        for i in 0..15u64 {
+            let key = format!("k{i}");
+            a.append(Millis(i * 1000), Some(&key), i, |p| p.offset.0).ok();
+        }
+        let snap = a.snapshot(Millis(20_000));
+        assert_eq!((snap.top, snap.history.len(), snap.dedup.len()), (Offset(15), 10, 15));
+        // Another node, another clock.
+        let mut b = ChannelLog::restore(snap, a.history_policy, a.dedup_policy, Millis(500_000));
+        assert_eq!(b.top(), a.top());
+        assert_eq!(b.recover(at(7, 8), Millis(500_000)), Recovery::Recovered { replay: (9..=15).collect() });
+        // A retry of a key sequenced before the handoff gets the original position.
+        assert_eq!(push(&mut b, 500_000, Some("k3"), 3), Ok(Appended::Duplicate { position: at(7, 4) }));
+        assert_eq!(push(&mut b, 500_000, None, 0), Ok(Appended::Fresh { position: at(7, 16), payload: 16 }));
+        // History now holds 7..=16. Ages carry over: offset 7 was 14 s old at the snapshot,
+        // so it expires 46 s after the restore, and offset 8 one second later.
+        assert_eq!(b.page(Millis(545_999), None, 100).entries.first(), Some(&7));
+        assert_eq!(b.page(Millis(546_000), None, 100).entries.first(), Some(&8));
+    }
+
+    #[test]
+    fn a_corrupt_snapshot_keeps_only_its_contiguous_tail() {
+        let snap = LogSnapshot {
+            epoch: epoch(7),
+            top: Offset(10),
+            history: vec![
+                (Offset(3), Duration::ZERO, 3),
+                (Offset(9), Duration::ZERO, 9),
+                (Offset(10), Duration::ZERO, 10),
+            ],
+            dedup: vec![],
+        };
+        let l = ChannelLog::restore(
+            snap,
+            HistoryPolicy { size: 10, ttl: Duration::from_secs(60) },
+            DedupPolicy::default(),
+            Millis(0),
+        );
+        assert_eq!(l.history_len(), 2);
     }
 
     proptest! {
