@@ -2,6 +2,8 @@
 //!
 //! - [`client`]: the WebSocket client protocol (JSON text frames): decoding commands
 //!   with precise, client-visible errors, and encoding replies and pushes.
+//! - [`cluster`]: the frames nodes exchange over QUIC (types only; the transport in
+//!   `ringcast-cluster` owns the codec).
 //! - [`codes`]: the stable [`ErrorCode`]s and WebSocket [`CloseCode`]s, whose tables in
 //!   `proto/client.md` are kept in sync by a test.
 //!
@@ -9,6 +11,7 @@
 //! `proto/golden/` are read by the tests in both directions. This crate does no I/O.
 
 pub mod client;
+pub mod cluster;
 pub mod codes;
 
 pub use codes::{CloseCode, ErrorCode};

@@ -1,0 +1,100 @@
+//! Cluster frames: what nodes say to each other over their QUIC links.
+//!
+//! Types only. Encoding (length prefix, version byte, bincode 2 with a size limit) is
+//! the transport codec's job in `ringcast-cluster`, the one place bincode is called.
+//! Strings and integers are plain here and validated by the receiver (a channel name
+//! from a peer is parsed like one from a client), because a peer is input too.
+//!
+//! Ordering contract: each node sends everything for one peer on one ordered stream.
+//! An owner's `Deliver` frames and its replies to a gateway therefore arrive in the
+//! order the owner produced them; the gateway relies on that to attach a subscriber
+//! at exactly the position the `Subscribed` reply names.
+//!
+//! Fencing: every frame about a slot carries the slot epoch the sender acts under.
+//! Owners refuse requests routed with an epoch newer than their own claim (they are
+//! stale); subscriber nodes drop `Deliver` frames whose slot epoch is older than the
+//! newest they have seen for that slot (a zombie owner).
+
+use bincode::{Decode, Encode};
+
+/// Version of this frame catalogue, sent in `Hello`.
+pub const FRAMES_VERSION: u16 = 1;
+
+/// A resume position as sent between nodes (`epoch` absent when the client sent none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct SinceWire {
+    pub epoch: Option<u64>,
+    pub offset: u64,
+}
+
+/// How a subscribe's `since` was answered.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum OutcomeWire {
+    Fresh,
+    Recovered,
+    /// `reason` is the wire name (`epoch_changed`, `position_expired`, `position_ahead`).
+    NotRecovered {
+        reason: String,
+        oldest: u64,
+        newest: u64,
+    },
+}
+
+/// One channel's state in a handoff.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ChannelSnapshotWire {
+    pub channel: String,
+    pub epoch: u64,
+    pub top: u64,
+    /// `(offset, age in ms, message frame)`, oldest first.
+    pub history: Vec<(u64, u64, String)>,
+    /// `(idempotency key, payload digest, offset, age in ms)`, oldest first.
+    pub dedup: Vec<(String, u64, u64, u64)>,
+    /// Nodes with subscribers on the channel, the old owner included if it has some.
+    pub interest: Vec<String>,
+}
+
+/// Every frame of the cluster protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum PeerFrame {
+    /// First frame on a stream: who is speaking. `node` must match the certificate.
+    Hello { node: String, version: u16 },
+
+    /// Gateway -> owner: sequence a message.
+    Publish { req: u64, slot: u16, slot_epoch: u64, channel: String, data: String, idempotency_key: Option<String> },
+    /// Gateway -> owner: answer a subscribe (recovery from `since`), and with `interest`
+    /// start sending this node every message of the channel.
+    Subscribe { req: u64, slot: u16, slot_epoch: u64, channel: String, since: Option<SinceWire>, interest: bool },
+    /// Gateway -> owner: this node has no subscribers on the channel any more.
+    Unsubscribe { slot: u16, slot_epoch: u64, channel: String },
+    /// Gateway -> owner: a page of history.
+    History { req: u64, slot: u16, slot_epoch: u64, channel: String, before: Option<u64>, limit: u32 },
+
+    /// Owner -> gateway: a publish was sequenced (or was a duplicate of `offset`).
+    Acked { req: u64, epoch: u64, offset: u64, duplicate: bool },
+    /// Owner -> gateway: the channel's position when the subscribe was served, and the
+    /// replay (message frames) when `since` was honoured.
+    Subscribed { req: u64, epoch: u64, offset: u64, outcome: OutcomeWire, replay: Vec<String> },
+    /// Owner -> gateway: a history page (message frames, oldest first).
+    HistoryPage {
+        req: u64,
+        epoch: Option<u64>,
+        oldest: u64,
+        newest: u64,
+        next_before: Option<u64>,
+        messages: Vec<String>,
+    },
+    /// Owner -> gateway: the request was not served. `code` is a client error code's
+    /// wire name; `retry` says the gateway should re-route and try again (the slot moved
+    /// or is being handed off), which is safe because nothing was sequenced.
+    Refused { req: u64, code: String, message: String, retry: bool },
+
+    /// Owner -> interested node: one sequenced message (its pre-encoded push frame).
+    Deliver { slot: u16, slot_epoch: u64, channel: String, epoch: u64, offset: u64, frame: String },
+
+    /// Old owner -> new owner: the sealed slot's channels. The new owner restores them,
+    /// claims the slot by compare-and-swap on `from_epoch`, and answers `HandedOff`.
+    Handoff { req: u64, slot: u16, from_epoch: u64, channels: Vec<ChannelSnapshotWire> },
+    /// New owner -> old owner: the slot is claimed at `epoch` and served from here on.
+    HandedOff { req: u64, slot: u16, epoch: u64 },
+}
