@@ -12,6 +12,8 @@
 //! otherwise the harness runs `cargo build -p ringcastd` once per test process so a plain
 //! `cargo test` never runs a stale binary.
 
+pub mod cluster;
+
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};

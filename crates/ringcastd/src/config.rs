@@ -31,6 +31,8 @@ pub struct Config {
     pub heartbeat: Heartbeat,
     pub auth: AuthConfig,
     pub api: ApiConfig,
+    /// `[cluster]`: absent for a standalone node.
+    pub cluster: Option<ClusterConfig>,
     /// `[namespaces.NAME]` tables. A channel whose namespace is not listed is refused
     /// with `unknown_namespace`.
     pub namespaces: BTreeMap<String, NamespaceOptions>,
@@ -131,6 +133,59 @@ pub struct AuthConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// `[cluster]`: joining a cluster. Without this section (and without
+/// `--membership`) the node runs standalone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd endpoints, e.g. `["http://10.0.0.1:2379"]` (required).
+    pub membership: Vec<String>,
+    /// Cluster name: the etcd key prefix `/{name}/` (default `"ringcast"`).
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    /// `core` (owns slots and serves clients) or `edge` (serves clients only)
+    /// (default `core`).
+    #[serde(default = "default_role")]
+    pub role: ringcast_cluster::membership::Role,
+    /// QUIC address for peers (default `127.0.0.1:7401`; port 0 picks a free port).
+    #[serde(default = "default_quic_listen")]
+    pub listen: SocketAddr,
+    /// QUIC address peers should dial, when it differs from `listen` (NAT, containers).
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// Client address advertised to peers and tools (default: the bound client address).
+    #[serde(default)]
+    pub advertise_client: Option<SocketAddr>,
+    /// Cluster CA certificate (PEM), required.
+    pub ca_file: PathBuf,
+    /// This node's certificate (PEM; its SAN must be the node id), required.
+    pub cert_file: PathBuf,
+    /// This node's private key (PEM), required.
+    pub key_file: PathBuf,
+    /// etcd lease TTL (default `"6s"`): how long a crashed node keeps its slots.
+    #[serde(default = "default_ttl", with = "ringcast_core::time::serde_duration")]
+    pub lease_ttl: Duration,
+    /// Keepalive period (default `"2s"`; at most a third of the TTL).
+    #[serde(default = "default_keepalive", with = "ringcast_core::time::serde_duration")]
+    pub keepalive: Duration,
+}
+
+fn default_cluster_name() -> String {
+    "ringcast".into()
+}
+fn default_role() -> ringcast_cluster::membership::Role {
+    ringcast_cluster::membership::Role::Core
+}
+fn default_quic_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7401))
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(6)
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(2)
+}
+
 /// `[api]`: the server HTTP API.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -216,6 +271,23 @@ pub struct FlagOverrides {
     pub listen: Option<SocketAddr>,
     pub node_id: Option<String>,
     pub api_key: Option<String>,
+    /// `--membership etcd://h1:2379,h2:2379`, already split into endpoints.
+    pub membership: Option<Vec<String>>,
+    pub cluster_name: Option<String>,
+    pub role: Option<ringcast_cluster::membership::Role>,
+    pub quic_listen: Option<SocketAddr>,
+}
+
+/// Parses `etcd://h1:2379,h2:2379` into etcd endpoints (`http://h1:2379`, ...).
+pub fn parse_membership(s: &str) -> Result<Vec<String>, String> {
+    let rest = s
+        .strip_prefix("etcd://")
+        .ok_or_else(|| format!("{s:?}: write etcd://HOST:PORT[,HOST:PORT...]"))?;
+    let hosts: Vec<String> = rest.split(',').map(str::trim).filter(|h| !h.is_empty()).map(String::from).collect();
+    if hosts.is_empty() || hosts.iter().any(|h| !h.contains(':') || h.contains('/')) {
+        return Err(format!("{s:?}: every endpoint needs HOST:PORT, e.g. etcd://127.0.0.1:2379"));
+    }
+    Ok(hosts.into_iter().map(|h| format!("http://{h}")).collect())
 }
 
 /// Environment variables read, and the field each overrides.
@@ -253,6 +325,28 @@ impl Config {
         }
         if let Some(k) = &flags.api_key {
             c.api.key = Some(k.clone());
+        }
+        if let Some(endpoints) = &flags.membership {
+            match &mut c.cluster {
+                Some(cl) => cl.membership = endpoints.clone(),
+                None => {
+                    return Err(ConfigError::Invalid {
+                        field: "--membership".into(),
+                        problem: "joining a cluster also needs a [cluster] section with ca_file, cert_file and key_file".into(),
+                    })
+                }
+            }
+        }
+        if let Some(cl) = &mut c.cluster {
+            if let Some(n) = &flags.cluster_name {
+                cl.name = n.clone();
+            }
+            if let Some(r) = flags.role {
+                cl.role = r;
+            }
+            if let Some(q) = flags.quic_listen {
+                cl.listen = q;
+            }
         }
         c.validate()?;
         Ok(c)
@@ -331,6 +425,20 @@ impl Config {
         }
         if matches!(&self.api.key, Some(k) if k.len() < 8) {
             return invalid("api.key", "must be at least 8 bytes".into());
+        }
+        if let Some(cl) = &self.cluster {
+            if cl.membership.is_empty() {
+                return invalid("cluster.membership", "list at least one etcd endpoint".into());
+            }
+            if let Err(e) = NamespaceName::new(&cl.name) {
+                return invalid("cluster.name", e.to_string());
+            }
+            if cl.lease_ttl < Duration::from_secs(2) || cl.lease_ttl > Duration::from_secs(60) {
+                return invalid("cluster.lease_ttl", "must be between 2s and 60s".into());
+            }
+            if cl.keepalive.is_zero() || cl.keepalive * 3 > cl.lease_ttl {
+                return invalid("cluster.keepalive", "must be above zero and at most a third of lease_ttl".into());
+            }
         }
         for (name, ns) in &self.namespaces {
             if let Err(e) = NamespaceName::new(name) {

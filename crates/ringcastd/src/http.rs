@@ -49,6 +49,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ws", get(ws_upgrade))
         .route("/v1/publish", post(publish))
         .route("/v1/broadcast", post(broadcast))
+        .route("/v1/cluster", get(cluster_info))
         .route("/v1/channels/{channel}", get(channel_info))
         .route("/v1/channels/{channel}/history", get(history))
         .route("/healthz", get(healthz))
@@ -156,7 +157,7 @@ struct BroadcastBody<'a> {
 }
 
 /// Publishes server-side (ignores `client_publish`). Shared by publish and broadcast.
-fn publish_one(
+async fn publish_one(
     node: &Node,
     channel: &ChannelName,
     data: &RawValue,
@@ -170,10 +171,7 @@ fn publish_one(
             format!("data is {} bytes; namespace limit is {}", data.get().len(), ns.max_message_bytes),
         ));
     }
-    let p = node
-        .hub
-        .publish(channel, ns, data, key, node.now())
-        .map_err(|code| api_err(code, "idempotency_key was already used with different data"))?;
+    let p = node.router.publish(channel, ns, data, key, node.now()).await.map_err(|r| ApiError(r.code, r.message))?;
     node.metrics.publish(crate::metrics::Source::Http);
     node.metrics.publish_latency(started.elapsed());
     let ack =
@@ -194,7 +192,7 @@ async fn publish(State(node): State<AppState>, headers: HeaderMap, body: Body) -
     let b: PublishBody<'_> = parse_json(&bytes)?;
     check_key(b.idempotency_key.as_deref())?;
     let channel = parse_channel(&b.channel)?;
-    let ack = publish_one(&node, &channel, b.data, b.idempotency_key.as_deref())?;
+    let ack = publish_one(&node, &channel, b.data, b.idempotency_key.as_deref()).await?;
     Ok(json(StatusCode::OK, ack.to_string()))
 }
 
@@ -208,15 +206,15 @@ async fn broadcast(State(node): State<AppState>, headers: HeaderMap, body: Body)
     }
     // Validate every name before publishing anything, so a typo publishes nothing.
     let channels = b.channels.iter().map(|c| parse_channel(c)).collect::<Result<Vec<_>, _>>()?;
-    let results: Vec<serde_json::Value> = channels
-        .iter()
-        .map(|c| match publish_one(&node, c, b.data, b.idempotency_key.as_deref()) {
+    let mut results: Vec<serde_json::Value> = Vec::with_capacity(channels.len());
+    for c in &channels {
+        results.push(match publish_one(&node, c, b.data, b.idempotency_key.as_deref()).await {
             Ok(ack) => ack,
             Err(ApiError(code, message)) => {
                 serde_json::json!({"channel": c.as_str(), "error": {"code": code.as_str(), "message": message}})
             }
-        })
-        .collect();
+        });
+    }
     Ok(json(StatusCode::OK, serde_json::json!({ "results": results }).to_string()))
 }
 
@@ -273,8 +271,8 @@ async fn history(
             return Err(api_err(ErrorCode::PermissionDenied, format!("no subscribe capability for {channel}")));
         }
     }
-    let page = node.hub.history(&channel, before, limit as usize, node.now());
-    Ok(json(StatusCode::OK, encode_history(None, &session::history_reply(&channel, page.as_ref()))))
+    let page = node.router.history(&channel, before, limit, node.now()).await.map_err(|r| ApiError(r.code, r.message))?;
+    Ok(json(StatusCode::OK, encode_history(None, &session::history_reply(&channel, &page))))
 }
 
 /// Where a channel lives and what this node holds for it (operators; API key).
@@ -293,12 +291,63 @@ async fn channel_info(
         "namespace": channel.namespace(),
         "namespace_configured": node.namespace(&channel).is_some(),
         "slot": slot.get(),
-        "owner": node.ring.owner(slot).as_str(),
+        "owner": route_owner(&node, &channel),
         "epoch": info.top.map(|t| t.epoch.to_string()),
         "offset": info.top.map(|t| t.offset.0),
         "history_len": info.history_len,
         "local_subscribers": info.local_subscribers,
     });
+    Ok(json(StatusCode::OK, body.to_string()))
+}
+
+/// The node that serves a channel now (its slot's claim holder), if any.
+fn route_owner(node: &Node, channel: &ChannelName) -> Option<String> {
+    match node.router.route(channel) {
+        ringcast_core::ownership::Route::Claimed { owner, .. } => Some(owner.to_string()),
+        _ => None,
+    }
+}
+
+/// Members and slot ownership as this node sees them (operators; API key).
+async fn cluster_info(State(node): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_api_key(&node, &headers)?;
+    let me = node.node_id.as_str();
+    let body = match node.router.cluster() {
+        None => serde_json::json!({
+            "node": me,
+            "mode": "standalone",
+            "members": [{"node_id": me, "role": "core", "draining": false, "client_addr": null, "quic_addr": null}],
+            "slots": {me: usize::from(ringcast_core::SLOTS)},
+            "vacant": 0,
+        }),
+        Some(c) => {
+            let table = c.table();
+            let counts = table.claimed_counts();
+            let claimed: usize = counts.values().sum();
+            let members: Vec<serde_json::Value> = c
+                .members()
+                .values()
+                .map(|r| {
+                    serde_json::json!({
+                        "node_id": r.node_id,
+                        "role": r.role,
+                        "draining": r.draining,
+                        "client_addr": r.client_addr.to_string(),
+                        "quic_addr": r.quic_addr.to_string(),
+                    })
+                })
+                .collect();
+            let slots: serde_json::Map<String, serde_json::Value> =
+                counts.into_iter().map(|(n, k)| (n.to_string(), serde_json::json!(k))).collect();
+            serde_json::json!({
+                "node": me,
+                "mode": "cluster",
+                "members": members,
+                "slots": slots,
+                "vacant": usize::from(ringcast_core::SLOTS) - claimed,
+            })
+        }
+    };
     Ok(json(StatusCode::OK, body.to_string()))
 }
 

@@ -13,18 +13,32 @@
 //! and nothing left to remember; a forgotten channel that is used again starts a new
 //! epoch, so resuming readers are told rather than misled.
 //!
-//! Standalone, this node owns every slot (a one-member ring). The cluster issue puts
-//! forwarding in front of these calls for channels owned elsewhere.
+//! A channel's state has up to two roles besides its local subscribers:
+//! - **owner** (`log` is set): this node sequences the channel. Besides local
+//!   subscribers, every message goes once to each node in `interest`, as a `Deliver`
+//!   frame queued (never awaited) on that node's ordered peer stream, under the lock.
+//! - **gateway for a remote owner** (`mirror` is set): messages arrive as `Deliver`
+//!   frames and the mirror (`ringcast_core::mirror`) turns them into exactly-once,
+//!   in-order pushes to local subscribers.
+//!
+//! Standalone, this node owns every slot; the router decides which role applies.
 
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Pushed};
+use ringcast_core::mirror::{Mirror, Offer, DEFAULT_MAX_PENDING};
+use ringcast_core::ownership::SlotEpoch;
+use ringcast_core::NodeId;
+use ringcast_proto::client::SubscribeOutcome;
+use ringcast_proto::cluster::{OutcomeWire, PeerFrame};
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
 use ringcast_core::dedup::payload_digest;
 use ringcast_core::log::AppendError;
 use ringcast_core::{
     Appended, ChannelLog, ChannelName, ConnId, Epoch, HistoryPage, Millis, NamespaceOptions, NotRecoveredReason,
     Offset, Recovery, Slot, StreamPosition,
 };
-use ringcast_proto::client::{encode_message, encode_subscribed, Since, SubscribeOutcome};
+use ringcast_proto::client::{encode_message, encode_subscribed, Since};
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -59,8 +73,21 @@ impl EpochSource {
     }
 }
 
+/// Queues frames on peers' ordered streams. Never waits: `false` means the frame was
+/// not queued (no link, or its bounded queue is full) and the caller must degrade.
+pub trait PeerSink: Send + Sync + 'static {
+    fn send(&self, node: &NodeId, frame: PeerFrame) -> bool;
+}
+
 struct ChannelState {
-    log: ChannelLog<Utf8Bytes>,
+    /// Owner role: the stream. `None` when another node owns the channel.
+    log: Option<ChannelLog<Utf8Bytes>>,
+    /// Owner role: nodes with subscribers on this channel.
+    interest: BTreeSet<NodeId>,
+    /// Gateway role: delivery position of the remote owner's stream.
+    mirror: Option<Mirror<Utf8Bytes>>,
+    /// Gateway role: this node asked the remote owner for the channel's messages.
+    remote_interest: bool,
     subscribers: HashMap<ConnId, Arc<Outbox>>,
     /// Set by the sweeper when it drops the channel from its shard; a caller holding a
     /// stale handle retries with a fresh one.
@@ -98,6 +125,7 @@ pub struct Hub {
     shards: Vec<Mutex<HashMap<ChannelName, Arc<Channel>>>>,
     epochs: EpochSource,
     metrics: Arc<Metrics>,
+    peers: OnceLock<Arc<dyn PeerSink>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -109,7 +137,21 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     #[must_use]
     pub fn new(epochs: EpochSource, metrics: Arc<Metrics>) -> Hub {
-        Hub { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), epochs, metrics }
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            epochs,
+            metrics,
+            peers: OnceLock::new(),
+        }
+    }
+
+    /// Connects the hub to the cluster's peer links (once, at start-up).
+    pub fn set_peers(&self, peers: Arc<dyn PeerSink>) {
+        let _ = self.peers.set(peers);
+    }
+
+    fn send_peer(&self, node: &NodeId, frame: PeerFrame) -> bool {
+        self.peers.get().is_some_and(|p| p.send(node, frame))
     }
 
     fn shard(&self, channel: &ChannelName) -> &Mutex<HashMap<ChannelName, Arc<Channel>>> {
@@ -117,12 +159,7 @@ impl Hub {
     }
 
     /// Runs `f` on the channel's state, creating the channel if needed.
-    fn with_channel<R>(
-        &self,
-        channel: &ChannelName,
-        ns: &NamespaceOptions,
-        f: impl FnOnce(&mut ChannelState) -> R,
-    ) -> R {
+    fn with_channel<R>(&self, channel: &ChannelName, f: impl FnOnce(&mut ChannelState) -> R) -> R {
         let mut f = Some(f);
         loop {
             let cell = {
@@ -133,7 +170,10 @@ impl Hub {
                         self.metrics.channels.fetch_add(1, Ordering::Relaxed);
                         Arc::new(Channel {
                             state: Mutex::new(ChannelState {
-                                log: ChannelLog::new(self.epochs.next(), ns.history_policy(), ns.dedup_policy()),
+                                log: None,
+                                interest: BTreeSet::new(),
+                                mirror: None,
+                                remote_interest: false,
                                 subscribers: HashMap::new(),
                                 removed: false,
                             }),
@@ -159,7 +199,13 @@ impl Hub {
         (!st.removed).then(|| f(&mut st))
     }
 
-    /// Sequences a publish and fans it out to local subscribers.
+    /// The channel's log, created in a fresh epoch if this node did not own it yet.
+    fn owned_log<'a>(&self, st: &'a mut ChannelState, ns: &NamespaceOptions) -> &'a mut ChannelLog<Utf8Bytes> {
+        st.log.get_or_insert_with(|| ChannelLog::new(self.epochs.next(), ns.history_policy(), ns.dedup_policy()))
+    }
+
+    /// Owner: sequences a publish and fans it out to local subscribers and to every
+    /// interested node (under `slot_epoch`).
     pub fn publish(
         &self,
         channel: &ChannelName,
@@ -167,11 +213,12 @@ impl Hub {
         data: &RawValue,
         idempotency_key: Option<&str>,
         now: Millis,
+        slot_epoch: SlotEpoch,
     ) -> Result<Published, ErrorCode> {
         let digest = payload_digest(data.get().as_bytes());
-        self.with_channel(channel, ns, |st| {
-            let appended = st
-                .log
+        self.with_channel(channel, |st| {
+            let appended = self
+                .owned_log(st, ns)
                 .append(now, idempotency_key, digest, |pos| Utf8Bytes::from(encode_message(channel, pos, data)))
                 .map_err(|AppendError::Conflict { .. }| ErrorCode::Conflict)?;
             match appended {
@@ -181,12 +228,14 @@ impl Hub {
                 }
                 Appended::Fresh { position, payload } => {
                     self.fan_out(st, &payload);
+                    self.fan_out_remote(channel, st, position, &payload, slot_epoch);
                     Ok(Published { position, duplicate: false })
                 }
             }
         })
     }
 
+    /// Pushes one frame to every local subscriber; drops those whose queue overflowed.
     fn fan_out(&self, st: &mut ChannelState, frame: &Utf8Bytes) {
         let mut delivered = 0u64;
         let mut dropped: Vec<ConnId> = Vec::new();
@@ -208,8 +257,43 @@ impl Hub {
         self.metrics.deliveries.fetch_add(delivered, Ordering::Relaxed);
     }
 
-    /// Subscribes `conn`: queues the `subscribed` reply (and, with `since`, the replay)
-    /// into `outbox`, then adds it to the live fan-out, all under the channel lock.
+    /// One `Deliver` per interested node. A node whose link cannot take it loses its
+    /// interest: when its link comes back it re-subscribes from its position and the
+    /// gap is replayed from history.
+    fn fan_out_remote(
+        &self,
+        channel: &ChannelName,
+        st: &mut ChannelState,
+        position: StreamPosition,
+        frame: &Utf8Bytes,
+        slot_epoch: SlotEpoch,
+    ) {
+        if st.interest.is_empty() {
+            return;
+        }
+        let slot = Slot::of(channel).get();
+        st.interest.retain(|node| {
+            let sent = self.send_peer(
+                node,
+                PeerFrame::Deliver {
+                    slot,
+                    slot_epoch: slot_epoch.0,
+                    channel: channel.as_str().to_owned(),
+                    epoch: position.epoch.get(),
+                    offset: position.offset.0,
+                    frame: frame.as_str().to_owned(),
+                },
+            );
+            if !sent {
+                self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            sent
+        });
+    }
+
+    /// Owner: subscribes local connection `conn`: queues the `subscribed` reply (and,
+    /// with `since`, the replay) into `outbox`, then adds it to the live fan-out, all
+    /// under the channel lock.
     #[allow(clippy::too_many_arguments)]
     pub fn subscribe(
         &self,
@@ -221,36 +305,13 @@ impl Hub {
         reply_id: u64,
         now: Millis,
     ) -> Result<(), ErrorCode> {
-        self.with_channel(channel, ns, |st| {
+        self.with_channel(channel, |st| {
             if st.subscribers.contains_key(&conn) {
                 return Err(ErrorCode::AlreadySubscribed);
             }
-            let top = st.log.top();
-            let (outcome, replay) = match since {
-                None => (SubscribeOutcome::Fresh, Vec::new()),
-                Some(Since { epoch, offset }) => {
-                    // No epoch given: continuity cannot be proved, treat as a mismatch.
-                    let recovery = match epoch {
-                        Some(epoch) => st.log.recover(StreamPosition { epoch, offset }, now),
-                        None => {
-                            let page = st.log.page(now, None, 0);
-                            Recovery::NotRecovered {
-                                reason: NotRecoveredReason::EpochChanged,
-                                oldest: page.oldest,
-                                newest: page.newest,
-                            }
-                        }
-                    };
-                    match recovery {
-                        Recovery::Recovered { replay } => {
-                            (SubscribeOutcome::Recovered { replayed: replay.len() }, replay)
-                        }
-                        Recovery::NotRecovered { reason, oldest, newest } => {
-                            (SubscribeOutcome::NotRecovered { reason, oldest, newest }, Vec::new())
-                        }
-                    }
-                }
-            };
+            let log = self.owned_log(st, ns);
+            let top = log.top();
+            let (outcome, replay) = recover(log, since, now);
             let reply = Utf8Bytes::from(encode_subscribed(reply_id, channel, top, outcome));
             outbox.push_unbounded(std::iter::once(reply).chain(replay));
             st.subscribers.insert(conn, outbox.clone());
@@ -259,17 +320,202 @@ impl Hub {
         })
     }
 
-    /// Removes `conn` from the channel's subscribers. Returns whether it was subscribed.
-    pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId) -> bool {
-        let removed = self.with_existing(channel, |st| st.subscribers.remove(&conn).is_some()).unwrap_or(false);
+    /// Owner: serves a peer's subscribe. The `Subscribed` reply is queued on the peer's
+    /// stream under the channel lock, before any later `Deliver`, so the peer can attach
+    /// its subscriber exactly at the reply's position.
+    #[allow(clippy::too_many_arguments)]
+    pub fn serve_peer_subscribe(
+        &self,
+        channel: &ChannelName,
+        ns: &NamespaceOptions,
+        peer: &NodeId,
+        req: u64,
+        since: Option<Since>,
+        interest: bool,
+        now: Millis,
+    ) -> bool {
+        self.with_channel(channel, |st| {
+            let log = self.owned_log(st, ns);
+            let top = log.top();
+            let (outcome, replay) = recover(log, since, now);
+            let outcome = match outcome {
+                SubscribeOutcome::Fresh => OutcomeWire::Fresh,
+                SubscribeOutcome::Recovered { .. } => OutcomeWire::Recovered,
+                SubscribeOutcome::NotRecovered { reason, oldest, newest } => {
+                    OutcomeWire::NotRecovered { reason: reason.as_str().to_owned(), oldest: oldest.0, newest: newest.0 }
+                }
+            };
+            let reply = PeerFrame::Subscribed {
+                req,
+                epoch: top.epoch.get(),
+                offset: top.offset.0,
+                outcome,
+                replay: replay.iter().map(|f| f.as_str().to_owned()).collect(),
+            };
+            let sent = self.send_peer(peer, reply);
+            if sent && interest {
+                st.interest.insert(peer.clone());
+            }
+            sent
+        })
+    }
+
+    /// Owner: `peer` has no subscribers on the channel any more.
+    pub fn drop_interest(&self, channel: &ChannelName, peer: &NodeId) {
+        self.with_existing(channel, |st| st.interest.remove(peer));
+    }
+
+    /// Owner: `peer`'s link is gone; it re-subscribes from its positions when it returns.
+    pub fn drop_peer(&self, peer: &NodeId) {
+        for shard in &self.shards {
+            let cells: Vec<Arc<Channel>> = lock(shard).values().cloned().collect();
+            for cell in cells {
+                lock(&cell.state).interest.remove(peer);
+            }
+        }
+    }
+
+    /// Gateway: sends a `Subscribe` to the remote owner, asking for the channel's
+    /// messages (`interest`) only if this node has not asked yet. Decided and queued
+    /// under the channel lock, so the frame that registers interest always precedes the
+    /// others on the owner's stream. Returns `(interest, sent)`.
+    pub fn send_subscribe(
+        &self,
+        channel: &ChannelName,
+        owner: &NodeId,
+        make: impl FnOnce(bool) -> PeerFrame,
+    ) -> (bool, bool) {
+        self.with_channel(channel, |st| {
+            let interest = !st.remote_interest;
+            let sent = self.send_peer(owner, make(interest));
+            if sent {
+                st.remote_interest = true;
+            }
+            (interest, sent)
+        })
+    }
+
+    /// Gateway: mirrors whose gap has stayed open for `patience`, with the range to
+    /// fetch from the owner's history.
+    pub fn due_fills(&self, now: Millis, patience: std::time::Duration) -> Vec<(ChannelName, ringcast_core::mirror::Fill)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let cells: Vec<(ChannelName, Arc<Channel>)> =
+                lock(shard).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            for (name, cell) in cells {
+                let mut st = lock(&cell.state);
+                if let Some(fill) = st.mirror.as_mut().and_then(|m| m.fill_due(now, patience)) {
+                    out.push((name, fill));
+                }
+            }
+        }
+        out
+    }
+
+    /// Gateway: messages fetched to fill a mirror's gap, as `(position, frame)`.
+    pub fn offer_fill(&self, channel: &ChannelName, messages: Vec<(StreamPosition, Utf8Bytes)>, now: Millis) {
+        self.with_existing(channel, |st| {
+            let Some(mirror) = st.mirror.as_mut() else { return };
+            let mut ready = Vec::new();
+            for (pos, frame) in messages {
+                mirror.offer(pos.epoch, pos.offset, frame, now, &mut ready);
+            }
+            for f in &ready {
+                self.fan_out(st, f);
+            }
+        });
+    }
+
+    /// Gateway: forgets a remote interest that could not be registered.
+    pub fn release_remote_interest(&self, channel: &ChannelName) {
+        self.with_existing(channel, |st| {
+            if st.subscribers.is_empty() {
+                st.remote_interest = false;
+                st.mirror = None;
+            }
+        });
+    }
+
+    /// Gateway: attaches local connection `conn` at the position the owner's
+    /// `Subscribed` reply names, after queueing the client's reply and the replay.
+    /// Called by the task reading the owner's stream, so no `Deliver` slips between.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach_remote(
+        &self,
+        channel: &ChannelName,
+        conn: ConnId,
+        outbox: &Arc<Outbox>,
+        reply_id: u64,
+        top: StreamPosition,
+        outcome: SubscribeOutcome,
+        replay: Vec<Utf8Bytes>,
+    ) -> Result<(), ErrorCode> {
+        self.with_channel(channel, |st| {
+            if st.subscribers.contains_key(&conn) {
+                return Err(ErrorCode::AlreadySubscribed);
+            }
+            match &mut st.mirror {
+                Some(m) if m.position().epoch != top.epoch => m.rebase(top),
+                Some(_) => {}
+                None => st.mirror = Some(Mirror::new(top, DEFAULT_MAX_PENDING)),
+            }
+            let reply = Utf8Bytes::from(encode_subscribed(reply_id, channel, top, outcome));
+            outbox.push_unbounded(std::iter::once(reply).chain(replay));
+            st.subscribers.insert(conn, outbox.clone());
+            self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+
+    /// Gateway: a message from the remote owner. Returns false when nobody here wants
+    /// the channel any more (the caller then tells the owner).
+    pub fn deliver_remote(&self, channel: &ChannelName, position: StreamPosition, frame: Utf8Bytes, now: Millis) -> bool {
+        self.with_existing(channel, |st| {
+            if st.subscribers.is_empty() {
+                st.remote_interest = false;
+                st.mirror = None;
+                return false;
+            }
+            let Some(mirror) = st.mirror.as_mut() else {
+                return true;
+            };
+            let mut ready = Vec::new();
+            if mirror.offer(position.epoch, position.offset, frame.clone(), now, &mut ready) == Offer::EpochChanged {
+                // The owner's stream restarted (state was lost): follow the new epoch;
+                // subscribers see the change in every message's epoch.
+                mirror.rebase(StreamPosition { epoch: position.epoch, offset: Offset(position.offset.0.saturating_sub(1)) });
+                mirror.offer(position.epoch, position.offset, frame, now, &mut ready);
+            }
+            for f in &ready {
+                self.fan_out(st, f);
+            }
+            true
+        })
+        .unwrap_or(false)
+    }
+
+    /// Removes `conn` from the channel's subscribers. Returns whether it was subscribed
+    /// and whether the remote owner must now be told this node lost interest.
+    pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId) -> (bool, bool) {
+        let (removed, release) = self
+            .with_existing(channel, |st| {
+                let removed = st.subscribers.remove(&conn).is_some();
+                let release = removed && st.subscribers.is_empty() && st.remote_interest;
+                if release {
+                    st.remote_interest = false;
+                    st.mirror = None;
+                }
+                (removed, release)
+            })
+            .unwrap_or((false, false));
         if removed {
             self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
-        removed
+        (removed, release)
     }
 
-    /// A page of history (oldest first) of pre-encoded `message` frames; `None` when the
-    /// channel has no stream here. Reading never creates channel state.
+    /// Owner: a page of history (oldest first) of pre-encoded `message` frames; `None`
+    /// when the channel has no stream here. Reading never creates channel state.
     pub fn history(
         &self,
         channel: &ChannelName,
@@ -277,14 +523,14 @@ impl Hub {
         limit: usize,
         now: Millis,
     ) -> Option<HistoryPage<Utf8Bytes>> {
-        self.with_existing(channel, |st| st.log.page(now, before, limit))
+        self.with_existing(channel, |st| st.log.as_mut().map(|l| l.page(now, before, limit))).flatten()
     }
 
     /// What this node holds for a channel (no state is created).
     pub fn info(&self, channel: &ChannelName) -> ChannelInfo {
         self.with_existing(channel, |st| ChannelInfo {
-            top: Some(st.log.top()),
-            history_len: st.log.history_len(),
+            top: st.log.as_ref().map(ChannelLog::top).or_else(|| st.mirror.as_ref().map(Mirror::position)),
+            history_len: st.log.as_ref().map_or(0, ChannelLog::history_len),
             local_subscribers: st.subscribers.len(),
         })
         .unwrap_or(ChannelInfo { top: None, history_len: 0, local_subscribers: 0 })
@@ -297,7 +543,8 @@ impl Hub {
             let mut map = lock(shard);
             map.retain(|_, cell| {
                 let mut st = lock(&cell.state);
-                if st.subscribers.is_empty() && st.log.is_idle(now) {
+                let log_idle = st.log.as_mut().is_none_or(|l| l.is_idle(now));
+                if st.subscribers.is_empty() && st.interest.is_empty() && !st.remote_interest && log_idle {
                     st.removed = true;
                     forgotten += 1;
                     false
@@ -308,6 +555,27 @@ impl Hub {
         }
         self.metrics.channels.fetch_sub(forgotten as i64, Ordering::Relaxed);
         forgotten
+    }
+}
+
+/// Recovery for a subscribe: the outcome and the frames to replay.
+fn recover(log: &mut ChannelLog<Utf8Bytes>, since: Option<Since>, now: Millis) -> (SubscribeOutcome, Vec<Utf8Bytes>) {
+    let Some(Since { epoch, offset }) = since else {
+        return (SubscribeOutcome::Fresh, Vec::new());
+    };
+    // No epoch given: continuity cannot be proved, treat as a mismatch.
+    let recovery = match epoch {
+        Some(epoch) => log.recover(StreamPosition { epoch, offset }, now),
+        None => {
+            let page = log.page(now, None, 0);
+            Recovery::NotRecovered { reason: NotRecoveredReason::EpochChanged, oldest: page.oldest, newest: page.newest }
+        }
+    };
+    match recovery {
+        Recovery::Recovered { replay } => (SubscribeOutcome::Recovered { replayed: replay.len() }, replay),
+        Recovery::NotRecovered { reason, oldest, newest } => {
+            (SubscribeOutcome::NotRecovered { reason, oldest, newest }, Vec::new())
+        }
     }
 }
 
@@ -341,13 +609,13 @@ mod tests {
         let ns = NamespaceOptions::default();
         let c = ch("chat:a");
         for i in 1..=5 {
-            h.publish(&c, &ns, &raw(&i.to_string()), None, Millis(0)).ok();
+            h.publish(&c, &ns, &raw(&i.to_string()), None, Millis(0), SlotEpoch(1)).ok();
         }
         let epoch = h.info(&c).top.map(|t| t.epoch);
         let o = Arc::new(Outbox::new(100, 1 << 20));
         let since = Since { epoch, offset: Offset(2) };
         assert_eq!(h.subscribe(&c, &ns, ConnId(1), &o, Some(since), 9, Millis(0)), Ok(()));
-        h.publish(&c, &ns, &raw("6"), None, Millis(0)).ok();
+        h.publish(&c, &ns, &raw("6"), None, Millis(0), SlotEpoch(1)).ok();
         let got = frames(&o);
         assert_eq!(got[0]["type"], "subscribed");
         assert_eq!(got[0]["recovered"], true);
@@ -366,10 +634,10 @@ mod tests {
             ..Default::default()
         };
         let c = ch("chat:b");
-        let first = h.publish(&c, &ns, &raw("1"), Some("k"), Millis(0)).map(|p| p.position);
+        let first = h.publish(&c, &ns, &raw("1"), Some("k"), Millis(0), SlotEpoch(1)).map(|p| p.position);
         assert_eq!(h.sweep(Millis(500)), 0);
         assert_eq!(h.sweep(Millis(1_000)), 1);
-        let second = h.publish(&c, &ns, &raw("1"), Some("k"), Millis(1_000)).map(|p| p.position);
+        let second = h.publish(&c, &ns, &raw("1"), Some("k"), Millis(1_000), SlotEpoch(1)).map(|p| p.position);
         assert_ne!(first.map(|p| p.epoch), second.map(|p| p.epoch));
         assert_eq!(second.map(|p| p.offset), Ok(Offset(1)));
         let _ = DedupPolicy::default();
@@ -385,11 +653,91 @@ mod tests {
         h.subscribe(&c, &ns, ConnId(1), &slow, None, 1, Millis(0)).ok();
         h.subscribe(&c, &ns, ConnId(2), &fast, None, 1, Millis(0)).ok();
         for i in 0..10 {
-            h.publish(&c, &ns, &raw(&i.to_string()), None, Millis(0)).ok();
+            h.publish(&c, &ns, &raw(&i.to_string()), None, Millis(0), SlotEpoch(1)).ok();
         }
         let mut out = Vec::new();
         assert_eq!(slow.drain(&mut out), Some(ringcast_proto::CloseCode::SlowConsumer));
         assert_eq!(frames(&fast).len(), 11);
         assert_eq!(h.info(&c).local_subscribers, 1);
+    }
+
+    /// Records frames per peer, in queue order (stands in for the peer links).
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(NodeId, PeerFrame)>>);
+
+    impl PeerSink for Recorder {
+        fn send(&self, node: &NodeId, frame: PeerFrame) -> bool {
+            lock(&self.0).push((node.clone(), frame));
+            true
+        }
+    }
+
+    fn node(s: &str) -> NodeId {
+        NodeId::new(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn owner_replies_before_delivering_and_fans_out_once_per_node() {
+        let h = hub();
+        let rec = Arc::new(Recorder::default());
+        h.set_peers(rec.clone());
+        let ns = NamespaceOptions::default();
+        let c = ch("chat:remote");
+        h.publish(&c, &ns, &raw("1"), None, Millis(0), SlotEpoch(5)).ok();
+        let g = node("gw");
+        assert!(h.serve_peer_subscribe(&c, &ns, &g, 7, None, true, Millis(0)));
+        assert!(h.serve_peer_subscribe(&c, &ns, &g, 8, None, false, Millis(0)));
+        h.publish(&c, &ns, &raw("2"), None, Millis(0), SlotEpoch(5)).ok();
+        let frames = lock(&rec.0).clone();
+        assert!(matches!(&frames[0].1, PeerFrame::Subscribed { req: 7, offset: 1, .. }), "{frames:?}");
+        assert!(matches!(&frames[1].1, PeerFrame::Subscribed { req: 8, offset: 1, .. }));
+        assert!(matches!(&frames[2].1, PeerFrame::Deliver { offset: 2, slot_epoch: 5, .. }));
+        assert_eq!(frames.len(), 3, "one Deliver per node, however many subscribers it has");
+        h.drop_interest(&c, &g);
+        h.publish(&c, &ns, &raw("3"), None, Millis(0), SlotEpoch(5)).ok();
+        assert_eq!(lock(&rec.0).len(), 3);
+    }
+
+    #[test]
+    fn gateway_delivers_in_order_exactly_once_and_fills_gaps() {
+        let h = hub();
+        let ns = NamespaceOptions::default();
+        let c = ch("chat:mirror");
+        let epoch = Epoch::new(9).unwrap_or_else(|| unreachable!());
+        let at = |o: u64| StreamPosition { epoch, offset: Offset(o) };
+        let frame = |o: u64| Utf8Bytes::from(encode_message(&c, at(o), &raw(&o.to_string())));
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        h.attach_remote(&c, ConnId(1), &o, 3, at(10), SubscribeOutcome::Fresh, vec![]).ok();
+        assert!(h.deliver_remote(&c, at(11), frame(11), Millis(0)));
+        assert!(h.deliver_remote(&c, at(11), frame(11), Millis(0)), "a duplicate is dropped");
+        assert!(h.deliver_remote(&c, at(13), frame(13), Millis(0)), "a gap is buffered");
+        assert!(h.due_fills(Millis(100), std::time::Duration::from_millis(500)).is_empty());
+        let fills = h.due_fills(Millis(600), std::time::Duration::from_millis(500));
+        assert_eq!(fills.len(), 1);
+        assert_eq!((fills[0].1.after, fills[0].1.before), (Offset(11), Offset(13)));
+        h.offer_fill(&c, vec![(at(12), frame(12))], Millis(700));
+        let got = frames(&o);
+        let offsets: Vec<u64> = got.iter().filter_map(|m| m["offset"].as_u64()).collect();
+        assert_eq!(offsets, vec![10, 11, 12, 13], "the subscribed reply (at 10), then 11..=13 once each");
+        // The last local subscriber leaving releases the remote interest.
+        assert_eq!(h.unsubscribe(&c, ConnId(1)), (true, false), "no interest was requested in this test");
+        let _ = ns;
+    }
+
+    #[test]
+    fn interest_is_requested_once_per_node() {
+        let h = hub();
+        let rec = Arc::new(Recorder::default());
+        h.set_peers(rec.clone());
+        let c = ch("chat:once");
+        let owner = node("owner");
+        let mk = |interest: bool| PeerFrame::Unsubscribe { slot: 0, slot_epoch: u64::from(interest), channel: String::new() };
+        assert_eq!(h.send_subscribe(&c, &owner, mk), (true, true));
+        assert_eq!(h.send_subscribe(&c, &owner, mk), (false, true));
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        let epoch = Epoch::new(1).unwrap_or_else(|| unreachable!());
+        h.attach_remote(&c, ConnId(1), &o, 1, StreamPosition { epoch, offset: Offset(0) }, SubscribeOutcome::Fresh, vec![]).ok();
+        assert_eq!(h.unsubscribe(&c, ConnId(1)), (true, true), "the last subscriber releases the interest");
+        assert_eq!(h.send_subscribe(&c, &owner, mk), (true, true), "and the next one asks again");
     }
 }

@@ -11,6 +11,8 @@
 //! - [`server`]: the accept loop and per-connection HTTP/1.1 with limits.
 //! - [`http`]: the HTTP API, health, metrics and the WebSocket upgrade.
 //! - [`session`]: one task per WebSocket client.
+//! - [`router`]: runs each channel operation on the local hub or forwards it to the
+//!   slot's owner through [`cluster`] (membership, peer links, forwarding).
 //! - [`hub`] and [`outbox`]: channels, their logs and local fan-out into bounded
 //!   per-connection queues.
 //! - [`auth`]: JWT verification and capabilities. [`metrics`]: Prometheus counters.
@@ -19,11 +21,13 @@
 //! Pure logic lives in `ringcast-core`; this crate is the I/O around it.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod router;
 pub mod server;
 pub mod session;

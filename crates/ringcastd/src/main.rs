@@ -38,6 +38,19 @@ struct Args {
     /// Server API key, overrides api.key (prefer RINGCAST_API_KEY: flags show in `ps`).
     #[arg(long)]
     api_key: Option<String>,
+    /// Join a cluster through these etcd endpoints: etcd://HOST:PORT[,HOST:PORT...].
+    /// Needs the [cluster] section's certificate files. Without it: standalone.
+    #[arg(long)]
+    membership: Option<String>,
+    /// Cluster name (etcd key prefix), overrides cluster.name.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// `core` owns slots and serves clients; `edge` serves clients only.
+    #[arg(long, value_enum)]
+    role: Option<RoleArg>,
+    /// QUIC address for peers, overrides cluster.listen.
+    #[arg(long)]
+    quic_listen: Option<SocketAddr>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -47,6 +60,12 @@ struct Args {
     /// Validate the configuration (including key files), print a one-line summary, exit.
     #[arg(long)]
     check_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Core,
+    Edge,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -126,7 +145,25 @@ fn config_path(args: &Args, env: &HashMap<String, String>) -> Option<PathBuf> {
 }
 
 fn load_config(args: &Args, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
-    let flags = FlagOverrides { listen: args.listen, node_id: args.node_id.clone(), api_key: args.api_key.clone() };
+    let membership = match &args.membership {
+        Some(m) => Some(
+            ringcastd::config::parse_membership(m)
+                .map_err(|problem| ConfigError::Invalid { field: "--membership".into(), problem })?,
+        ),
+        None => None,
+    };
+    let flags = FlagOverrides {
+        listen: args.listen,
+        node_id: args.node_id.clone(),
+        api_key: args.api_key.clone(),
+        membership,
+        cluster_name: args.cluster.clone(),
+        role: args.role.map(|r| match r {
+            RoleArg::Core => ringcast_cluster::membership::Role::Core,
+            RoleArg::Edge => ringcast_cluster::membership::Role::Edge,
+        }),
+        quic_listen: args.quic_listen,
+    };
     match config_path(args, env) {
         Some(path) => {
             let text =
@@ -156,7 +193,7 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     let local = listener.local_addr().context("cannot read the bound address")?;
     let drain = CancellationToken::new();
     let seed = getrandom::u64().context("cannot read OS randomness for the epoch seed")?;
-    let node = Node::new(config, seed, drain.clone())?;
+    let node = Node::start(config, seed, drain.clone(), local).await?;
     if demo {
         warn!(
             "running the built-in development config: anonymous demo namespaces, API key \"dev-api-key\"; \
@@ -173,6 +210,7 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
         "event": "ready",
         "node": node.node_id.as_str(),
         "client_addr": local.to_string(),
+        "quic_addr": node.router.cluster().and_then(|c| c.quic_addr()).map(|a| a.to_string()),
         "pid": std::process::id(),
         "version": env!("CARGO_PKG_VERSION"),
     });

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub publish_duplicates: AtomicU64,
     pub deliveries: AtomicU64,
     pub slow_consumer_drops: AtomicU64,
+    /// `Deliver` frames a peer link could not take (the peer then resyncs by offset).
+    pub peer_drops: AtomicU64,
+    /// `Deliver` frames refused because an owner with a newer slot epoch was seen.
+    pub fenced_frames: AtomicU64,
     pub handshakes_rejected: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
     closes: [AtomicU64; CloseCode::ALL.len()],
@@ -112,6 +116,18 @@ impl Metrics {
             "# HELP ringcast_drops_total Deliveries dropped, by policy.\n# TYPE ringcast_drops_total counter\n\
              ringcast_drops_total{{policy=\"disconnect\"}} {}",
             self.slow_consumer_drops.load(Relaxed)
+        );
+        counter(
+            &mut o,
+            "ringcast_peer_drops_total",
+            "Deliver frames dropped because a peer link was full or gone (the peer resyncs by offset).",
+            self.peer_drops.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_fenced_frames_total",
+            "Deliver frames refused because they came from an owner with a stale slot epoch.",
+            self.fenced_frames.load(Relaxed),
         );
         counter(
             &mut o,

@@ -8,11 +8,12 @@
 //! closed with 1001, and tasks get `node.shutdown_grace` to finish.
 
 use crate::auth::{AuthConfigError, Verifier};
+use crate::cluster::{Runtime, Settings};
 use crate::config::Config;
 use crate::hub::{EpochSource, Hub};
 use crate::metrics::Metrics;
-use ringcast_core::ring::DEFAULT_VNODES;
-use ringcast_core::{ChannelName, ConnId, Millis, NamespaceOptions, NodeId, Ring, TokenBucket};
+use crate::router::Router;
+use ringcast_core::{ChannelName, ConnId, Millis, NamespaceOptions, NodeId, TokenBucket};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,16 +33,16 @@ pub enum StartError {
     Auth(#[from] AuthConfigError),
     #[error("node.id: {0}")]
     NodeId(String),
-    #[error("ring: {0}")]
-    Ring(#[from] ringcast_core::RingError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::StartError),
 }
 
 /// Shared state of one node.
 pub struct Node {
     pub config: Config,
     pub node_id: NodeId,
-    pub ring: Ring,
-    pub hub: Hub,
+    pub router: Router,
+    pub hub: Arc<Hub>,
     pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the node should start draining (SIGTERM).
@@ -49,7 +50,7 @@ pub struct Node {
     /// Cancelled when sessions must close (after the drain delay).
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
-    namespaces: HashMap<String, NamespaceOptions>,
+    namespaces: Arc<HashMap<String, NamespaceOptions>>,
     any_anonymous: bool,
     ready: AtomicBool,
     handshakes: Mutex<TokenBucket>,
@@ -64,17 +65,23 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Builds a node from a validated config. `epoch_seed` should be random per process.
-    /// Cancelling `drain` starts the graceful shutdown.
-    pub fn new(config: Config, epoch_seed: u64, drain: CancellationToken) -> Result<Arc<Node>, StartError> {
+    /// Builds a node from a validated config; with a `[cluster]` section it also joins
+    /// the cluster (`client_addr` is the bound client address, advertised to peers).
+    /// `epoch_seed` should be random per process. Cancelling `drain` starts the graceful
+    /// shutdown.
+    pub async fn start(
+        config: Config,
+        epoch_seed: u64,
+        drain: CancellationToken,
+        client_addr: std::net::SocketAddr,
+    ) -> Result<Arc<Node>, StartError> {
         let node_id = NodeId::new(&config.node.id).map_err(|e| StartError::NodeId(e.to_string()))?;
-        let ring = Ring::build(std::slice::from_ref(&node_id), DEFAULT_VNODES)?;
         let verifier = Verifier::from_config(&config.auth)?;
         let metrics = Arc::new(Metrics::default());
-        let namespaces: HashMap<String, NamespaceOptions> =
-            config.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let namespaces: Arc<HashMap<String, NamespaceOptions>> =
+            Arc::new(config.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
         let any_anonymous = namespaces.values().any(|n| n.anonymous);
-        for (name, ns) in &namespaces {
+        for (name, ns) in namespaces.iter() {
             if ns.backpressure != ringcast_core::BackpressurePolicy::Disconnect {
                 warn!(
                     namespace = %name,
@@ -89,15 +96,47 @@ impl Node {
             config.limits.handshakes_per_second.max(1),
             Millis(0),
         );
+        let hub = Arc::new(Hub::new(EpochSource::new(epoch_seed), metrics.clone()));
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let cluster = match &config.cluster {
+            None => None,
+            Some(cl) => {
+                let settings = Settings {
+                    endpoints: cl.membership.clone(),
+                    name: cl.name.clone(),
+                    role: cl.role,
+                    quic_listen: cl.listen,
+                    advertise_quic: cl.advertise,
+                    client_addr: cl.advertise_client.unwrap_or(client_addr),
+                    ca_file: cl.ca_file.clone(),
+                    cert_file: cl.cert_file.clone(),
+                    key_file: cl.key_file.clone(),
+                    lease_ttl: cl.lease_ttl,
+                    keepalive: cl.keepalive,
+                };
+                let rt = Runtime::start(
+                    &settings,
+                    node_id.clone(),
+                    hub.clone(),
+                    namespaces.clone(),
+                    metrics.clone(),
+                    tracker.clone(),
+                    shutdown.clone(),
+                )
+                .await?;
+                Some(rt)
+            }
+        };
         Ok(Arc::new(Node {
-            hub: Hub::new(EpochSource::new(epoch_seed), metrics.clone()),
+            router: Router::new(node_id.clone(), hub.clone(), cluster),
+            hub,
             node_id,
-            ring,
             verifier,
             metrics,
             drain,
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            shutdown,
+            tracker,
             namespaces,
             any_anonymous,
             ready: AtomicBool::new(false),
@@ -169,6 +208,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
 
     // Draining: the accept loop returned because shutdown was cancelled.
     node.ready.store(false, Ordering::Release);
+    if let Some(c) = node.router.cluster() {
+        c.leave().await;
+    }
     info!(grace_ms = node.config.node.shutdown_grace.as_millis() as u64, "shutting down: closing sessions");
     node.tracker.close();
     if tokio::time::timeout(node.config.node.shutdown_grace, node.tracker.wait()).await.is_err() {

@@ -85,7 +85,7 @@ where
         let code = s.run(ws).await;
         debug!(close = code.map(|c| c.code()), "session ended");
         for channel in s.subscriptions.drain() {
-            node.hub.unsubscribe(&channel, conn);
+            node.router.unsubscribe(&channel, conn);
         }
         node.metrics.connections.fetch_sub(1, Ordering::Relaxed);
     }
@@ -147,7 +147,7 @@ impl Session {
                     match frame {
                         None => return None,
                         Some(Ok(Message::Text(text))) => {
-                            if let Some(code) = self.on_text(text.as_str()) {
+                            if let Some(code) = self.on_text(text.as_str()).await {
                                 let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await;
                                 return Some(self.close(&mut ws, code).await);
                             }
@@ -240,7 +240,7 @@ impl Session {
     }
 
     /// Handles one text frame. Returns a close code when the session must end.
-    fn on_text(&mut self, text: &str) -> Option<CloseCode> {
+    async fn on_text(&mut self, text: &str) -> Option<CloseCode> {
         if !self.bucket.try_take(self.node.now()) {
             self.strikes += 1;
             if self.strikes >= MAX_RATE_LIMIT_STRIKES {
@@ -260,7 +260,7 @@ impl Session {
             }
         };
         let id = request.id;
-        match self.dispatch(id, request.command) {
+        match self.dispatch(id, request.command).await {
             Ok(None) => None,
             Ok(Some(code)) => Some(code),
             Err(r) => {
@@ -275,7 +275,7 @@ impl Session {
         }
     }
 
-    fn dispatch(&mut self, id: u64, command: Command) -> Result<Option<CloseCode>, Reject> {
+    async fn dispatch(&mut self, id: u64, command: Command) -> Result<Option<CloseCode>, Reject> {
         if let Command::Ping = command {
             self.reply(encode_pong(id));
             return Ok(None);
@@ -303,16 +303,17 @@ impl Session {
                 }
                 let now = self.node.now();
                 self.node
-                    .hub
+                    .router
                     .subscribe(&channel, &ns, self.conn, &self.outbox, since, id, now)
-                    .map_err(|code| reject(code, format!("cannot subscribe to {channel}")))?;
+                    .await
+                    .map_err(|r| reject(r.code, r.message))?;
                 self.subscriptions.insert(channel);
             }
             Command::Unsubscribe { channel } => {
                 if !self.subscriptions.remove(&channel) {
                     return Err(reject(ErrorCode::NotSubscribed, format!("not subscribed to {channel}")));
                 }
-                self.node.hub.unsubscribe(&channel, self.conn);
+                self.node.router.unsubscribe(&channel, self.conn);
                 self.reply(encode_unsubscribed(id, &channel));
             }
             Command::Publish { channel, data, idempotency_key } => {
@@ -327,9 +328,10 @@ impl Session {
                 let now = self.node.now();
                 let p = self
                     .node
-                    .hub
+                    .router
                     .publish(&channel, &ns, &data, idempotency_key.as_deref(), now)
-                    .map_err(|code| reject(code, "idempotency_key was already used with different data"))?;
+                    .await
+                    .map_err(|r| reject(r.code, r.message))?;
                 self.node.metrics.publish(Source::WebSocket);
                 self.node.metrics.publish_latency(started.elapsed());
                 let ack = Ack {
@@ -343,8 +345,8 @@ impl Session {
             Command::History { channel, before, limit } => {
                 self.check_subscribe(&channel)?;
                 let now = self.node.now();
-                let page = self.node.hub.history(&channel, before, limit as usize, now);
-                self.reply(encode_history(Some(id), &history_reply(&channel, page.as_ref())));
+                let page = self.node.router.history(&channel, before, limit, now).await.map_err(|r| reject(r.code, r.message))?;
+                self.reply(encode_history(Some(id), &history_reply(&channel, &page)));
             }
             Command::Ping | Command::Connect { .. } => {}
         }
@@ -426,28 +428,15 @@ impl Session {
     }
 }
 
-/// The reply for a history page (or for a channel with no stream: no epoch, empty).
-pub(crate) fn history_reply<'a>(
-    channel: &'a ChannelName,
-    page: Option<&'a ringcast_core::HistoryPage<Utf8Bytes>>,
-) -> HistoryReply<'a, Utf8Bytes> {
-    match page {
-        Some(p) => HistoryReply {
-            channel: channel.as_str(),
-            epoch: Some(p.epoch),
-            oldest: p.oldest,
-            newest: p.newest,
-            next_before: p.next_before,
-            messages: &p.entries,
-        },
-        None => HistoryReply {
-            channel: channel.as_str(),
-            epoch: None,
-            oldest: ringcast_core::Offset(1),
-            newest: ringcast_core::Offset::ZERO,
-            next_before: None,
-            messages: &[],
-        },
+/// The wire form of a history page.
+pub(crate) fn history_reply<'a>(channel: &'a ChannelName, page: &'a crate::router::History) -> HistoryReply<'a, Utf8Bytes> {
+    HistoryReply {
+        channel: channel.as_str(),
+        epoch: page.epoch,
+        oldest: page.oldest,
+        newest: page.newest,
+        next_before: page.next_before,
+        messages: &page.messages,
     }
 }
 

@@ -1,0 +1,178 @@
+//! The router: where each channel operation runs.
+//!
+//! Sessions and the HTTP API call the router, never the hub directly. For each channel
+//! it looks up the slot's route: when this node holds the slot's claim, the operation
+//! runs on the local hub (as owner); otherwise it is forwarded to the owner over the
+//! cluster links ([`crate::cluster`]). A standalone node is a one-member cluster whose
+//! route table names it as the holder of every slot, so the same code path runs with no
+//! frame ever sent.
+
+use crate::cluster::Runtime;
+use crate::hub::{Hub, Published};
+use crate::outbox::Outbox;
+use ringcast_core::ownership::{Route, RouteTable, SlotEpoch};
+use ringcast_core::{ChannelName, ConnId, Epoch, Millis, NamespaceOptions, NodeId, Offset, Slot};
+use ringcast_proto::client::Since;
+use ringcast_proto::ErrorCode;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// The slot epoch a standalone node acts under.
+pub const STANDALONE_EPOCH: SlotEpoch = SlotEpoch(1);
+
+/// A refused operation: the client-visible code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal { code, message: message.into() }
+    }
+}
+
+/// A page of history wherever it came from.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// `None` when the channel has no stream.
+    pub epoch: Option<Epoch>,
+    pub oldest: Offset,
+    pub newest: Offset,
+    pub next_before: Option<Offset>,
+    pub messages: Vec<Utf8Bytes>,
+}
+
+/// Where an operation on a slot runs.
+pub(crate) enum Target {
+    Local(SlotEpoch),
+    Remote { owner: NodeId, epoch: SlotEpoch },
+}
+
+/// Routes channel operations to the local hub or to the owning node.
+#[derive(Debug)]
+pub struct Router {
+    me: NodeId,
+    hub: Arc<Hub>,
+    standalone: RouteTable,
+    cluster: Option<Arc<Runtime>>,
+}
+
+impl Router {
+    #[must_use]
+    pub fn new(me: NodeId, hub: Arc<Hub>, cluster: Option<Arc<Runtime>>) -> Router {
+        let standalone = RouteTable::standalone(&me, STANDALONE_EPOCH);
+        Router { me, hub, standalone, cluster }
+    }
+
+    #[must_use]
+    pub fn cluster(&self) -> Option<&Arc<Runtime>> {
+        self.cluster.as_ref()
+    }
+
+    /// The route of a channel's slot right now.
+    #[must_use]
+    pub fn route(&self, channel: &ChannelName) -> Route {
+        let slot = Slot::of(channel);
+        match &self.cluster {
+            Some(c) => c.table().route(slot),
+            None => self.standalone.route(slot),
+        }
+    }
+
+    /// Where to run an operation on `channel`: local, remote, or a refusal to retry.
+    pub(crate) fn target(&self, channel: &ChannelName) -> Result<Target, Refusal> {
+        match self.route(channel) {
+            Route::Claimed { owner, epoch } if owner == self.me => {
+                if let Some(c) = &self.cluster {
+                    c.check_owner()?;
+                }
+                Ok(Target::Local(epoch))
+            }
+            Route::Claimed { owner, epoch } => Ok(Target::Remote { owner, epoch }),
+            Route::Vacant { desired } => Err(Refusal::new(
+                ErrorCode::Unavailable,
+                format!("the channel's slot is being claimed by {desired}; retry shortly"),
+            )),
+            Route::NoOwner => Err(Refusal::new(ErrorCode::Unavailable, "no node can own channels right now")),
+        }
+    }
+
+    pub async fn publish(
+        &self,
+        channel: &ChannelName,
+        ns: &NamespaceOptions,
+        data: &RawValue,
+        idempotency_key: Option<&str>,
+        now: Millis,
+    ) -> Result<Published, Refusal> {
+        match &self.cluster {
+            Some(c) => c.publish(self, channel, ns, data, idempotency_key).await,
+            None => self
+                .hub
+                .publish(channel, ns, data, idempotency_key, now, STANDALONE_EPOCH)
+                .map_err(|code| Refusal::new(code, "idempotency_key was already used with different data")),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn subscribe(
+        &self,
+        channel: &ChannelName,
+        ns: &NamespaceOptions,
+        conn: ConnId,
+        outbox: &Arc<Outbox>,
+        since: Option<Since>,
+        reply_id: u64,
+        now: Millis,
+    ) -> Result<(), Refusal> {
+        match &self.cluster {
+            Some(c) => c.subscribe(self, channel, ns, conn, outbox, since, reply_id).await,
+            None => self
+                .hub
+                .subscribe(channel, ns, conn, outbox, since, reply_id, now)
+                .map_err(|code| Refusal::new(code, format!("cannot subscribe to {channel}"))),
+        }
+    }
+
+    /// Removes a local subscription; tells the remote owner when this node's last
+    /// subscriber on the channel left.
+    pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId) -> bool {
+        let (removed, release) = self.hub.unsubscribe(channel, conn);
+        if release {
+            if let Some(c) = &self.cluster {
+                c.release_interest(self, channel);
+            }
+        }
+        removed
+    }
+
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        before: Option<Offset>,
+        limit: u32,
+        now: Millis,
+    ) -> Result<History, Refusal> {
+        match &self.cluster {
+            Some(c) => c.history(self, channel, before, limit).await,
+            None => Ok(local_history(&self.hub, channel, before, limit, now)),
+        }
+    }
+}
+
+/// A page of the local hub's history, or the empty answer for a channel with no stream.
+pub(crate) fn local_history(hub: &Hub, channel: &ChannelName, before: Option<Offset>, limit: u32, now: Millis) -> History {
+    match hub.history(channel, before, limit as usize, now) {
+        Some(p) => History {
+            epoch: Some(p.epoch),
+            oldest: p.oldest,
+            newest: p.newest,
+            next_before: p.next_before,
+            messages: p.entries,
+        },
+        None => History { epoch: None, oldest: Offset(1), newest: Offset::ZERO, next_before: None, messages: Vec::new() },
+    }
+}

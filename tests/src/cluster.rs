@@ -1,0 +1,124 @@
+//! A real cluster for black-box tests: one etcd (the Debian `etcd` binary), a cluster
+//! CA made with the `ringcast ca` CLI as an operator would, and N `ringcastd`
+//! processes joined over QUIC with mutual TLS. Everything runs on loopback with free
+//! ports and is killed and removed on drop.
+
+use crate::etcd::EtcdServer;
+use crate::{base_config, http, Ringcastd, API_KEY, WAIT};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn cli() -> Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("RINGCAST_BIN") {
+            return Ok(PathBuf::from(p));
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let ok = Command::new(cargo)
+            .args(["build", "-q", "-p", "ringcast-cli", "--bin", "ringcast"])
+            .current_dir(&root)
+            .status()
+            .map_err(|e| format!("cannot run cargo build: {e}"))?
+            .success();
+        if !ok {
+            return Err("cargo build -p ringcast-cli failed".into());
+        }
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+        Ok(target.join("debug").join("ringcast"))
+    })
+    .clone()
+    .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Runs the `ringcast` CLI; fails with its output when it fails.
+pub fn ringcast(args: &[&str]) -> Result<String> {
+    let out = Command::new(cli()?).args(args).output().context("run ringcast")?;
+    if !out.status.success() {
+        bail!("ringcast {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct TestCluster {
+    pub etcd: EtcdServer,
+    pub nodes: Vec<Ringcastd>,
+    pub name: String,
+    ca: tempfile::TempDir,
+    extra: String,
+}
+
+impl TestCluster {
+    /// Starts etcd, a CA and `n` core nodes `node-0..n`, and waits until every slot
+    /// is claimed and every node sees every member.
+    pub async fn start(n: usize, extra_config: &str) -> Result<TestCluster> {
+        let etcd = EtcdServer::start()?;
+        let ca = tempfile::tempdir()?;
+        ringcast(&["ca", "init", "--dir", &ca.path().display().to_string()])?;
+        let name = format!("test{}", std::process::id());
+        let mut c = TestCluster { etcd, nodes: Vec::new(), name, ca, extra: extra_config.to_owned() };
+        for i in 0..n {
+            c.add_node(&format!("node-{i}"), "core")?;
+        }
+        c.wait_settled().await?;
+        Ok(c)
+    }
+
+    /// The config of a member `id` with `role`.
+    pub fn node_config(&self, id: &str, role: &str) -> Result<String> {
+        let dir = self.ca.path();
+        ringcast(&["ca", "issue", id, "--ca-dir", &dir.display().to_string(), "--out", &dir.display().to_string(), "--force"])?;
+        let file = |ext: &str| -> String { Path::new(dir).join(format!("{id}.{ext}")).display().to_string() };
+        Ok(format!(
+            "{base}\n[cluster]\nmembership = [\"{etcd}\"]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"127.0.0.1:0\"\n\
+             ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nlease_ttl = \"3s\"\nkeepalive = \"1s\"\n",
+            base = base_config(&self.extra),
+            etcd = self.etcd.endpoint(),
+            name = self.name,
+            ca = Path::new(dir).join("ca.pem").display(),
+            cert = file("pem"),
+            key = file("key"),
+        ))
+    }
+
+    /// Starts one more member.
+    pub fn add_node(&mut self, id: &str, role: &str) -> Result<()> {
+        let config = self.node_config(id, role)?;
+        self.nodes.push(Ringcastd::start_with(&config, &["--node-id", id])?);
+        Ok(())
+    }
+
+    /// `GET /v1/cluster` on node `i`.
+    pub async fn view(&self, i: usize) -> Result<Value> {
+        let r = http(self.nodes[i].addr, "GET", "/v1/cluster", &[("Authorization", &format!("Bearer {API_KEY}"))], "")
+            .await?;
+        Ok(r.json())
+    }
+
+    /// Waits until every node sees every node and no slot is vacant.
+    pub async fn wait_settled(&self) -> Result<()> {
+        let deadline = Instant::now() + WAIT * 3;
+        loop {
+            let mut settled = true;
+            for i in 0..self.nodes.len() {
+                let v = self.view(i).await?;
+                let members = v["members"].as_array().map_or(0, Vec::len);
+                settled &= members == self.nodes.len() && v["vacant"] == 0;
+            }
+            if settled {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("cluster did not settle: {}", self.view(0).await?);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
