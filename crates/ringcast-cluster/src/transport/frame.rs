@@ -278,6 +278,10 @@ fn decode_body<T: bincode::Decode<()>>(body: &[u8]) -> Result<T, FrameError> {
 }
 
 /// A bincode writer that refuses to grow past `cap` bytes.
+///
+/// Invariant: `buf.len() <= cap`. It starts with the header, `FRAME_HEADER_BYTES <=
+/// LENGTH_PREFIX_BYTES + max_frame_bytes` since `max_frame_bytes >= 1`, and only grows
+/// within `cap`.
 struct CappedWriter {
     buf: Vec<u8>,
     cap: usize,
@@ -286,7 +290,7 @@ struct CappedWriter {
 
 impl bincode::enc::write::Writer for CappedWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-        if bytes.len() > self.cap - self.buf.len() {
+        if bytes.len() > self.cap.saturating_sub(self.buf.len()) {
             self.overflowed = true;
             return Err(bincode::error::EncodeError::Other("frame limit exceeded"));
         }
