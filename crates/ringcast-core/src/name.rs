@@ -140,8 +140,10 @@ impl ChannelName {
 }
 
 impl NodeId {
-    /// Node ids follow the namespace grammar plus `.`, so they work as DNS-ish
-    /// certificate names and etcd key segments.
+    /// Node ids are DNS host names, so every valid id can be a certificate name (the
+    /// cluster's TLS identity) and an etcd key segment: dot-separated labels of 1..=63
+    /// lowercase letters, digits and `-`, each starting with a letter and not ending
+    /// with `-`; at most 64 bytes in all.
     pub fn new(s: &str) -> Result<NodeId, NameError> {
         if s.is_empty() {
             return Err(NameError::Empty);
@@ -149,7 +151,19 @@ impl NodeId {
         if s.len() > MAX_NODE_ID_BYTES {
             return Err(NameError::TooLong { len: s.len(), max: MAX_NODE_ID_BYTES });
         }
-        first_bad(s, |b| namespace_char_ok(b) || b == b'.', 0)?;
+        first_bad(s, |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.', 0)?;
+        let mut at = 0;
+        for label in s.split('.') {
+            let bad = label.is_empty()
+                || label.len() > 63
+                || !label.starts_with(|c: char| c.is_ascii_lowercase())
+                || label.ends_with('-');
+            if bad {
+                let ch = label.chars().next().unwrap_or('.');
+                return Err(NameError::InvalidChar { ch, at });
+            }
+            at += label.len() + 1;
+        }
         Ok(NodeId(s.into()))
     }
 
@@ -224,8 +238,10 @@ mod tests {
     #[test]
     fn node_ids_and_namespaces() {
         assert!(NodeId::new("node-1.eu").is_ok());
-        assert!(NodeId::new("Node").is_err());
-        assert!(NodeId::new("").is_err());
+        assert!(NodeId::new("standalone").is_ok());
+        for bad in ["Node", "", "123", "0x1f", "a..b", "-a", "a-", "a.", "node_1", &"a".repeat(65)] {
+            assert!(NodeId::new(bad).is_err(), "{bad:?}");
+        }
         assert!(NamespaceName::new("scores").is_ok());
         assert!(NamespaceName::new("a:b").is_err());
         assert_eq!(NamespaceName::new("#user"), Err(NameError::Reserved));
