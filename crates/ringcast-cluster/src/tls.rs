@@ -562,12 +562,13 @@ mod tests {
 
     #[test]
     fn node_ids_that_are_not_dns_names_are_refused_as_certificate_names() {
-        for ok in ["node-1", "node-1.eu", "n", "a_b", "node.1a"] {
+        for ok in ["node-1", "node-1.eu", "n", "node.a1"] {
             assert!(node_server_name(&node(ok)).is_ok(), "{ok}");
         }
-        for bad in ["123", "node.1", "a..b", "-a", "a-", "a.", ".a", "0x1f", &"a".repeat(64)] {
-            let err = node_server_name(&node(bad)).err().unwrap_or_else(|| panic!("{bad} accepted"));
-            assert!(matches!(err, TlsError::NodeIdNotDnsName { .. }), "{bad}: {err}");
+        // NodeId itself follows the DNS host-name grammar, so ids that could not be
+        // certificate names never get this far.
+        for bad in ["123", "node.1", "a..b", "-a", "a-", "a.", ".a", "0x1f", "a_b", &"a".repeat(65)] {
+            assert!(NodeId::new(bad).is_err(), "{bad} is a NodeId");
         }
     }
 
