@@ -21,13 +21,13 @@ fn cli() -> Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let ok = Command::new(cargo)
-            .args(["build", "-q", "-p", "ringcast-cli", "--bin", "ringcast"])
+            .args(["build", "-q", "--workspace", "--bins"])
             .current_dir(&root)
             .status()
             .map_err(|e| format!("cannot run cargo build: {e}"))?
             .success();
         if !ok {
-            return Err("cargo build -p ringcast-cli failed".into());
+            return Err("cargo build --workspace --bins failed".into());
         }
         let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
         Ok(target.join("debug").join("ringcast"))
@@ -40,7 +40,11 @@ fn cli() -> Result<PathBuf> {
 pub fn ringcast(args: &[&str]) -> Result<String> {
     let out = Command::new(cli()?).args(args).output().context("run ringcast")?;
     if !out.status.success() {
-        bail!("ringcast {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ringcast {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -74,7 +78,16 @@ impl TestCluster {
     /// The config of a member `id` with `role`.
     pub fn node_config(&self, id: &str, role: &str) -> Result<String> {
         let dir = self.ca.path();
-        ringcast(&["ca", "issue", id, "--ca-dir", &dir.display().to_string(), "--out", &dir.display().to_string(), "--force"])?;
+        ringcast(&[
+            "ca",
+            "issue",
+            id,
+            "--ca-dir",
+            &dir.display().to_string(),
+            "--out",
+            &dir.display().to_string(),
+            "--force",
+        ])?;
         let file = |ext: &str| -> String { Path::new(dir).join(format!("{id}.{ext}")).display().to_string() };
         Ok(format!(
             "{base}\n[cluster]\nmembership = [\"{etcd}\"]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"127.0.0.1:0\"\n\

@@ -8,11 +8,13 @@
 //! [`WsClient`] speaks the client protocol over a real WebSocket; [`http`] is a minimal
 //! HTTP/1.1 client over a raw TCP stream (raw so tests can also send malformed requests).
 //!
-//! The binary is `$RINGCASTD_BIN` when set (`scripts/test` builds it once and sets it);
-//! otherwise the harness runs `cargo build -p ringcastd` once per test process so a plain
-//! `cargo test` never runs a stale binary.
+//! The binaries are `$RINGCASTD_BIN` / `$RINGCAST_BIN` when set (`scripts/test` builds
+//! them once and sets both); otherwise the harness runs `cargo build --workspace --bins`
+//! once per test process so a plain `cargo test` never runs a stale binary.
 
 pub mod cluster;
+pub mod etcd;
+pub use etcd::EtcdServer;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
@@ -76,12 +78,14 @@ fn binary() -> Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "ringcastd", "--bin", "ringcastd"])
+            // The whole workspace's binaries, with the workspace's feature set: building
+            // one package alone resolves other features and rebuilds shared crates.
+            .args(["build", "-q", "--workspace", "--bins"])
             .current_dir(&root)
             .status()
             .map_err(|e| format!("cannot run cargo build: {e}"))?;
         if !status.success() {
-            return Err("cargo build -p ringcastd failed".into());
+            return Err("cargo build --workspace --bins failed".into());
         }
         let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
         Ok(target.join("debug").join("ringcastd"))

@@ -8,8 +8,14 @@ use serde_json::{json, Value};
 
 /// The node holding `channel`'s slot, as node 0 reports it.
 async fn owner_of(c: &TestCluster, channel: &str) -> Result<String> {
-    let r = http(c.nodes[0].addr, "GET", &format!("/v1/channels/{channel}"), &[("Authorization", &format!("Bearer {API_KEY}"))], "")
-        .await?;
+    let r = http(
+        c.nodes[0].addr,
+        "GET",
+        &format!("/v1/channels/{channel}"),
+        &[("Authorization", &format!("Bearer {API_KEY}"))],
+        "",
+    )
+    .await?;
     Ok(r.json()["owner"].as_str().unwrap_or_default().to_owned())
 }
 
@@ -18,7 +24,8 @@ async fn slots_are_claimed_once_and_spread_evenly() -> Result<()> {
     let c = TestCluster::start(3, "").await?;
     let views: Vec<Value> = vec![c.view(0).await?, c.view(1).await?, c.view(2).await?];
     assert!(views.iter().all(|v| v["slots"] == views[0]["slots"]), "every node sees the same claims: {views:?}");
-    let counts: Vec<u64> = views[0]["slots"].as_object().map(|m| m.values().filter_map(Value::as_u64).collect()).unwrap_or_default();
+    let counts: Vec<u64> =
+        views[0]["slots"].as_object().map(|m| m.values().filter_map(Value::as_u64).collect()).unwrap_or_default();
     assert_eq!(counts.len(), 3);
     assert_eq!(counts.iter().sum::<u64>(), 1024);
     let max = counts.iter().copied().max().unwrap_or(0) as f64;
@@ -28,9 +35,15 @@ async fn slots_are_claimed_once_and_spread_evenly() -> Result<()> {
     let mut per_owner = std::collections::BTreeMap::new();
     for i in 0..1000 {
         let ch = format!("chat:room{i}");
-        let slot = http(c.nodes[1].addr, "GET", &format!("/v1/channels/{ch}"), &[("Authorization", &format!("Bearer {API_KEY}"))], "")
-            .await?
-            .json()["owner"]
+        let slot = http(
+            c.nodes[1].addr,
+            "GET",
+            &format!("/v1/channels/{ch}"),
+            &[("Authorization", &format!("Bearer {API_KEY}"))],
+            "",
+        )
+        .await?
+        .json()["owner"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
@@ -77,7 +90,10 @@ async fn publish_anywhere_subscribe_anywhere_in_order() -> Result<()> {
     // History and recovery from any node.
     let ch = &channels[0];
     let r = http(c.nodes[2].addr, "GET", &format!("/v1/channels/{ch}/history?limit=5"), &[], "").await?;
-    assert_eq!(offsets(r.json()["messages"].as_array().map(Vec::as_slice).unwrap_or_default()), vec![16, 17, 18, 19, 20]);
+    assert_eq!(
+        offsets(r.json()["messages"].as_array().map(Vec::as_slice).unwrap_or_default()),
+        vec![16, 17, 18, 19, 20]
+    );
     let epoch = r.json()["epoch"].clone();
     for node in &c.nodes {
         let (mut late, _) = WsClient::connect(&node.ws_url(), None).await?;
@@ -135,5 +151,98 @@ async fn the_cluster_survives_an_etcd_restart() -> Result<()> {
     for n in &c.nodes {
         assert!(!n.stderr().contains("panicked"), "{}", n.stderr());
     }
+    Ok(())
+}
+
+/// Publishes `rounds` messages on each channel through `url`, retrying a refused publish
+/// with the same idempotency key; returns the acked offset per channel.
+async fn publish_rounds(
+    url: String,
+    channels: Vec<String>,
+    rounds: usize,
+    pause: std::time::Duration,
+) -> Result<Vec<u64>> {
+    let (mut p, _) = WsClient::connect(&url, None).await?;
+    let mut acked = vec![0u64; channels.len()];
+    for n in 0..rounds {
+        for (i, ch) in channels.iter().enumerate() {
+            let cmd =
+                json!({"type": "publish", "channel": ch, "data": {"n": n}, "idempotency_key": format!("{ch}-{n}")});
+            let mut tries = 0;
+            loop {
+                let r = p.request(cmd.clone()).await?;
+                if r["type"] == "ack" {
+                    anyhow::ensure!(r["offset"].as_u64() == Some(acked[i] + 1), "gapless acks on {ch}: {r}");
+                    acked[i] += 1;
+                    break;
+                }
+                tries += 1;
+                anyhow::ensure!(tries < 50 && error_code(&r) == "unavailable", "publish failed: {r}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+    Ok(acked)
+}
+
+#[tokio::test]
+async fn a_join_and_a_drain_move_slots_under_load_without_gap_or_duplicate() -> Result<()> {
+    let mut c = TestCluster::start(2, "[limits]\ncommands_per_second = 10000\ncommand_burst = 10000\n").await?;
+    let channels: Vec<String> = (0..24).map(|i| format!("chat:move{i}")).collect();
+    let mut subs = Vec::new();
+    for ch in &channels {
+        let (mut s, _) = WsClient::connect(&c.nodes[0].ws_url(), None).await?;
+        assert_eq!(s.subscribe(ch, None).await?["type"], "subscribed");
+        subs.push(s);
+    }
+    let load =
+        tokio::spawn(publish_rounds(c.nodes[0].ws_url(), channels.clone(), 60, std::time::Duration::from_millis(50)));
+
+    // A third node joins under load: about a third of the slots move to it.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    c.add_node("node-2", "core")?;
+    let deadline = std::time::Instant::now() + WAIT * 2;
+    loop {
+        let v = c.view(0).await?;
+        if v["slots"]["node-2"].as_u64().unwrap_or(0) >= 250 && v["vacant"] == 0 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let warn = |n: &Ringcastd| -> Vec<String> {
+                n.stderr()
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("handed") || l.contains("taken"))
+                    .take(12)
+                    .map(str::to_owned)
+                    .collect()
+            };
+            anyhow::bail!(
+                "slots did not move: {}\nnode-0: {:#?}\nnode-2: {:#?}",
+                v["slots"],
+                warn(&c.nodes[0]),
+                warn(&c.nodes[2])
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Then node-1 drains (SIGTERM): its slots move to the others before it exits.
+    c.nodes[1].terminate()?;
+    let status = c.nodes[1].wait_exit(std::time::Duration::from_secs(40))?;
+    assert_eq!(status.code(), Some(0), "{}", c.nodes[1].stderr());
+    let v = c.view(0).await?;
+    let log: Vec<String> =
+        c.nodes[1].stderr().lines().filter(|l| l.contains("WARN") || l.contains("drain")).map(str::to_owned).collect();
+    assert!(v["slots"].get("node-1").is_none() && v["vacant"] == 0, "node-1 handed everything off: {v}\n{log:#?}");
+
+    let acked = load.await??;
+    for ((s, ch), n) in subs.iter_mut().zip(&channels).zip(&acked) {
+        let got = s.messages(*n as usize).await?;
+        assert_eq!(offsets(&got), (1..=*n).collect::<Vec<u64>>(), "{ch}: every acknowledged message once, in order");
+        let epochs: std::collections::HashSet<&str> = got.iter().filter_map(|m| m["epoch"].as_str()).collect();
+        assert_eq!(epochs.len(), 1, "{ch}: the stream kept its epoch across handoffs");
+    }
+    let moved: f64 = c.nodes[0].metric("ringcast_handoffs_total").await?;
+    assert!(moved > 0.0, "node-0 handed slots to node-2");
     Ok(())
 }

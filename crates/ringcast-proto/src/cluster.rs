@@ -40,6 +40,20 @@ pub enum OutcomeWire {
     },
 }
 
+/// One channel's state in a handoff.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ChannelSnapshotWire {
+    pub channel: String,
+    pub epoch: u64,
+    pub top: u64,
+    /// `(offset, age in ms, message frame)`, oldest first.
+    pub history: Vec<(u64, u64, String)>,
+    /// `(idempotency key, payload digest, offset, age in ms)`, oldest first.
+    pub dedup: Vec<(String, u64, u64, u64)>,
+    /// Nodes with subscribers on the channel, the old owner included if it has some.
+    pub interest: Vec<String>,
+}
+
 /// Every frame of the cluster protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum PeerFrame {
@@ -77,4 +91,11 @@ pub enum PeerFrame {
 
     /// Owner -> interested node: one sequenced message (its pre-encoded push frame).
     Deliver { slot: u16, slot_epoch: u64, channel: String, epoch: u64, offset: u64, frame: String },
+
+    /// Old owner -> new owner: the sealed slot's channels. The new owner restores them,
+    /// claims the slot by compare-and-swap on `from_epoch`, and answers `HandedOff` (or
+    /// `Refused` when the claim failed: the old owner then keeps the slot).
+    Handoff { req: u64, slot: u16, from_epoch: u64, channels: Vec<ChannelSnapshotWire> },
+    /// New owner -> old owner: the slot is claimed at `epoch` and served from here on.
+    HandedOff { req: u64, slot: u16, epoch: u64 },
 }

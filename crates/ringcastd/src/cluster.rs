@@ -13,19 +13,29 @@
 //! - **Forwarding**: publish, subscribe and history on channels owned elsewhere become
 //!   requests to the owner, retried across slot moves until [`FORWARD_DEADLINE`].
 //!
-//! Not here yet: graceful handoff of slots on join and drain (slots stay with the node
-//! that claimed them until it leaves), and replication (the failover issue).
+//! - **Handoff**: when the planner says a slot this node holds belongs elsewhere (a node
+//!   joined, or this node drains), the slot is sealed, its channels snapshotted and sent
+//!   to the new owner, which restores them and claims the slot by compare-and-swap on
+//!   our epoch; at most [`HANDOFFS_IN_FLIGHT`] at once. An outcome that is not known
+//!   keeps the slot sealed until the membership view shows who holds it.
+//!
+//! Not here yet: replication and crash failover in the same epoch (the failover issue).
+
+/// Handoffs one node runs at once (the round throttle of `docs/cluster.md`).
+pub const HANDOFFS_IN_FLIGHT: usize = ringcast_core::ownership::DEFAULT_HANDOFFS_IN_FLIGHT;
+/// How long an old owner waits for the new owner to take a slot.
+const HANDOFF_DEADLINE: Duration = Duration::from_secs(10);
 
 use crate::hub::{Hub, PeerSink, Published};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::router::{History, Refusal, Router, Target};
-use ringcast_cluster::membership::{ClaimExpect, Membership, MemberRecord, Role, View};
+use ringcast_cluster::membership::{ClaimExpect, MemberRecord, Membership, Role, View};
 use ringcast_cluster::transport::{read_frame, write_frame, FrameCodecConfig, Transport};
 use ringcast_core::ownership::{plan, Claim, ClusterView, MemberInfo, Route, RouteTable, SlotEpoch};
 use ringcast_core::{ChannelName, ConnId, Epoch, Millis, NamespaceOptions, NodeId, NotRecoveredReason, Offset, Slot};
 use ringcast_proto::client::{check_history_limit, check_idempotency_key, Since, SubscribeOutcome};
-use ringcast_proto::cluster::{OutcomeWire, PeerFrame, SinceWire, FRAMES_VERSION};
+use ringcast_proto::cluster::{ChannelSnapshotWire, OutcomeWire, PeerFrame, SinceWire, FRAMES_VERSION};
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -72,6 +82,9 @@ pub struct Settings {
     pub key_file: std::path::PathBuf,
     pub lease_ttl: Duration,
     pub keepalive: Duration,
+    /// How long after joining this node waits before claiming vacant slots, so nodes
+    /// started together divide the slots instead of the first one taking them all.
+    pub claim_delay: Duration,
 }
 
 /// A request waiting for the owner's answer.
@@ -106,6 +119,16 @@ pub struct Runtime {
     /// Newest slot epoch seen per slot in a `Deliver` (the fence against zombies).
     fences: Vec<AtomicU64>,
     claiming: Mutex<HashSet<Slot>>,
+    /// Slots being handed off by this node.
+    handing: Mutex<HashSet<Slot>>,
+    /// Sealed slots whose handoff outcome is unknown, with the epoch we held them at.
+    stuck: Mutex<HashMap<Slot, u64>>,
+    /// Slots handed off whose new claim our view has not shown yet (kept sealed).
+    moved: Mutex<HashMap<Slot, u64>>,
+    /// The claims of the latest view.
+    claims: RwLock<Arc<BTreeMap<Slot, Claim>>>,
+    /// The latest view as the planner sees it, and whether claiming has begun.
+    planned: RwLock<(Arc<ClusterView>, bool)>,
     codec: FrameCodecConfig,
     origin: Instant,
     tracker: TaskTracker,
@@ -124,13 +147,18 @@ impl std::fmt::Debug for Runtime {
 /// Why the cluster runtime could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    // The messages embed their cause, so none is exposed as `source` (printed twice).
     #[error("cluster TLS: {0}")]
-    Tls(#[from] ringcast_cluster::tls::TlsError),
+    Tls(ringcast_cluster::tls::TlsError),
     #[error("cluster transport: {0}")]
-    Transport(#[from] ringcast_cluster::transport::TransportError),
+    Transport(ringcast_cluster::transport::TransportError),
     #[error("membership: {0}")]
-    Membership(#[from] ringcast_cluster::membership::MembershipError),
-    #[error("the certificate names node {cert:?} but this node is {node:?}; issue one with `ringcast ca issue {node}`")]
+    Membership(ringcast_cluster::membership::MembershipError),
+    #[error("cluster.listen: {0}")]
+    Bind(String),
+    #[error(
+        "the certificate names node {cert:?} but this node is {node:?}; issue one with `ringcast ca issue {node}`"
+    )]
     IdentityMismatch { cert: String, node: String },
 }
 
@@ -147,12 +175,16 @@ impl Runtime {
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<Arc<Runtime>, StartError> {
-        let tls = ringcast_cluster::tls::ClusterTls::load(&settings.ca_file, &settings.cert_file, &settings.key_file)?;
+        let tls = ringcast_cluster::tls::ClusterTls::load(&settings.ca_file, &settings.cert_file, &settings.key_file)
+            .map_err(StartError::Tls)?;
         if tls.node_id() != &me {
             return Err(StartError::IdentityMismatch { cert: tls.node_id().to_string(), node: me.to_string() });
         }
-        let transport = Transport::bind(settings.quic_listen, &tls)?;
-        let quic_addr = settings.advertise_quic.unwrap_or(transport.local_addr()?);
+        let transport = Transport::bind(settings.quic_listen, &tls).map_err(StartError::Transport)?;
+        let quic_addr = match settings.advertise_quic {
+            Some(a) => a,
+            None => transport.local_addr().map_err(|e| StartError::Bind(e.to_string()))?,
+        };
         let record = MemberRecord {
             node_id: me.to_string(),
             quic_addr,
@@ -172,7 +204,8 @@ impl Runtime {
             relist_interval: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
         };
-        let (membership, views) = Membership::start(cfg, record, shutdown.clone()).await?;
+        let (membership, views) =
+            Membership::start(cfg, record, shutdown.clone()).await.map_err(StartError::Membership)?;
         let (table_changed, _) = watch::channel(0);
         let rt = Arc::new(Runtime {
             me,
@@ -188,6 +221,11 @@ impl Runtime {
             next_req: AtomicU64::new(1),
             fences: Slot::all().map(|_| AtomicU64::new(0)).collect(),
             claiming: Mutex::new(HashSet::new()),
+            handing: Mutex::new(HashSet::new()),
+            stuck: Mutex::new(HashMap::new()),
+            moved: Mutex::new(HashMap::new()),
+            claims: RwLock::new(Arc::new(BTreeMap::new())),
+            planned: RwLock::new((Arc::new(ClusterView::default()), false)),
             codec: FrameCodecConfig::default(),
             origin: Instant::now(),
             tracker: tracker.clone(),
@@ -197,7 +235,8 @@ impl Runtime {
         });
         let _ = rt.self_ref.set(Arc::downgrade(&rt));
         hub.set_peers(rt.clone());
-        tracker.spawn(rt.clone().watch_views(views).instrument(info_span!("membership")));
+        let claim_at = tokio::time::Instant::now() + settings.claim_delay;
+        tracker.spawn(rt.clone().watch_views(views, claim_at).instrument(info_span!("membership")));
         tracker.spawn(rt.clone().accept_loop().instrument(info_span!("accept")));
         tracker.spawn(rt.clone().fill_gaps().instrument(info_span!("fill")));
         info!(node = %rt.me, quic = %quic_addr, "joined the cluster");
@@ -244,19 +283,21 @@ impl Runtime {
     // ---------------------------------------------------------------------------------
     // Views, routes and claims.
 
-    async fn watch_views(self: Arc<Self>, mut views: watch::Receiver<Arc<View>>) {
+    async fn watch_views(self: Arc<Self>, mut views: watch::Receiver<Arc<View>>, claim_at: tokio::time::Instant) {
+        let mut may_claim = false;
         loop {
             let view = views.borrow_and_update().clone();
-            self.apply_view(&view);
+            self.apply_view(&view, may_claim);
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(claim_at), if !may_claim => may_claim = true,
                 changed = views.changed() => if changed.is_err() { return },
             }
         }
     }
 
-    fn apply_view(self: &Arc<Self>, view: &View) {
+    fn apply_view(self: &Arc<Self>, view: &View, may_claim: bool) {
         let members: Vec<MemberInfo> = view
             .members
             .iter()
@@ -269,7 +310,9 @@ impl Runtime {
             .collect();
         let cv = ClusterView { members, claims };
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(RouteTable::new(&cv));
+        *self.claims.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(cv.claims.clone());
         self.table_changed.send_modify(|n| *n += 1);
+        self.resolve_stuck();
 
         // Peers that left: their links and their interest go.
         let old = self.members();
@@ -280,7 +323,33 @@ impl Runtime {
             info!(peer = %gone, "peer left the cluster");
         }
 
-        for slot in plan(&cv, &self.me, 0, 0).claim {
+        *self.planned.write().unwrap_or_else(PoisonError::into_inner) = (Arc::new(cv), may_claim);
+        self.replan();
+    }
+
+    /// Starts the claims and handoffs the latest view calls for, within the throttles.
+    /// Runs on every view and whenever a claim or handoff finishes, so rounds follow
+    /// each other without waiting for an unrelated view change.
+    fn replan(self: &Arc<Self>) {
+        let (cv, may_claim) = self.planned.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let in_flight = lock(&self.handing).len();
+        let p = plan(&cv, &self.me, in_flight, HANDOFFS_IN_FLIGHT);
+        for h in p.hand_off {
+            // A slot awaiting its outcome, or handed off but not yet shown moved by
+            // the view, must not be planned again.
+            if lock(&self.stuck).contains_key(&h.slot) || lock(&self.moved).contains_key(&h.slot) {
+                continue;
+            }
+            if !lock(&self.handing).insert(h.slot) {
+                continue;
+            }
+            let rt = self.clone();
+            let span = info_span!("slot", slot = h.slot.get(), epoch = h.from_epoch.0);
+            self.tracker.spawn(async move { rt.hand_off(h).await }.instrument(span));
+        }
+
+        let to_claim = if may_claim { p.claim } else { Vec::new() };
+        for slot in to_claim {
             if lock(&self.claiming).len() >= CLAIMS_IN_FLIGHT || !lock(&self.claiming).insert(slot) {
                 continue;
             }
@@ -291,17 +360,135 @@ impl Runtime {
                     Err(e) => warn!(%slot, error = %e, "claim failed"),
                 }
                 lock(&rt.claiming).remove(&slot);
-                // Re-plan: claims beyond the in-flight cap wait for the next view; the
-                // claim itself produces one.
+                rt.replan();
             });
+        }
+    }
+
+    /// Old owner: seal, snapshot, send; on success the slot's channels become mirrors.
+    async fn hand_off(self: Arc<Self>, h: ringcast_core::ownership::Handoff) {
+        let started = Instant::now();
+        self.hub.set_sealed(h.slot, true);
+        let channels: Vec<ChannelSnapshotWire> =
+            self.hub.snapshot_slot(h.slot, &self.me, self.now()).into_iter().map(snapshot_to_wire).collect();
+        let count = channels.len();
+        let frame = |req| PeerFrame::Handoff { req, slot: h.slot.get(), from_epoch: h.from_epoch.0, channels };
+        match self.request(&h.to, frame, Instant::now() + HANDOFF_DEADLINE).await {
+            Ok(PeerFrame::HandedOff { epoch, .. }) => {
+                self.hub.demote_slot(h.slot);
+                lock(&self.moved).insert(h.slot, epoch);
+                self.resolve_stuck();
+                self.metrics.handoffs.fetch_add(1, Ordering::Relaxed);
+                info!(to = %h.to, new_epoch = epoch, channels = count, ms = started.elapsed().as_millis() as u64, "slot handed off");
+            }
+            other => {
+                warn!(to = %h.to, outcome = ?other, "handoff did not complete; the slot stays sealed until the view shows its holder");
+                lock(&self.stuck).insert(h.slot, h.from_epoch.0);
+                self.resolve_stuck();
+            }
+        }
+        lock(&self.handing).remove(&h.slot);
+        self.replan();
+    }
+
+    /// Sealed slots with an unknown handoff outcome: unseal those the view shows we
+    /// still hold at the same epoch; demote those someone else now holds.
+    fn resolve_stuck(&self) {
+        let claims = self.claims.read().unwrap_or_else(PoisonError::into_inner).clone();
+        // Handed off: unseal once the view shows the new claim (or a later one).
+        lock(&self.moved).retain(|slot, epoch| match claims.get(slot) {
+            Some(c) if c.epoch.0 >= *epoch => {
+                self.hub.set_sealed(*slot, false);
+                false
+            }
+            _ => true,
+        });
+        lock(&self.stuck).retain(|slot, epoch| match claims.get(slot) {
+            Some(c) if c.owner == self.me && c.epoch.0 == *epoch => {
+                self.hub.set_sealed(*slot, false);
+                false
+            }
+            Some(c) if c.owner == self.me => true,
+            _ => {
+                self.hub.demote_slot(*slot);
+                self.hub.set_sealed(*slot, false);
+                false
+            }
+        });
+    }
+
+    /// New owner: restore the channels, claim the slot on the old owner's epoch, answer.
+    async fn take_over(
+        self: Arc<Self>,
+        peer: NodeId,
+        req: u64,
+        slot: u16,
+        from_epoch: u64,
+        channels: Vec<ChannelSnapshotWire>,
+    ) {
+        let Some(slot) = Slot::new(slot) else {
+            self.refuse(&peer, req, &Refusal::new(ErrorCode::BadRequest, "slot out of range"), false);
+            return;
+        };
+        let mut parsed = Vec::with_capacity(channels.len());
+        for w in channels {
+            match snapshot_from_wire(w, slot) {
+                Some(h) => parsed.push(h),
+                None => {
+                    self.refuse(&peer, req, &Refusal::new(ErrorCode::BadRequest, "malformed channel snapshot"), false);
+                    return;
+                }
+            }
+        }
+        let count = parsed.len();
+        // Claim first, sealed, and install only once the claim is ours: requests that
+        // reach us meanwhile are refused (retry) rather than served from nothing, and a
+        // failed claim leaves everything as it was.
+        self.hub.set_sealed(slot, true);
+        match self.membership.claim(slot, ClaimExpect::Epoch(from_epoch)).await {
+            Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
+                let namespaces = self.namespaces.clone();
+                self.hub.install(parsed, &self.me, |c| namespaces.get(c.namespace()).cloned(), self.now());
+                self.hub.set_sealed(slot, false);
+                info!(%slot, from = %peer, epoch, channels = count, "slot taken over");
+                self.send(&peer, PeerFrame::HandedOff { req, slot: slot.get(), epoch });
+            }
+            other => {
+                self.hub.set_sealed(slot, false);
+                warn!(%slot, outcome = ?other, "takeover claim failed; the old owner keeps the slot");
+                self.refuse(&peer, req, &Refusal::new(ErrorCode::Unavailable, "claim failed"), false);
+            }
+        }
+    }
+
+    /// Drains this node: marks it draining so the ring excludes it, then waits until it
+    /// holds no slot (every one handed off) or `timeout` passes.
+    pub async fn drain(&self, timeout: Duration) {
+        if let Err(e) = self.membership.set_draining(true).await {
+            warn!(error = %e, "could not mark this node draining; its slots move when its lease ends");
+            return;
+        }
+        let until = Instant::now() + timeout;
+        loop {
+            let held = self.table().claimed_counts().get(&self.me).copied().unwrap_or(0);
+            if held == 0 {
+                info!("drained: every slot handed off");
+                return;
+            }
+            if Instant::now() > until {
+                warn!(held, "drain timed out with slots still held; they move when the lease ends");
+                return;
+            }
+            self.table_change(until).await;
         }
     }
 
     /// Waits until the route table changes or `until` passes.
     async fn table_change(&self, until: Instant) {
         let mut rx = self.table_changed.subscribe();
-        let _ = tokio::time::timeout(until.saturating_duration_since(Instant::now()).min(RETRY_PAUSE * 4), rx.changed())
-            .await;
+        let _ =
+            tokio::time::timeout(until.saturating_duration_since(Instant::now()).min(RETRY_PAUSE * 4), rx.changed())
+                .await;
     }
 
     /// Every [`FILL_TICK`], asks owners for the messages behind gaps that stayed open
@@ -317,7 +504,8 @@ impl Runtime {
             for (channel, fill) in self.hub.due_fills(self.now(), FILL_PATIENCE) {
                 let Route::Claimed { owner, epoch } = self.table().route(Slot::of(&channel)) else { continue };
                 let missing = fill.before.0.saturating_sub(fill.after.0).saturating_sub(1);
-                let limit = u32::try_from(missing).unwrap_or(u32::MAX).clamp(1, ringcast_proto::client::MAX_HISTORY_LIMIT);
+                let limit =
+                    u32::try_from(missing).unwrap_or(u32::MAX).clamp(1, ringcast_proto::client::MAX_HISTORY_LIMIT);
                 let req = self.register(Pending::Fill { channel: channel.clone() });
                 let frame = PeerFrame::History {
                     req,
@@ -366,7 +554,7 @@ impl Runtime {
                 let conn = self.transport.connect(addr, &peer).await.map_err(|e| e.to_string())?;
                 let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
                 let hello = PeerFrame::Hello { node: self.me.to_string(), version: FRAMES_VERSION };
-                write_frame(&mut send, &hello, &self.codec).await.map_err(|e| e.to_string())?;
+                write_frame(&mut send, &hello, self.codec).await.map_err(|e| e.to_string())?;
                 Ok::<_, String>((conn, send))
             };
             let (_conn, mut send) = tokio::select! {
@@ -393,7 +581,7 @@ impl Runtime {
                         None => return,
                     },
                 };
-                if let Err(e) = write_frame(&mut send, &frame, &self.codec).await {
+                if let Err(e) = write_frame(&mut send, &frame, self.codec).await {
                     warn!(error = %e, "link broke; re-dialling");
                     break;
                 }
@@ -404,22 +592,28 @@ impl Runtime {
     // ---------------------------------------------------------------------------------
     // Inbound frames.
 
+    /// Accepts peer links; each handshake runs in its own task so a slow or hostile
+    /// peer cannot hold up the others.
     async fn accept_loop(self: Arc<Self>) {
         loop {
-            let next = tokio::select! {
+            let inbound = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return,
-                n = self.transport.accept() => n,
+                n = self.transport.accept_inbound() => match n {
+                    Some(i) => i,
+                    None => return,
+                },
             };
-            match next {
-                None => return,
-                Some(Err(e)) => debug!(error = %e, "peer handshake failed"),
-                Some(Ok((peer, conn))) => {
-                    let rt = self.clone();
-                    let span = info_span!("peer", node = %peer);
-                    self.tracker.spawn(rt.read_connection(peer, conn).instrument(span));
+            let rt = self.clone();
+            self.tracker.spawn(async move {
+                match inbound.handshake().await {
+                    Ok((peer, conn)) => {
+                        let span = info_span!("peer", node = %peer);
+                        rt.read_connection(peer, conn).instrument(span).await;
+                    }
+                    Err(e) => warn!(error = %e, "peer link refused"),
                 }
-            }
+            });
         }
     }
 
@@ -444,7 +638,7 @@ impl Runtime {
     }
 
     async fn read_stream(self: Arc<Self>, peer: NodeId, mut recv: quinn::RecvStream) {
-        match read_frame::<PeerFrame>(&mut recv, &self.codec).await {
+        match read_frame::<PeerFrame>(&mut recv, self.codec).await {
             Ok(Some(PeerFrame::Hello { node, version })) if node == peer.as_str() && version == FRAMES_VERSION => {}
             other => {
                 warn!(?other, "stream did not start with a matching Hello; resetting it");
@@ -456,7 +650,7 @@ impl Runtime {
             let frame = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return,
-                f = read_frame::<PeerFrame>(&mut recv, &self.codec) => f,
+                f = read_frame::<PeerFrame>(&mut recv, self.codec) => f,
             };
             match frame {
                 Ok(Some(f)) => self.on_frame(&peer, f),
@@ -517,9 +711,9 @@ impl Runtime {
                                 .map_err(|m| (Refusal::new(ErrorCode::InvalidIdempotencyKey, m), false))?;
                         }
                         let epoch = self.my_epoch(&channel);
-                        self.hub
-                            .publish(&channel, &ns, &data, idempotency_key.as_deref(), self.now(), epoch)
-                            .map_err(|code| (Refusal::new(code, "idempotency_key already used with different data"), false))
+                        self.hub.publish(&channel, &ns, &data, idempotency_key.as_deref(), self.now(), epoch).map_err(
+                            |code| (crate::router::hub_refusal(code, &channel), code == ErrorCode::Unavailable),
+                        )
                     });
                 match result {
                     Ok(p) => {
@@ -540,7 +734,8 @@ impl Runtime {
                     .and_then(|()| self.parse_channel(&channel, slot).map_err(|r| (r, false)));
                 match checked {
                     Ok((channel, ns)) => {
-                        let since = since.map(|s| Since { epoch: s.epoch.and_then(Epoch::new), offset: Offset(s.offset) });
+                        let since =
+                            since.map(|s| Since { epoch: s.epoch.and_then(Epoch::new), offset: Offset(s.offset) });
                         if !self.hub.serve_peer_subscribe(&channel, &ns, peer, req, since, interest, self.now()) {
                             self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
                         }
@@ -580,15 +775,30 @@ impl Runtime {
             PeerFrame::Deliver { slot, slot_epoch, channel, epoch, offset, frame } => {
                 self.on_deliver(peer, slot, slot_epoch, &channel, epoch, offset, frame);
             }
+            PeerFrame::Handoff { req, slot, from_epoch, channels } => {
+                let rt = self.clone();
+                let peer = peer.clone();
+                self.tracker.spawn(async move { rt.take_over(peer, req, slot, from_epoch, channels).await });
+            }
             reply @ (PeerFrame::Acked { .. }
             | PeerFrame::HistoryPage { .. }
             | PeerFrame::Refused { .. }
-            | PeerFrame::Subscribed { .. }) => self.on_reply(reply),
+            | PeerFrame::Subscribed { .. }
+            | PeerFrame::HandedOff { .. }) => self.on_reply(reply),
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn on_deliver(&self, peer: &NodeId, slot: u16, slot_epoch: u64, channel: &str, epoch: u64, offset: u64, frame: String) {
+    fn on_deliver(
+        &self,
+        peer: &NodeId,
+        slot: u16,
+        slot_epoch: u64,
+        channel: &str,
+        epoch: u64,
+        offset: u64,
+        frame: String,
+    ) {
         let Some(fence) = self.fences.get(usize::from(slot)) else {
             warn!(slot, "Deliver for a slot out of range dropped");
             return;
@@ -615,7 +825,8 @@ impl Runtime {
             PeerFrame::Acked { req, .. }
             | PeerFrame::HistoryPage { req, .. }
             | PeerFrame::Refused { req, .. }
-            | PeerFrame::Subscribed { req, .. } => *req,
+            | PeerFrame::Subscribed { req, .. }
+            | PeerFrame::HandedOff { req, .. } => *req,
             _ => return,
         };
         let Some(pending) = lock(&self.pending).remove(&req) else {
@@ -693,7 +904,12 @@ impl Runtime {
         req
     }
 
-    async fn request(&self, owner: &NodeId, make: impl FnOnce(u64) -> PeerFrame, until: Instant) -> Result<PeerFrame, Refusal> {
+    async fn request(
+        &self,
+        owner: &NodeId,
+        make: impl FnOnce(u64) -> PeerFrame,
+        until: Instant,
+    ) -> Result<PeerFrame, Refusal> {
         let (tx, rx) = oneshot::channel();
         let req = self.register(Pending::Reply(tx));
         if !self.send(owner, make(req)) {
@@ -706,7 +922,9 @@ impl Runtime {
                 lock(&self.pending).remove(&req);
                 Err(Refusal::new(
                     ErrorCode::Unavailable,
-                    format!("{owner} did not answer in time; the outcome is unknown, retry with the same idempotency_key"),
+                    format!(
+                        "{owner} did not answer in time; the outcome is unknown, retry with the same idempotency_key"
+                    ),
                 ))
             }
         }
@@ -727,7 +945,7 @@ impl Runtime {
                     return self
                         .hub
                         .publish(channel, ns, data, idempotency_key, self.now(), epoch)
-                        .map_err(|code| Refusal::new(code, "idempotency_key was already used with different data"));
+                        .map_err(|code| crate::router::hub_refusal(code, channel));
                 }
                 Ok(Target::Remote { owner, epoch }) => {
                     let frame = |req| PeerFrame::Publish {
@@ -740,13 +958,16 @@ impl Runtime {
                     };
                     match self.request(&owner, frame, until).await? {
                         PeerFrame::Acked { epoch, offset, duplicate, .. } => {
-                            let epoch = Epoch::new(epoch).ok_or_else(|| Refusal::new(ErrorCode::Internal, "epoch 0"))?;
+                            let epoch =
+                                Epoch::new(epoch).ok_or_else(|| Refusal::new(ErrorCode::Internal, "epoch 0"))?;
                             return Ok(Published {
                                 position: ringcast_core::StreamPosition { epoch, offset: Offset(offset) },
                                 duplicate,
                             });
                         }
-                        PeerFrame::Refused { code, message, retry, .. } => Err(refusal_from_wire(&code, message, retry)),
+                        PeerFrame::Refused { code, message, retry, .. } => {
+                            Err(refusal_from_wire(&code, message, retry))
+                        }
                         _ => Err(Refusal::new(ErrorCode::Internal, "unexpected reply to publish")),
                     }
                 }
@@ -851,7 +1072,9 @@ impl Runtime {
                                 messages: messages.into_iter().map(Utf8Bytes::from).collect(),
                             });
                         }
-                        PeerFrame::Refused { code, message, retry, .. } => Err(refusal_from_wire(&code, message, retry)),
+                        PeerFrame::Refused { code, message, retry, .. } => {
+                            Err(refusal_from_wire(&code, message, retry))
+                        }
                         _ => Err(Refusal::new(ErrorCode::Internal, "unexpected reply to history")),
                     }
                 }
@@ -867,8 +1090,11 @@ impl Runtime {
     /// This node's last subscriber on a remote channel left: tell the owner.
     pub(crate) fn release_interest(&self, router: &Router, channel: &ChannelName) {
         if let Ok(Target::Remote { owner, epoch }) = router.target(channel) {
-            let frame =
-                PeerFrame::Unsubscribe { slot: Slot::of(channel).get(), slot_epoch: epoch.0, channel: channel.as_str().to_owned() };
+            let frame = PeerFrame::Unsubscribe {
+                slot: Slot::of(channel).get(),
+                slot_epoch: epoch.0,
+                channel: channel.as_str().to_owned(),
+            };
             self.send(&owner, frame);
         }
     }
@@ -878,6 +1104,42 @@ impl PeerSink for Runtime {
     fn send(&self, node: &NodeId, frame: PeerFrame) -> bool {
         Runtime::send(self, node, frame)
     }
+}
+
+fn snapshot_to_wire(h: crate::hub::ChannelHandoff) -> ChannelSnapshotWire {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    ChannelSnapshotWire {
+        channel: h.channel.as_str().to_owned(),
+        epoch: h.log.epoch.get(),
+        top: h.log.top.0,
+        history: h.log.history.into_iter().map(|(o, age, f)| (o.0, ms(age), f.as_str().to_owned())).collect(),
+        dedup: h.log.dedup.into_iter().map(|d| (d.key, d.digest, d.position.offset.0, ms(d.age))).collect(),
+        interest: h.interest.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// A handed-off channel from the wire, checked like any peer input.
+fn snapshot_from_wire(w: ChannelSnapshotWire, slot: Slot) -> Option<crate::hub::ChannelHandoff> {
+    let channel = ChannelName::new(&w.channel).ok().filter(|c| Slot::of(c) == slot)?;
+    let epoch = Epoch::new(w.epoch)?;
+    let history =
+        w.history.into_iter().map(|(o, age, f)| (Offset(o), Duration::from_millis(age), Utf8Bytes::from(f))).collect();
+    let dedup = w
+        .dedup
+        .into_iter()
+        .map(|(key, digest, offset, age)| ringcast_core::dedup::DedupEntry {
+            key,
+            digest,
+            position: ringcast_core::StreamPosition { epoch, offset: Offset(offset) },
+            age: Duration::from_millis(age),
+        })
+        .collect();
+    let interest = w.interest.iter().filter_map(|n| NodeId::new(n).ok()).collect();
+    Some(crate::hub::ChannelHandoff {
+        channel,
+        log: ringcast_core::log::LogSnapshot { epoch, top: Offset(w.top), history, dedup },
+        interest,
+    })
 }
 
 /// The position of an encoded `message` push frame.

@@ -42,7 +42,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
-    /// Node id (default `"standalone"`). Lowercase letters, digits, `-`, `_`, `.`.
+    /// Node id (default `"standalone"`): a DNS host name (lowercase labels of letters,
+    /// digits and `-`), because it is also the node's certificate name.
     pub id: String,
     /// Client address: HTTP and WebSocket on one TCP port (default `127.0.0.1:7400`).
     /// Port 0 picks a free port; the bound address is printed in the ready record.
@@ -168,6 +169,15 @@ pub struct ClusterConfig {
     /// Keepalive period (default `"2s"`; at most a third of the TTL).
     #[serde(default = "default_keepalive", with = "ringcast_core::time::serde_duration")]
     pub keepalive: Duration,
+    /// How long a joining node waits before claiming vacant slots (default `"2s"`), so
+    /// nodes started together divide the slots between them. Until graceful handoff
+    /// lands, slots stay with the node that claimed them.
+    #[serde(default = "default_claim_delay", with = "ringcast_core::time::serde_duration")]
+    pub claim_delay: Duration,
+}
+
+fn default_claim_delay() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn default_cluster_name() -> String {
@@ -280,9 +290,7 @@ pub struct FlagOverrides {
 
 /// Parses `etcd://h1:2379,h2:2379` into etcd endpoints (`http://h1:2379`, ...).
 pub fn parse_membership(s: &str) -> Result<Vec<String>, String> {
-    let rest = s
-        .strip_prefix("etcd://")
-        .ok_or_else(|| format!("{s:?}: write etcd://HOST:PORT[,HOST:PORT...]"))?;
+    let rest = s.strip_prefix("etcd://").ok_or_else(|| format!("{s:?}: write etcd://HOST:PORT[,HOST:PORT...]"))?;
     let hosts: Vec<String> = rest.split(',').map(str::trim).filter(|h| !h.is_empty()).map(String::from).collect();
     if hosts.is_empty() || hosts.iter().any(|h| !h.contains(':') || h.contains('/')) {
         return Err(format!("{s:?}: every endpoint needs HOST:PORT, e.g. etcd://127.0.0.1:2379"));
@@ -332,7 +340,9 @@ impl Config {
                 None => {
                     return Err(ConfigError::Invalid {
                         field: "--membership".into(),
-                        problem: "joining a cluster also needs a [cluster] section with ca_file, cert_file and key_file".into(),
+                        problem:
+                            "joining a cluster also needs a [cluster] section with ca_file, cert_file and key_file"
+                                .into(),
                     })
                 }
             }
@@ -435,6 +445,9 @@ impl Config {
             }
             if cl.lease_ttl < Duration::from_secs(2) || cl.lease_ttl > Duration::from_secs(60) {
                 return invalid("cluster.lease_ttl", "must be between 2s and 60s".into());
+            }
+            if cl.claim_delay > Duration::from_secs(60) {
+                return invalid("cluster.claim_delay", "must be at most 60s".into());
             }
             if cl.keepalive.is_zero() || cl.keepalive * 3 > cl.lease_ttl {
                 return invalid("cluster.keepalive", "must be above zero and at most a third of lease_ttl".into());

@@ -271,7 +271,8 @@ async fn history(
             return Err(api_err(ErrorCode::PermissionDenied, format!("no subscribe capability for {channel}")));
         }
     }
-    let page = node.router.history(&channel, before, limit, node.now()).await.map_err(|r| ApiError(r.code, r.message))?;
+    let page =
+        node.router.history(&channel, before, limit, node.now()).await.map_err(|r| ApiError(r.code, r.message))?;
     Ok(json(StatusCode::OK, encode_history(None, &session::history_reply(&channel, &page))))
 }
 

@@ -25,24 +25,24 @@
 
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Pushed};
+use ringcast_core::dedup::payload_digest;
+use ringcast_core::log::AppendError;
 use ringcast_core::mirror::{Mirror, Offer, DEFAULT_MAX_PENDING};
 use ringcast_core::ownership::SlotEpoch;
 use ringcast_core::NodeId;
-use ringcast_proto::client::SubscribeOutcome;
-use ringcast_proto::cluster::{OutcomeWire, PeerFrame};
-use std::collections::BTreeSet;
-use std::sync::OnceLock;
-use ringcast_core::dedup::payload_digest;
-use ringcast_core::log::AppendError;
 use ringcast_core::{
     Appended, ChannelLog, ChannelName, ConnId, Epoch, HistoryPage, Millis, NamespaceOptions, NotRecoveredReason,
     Offset, Recovery, Slot, StreamPosition,
 };
+use ringcast_proto::client::SubscribeOutcome;
 use ringcast_proto::client::{encode_message, encode_subscribed, Since};
+use ringcast_proto::cluster::{OutcomeWire, PeerFrame};
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -126,6 +126,19 @@ pub struct Hub {
     epochs: EpochSource,
     metrics: Arc<Metrics>,
     peers: OnceLock<Arc<dyn PeerSink>>,
+    /// Slots being handed off: publishes and subscribes on their channels are refused
+    /// (`unavailable`, retried by the caller after re-routing). Checked under each
+    /// channel's lock, so the snapshot, which takes the same locks after sealing, holds
+    /// every message sequenced before the seal and none after.
+    sealed: Vec<std::sync::atomic::AtomicBool>,
+}
+
+/// One channel of a slot being handed off.
+#[derive(Debug)]
+pub struct ChannelHandoff {
+    pub channel: ChannelName,
+    pub log: ringcast_core::log::LogSnapshot<Utf8Bytes>,
+    pub interest: Vec<NodeId>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -142,6 +155,88 @@ impl Hub {
             epochs,
             metrics,
             peers: OnceLock::new(),
+            sealed: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+        }
+    }
+
+    fn is_sealed(&self, channel: &ChannelName) -> bool {
+        self.sealed[usize::from(Slot::of(channel).get())].load(Ordering::SeqCst)
+    }
+
+    /// Seals or unseals a slot (see the `sealed` field).
+    pub fn set_sealed(&self, slot: Slot, sealed: bool) {
+        self.sealed[usize::from(slot.get())].store(sealed, Ordering::SeqCst);
+    }
+
+    /// The channels of `slot` that have state here.
+    fn slot_cells(&self, slot: Slot) -> Vec<(ChannelName, Arc<Channel>)> {
+        lock(&self.shards[usize::from(slot.get()) % SHARDS])
+            .iter()
+            .filter(|(name, _)| Slot::of(name) == slot)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Old owner: everything needed to continue `slot`'s channels elsewhere. Call after
+    /// sealing the slot. `me` joins a channel's interest when it has local subscribers.
+    pub fn snapshot_slot(&self, slot: Slot, me: &NodeId, now: Millis) -> Vec<ChannelHandoff> {
+        let mut out = Vec::new();
+        for (channel, cell) in self.slot_cells(slot) {
+            let mut st = lock(&cell.state);
+            let local = !st.subscribers.is_empty();
+            let mut interest: Vec<NodeId> = st.interest.iter().cloned().collect();
+            if let Some(log) = st.log.as_mut() {
+                if local {
+                    interest.push(me.clone());
+                }
+                out.push(ChannelHandoff { channel, log: log.snapshot(now), interest });
+            }
+        }
+        out
+    }
+
+    /// New owner: installs handed-off channels. Local subscribers that were following a
+    /// mirror first get what they had not yet received from the snapshot's history.
+    pub fn install(
+        &self,
+        channels: Vec<ChannelHandoff>,
+        me: &NodeId,
+        ns_of: impl Fn(&ChannelName) -> Option<NamespaceOptions>,
+        now: Millis,
+    ) {
+        for h in channels {
+            let Some(ns) = ns_of(&h.channel) else { continue };
+            self.with_channel(&h.channel, |st| {
+                let top = StreamPosition { epoch: h.log.epoch, offset: h.log.top };
+                if let Some(mut mirror) = st.mirror.take() {
+                    let mut ready = Vec::new();
+                    for (offset, _, frame) in &h.log.history {
+                        mirror.offer(top.epoch, *offset, frame.clone(), now, &mut ready);
+                    }
+                    for f in &ready {
+                        self.fan_out(st, f);
+                    }
+                }
+                st.log = Some(ChannelLog::restore(h.log, ns.history_policy(), ns.dedup_policy(), now));
+                st.interest = h.interest.into_iter().filter(|n| n != me).collect();
+                st.remote_interest = false;
+            });
+        }
+    }
+
+    /// Old owner after a completed handoff: channels of `slot` become mirrors at their
+    /// tops (the new owner has this node in their interest sets when it has local
+    /// subscribers). The slot stays sealed: the caller unseals it once its route table
+    /// names the new owner, so no request can recreate the channel here meanwhile.
+    pub fn demote_slot(&self, slot: Slot) {
+        for (_, cell) in self.slot_cells(slot) {
+            let mut st = lock(&cell.state);
+            if let Some(log) = st.log.take() {
+                st.interest.clear();
+                let local = !st.subscribers.is_empty();
+                st.mirror = local.then(|| Mirror::new(log.top(), DEFAULT_MAX_PENDING));
+                st.remote_interest = local;
+            }
         }
     }
 
@@ -217,6 +312,9 @@ impl Hub {
     ) -> Result<Published, ErrorCode> {
         let digest = payload_digest(data.get().as_bytes());
         self.with_channel(channel, |st| {
+            if self.is_sealed(channel) {
+                return Err(ErrorCode::Unavailable);
+            }
             let appended = self
                 .owned_log(st, ns)
                 .append(now, idempotency_key, digest, |pos| Utf8Bytes::from(encode_message(channel, pos, data)))
@@ -309,6 +407,9 @@ impl Hub {
             if st.subscribers.contains_key(&conn) {
                 return Err(ErrorCode::AlreadySubscribed);
             }
+            if self.is_sealed(channel) {
+                return Err(ErrorCode::Unavailable);
+            }
             let log = self.owned_log(st, ns);
             let top = log.top();
             let (outcome, replay) = recover(log, since, now);
@@ -335,6 +436,15 @@ impl Hub {
         now: Millis,
     ) -> bool {
         self.with_channel(channel, |st| {
+            if self.is_sealed(channel) {
+                let refusal = PeerFrame::Refused {
+                    req,
+                    code: ErrorCode::Unavailable.as_str().to_owned(),
+                    message: "the slot is being handed off".to_owned(),
+                    retry: true,
+                };
+                return self.send_peer(peer, refusal);
+            }
             let log = self.owned_log(st, ns);
             let top = log.top();
             let (outcome, replay) = recover(log, since, now);
@@ -397,7 +507,11 @@ impl Hub {
 
     /// Gateway: mirrors whose gap has stayed open for `patience`, with the range to
     /// fetch from the owner's history.
-    pub fn due_fills(&self, now: Millis, patience: std::time::Duration) -> Vec<(ChannelName, ringcast_core::mirror::Fill)> {
+    pub fn due_fills(
+        &self,
+        now: Millis,
+        patience: std::time::Duration,
+    ) -> Vec<(ChannelName, ringcast_core::mirror::Fill)> {
         let mut out = Vec::new();
         for shard in &self.shards {
             let cells: Vec<(ChannelName, Arc<Channel>)> =
@@ -469,7 +583,13 @@ impl Hub {
 
     /// Gateway: a message from the remote owner. Returns false when nobody here wants
     /// the channel any more (the caller then tells the owner).
-    pub fn deliver_remote(&self, channel: &ChannelName, position: StreamPosition, frame: Utf8Bytes, now: Millis) -> bool {
+    pub fn deliver_remote(
+        &self,
+        channel: &ChannelName,
+        position: StreamPosition,
+        frame: Utf8Bytes,
+        now: Millis,
+    ) -> bool {
         self.with_existing(channel, |st| {
             if st.subscribers.is_empty() {
                 st.remote_interest = false;
@@ -483,7 +603,10 @@ impl Hub {
             if mirror.offer(position.epoch, position.offset, frame.clone(), now, &mut ready) == Offer::EpochChanged {
                 // The owner's stream restarted (state was lost): follow the new epoch;
                 // subscribers see the change in every message's epoch.
-                mirror.rebase(StreamPosition { epoch: position.epoch, offset: Offset(position.offset.0.saturating_sub(1)) });
+                mirror.rebase(StreamPosition {
+                    epoch: position.epoch,
+                    offset: Offset(position.offset.0.saturating_sub(1)),
+                });
                 mirror.offer(position.epoch, position.offset, frame, now, &mut ready);
             }
             for f in &ready {
@@ -568,7 +691,11 @@ fn recover(log: &mut ChannelLog<Utf8Bytes>, since: Option<Since>, now: Millis) -
         Some(epoch) => log.recover(StreamPosition { epoch, offset }, now),
         None => {
             let page = log.page(now, None, 0);
-            Recovery::NotRecovered { reason: NotRecoveredReason::EpochChanged, oldest: page.oldest, newest: page.newest }
+            Recovery::NotRecovered {
+                reason: NotRecoveredReason::EpochChanged,
+                oldest: page.oldest,
+                newest: page.newest,
+            }
         }
     };
     match recovery {
@@ -731,12 +858,25 @@ mod tests {
         h.set_peers(rec.clone());
         let c = ch("chat:once");
         let owner = node("owner");
-        let mk = |interest: bool| PeerFrame::Unsubscribe { slot: 0, slot_epoch: u64::from(interest), channel: String::new() };
+        let mk = |interest: bool| PeerFrame::Unsubscribe {
+            slot: 0,
+            slot_epoch: u64::from(interest),
+            channel: String::new(),
+        };
         assert_eq!(h.send_subscribe(&c, &owner, mk), (true, true));
         assert_eq!(h.send_subscribe(&c, &owner, mk), (false, true));
         let o = Arc::new(Outbox::new(100, 1 << 20));
         let epoch = Epoch::new(1).unwrap_or_else(|| unreachable!());
-        h.attach_remote(&c, ConnId(1), &o, 1, StreamPosition { epoch, offset: Offset(0) }, SubscribeOutcome::Fresh, vec![]).ok();
+        h.attach_remote(
+            &c,
+            ConnId(1),
+            &o,
+            1,
+            StreamPosition { epoch, offset: Offset(0) },
+            SubscribeOutcome::Fresh,
+            vec![],
+        )
+        .ok();
         assert_eq!(h.unsubscribe(&c, ConnId(1)), (true, true), "the last subscriber releases the interest");
         assert_eq!(h.send_subscribe(&c, &owner, mk), (true, true), "and the next one asks again");
     }

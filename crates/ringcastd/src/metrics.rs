@@ -35,6 +35,8 @@ pub struct Metrics {
     pub peer_drops: AtomicU64,
     /// `Deliver` frames refused because an owner with a newer slot epoch was seen.
     pub fenced_frames: AtomicU64,
+    /// Slots this node handed off to another node.
+    pub handoffs: AtomicU64,
     pub handshakes_rejected: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
     closes: [AtomicU64; CloseCode::ALL.len()],
@@ -122,6 +124,12 @@ impl Metrics {
             "ringcast_peer_drops_total",
             "Deliver frames dropped because a peer link was full or gone (the peer resyncs by offset).",
             self.peer_drops.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_handoffs_total",
+            "Slots this node handed off gracefully.",
+            self.handoffs.load(Relaxed),
         );
         counter(
             &mut o,

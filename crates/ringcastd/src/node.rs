@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+/// Longest a draining cluster node waits for its slots to be handed off.
+pub const DRAIN_SLOTS_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How often history is expired and idle channels are forgotten.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -114,6 +117,7 @@ impl Node {
                     key_file: cl.key_file.clone(),
                     lease_ttl: cl.lease_ttl,
                     keepalive: cl.keepalive,
+                    claim_delay: cl.claim_delay,
                 };
                 let rt = Runtime::start(
                     &settings,
@@ -186,6 +190,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         node.tracker.clone().spawn(async move {
             node.drain.cancelled().await;
             info!(delay_ms = node.config.node.drain_delay.as_millis() as u64, "draining: readyz now 503");
+            if let Some(c) = node.router.cluster() {
+                c.drain(DRAIN_SLOTS_TIMEOUT).await;
+            }
             tokio::time::sleep(node.config.node.drain_delay).await;
             node.shutdown.cancel();
         });

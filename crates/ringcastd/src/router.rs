@@ -113,7 +113,7 @@ impl Router {
             None => self
                 .hub
                 .publish(channel, ns, data, idempotency_key, now, STANDALONE_EPOCH)
-                .map_err(|code| Refusal::new(code, "idempotency_key was already used with different data")),
+                .map_err(|code| hub_refusal(code, channel)),
         }
     }
 
@@ -163,8 +163,25 @@ impl Router {
     }
 }
 
+/// The client-facing refusal for a hub error.
+pub(crate) fn hub_refusal(code: ErrorCode, channel: &ChannelName) -> Refusal {
+    let message = match code {
+        ErrorCode::Conflict => "idempotency_key was already used with different data".to_owned(),
+        ErrorCode::Unavailable => format!("{channel} is moving to another node; retry"),
+        ErrorCode::AlreadySubscribed => format!("already subscribed to {channel}"),
+        _ => format!("cannot complete the operation on {channel}"),
+    };
+    Refusal::new(code, message)
+}
+
 /// A page of the local hub's history, or the empty answer for a channel with no stream.
-pub(crate) fn local_history(hub: &Hub, channel: &ChannelName, before: Option<Offset>, limit: u32, now: Millis) -> History {
+pub(crate) fn local_history(
+    hub: &Hub,
+    channel: &ChannelName,
+    before: Option<Offset>,
+    limit: u32,
+    now: Millis,
+) -> History {
     match hub.history(channel, before, limit as usize, now) {
         Some(p) => History {
             epoch: Some(p.epoch),
@@ -173,6 +190,8 @@ pub(crate) fn local_history(hub: &Hub, channel: &ChannelName, before: Option<Off
             next_before: p.next_before,
             messages: p.entries,
         },
-        None => History { epoch: None, oldest: Offset(1), newest: Offset::ZERO, next_before: None, messages: Vec::new() },
+        None => {
+            History { epoch: None, oldest: Offset(1), newest: Offset::ZERO, next_before: None, messages: Vec::new() }
+        }
     }
 }

@@ -345,7 +345,12 @@ impl Session {
             Command::History { channel, before, limit } => {
                 self.check_subscribe(&channel)?;
                 let now = self.node.now();
-                let page = self.node.router.history(&channel, before, limit, now).await.map_err(|r| reject(r.code, r.message))?;
+                let page = self
+                    .node
+                    .router
+                    .history(&channel, before, limit, now)
+                    .await
+                    .map_err(|r| reject(r.code, r.message))?;
                 self.reply(encode_history(Some(id), &history_reply(&channel, &page)));
             }
             Command::Ping | Command::Connect { .. } => {}
@@ -429,7 +434,10 @@ impl Session {
 }
 
 /// The wire form of a history page.
-pub(crate) fn history_reply<'a>(channel: &'a ChannelName, page: &'a crate::router::History) -> HistoryReply<'a, Utf8Bytes> {
+pub(crate) fn history_reply<'a>(
+    channel: &'a ChannelName,
+    page: &'a crate::router::History,
+) -> HistoryReply<'a, Utf8Bytes> {
     HistoryReply {
         channel: channel.as_str(),
         epoch: page.epoch,
