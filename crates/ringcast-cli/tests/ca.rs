@@ -83,7 +83,7 @@ fn invalid_node_ids_exit_64_and_say_why() {
     let tmp = tempdir();
     let dir = tmp.path();
     assert_eq!(code(&ringcast(dir, &["ca", "init"])), 0);
-    for (bad, why) in [("Node-1", "character 'N'"), ("node 1", "character ' '"), ("123", "certificate name")] {
+    for (bad, why) in [("Node-1", "character 'N'"), ("node 1", "character ' '"), ("123", "character '1'")] {
         let out = ringcast(dir, &["ca", "issue", bad]);
         assert_eq!(code(&out), 64, "{bad}: {}", stderr(&out));
         assert!(stderr(&out).contains(why), "{bad}: {}", stderr(&out));

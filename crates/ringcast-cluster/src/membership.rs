@@ -17,7 +17,7 @@
 //! `{cluster}` follows the namespace grammar (`a-z 0-9 _ -`), so the prefix `/{cluster}/`
 //! can never overlap another cluster's. Keys under the prefix that this module does not
 //! know are ignored; known keys whose key or value does not decode are logged at `warn` and
-//! left out of the view (see [`record`], the decoders on the fuzz list).
+//! left out of the view (see the `record` module, the decoders on the fuzz list).
 //!
 //! ## Fencing
 //! A claim is written by a `Txn` whose compare is either "the key is absent"

@@ -125,6 +125,12 @@ impl RouteTable {
         }
     }
 
+    /// Whether any member can own slots in this view.
+    #[must_use]
+    pub fn has_owners(&self) -> bool {
+        self.ring.is_some()
+    }
+
     /// The desired owner of `slot` in this view.
     #[must_use]
     pub fn desired(&self, slot: Slot) -> Option<&NodeId> {

@@ -470,7 +470,12 @@ impl Runtime {
         }
         let until = Instant::now() + timeout;
         loop {
-            let held = self.table().claimed_counts().get(&self.me).copied().unwrap_or(0);
+            let table = self.table();
+            let held = table.claimed_counts().get(&self.me).copied().unwrap_or(0);
+            if held > 0 && !table.has_owners() {
+                warn!(held, "no other node can take slots (all draining); leaving them to lease expiry");
+                return;
+            }
             if held == 0 {
                 info!("drained: every slot handed off");
                 return;
