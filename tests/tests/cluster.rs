@@ -246,3 +246,38 @@ async fn a_join_and_a_drain_move_slots_under_load_without_gap_or_duplicate() -> 
     assert!(moved > 0.0, "node-0 handed slots to node-2");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_ringcast_cli_operates_the_cluster() -> Result<()> {
+    use ringcast_tests::cluster::ringcast;
+    let c = TestCluster::start(3, "").await?;
+    let node = format!("http://{}", c.nodes[1].addr);
+    let cli = |args: &[&str]| -> Result<Value> {
+        let mut all = vec!["--json", "--node", node.as_str(), "--api-key", API_KEY];
+        all.extend_from_slice(args);
+        Ok(serde_json::from_str(ringcast(&all)?.trim())?)
+    };
+    let members = cli(&["members"])?;
+    assert_eq!(members["members"].as_array().map(Vec::len), Some(3), "{members}");
+    let ring = cli(&["ring"])?;
+    assert!(ring["max_over_mean"].as_f64().unwrap_or(9.0) <= 1.25, "{ring}");
+    let owner = cli(&["owner", "chat:cli"])?;
+    assert!(owner["owner"].as_str().is_some_and(|o| o.starts_with("node-")), "{owner}");
+    let ack = cli(&["publish", "chat:cli", r#"{"n":1}"#, "--idempotency-key", "k"])?;
+    assert_eq!(ack["offset"], 1, "{ack}");
+    assert_eq!(cli(&["publish", "chat:cli", r#"{"n":1}"#, "--idempotency-key", "k"])?["duplicate"], true);
+    let page = cli(&["history", "chat:cli"])?;
+    assert_eq!(page["messages"][0]["data"]["n"], 1, "{page}");
+    // tail resumes from a position and prints the missed message.
+    let since = format!("{}:0", ack["epoch"].as_str().unwrap_or_default());
+    let tail = ringcast(&["--node", &node, "tail", "chat:cli", "--since", &since, "--count", "1"])?;
+    assert!(tail.contains(r#"{"n":1}"#), "{tail}");
+    // Bad input is a usage error.
+    assert!(ringcast(&["--node", &node, "--api-key", API_KEY, "publish", "chat:cli", "not json"]).is_err());
+    // drain hands node-2's slots to the others and waits for it.
+    let drained = cli(&["drain", "node-2"])?;
+    assert_eq!(drained["status"], "drained", "{drained}");
+    let ring = cli(&["ring"])?;
+    assert!(ring["slots"].get("node-2").is_none() && ring["vacant"] == 0, "{ring}");
+    Ok(())
+}

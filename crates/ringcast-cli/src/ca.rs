@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// Where the CA lives when no directory is given.
 const DEFAULT_DIR: &str = "./ringcast-ca";
 
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum CaCommand {
     /// Create the cluster CA: DIR/ca.pem (certificate, 10 years) and DIR/ca.key (0600).
     Init {

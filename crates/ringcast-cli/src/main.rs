@@ -2,9 +2,9 @@
 //!
 //! One module per command group, each with its clap arguments and a `run` that returns
 //! an [`output::Report`] or a [`exit::CliError`]; this file only parses, dispatches and
-//! turns the outcome into output and an exit status. To add a group (members, ring,
-//! owner, publish, tail, history, drain), add a sibling module and a variant of
-//! [`Command`].
+//! turns the outcome into output and an exit status. `ca` works on files; the other
+//! commands talk to any node of a cluster (`--node`, `--api-key`, or `RINGCAST_NODE`,
+//! `RINGCAST_API_KEY`) over its HTTP API and WebSocket.
 //!
 //! Output: human-readable text on stdout by default; with `--json`, exactly one line
 //! holding one JSON object, for scripts. Errors go to stderr as text in both modes.
@@ -13,7 +13,10 @@
 //! id, for instance), 1 for any other failure (a file that exists, a missing CA, I/O).
 
 mod ca;
+mod channel;
+mod cluster;
 mod exit;
+mod node;
 mod output;
 
 use clap::Parser;
@@ -26,6 +29,12 @@ struct Cli {
     /// Print one JSON object on one line instead of human-readable text.
     #[arg(long, global = true)]
     json: bool,
+    /// A node's client address (any node of the cluster).
+    #[arg(long, global = true, env = "RINGCAST_NODE", default_value = "http://127.0.0.1:7400")]
+    node: String,
+    /// The server API key (for members, ring, owner, publish, drain).
+    #[arg(long, global = true, env = "RINGCAST_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +44,62 @@ enum Command {
     /// The cluster certificate authority: create it, issue node certificates.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// List the cluster's members with their roles, addresses and slot counts.
+    Members,
+    /// Slots per node and the balance (max over mean).
+    Ring,
+    /// Which node owns a channel, and its slot.
+    Owner { channel: String },
+    /// Publish one message with the server API. DATA is JSON: '{"home":1}' or '"text"'.
+    Publish {
+        channel: String,
+        data: String,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// A page of a channel's history, oldest first.
+    History {
+        channel: String,
+        /// Messages with offsets below this (from the previous page's hint).
+        #[arg(long)]
+        before: Option<u64>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Subscribe and print messages as they arrive (Ctrl-C to stop).
+    Tail {
+        channel: String,
+        /// Resume after a position: EPOCH:OFFSET.
+        #[arg(long)]
+        since: Option<String>,
+        /// A client token, for channels that are not anonymous.
+        #[arg(long, env = "RINGCAST_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Drain a node: it hands its slots to the others, closes its clients and exits.
+    Drain {
+        node_id: String,
+        /// How long to wait for the node to hold no slot (0: do not wait).
+        #[arg(long, default_value = "60")]
+        wait_secs: u64,
+    },
+}
+
+/// Runs a command that talks to a node.
+fn with_node<F, Fut>(cli: &Cli, f: F) -> Result<output::Report, exit::CliError>
+where
+    F: FnOnce(node::NodeApi) -> Fut,
+    Fut: std::future::Future<Output = Result<output::Report, exit::CliError>>,
+{
+    let api = node::NodeApi::new(&cli.node, cli.api_key.clone())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| exit::CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(f(api))
 }
 
 fn main() -> ExitCode {
@@ -49,8 +114,44 @@ fn main() -> ExitCode {
         }
     };
     let out = Output { json: cli.json };
-    let result = match cli.command {
-        Command::Ca(cmd) => ca::run(cmd),
+    let result = match &cli.command {
+        Command::Ca(cmd) => ca::run(cmd.clone()),
+        Command::Members => with_node(&cli, |api| async move { cluster::members(&api).await }),
+        Command::Ring => with_node(&cli, |api| async move { cluster::ring(&api).await }),
+        Command::Owner { channel } => with_node(&cli, |api| async move { cluster::owner(&api, channel).await }),
+        Command::Publish { channel, data, idempotency_key } => {
+            with_node(
+                &cli,
+                |api| async move { channel::publish(&api, channel, data, idempotency_key.as_deref()).await },
+            )
+        }
+        Command::History { channel, before, limit } => {
+            with_node(&cli, |api| async move { channel::history(&api, channel, *before, *limit).await })
+        }
+        Command::Tail { channel, since, token, count } => {
+            let since = match since.as_deref().map(channel::parse_since).transpose() {
+                Ok(s) => s,
+                Err(e) => {
+                    exit::report(&e);
+                    return ExitCode::from(e.exit_code());
+                }
+            };
+            let json_out = cli.json;
+            let result = with_node(&cli, |api| async move {
+                channel::tail(&api, channel, since, token.clone(), *count, json_out).await
+            });
+            // Messages were printed as they came; only failures are left to report.
+            return match result {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(err) => {
+                    exit::report(&err);
+                    ExitCode::from(err.exit_code())
+                }
+            };
+        }
+        Command::Drain { node_id, wait_secs } => with_node(&cli, |api| async move {
+            cluster::drain(&api, node_id, std::time::Duration::from_secs(*wait_secs)).await
+        }),
     };
     match result {
         Ok(report) => match out.print(&report) {

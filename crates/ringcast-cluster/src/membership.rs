@@ -17,7 +17,8 @@
 //! `{cluster}` follows the namespace grammar (`a-z 0-9 _ -`), so the prefix `/{cluster}/`
 //! can never overlap another cluster's. Keys under the prefix that this module does not
 //! know are ignored; known keys whose key or value does not decode are logged at `warn` and
-//! left out of the view (see the `record` module, the decoders on the fuzz list).
+//! left out of the view (the `record` submodule holds these decoders, which are on the
+//! fuzz list).
 //!
 //! ## Fencing
 //! A claim is written by a `Txn` whose compare is either "the key is absent"
@@ -240,7 +241,9 @@ impl Membership {
     /// Connects, grants a lease, puts our [`MemberRecord`] on it, lists the prefix,
     /// starts the background task (keepalive + watch + periodic re-list), and returns the
     /// handle plus a watch channel of views. The task stops when `shutdown` is cancelled,
-    /// on [`Membership::leave`], or when every handle is dropped.
+    /// on [`Membership::leave`], or when every handle is dropped. Only `leave` revokes the
+    /// lease: the other two stop the keepalives, so our record and claims vanish one TTL
+    /// later, exactly as after a crash. A graceful shutdown therefore calls `leave`.
     pub async fn start(
         cfg: MembershipConfig,
         me: MemberRecord,

@@ -127,6 +127,14 @@ pub struct Runtime {
     moved: Mutex<HashMap<Slot, u64>>,
     /// The claims of the latest view.
     claims: RwLock<Arc<BTreeMap<Slot, Claim>>>,
+    /// Claims this process made, `(slot, epoch)`. A claim in our name that is not here
+    /// belongs to a previous incarnation of this node (a quick restart) and is treated
+    /// as vacant until its lease expires: this process holds none of its state.
+    mine: Mutex<HashSet<(Slot, u64)>>,
+    /// The latest raw view and whether claiming has begun; applied (always the newest,
+    /// one application at a time) on each view and when `mine` changes.
+    latest: Mutex<(Arc<View>, bool)>,
+    apply_lock: Mutex<()>,
     /// The latest view as the planner sees it, and whether claiming has begun.
     planned: RwLock<(Arc<ClusterView>, bool)>,
     codec: FrameCodecConfig,
@@ -225,6 +233,9 @@ impl Runtime {
             stuck: Mutex::new(HashMap::new()),
             moved: Mutex::new(HashMap::new()),
             claims: RwLock::new(Arc::new(BTreeMap::new())),
+            mine: Mutex::new(HashSet::new()),
+            latest: Mutex::new((Arc::new(View::default()), false)),
+            apply_lock: Mutex::new(()),
             planned: RwLock::new((Arc::new(ClusterView::default()), false)),
             codec: FrameCodecConfig::default(),
             origin: Instant::now(),
@@ -287,7 +298,8 @@ impl Runtime {
         let mut may_claim = false;
         loop {
             let view = views.borrow_and_update().clone();
-            self.apply_view(&view, may_claim);
+            *lock(&self.latest) = (view, may_claim);
+            self.reapply();
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return,
@@ -297,17 +309,29 @@ impl Runtime {
         }
     }
 
+    /// Re-applies the latest view (after this process made a claim the view may
+    /// already show).
+    fn reapply(self: &Arc<Self>) {
+        let _serial = lock(&self.apply_lock);
+        let (view, may_claim) = lock(&self.latest).clone();
+        self.apply_view(&view, may_claim);
+    }
+
+    /// Builds the route table and plans from `view`. Only through [`Runtime::reapply`].
     fn apply_view(self: &Arc<Self>, view: &View, may_claim: bool) {
         let members: Vec<MemberInfo> = view
             .members
             .iter()
             .map(|(id, r)| MemberInfo { id: id.clone(), core: r.role == Role::Core, draining: r.draining })
             .collect();
-        let claims: BTreeMap<Slot, Claim> = view
-            .claims
-            .iter()
-            .map(|(slot, c)| (*slot, Claim { owner: c.owner.clone(), epoch: SlotEpoch(c.epoch) }))
-            .collect();
+        let claims: BTreeMap<Slot, Claim> = {
+            let mine = lock(&self.mine);
+            view.claims
+                .iter()
+                .filter(|(slot, c)| c.owner != self.me || mine.contains(&(**slot, c.epoch)))
+                .map(|(slot, c)| (*slot, Claim { owner: c.owner.clone(), epoch: SlotEpoch(c.epoch) }))
+                .collect()
+        };
         let cv = ClusterView { members, claims };
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(RouteTable::new(&cv));
         *self.claims.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(cv.claims.clone());
@@ -356,6 +380,11 @@ impl Runtime {
             let rt = self.clone();
             self.tracker.spawn(async move {
                 match rt.membership.claim(slot, ClaimExpect::Vacant).await {
+                    Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
+                        lock(&rt.mine).insert((slot, epoch));
+                        debug!(%slot, epoch, "claimed");
+                        rt.reapply();
+                    }
                     Ok(outcome) => debug!(%slot, ?outcome, "claim"),
                     Err(e) => warn!(%slot, error = %e, "claim failed"),
                 }
@@ -447,6 +476,8 @@ impl Runtime {
         self.hub.set_sealed(slot, true);
         match self.membership.claim(slot, ClaimExpect::Epoch(from_epoch)).await {
             Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
+                lock(&self.mine).insert((slot, epoch));
+                self.reapply();
                 let namespaces = self.namespaces.clone();
                 self.hub.install(parsed, &self.me, |c| namespaces.get(c.namespace()).cloned(), self.now());
                 self.hub.set_sealed(slot, false);

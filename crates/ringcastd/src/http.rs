@@ -50,6 +50,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/publish", post(publish))
         .route("/v1/broadcast", post(broadcast))
         .route("/v1/cluster", get(cluster_info))
+        .route("/v1/admin/drain", post(admin_drain))
         .route("/v1/channels/{channel}", get(channel_info))
         .route("/v1/channels/{channel}/history", get(history))
         .route("/healthz", get(healthz))
@@ -307,6 +308,15 @@ fn route_owner(node: &Node, channel: &ChannelName) -> Option<String> {
         ringcast_core::ownership::Route::Claimed { owner, .. } => Some(owner.to_string()),
         _ => None,
     }
+}
+
+/// Starts draining this node, exactly like SIGTERM: not ready, slots handed off (in a
+/// cluster), sessions closed with 1001, then the process exits (operators; API key).
+async fn admin_drain(State(node): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_api_key(&node, &headers)?;
+    tracing::info!("drain requested over the admin API");
+    node.drain.cancel();
+    Ok(json(StatusCode::ACCEPTED, serde_json::json!({"node": node.node_id.as_str(), "status": "draining"}).to_string()))
 }
 
 /// Members and slot ownership as this node sees them (operators; API key).
