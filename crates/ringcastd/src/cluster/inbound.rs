@@ -1,0 +1,283 @@
+//! Inbound peer links: accepting them and dispatching their frames.
+
+use super::*;
+
+impl Runtime {
+    // ---------------------------------------------------------------------------------
+    // Inbound frames.
+
+    /// Accepts peer links; each handshake runs in its own task so a slow or hostile
+    /// peer cannot hold up the others.
+    pub(super) async fn accept_loop(self: Arc<Self>) {
+        loop {
+            let inbound = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return,
+                n = self.transport.accept_inbound() => match n {
+                    Some(i) => i,
+                    None => return,
+                },
+            };
+            let rt = self.clone();
+            self.tracker.spawn(async move {
+                match inbound.handshake().await {
+                    Ok((peer, conn)) => {
+                        let span = info_span!("peer", node = %peer);
+                        rt.read_connection(peer, conn).instrument(span).await;
+                    }
+                    Err(e) => warn!(error = %e, "peer link refused"),
+                }
+            });
+        }
+    }
+
+    pub(super) async fn read_connection(self: Arc<Self>, peer: NodeId, conn: quinn::Connection) {
+        if !self.members().contains_key(&peer) {
+            // Its certificate is valid, but it has not registered: not a member (yet).
+            debug!("connection from a node that is not a member; it will retry");
+        }
+        loop {
+            let recv = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return,
+                r = conn.accept_uni() => match r {
+                    Ok(r) => r,
+                    Err(_) => return,
+                },
+            };
+            let rt = self.clone();
+            let peer = peer.clone();
+            self.tracker.spawn(async move { rt.read_stream(peer, recv).await });
+        }
+    }
+
+    pub(super) async fn read_stream(self: Arc<Self>, peer: NodeId, mut recv: quinn::RecvStream) {
+        match read_frame::<PeerFrame>(&mut recv, self.codec).await {
+            Ok(Some(PeerFrame::Hello { node, version })) if node == peer.as_str() && version == FRAMES_VERSION => {}
+            other => {
+                warn!(?other, "stream did not start with a matching Hello; resetting it");
+                let _ = recv.stop(ringcast_cluster::transport::RESET_PROTOCOL_ERROR);
+                return;
+            }
+        }
+        loop {
+            let frame = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return,
+                f = read_frame::<PeerFrame>(&mut recv, self.codec) => f,
+            };
+            match frame {
+                Ok(Some(f)) => self.on_frame(&peer, f),
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(error = %e, "bad frame from peer; resetting the stream");
+                    ringcast_cluster::transport::reset_on_error(&mut recv, &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn refuse(&self, peer: &NodeId, req: u64, r: &Refusal, retry: bool) {
+        let frame = PeerFrame::Refused { req, code: r.code.as_str().to_owned(), message: r.message.clone(), retry };
+        self.send(peer, frame);
+    }
+
+    /// Checks that this node owns `slot` for a request routed under `epoch`.
+    pub(super) fn serve_slot(&self, slot: u16, epoch: u64) -> Result<(), (Refusal, bool)> {
+        let slot = Slot::new(slot).ok_or((Refusal::new(ErrorCode::BadRequest, "slot out of range"), false))?;
+        match self.table().route(slot) {
+            Route::Claimed { owner, epoch: mine } if owner == self.me && epoch <= mine.0 => {
+                self.check_owner().map_err(|r| (r, true))
+            }
+            _ => Err((Refusal::new(ErrorCode::Unavailable, "this node does not own the slot now"), true)),
+        }
+    }
+
+    pub(super) fn parse_channel(&self, raw: &str, slot: u16) -> Result<(ChannelName, NamespaceOptions), Refusal> {
+        let channel = ChannelName::new(raw).map_err(|e| Refusal::new(ErrorCode::InvalidChannel, e.to_string()))?;
+        if Slot::of(&channel).get() != slot {
+            return Err(Refusal::new(ErrorCode::BadRequest, "channel does not belong to the slot named"));
+        }
+        let ns = self
+            .namespaces
+            .get(channel.namespace())
+            .cloned()
+            .ok_or_else(|| Refusal::new(ErrorCode::UnknownNamespace, "namespace not configured on the owner"))?;
+        Ok((channel, ns))
+    }
+
+    pub(super) fn on_frame(self: &Arc<Self>, peer: &NodeId, frame: PeerFrame) {
+        match frame {
+            PeerFrame::Hello { .. } => warn!("duplicate Hello ignored"),
+            PeerFrame::Publish { req, slot, slot_epoch, channel, data, idempotency_key } => {
+                let result = self
+                    .serve_slot(slot, slot_epoch)
+                    .and_then(|()| self.parse_channel(&channel, slot).map_err(|r| (r, false)))
+                    .and_then(|(channel, ns)| {
+                        let data: Box<RawValue> = serde_json::from_str(&data)
+                            .map_err(|e| (Refusal::new(ErrorCode::BadRequest, format!("data: {e}")), false))?;
+                        if data.get().len() > ns.max_message_bytes {
+                            return Err((Refusal::new(ErrorCode::MessageTooLarge, "data too large"), false));
+                        }
+                        if let Some(k) = &idempotency_key {
+                            check_idempotency_key(k)
+                                .map_err(|m| (Refusal::new(ErrorCode::InvalidIdempotencyKey, m), false))?;
+                        }
+                        let epoch = self.my_epoch(&channel);
+                        self.hub.publish(&channel, &ns, &data, idempotency_key.as_deref(), self.now(), epoch).map_err(
+                            |code| (crate::router::hub_refusal(code, &channel), code == ErrorCode::Unavailable),
+                        )
+                    });
+                match result {
+                    Ok(p) => {
+                        let frame = PeerFrame::Acked {
+                            req,
+                            epoch: p.position.epoch.get(),
+                            offset: p.position.offset.0,
+                            duplicate: p.duplicate,
+                        };
+                        self.send(peer, frame);
+                    }
+                    Err((r, retry)) => self.refuse(peer, req, &r, retry),
+                }
+            }
+            PeerFrame::Subscribe { req, slot, slot_epoch, channel, since, interest } => {
+                let checked = self
+                    .serve_slot(slot, slot_epoch)
+                    .and_then(|()| self.parse_channel(&channel, slot).map_err(|r| (r, false)));
+                match checked {
+                    Ok((channel, ns)) => {
+                        let since =
+                            since.map(|s| Since { epoch: s.epoch.and_then(Epoch::new), offset: Offset(s.offset) });
+                        if !self.hub.serve_peer_subscribe(&channel, &ns, peer, req, since, interest, self.now()) {
+                            self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err((r, retry)) => self.refuse(peer, req, &r, retry),
+                }
+            }
+            PeerFrame::Unsubscribe { channel, .. } => {
+                if let Ok(channel) = ChannelName::new(&channel) {
+                    self.hub.drop_interest(&channel, peer);
+                }
+            }
+            PeerFrame::History { req, slot, slot_epoch, channel, before, limit } => {
+                let result = self
+                    .serve_slot(slot, slot_epoch)
+                    .and_then(|()| self.parse_channel(&channel, slot).map_err(|r| (r, false)))
+                    .and_then(|(channel, _)| {
+                        let limit = check_history_limit(Some(limit))
+                            .map_err(|m| (Refusal::new(ErrorCode::BadRequest, m), false))?;
+                        Ok(crate::router::local_history(&self.hub, &channel, before.map(Offset), limit, self.now()))
+                    });
+                match result {
+                    Ok(h) => {
+                        let frame = PeerFrame::HistoryPage {
+                            req,
+                            epoch: h.epoch.map(Epoch::get),
+                            oldest: h.oldest.0,
+                            newest: h.newest.0,
+                            next_before: h.next_before.map(|o| o.0),
+                            messages: h.messages.iter().map(|m| m.as_str().to_owned()).collect(),
+                        };
+                        self.send(peer, frame);
+                    }
+                    Err((r, retry)) => self.refuse(peer, req, &r, retry),
+                }
+            }
+            PeerFrame::Deliver { slot, slot_epoch, channel, epoch, offset, frame } => {
+                self.on_deliver(peer, slot, slot_epoch, &channel, epoch, offset, frame);
+            }
+            PeerFrame::Handoff { req, slot, from_epoch, channels } => {
+                let rt = self.clone();
+                let peer = peer.clone();
+                self.tracker.spawn(async move { rt.take_over(peer, req, slot, from_epoch, channels).await });
+            }
+            reply @ (PeerFrame::Acked { .. }
+            | PeerFrame::HistoryPage { .. }
+            | PeerFrame::Refused { .. }
+            | PeerFrame::Subscribed { .. }
+            | PeerFrame::HandedOff { .. }) => self.on_reply(reply),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_deliver(
+        &self,
+        peer: &NodeId,
+        slot: u16,
+        slot_epoch: u64,
+        channel: &str,
+        epoch: u64,
+        offset: u64,
+        frame: String,
+    ) {
+        let Some(fence) = self.fences.get(usize::from(slot)) else {
+            warn!(slot, "Deliver for a slot out of range dropped");
+            return;
+        };
+        // Fencing: never accept a message from an owner older than one already seen.
+        if fence.fetch_max(slot_epoch, Ordering::AcqRel) > slot_epoch {
+            self.metrics.fenced_frames.fetch_add(1, Ordering::Relaxed);
+            debug!(slot, slot_epoch, "stale Deliver fenced off");
+            return;
+        }
+        let (Ok(channel), Some(epoch)) = (ChannelName::new(channel), Epoch::new(epoch)) else {
+            warn!("malformed Deliver dropped");
+            return;
+        };
+        let position = ringcast_core::StreamPosition { epoch, offset: Offset(offset) };
+        if !self.hub.deliver_remote(&channel, position, Utf8Bytes::from(frame), self.now()) {
+            let frame = PeerFrame::Unsubscribe { slot, slot_epoch, channel: channel.as_str().to_owned() };
+            self.send(peer, frame);
+        }
+    }
+
+    pub(super) fn on_reply(&self, reply: PeerFrame) {
+        let req = match &reply {
+            PeerFrame::Acked { req, .. }
+            | PeerFrame::HistoryPage { req, .. }
+            | PeerFrame::Refused { req, .. }
+            | PeerFrame::Subscribed { req, .. }
+            | PeerFrame::HandedOff { req, .. } => *req,
+            _ => return,
+        };
+        let Some(pending) = lock(&self.pending).remove(&req) else {
+            debug!(req, "reply to a request that already gave up");
+            return;
+        };
+        match pending {
+            Pending::Reply(tx) => {
+                let _ = tx.send(reply);
+            }
+            Pending::Fill { channel } => {
+                if let PeerFrame::HistoryPage { messages, .. } = reply {
+                    let parsed = messages
+                        .into_iter()
+                        .filter_map(|m| message_position(&m).map(|p| (p, Utf8Bytes::from(m))))
+                        .collect();
+                    self.hub.offer_fill(&channel, parsed, self.now());
+                }
+            }
+            Pending::Subscribe { channel, conn, outbox, reply_id, done } => {
+                let result = match reply {
+                    PeerFrame::Subscribed { epoch, offset, outcome, replay, .. } => match Epoch::new(epoch) {
+                        Some(epoch) => {
+                            let top = ringcast_core::StreamPosition { epoch, offset: Offset(offset) };
+                            let outcome = outcome_from_wire(outcome, replay.len());
+                            let replay = replay.into_iter().map(Utf8Bytes::from).collect();
+                            self.hub
+                                .attach_remote(&channel, conn, &outbox, reply_id, top, outcome, replay)
+                                .map_err(|code| Refusal::new(code, format!("cannot subscribe to {channel}")))
+                        }
+                        None => Err(Refusal::new(ErrorCode::Internal, "owner answered with epoch 0")),
+                    },
+                    PeerFrame::Refused { code, message, retry, .. } => Err(refusal_from_wire(&code, message, retry)),
+                    _ => Err(Refusal::new(ErrorCode::Internal, "unexpected reply to subscribe")),
+                };
+                let _ = done.send(result);
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Views, routes, claims, handoffs and drain: applying each membership view and
+//! acting on the ownership plan.
+
+use super::*;
+
+impl Runtime {
+    // ---------------------------------------------------------------------------------
+    // Views, routes and claims.
+
+    pub(super) async fn watch_views(
+        self: Arc<Self>,
+        mut views: watch::Receiver<Arc<View>>,
+        claim_at: tokio::time::Instant,
+    ) {
+        let mut may_claim = false;
+        loop {
+            let view = views.borrow_and_update().clone();
+            *lock(&self.latest) = (view, may_claim);
+            self.reapply();
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(claim_at), if !may_claim => may_claim = true,
+                changed = views.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    /// Re-applies the latest view (after this process made a claim the view may
+    /// already show).
+    pub(super) fn reapply(self: &Arc<Self>) {
+        let _serial = lock(&self.apply_lock);
+        let (view, may_claim) = lock(&self.latest).clone();
+        self.apply_view(&view, may_claim);
+    }
+
+    /// Builds the route table and plans from `view`. Only through [`Runtime::reapply`].
+    pub(super) fn apply_view(self: &Arc<Self>, view: &View, may_claim: bool) {
+        let members: Vec<MemberInfo> = view
+            .members
+            .iter()
+            .map(|(id, r)| MemberInfo { id: id.clone(), core: r.role == Role::Core, draining: r.draining })
+            .collect();
+        let claims: BTreeMap<Slot, Claim> = {
+            let mine = lock(&self.mine);
+            view.claims
+                .iter()
+                .filter(|(slot, c)| c.owner != self.me || mine.contains(&(**slot, c.epoch)))
+                .map(|(slot, c)| (*slot, Claim { owner: c.owner.clone(), epoch: SlotEpoch(c.epoch) }))
+                .collect()
+        };
+        let cv = ClusterView { members, claims };
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(RouteTable::new(&cv));
+        *self.claims.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(cv.claims.clone());
+        self.table_changed.send_modify(|n| *n += 1);
+        self.resolve_stuck();
+
+        // Peers that left: their links and their interest go.
+        let old = self.members();
+        *self.members.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(view.members.clone());
+        for gone in old.keys().filter(|id| !view.members.contains_key(*id)) {
+            lock(&self.links).remove(gone);
+            self.hub.drop_peer(gone);
+            info!(peer = %gone, "peer left the cluster");
+        }
+
+        *self.planned.write().unwrap_or_else(PoisonError::into_inner) = (Arc::new(cv), may_claim);
+        self.replan();
+    }
+
+    /// Starts the claims and handoffs the latest view calls for, within the throttles.
+    /// Runs on every view and whenever a claim or handoff finishes, so rounds follow
+    /// each other without waiting for an unrelated view change.
+    pub(super) fn replan(self: &Arc<Self>) {
+        let (cv, may_claim) = self.planned.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let in_flight = lock(&self.handing).len();
+        let p = plan(&cv, &self.me, in_flight, HANDOFFS_IN_FLIGHT);
+        for h in p.hand_off {
+            // A slot awaiting its outcome, or handed off but not yet shown moved by
+            // the view, must not be planned again.
+            if lock(&self.stuck).contains_key(&h.slot) || lock(&self.moved).contains_key(&h.slot) {
+                continue;
+            }
+            if !lock(&self.handing).insert(h.slot) {
+                continue;
+            }
+            let rt = self.clone();
+            let span = info_span!("slot", slot = h.slot.get(), epoch = h.from_epoch.0);
+            self.tracker.spawn(async move { rt.hand_off(h).await }.instrument(span));
+        }
+
+        let to_claim = if may_claim { p.claim } else { Vec::new() };
+        for slot in to_claim {
+            if lock(&self.claiming).len() >= CLAIMS_IN_FLIGHT || !lock(&self.claiming).insert(slot) {
+                continue;
+            }
+            let rt = self.clone();
+            self.tracker.spawn(async move {
+                match rt.membership.claim(slot, ClaimExpect::Vacant).await {
+                    Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
+                        lock(&rt.mine).insert((slot, epoch));
+                        debug!(%slot, epoch, "claimed");
+                        rt.reapply();
+                    }
+                    Ok(outcome) => debug!(%slot, ?outcome, "claim"),
+                    Err(e) => warn!(%slot, error = %e, "claim failed"),
+                }
+                lock(&rt.claiming).remove(&slot);
+                rt.replan();
+            });
+        }
+    }
+
+    /// Old owner: seal, snapshot, send; on success the slot's channels become mirrors.
+    pub(super) async fn hand_off(self: Arc<Self>, h: ringcast_core::ownership::Handoff) {
+        let started = Instant::now();
+        self.hub.set_sealed(h.slot, true);
+        let channels: Vec<ChannelSnapshotWire> =
+            self.hub.snapshot_slot(h.slot, &self.me, self.now()).into_iter().map(snapshot_to_wire).collect();
+        let count = channels.len();
+        let frame = |req| PeerFrame::Handoff { req, slot: h.slot.get(), from_epoch: h.from_epoch.0, channels };
+        match self.request(&h.to, frame, Instant::now() + HANDOFF_DEADLINE).await {
+            Ok(PeerFrame::HandedOff { epoch, .. }) => {
+                self.hub.demote_slot(h.slot);
+                lock(&self.moved).insert(h.slot, epoch);
+                self.resolve_stuck();
+                self.metrics.handoffs.fetch_add(1, Ordering::Relaxed);
+                info!(to = %h.to, new_epoch = epoch, channels = count, ms = started.elapsed().as_millis() as u64, "slot handed off");
+            }
+            other => {
+                warn!(to = %h.to, outcome = ?other, "handoff did not complete; the slot stays sealed until the view shows its holder");
+                lock(&self.stuck).insert(h.slot, h.from_epoch.0);
+                self.resolve_stuck();
+            }
+        }
+        lock(&self.handing).remove(&h.slot);
+        self.replan();
+    }
+
+    /// Sealed slots with an unknown handoff outcome: unseal those the view shows we
+    /// still hold at the same epoch; demote those someone else now holds.
+    pub(super) fn resolve_stuck(&self) {
+        let claims = self.claims.read().unwrap_or_else(PoisonError::into_inner).clone();
+        // Handed off: unseal once the view shows the new claim (or a later one).
+        lock(&self.moved).retain(|slot, epoch| match claims.get(slot) {
+            Some(c) if c.epoch.0 >= *epoch => {
+                self.hub.set_sealed(*slot, false);
+                false
+            }
+            _ => true,
+        });
+        lock(&self.stuck).retain(|slot, epoch| match claims.get(slot) {
+            Some(c) if c.owner == self.me && c.epoch.0 == *epoch => {
+                self.hub.set_sealed(*slot, false);
+                false
+            }
+            Some(c) if c.owner == self.me => true,
+            _ => {
+                self.hub.demote_slot(*slot);
+                self.hub.set_sealed(*slot, false);
+                false
+            }
+        });
+    }
+
+    /// New owner: restore the channels, claim the slot on the old owner's epoch, answer.
+    pub(super) async fn take_over(
+        self: Arc<Self>,
+        peer: NodeId,
+        req: u64,
+        slot: u16,
+        from_epoch: u64,
+        channels: Vec<ChannelSnapshotWire>,
+    ) {
+        let Some(slot) = Slot::new(slot) else {
+            self.refuse(&peer, req, &Refusal::new(ErrorCode::BadRequest, "slot out of range"), false);
+            return;
+        };
+        let mut parsed = Vec::with_capacity(channels.len());
+        for w in channels {
+            match snapshot_from_wire(w, slot) {
+                Some(h) => parsed.push(h),
+                None => {
+                    self.refuse(&peer, req, &Refusal::new(ErrorCode::BadRequest, "malformed channel snapshot"), false);
+                    return;
+                }
+            }
+        }
+        let count = parsed.len();
+        // Claim first, sealed, and install only once the claim is ours: requests that
+        // reach us meanwhile are refused (retry) rather than served from nothing, and a
+        // failed claim leaves everything as it was.
+        self.hub.set_sealed(slot, true);
+        match self.membership.claim(slot, ClaimExpect::Epoch(from_epoch)).await {
+            Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
+                lock(&self.mine).insert((slot, epoch));
+                self.reapply();
+                let namespaces = self.namespaces.clone();
+                self.hub.install(parsed, &self.me, |c| namespaces.get(c.namespace()).cloned(), self.now());
+                self.hub.set_sealed(slot, false);
+                info!(%slot, from = %peer, epoch, channels = count, "slot taken over");
+                self.send(&peer, PeerFrame::HandedOff { req, slot: slot.get(), epoch });
+            }
+            other => {
+                self.hub.set_sealed(slot, false);
+                warn!(%slot, outcome = ?other, "takeover claim failed; the old owner keeps the slot");
+                self.refuse(&peer, req, &Refusal::new(ErrorCode::Unavailable, "claim failed"), false);
+            }
+        }
+    }
+
+    /// Drains this node: marks it draining so the ring excludes it, then waits until it
+    /// holds no slot (every one handed off) or `timeout` passes.
+    pub async fn drain(&self, timeout: Duration) {
+        if let Err(e) = self.membership.set_draining(true).await {
+            warn!(error = %e, "could not mark this node draining; its slots move when its lease ends");
+            return;
+        }
+        let until = Instant::now() + timeout;
+        loop {
+            let table = self.table();
+            let held = table.claimed_counts().get(&self.me).copied().unwrap_or(0);
+            if held > 0 && !table.has_owners() {
+                warn!(held, "no other node can take slots (all draining); leaving them to lease expiry");
+                return;
+            }
+            if held == 0 {
+                info!("drained: every slot handed off");
+                return;
+            }
+            if Instant::now() > until {
+                warn!(held, "drain timed out with slots still held; they move when the lease ends");
+                return;
+            }
+            self.table_change(until).await;
+        }
+    }
+
+    /// Waits until the route table changes or `until` passes.
+    pub(super) async fn table_change(&self, until: Instant) {
+        let mut rx = self.table_changed.subscribe();
+        let _ =
+            tokio::time::timeout(until.saturating_duration_since(Instant::now()).min(RETRY_PAUSE * 4), rx.changed())
+                .await;
+    }
+}
