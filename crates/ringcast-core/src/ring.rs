@@ -13,6 +13,10 @@
 //! goes to the next member clockwise with room. Placement stays deterministic (slots are
 //! assigned in slot order) and a join or leave still moves close to 1/N of the slots.
 //!
+//! [`Ring::replicas`] gives each slot's copy holders: the owner, then the next distinct
+//! members clockwise (precomputed with the table; the failover issue's replica is the
+//! second entry).
+//!
 //! Hash input is explicit bytes (the node id's UTF-8 bytes and the little-endian vnode
 //! index; the slot number little-endian), fed to `hashring`'s SipHash, so placement does
 //! not depend on std `Hash` implementations. A standalone node is a one-member ring that
@@ -44,6 +48,13 @@ impl Hash for VNode {
 
 struct SlotKey(u16);
 
+/// The ring position of a key, as `hashring` computes it (SipHash of its explicit
+/// bytes with `hashring`'s default hasher).
+fn sip<T: Hash>(t: &T) -> u64 {
+    use std::hash::BuildHasher;
+    hashring::DefaultHashBuilder.hash_one(t)
+}
+
 impl Hash for SlotKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write(b"slot");
@@ -66,6 +77,9 @@ pub struct Ring {
     members: Vec<NodeId>,
     /// `owners[slot]` indexes `members`.
     owners: Vec<u16>,
+    /// `order[slot]`: every member once, in ring order clockwise from the slot's hash
+    /// (the owner first when it had room; the replica is the first other member).
+    order: Vec<Vec<u16>>,
 }
 
 impl Ring {
@@ -87,34 +101,58 @@ impl Ring {
         let n = members.len();
         let cap = (LOAD_FACTOR * f64::from(SLOTS) / n as f64).ceil() as usize;
         let index_of = |node: &NodeId| members.iter().position(|m| m == node);
+        // The ring as (hash, member) sorted by hash, to walk clockwise without cloning
+        // the ring per lookup (`get_with_replicas` does): one `get` finds the start.
+        let points: Vec<(u64, u16)> = {
+            let mut p: Vec<(u64, u16)> = members
+                .iter()
+                .enumerate()
+                .flat_map(|(i, m)| (0..vnodes).map(move |index| (sip(&VNode { node: m.clone(), index }), i as u16)))
+                .collect();
+            p.sort_unstable();
+            p
+        };
         let mut counts = vec![0usize; n];
         let mut owners = Vec::with_capacity(usize::from(SLOTS));
+        let mut order = Vec::with_capacity(usize::from(SLOTS));
         for s in 0..SLOTS {
             let key = SlotKey(s);
             // Invariant: the ring is non-empty and only holds members.
             let first = ring.get(&key).and_then(|v| index_of(&v.node)).unwrap_or(0);
-            let owner = if counts[first] < cap {
-                first
-            } else {
-                // Walk clockwise (rare: only for slots whose ring owner is full). The
-                // members' total capacity is at least SLOTS, so one has room.
-                ring.get_with_replicas(&key, ring.len())
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|v| index_of(&v.node))
-                    .find(|&i| counts[i] < cap)
-                    .unwrap_or(first)
-            };
+            // Distinct members clockwise from the slot's point, `first` leading.
+            let start = points.partition_point(|(h, _)| *h < sip(&key));
+            let mut walk: Vec<u16> = Vec::with_capacity(n);
+            for (_, m) in points[start..].iter().chain(points[..start].iter()) {
+                if !walk.contains(m) {
+                    walk.push(*m);
+                    if walk.len() == n {
+                        break;
+                    }
+                }
+            }
+            // A full ring owner passes the slot to the next member clockwise with room;
+            // the members' total capacity is at least SLOTS, so one has room.
+            let owner = walk.iter().map(|&i| usize::from(i)).find(|&i| counts[i] < cap).unwrap_or(first);
             counts[owner] += 1;
             owners.push(owner as u16);
+            walk.retain(|&i| usize::from(i) != owner);
+            walk.insert(0, owner as u16);
+            order.push(walk);
         }
-        Ok(Ring { members, owners })
+        Ok(Ring { members, owners, order })
     }
 
     /// The member that owns `slot`.
     #[must_use]
     pub fn owner(&self, slot: Slot) -> &NodeId {
         &self.members[usize::from(self.owners[usize::from(slot.get())])]
+    }
+
+    /// The members that should hold copies of `slot`, owner first, then the next
+    /// distinct members clockwise: at most `copies` of them (fewer in a smaller ring).
+    #[must_use]
+    pub fn replicas(&self, slot: Slot, copies: usize) -> Vec<&NodeId> {
+        self.order[usize::from(slot.get())].iter().take(copies).map(|&i| &self.members[usize::from(i)]).collect()
     }
 
     /// Members, sorted.
@@ -159,6 +197,24 @@ mod tests {
         ns.push(ns[0].clone());
         let b = Ring::build(&ns, 64).unwrap_or_else(|e| panic!("{e}"));
         assert!(Slot::all().all(|s| a.owner(s) == b.owner(s)));
+    }
+
+    #[test]
+    fn replica_order_is_distinct_owner_first_and_deterministic() {
+        let ns = nodes(5);
+        let a = Ring::build(&ns, DEFAULT_VNODES).unwrap_or_else(|e| panic!("{e}"));
+        let b = Ring::build(&ns.iter().rev().cloned().collect::<Vec<_>>(), DEFAULT_VNODES)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for s in Slot::all() {
+            let r = a.replicas(s, 3);
+            assert_eq!(r.len(), 3);
+            assert_eq!(r[0], a.owner(s), "the owner leads");
+            assert!(r[0] != r[1] && r[1] != r[2] && r[0] != r[2], "distinct physical nodes");
+            assert_eq!(r, b.replicas(s, 3), "the same from any member's view");
+            assert_eq!(a.replicas(s, 9).len(), 5, "never more than the members");
+        }
+        let solo = Ring::build(&nodes(1), DEFAULT_VNODES).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(solo.replicas(Slot::all().next().unwrap_or_else(|| unreachable!()), 2).len(), 1);
     }
 
     proptest! {

@@ -32,9 +32,16 @@ impl Runtime {
     }
 
     pub(super) async fn read_connection(self: Arc<Self>, peer: NodeId, conn: quinn::Connection) {
-        if !self.members().contains_key(&peer) {
-            // Its certificate is valid, but it has not registered: not a member (yet).
-            debug!("connection from a node that is not a member; it will retry");
+        // The certificate proves the node id; etcd must also list it as a member. A node
+        // that has just registered may reach us before our view shows it: wait a little.
+        let deadline = Instant::now() + MEMBER_GRACE;
+        while !self.members().contains_key(&peer) {
+            if Instant::now() > deadline {
+                warn!("refusing a link from a node that is not a registered member");
+                conn.close(ringcast_cluster::transport::CLOSE_BAD_IDENTITY, b"not a registered member");
+                return;
+            }
+            self.table_change(deadline).await;
         }
         loop {
             let recv = tokio::select! {

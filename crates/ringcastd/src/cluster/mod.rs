@@ -27,6 +27,8 @@
 
 /// Handoffs one node runs at once (the round throttle of `docs/cluster.md`).
 pub const HANDOFFS_IN_FLIGHT: usize = ringcast_core::ownership::DEFAULT_HANDOFFS_IN_FLIGHT;
+/// How long an inbound link from a node missing from our view may wait for it to appear.
+const MEMBER_GRACE: Duration = Duration::from_secs(5);
 /// How long an old owner waits for the new owner to take a slot.
 const HANDOFF_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -136,12 +138,13 @@ pub struct Runtime {
     moved: Mutex<HashMap<Slot, u64>>,
     /// The claims of the latest view.
     claims: RwLock<Arc<BTreeMap<Slot, Claim>>>,
-    /// Claims this process made, `(slot, epoch)`. A claim in our name that is not here
-    /// belongs to a previous incarnation of this node (a quick restart) and is treated
-    /// as vacant until its lease expires: this process holds none of its state.
-    mine: Mutex<HashSet<(Slot, u64)>>,
+    /// The etcd revision of this process's first membership view. A claim in our name
+    /// with an older revision belongs to a previous incarnation of this node (a quick
+    /// restart) and is treated as vacant until its lease expires: this process holds
+    /// none of its state. Claims made by this process are all newer.
+    incarnation: std::sync::OnceLock<u64>,
     /// The latest raw view and whether claiming has begun; applied (always the newest,
-    /// one application at a time) on each view and when `mine` changes.
+    /// one application at a time) on each view and when a handoff completes.
     latest: Mutex<(Arc<View>, bool)>,
     apply_lock: Mutex<()>,
     /// The latest view as the planner sees it, and whether claiming has begun.
@@ -242,7 +245,7 @@ impl Runtime {
             stuck: Mutex::new(HashMap::new()),
             moved: Mutex::new(HashMap::new()),
             claims: RwLock::new(Arc::new(BTreeMap::new())),
-            mine: Mutex::new(HashSet::new()),
+            incarnation: std::sync::OnceLock::new(),
             latest: Mutex::new((Arc::new(View::default()), false)),
             apply_lock: Mutex::new(()),
             planned: RwLock::new((Arc::new(ClusterView::default()), false)),

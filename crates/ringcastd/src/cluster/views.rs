@@ -15,6 +15,9 @@ impl Runtime {
         let mut may_claim = false;
         loop {
             let view = views.borrow_and_update().clone();
+            // The first view is read after our registration: its revision separates our
+            // claims from a previous incarnation's.
+            let _ = self.incarnation.set(u64::try_from(view.revision).unwrap_or(0));
             *lock(&self.latest) = (view, may_claim);
             self.reapply();
             tokio::select! {
@@ -41,14 +44,13 @@ impl Runtime {
             .iter()
             .map(|(id, r)| MemberInfo { id: id.clone(), core: r.role == Role::Core, draining: r.draining })
             .collect();
-        let claims: BTreeMap<Slot, Claim> = {
-            let mine = lock(&self.mine);
-            view.claims
-                .iter()
-                .filter(|(slot, c)| c.owner != self.me || mine.contains(&(**slot, c.epoch)))
-                .map(|(slot, c)| (*slot, Claim { owner: c.owner.clone(), epoch: SlotEpoch(c.epoch) }))
-                .collect()
-        };
+        let incarnation = self.incarnation.get().copied().unwrap_or(u64::MAX);
+        let claims: BTreeMap<Slot, Claim> = view
+            .claims
+            .iter()
+            .filter(|(_, c)| c.owner != self.me || c.epoch > incarnation)
+            .map(|(slot, c)| (*slot, Claim { owner: c.owner.clone(), epoch: SlotEpoch(c.epoch) }))
+            .collect();
         let cv = ClusterView { members, claims };
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(RouteTable::new(&cv));
         *self.claims.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(cv.claims.clone());
@@ -98,9 +100,7 @@ impl Runtime {
             self.tracker.spawn(async move {
                 match rt.membership.claim(slot, ClaimExpect::Vacant).await {
                     Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
-                        lock(&rt.mine).insert((slot, epoch));
                         debug!(%slot, epoch, "claimed");
-                        rt.reapply();
                     }
                     Ok(outcome) => debug!(%slot, ?outcome, "claim"),
                     Err(e) => warn!(%slot, error = %e, "claim failed"),
@@ -193,8 +193,6 @@ impl Runtime {
         self.hub.set_sealed(slot, true);
         match self.membership.claim(slot, ClaimExpect::Epoch(from_epoch)).await {
             Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
-                lock(&self.mine).insert((slot, epoch));
-                self.reapply();
                 let namespaces = self.namespaces.clone();
                 self.hub.install(parsed, &self.me, |c| namespaces.get(c.namespace()).cloned(), self.now());
                 self.hub.set_sealed(slot, false);
