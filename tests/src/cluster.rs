@@ -9,31 +9,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 fn cli() -> Result<PathBuf> {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("RINGCAST_BIN") {
-            return Ok(PathBuf::from(p));
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let ok = Command::new(cargo)
-            .args(["build", "-q", "--workspace", "--bins"])
-            .current_dir(&root)
-            .status()
-            .map_err(|e| format!("cannot run cargo build: {e}"))?
-            .success();
-        if !ok {
-            return Err("cargo build --workspace --bins failed".into());
-        }
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
-        Ok(target.join("debug").join("ringcast"))
-    })
-    .clone()
-    .map_err(|e| anyhow::anyhow!(e))
+    crate::workspace_binary("ringcast", "RINGCAST_BIN")
 }
 
 /// Runs the `ringcast` CLI; fails with its output when it fails.

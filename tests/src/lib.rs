@@ -69,29 +69,39 @@ history_size = 5
     )
 }
 
+/// A workspace binary: `$env_var` when set, else `target/debug/NAME` after one
+/// `cargo build --workspace --bins` per test process (so a plain `cargo test` never runs
+/// a stale binary).
+pub fn workspace_binary(name: &str, env_var: &str) -> Result<PathBuf> {
+    if let Ok(p) = std::env::var(env_var) {
+        return Ok(PathBuf::from(p));
+    }
+    static DEBUG_DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = DEBUG_DIR
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            let status = Command::new(cargo)
+                // The whole workspace's binaries, with the workspace's feature set:
+                // building one package alone resolves other features and rebuilds
+                // shared crates.
+                .args(["build", "-q", "--workspace", "--bins"])
+                .current_dir(&root)
+                .status()
+                .map_err(|e| format!("cannot run cargo build: {e}"))?;
+            if !status.success() {
+                return Err("cargo build --workspace --bins failed".into());
+            }
+            let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+            Ok(target.join("debug"))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))?;
+    Ok(dir.join(name))
+}
+
 fn binary() -> Result<PathBuf> {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("RINGCASTD_BIN") {
-            return Ok(PathBuf::from(p));
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let status = Command::new(cargo)
-            // The whole workspace's binaries, with the workspace's feature set: building
-            // one package alone resolves other features and rebuilds shared crates.
-            .args(["build", "-q", "--workspace", "--bins"])
-            .current_dir(&root)
-            .status()
-            .map_err(|e| format!("cannot run cargo build: {e}"))?;
-        if !status.success() {
-            return Err("cargo build --workspace --bins failed".into());
-        }
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
-        Ok(target.join("debug").join("ringcastd"))
-    })
-    .clone()
-    .map_err(|e| anyhow!(e))
+    workspace_binary("ringcastd", "RINGCASTD_BIN")
 }
 
 /// A running `ringcastd`, killed on drop.

@@ -104,6 +104,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A local connection subscribing to a channel: who it is, where its frames go, the
+/// position it resumes after, and the command id its `subscribed` reply echoes.
+#[derive(Debug, Clone)]
+pub struct LocalSubscriber {
+    pub conn: ConnId,
+    pub outbox: Arc<Outbox>,
+    pub since: Option<Since>,
+    pub reply_id: u64,
+}
+
 /// A publish that was acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
@@ -389,22 +399,18 @@ impl Hub {
         });
     }
 
-    /// Owner: subscribes local connection `conn`: queues the `subscribed` reply (and,
-    /// with `since`, the replay) into `outbox`, then adds it to the live fan-out, all
-    /// under the channel lock.
-    #[allow(clippy::too_many_arguments)]
+    /// Owner: subscribes a local connection: queues the `subscribed` reply (and, with
+    /// `since`, the replay) into its outbox, then adds it to the live fan-out, all under
+    /// the channel lock.
     pub fn subscribe(
         &self,
         channel: &ChannelName,
         ns: &NamespaceOptions,
-        conn: ConnId,
-        outbox: &Arc<Outbox>,
-        since: Option<Since>,
-        reply_id: u64,
+        sub: &LocalSubscriber,
         now: Millis,
     ) -> Result<(), ErrorCode> {
         self.with_channel(channel, |st| {
-            if st.subscribers.contains_key(&conn) {
+            if st.subscribers.contains_key(&sub.conn) {
                 return Err(ErrorCode::AlreadySubscribed);
             }
             if self.is_sealed(channel) {
@@ -412,10 +418,10 @@ impl Hub {
             }
             let log = self.owned_log(st, ns);
             let top = log.top();
-            let (outcome, replay) = recover(log, since, now);
-            let reply = Utf8Bytes::from(encode_subscribed(reply_id, channel, top, outcome));
-            outbox.push_unbounded(std::iter::once(reply).chain(replay));
-            st.subscribers.insert(conn, outbox.clone());
+            let (outcome, replay) = recover(log, sub.since, now);
+            let reply = Utf8Bytes::from(encode_subscribed(sub.reply_id, channel, top, outcome));
+            sub.outbox.push_unbounded(std::iter::once(reply).chain(replay));
+            st.subscribers.insert(sub.conn, sub.outbox.clone());
             self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
@@ -550,22 +556,19 @@ impl Hub {
         });
     }
 
-    /// Gateway: attaches local connection `conn` at the position the owner's
-    /// `Subscribed` reply names, after queueing the client's reply and the replay.
-    /// Called by the task reading the owner's stream, so no `Deliver` slips between.
-    #[allow(clippy::too_many_arguments)]
+    /// Gateway: attaches a local connection at the position the owner's `Subscribed`
+    /// reply names, after queueing the client's reply and the replay. Called by the task
+    /// reading the owner's stream, so no `Deliver` slips between.
     pub fn attach_remote(
         &self,
         channel: &ChannelName,
-        conn: ConnId,
-        outbox: &Arc<Outbox>,
-        reply_id: u64,
+        sub: &LocalSubscriber,
         top: StreamPosition,
         outcome: SubscribeOutcome,
         replay: Vec<Utf8Bytes>,
     ) -> Result<(), ErrorCode> {
         self.with_channel(channel, |st| {
-            if st.subscribers.contains_key(&conn) {
+            if st.subscribers.contains_key(&sub.conn) {
                 return Err(ErrorCode::AlreadySubscribed);
             }
             match &mut st.mirror {
@@ -573,9 +576,9 @@ impl Hub {
                 Some(_) => {}
                 None => st.mirror = Some(Mirror::new(top, DEFAULT_MAX_PENDING)),
             }
-            let reply = Utf8Bytes::from(encode_subscribed(reply_id, channel, top, outcome));
-            outbox.push_unbounded(std::iter::once(reply).chain(replay));
-            st.subscribers.insert(conn, outbox.clone());
+            let reply = Utf8Bytes::from(encode_subscribed(sub.reply_id, channel, top, outcome));
+            sub.outbox.push_unbounded(std::iter::once(reply).chain(replay));
+            st.subscribers.insert(sub.conn, sub.outbox.clone());
             self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
@@ -712,6 +715,10 @@ mod tests {
     use ringcast_core::dedup::DedupPolicy;
     use std::time::Duration;
 
+    fn sub(conn: u64, outbox: &Arc<Outbox>, since: Option<Since>, reply_id: u64) -> LocalSubscriber {
+        LocalSubscriber { conn: ConnId(conn), outbox: outbox.clone(), since, reply_id }
+    }
+
     fn hub() -> Hub {
         Hub::new(EpochSource::new(1000), Arc::new(Metrics::default()))
     }
@@ -741,7 +748,7 @@ mod tests {
         let epoch = h.info(&c).top.map(|t| t.epoch);
         let o = Arc::new(Outbox::new(100, 1 << 20));
         let since = Since { epoch, offset: Offset(2) };
-        assert_eq!(h.subscribe(&c, &ns, ConnId(1), &o, Some(since), 9, Millis(0)), Ok(()));
+        assert_eq!(h.subscribe(&c, &ns, &sub(1, &o, Some(since), 9), Millis(0)), Ok(()));
         h.publish(&c, &ns, &raw("6"), None, Millis(0), SlotEpoch(1)).ok();
         let got = frames(&o);
         assert_eq!(got[0]["type"], "subscribed");
@@ -749,7 +756,7 @@ mod tests {
         assert_eq!(got[0]["replayed"], 3);
         let offsets: Vec<_> = got[1..].iter().map(|m| m["offset"].as_u64().unwrap_or(0)).collect();
         assert_eq!(offsets, vec![3, 4, 5, 6]);
-        assert_eq!(h.subscribe(&c, &ns, ConnId(1), &o, None, 10, Millis(0)), Err(ErrorCode::AlreadySubscribed));
+        assert_eq!(h.subscribe(&c, &ns, &sub(1, &o, None, 10), Millis(0)), Err(ErrorCode::AlreadySubscribed));
     }
 
     #[test]
@@ -777,8 +784,8 @@ mod tests {
         let c = ch("chat:c");
         let slow = Arc::new(Outbox::new(3, 1 << 20));
         let fast = Arc::new(Outbox::new(1000, 1 << 20));
-        h.subscribe(&c, &ns, ConnId(1), &slow, None, 1, Millis(0)).ok();
-        h.subscribe(&c, &ns, ConnId(2), &fast, None, 1, Millis(0)).ok();
+        h.subscribe(&c, &ns, &sub(1, &slow, None, 1), Millis(0)).ok();
+        h.subscribe(&c, &ns, &sub(2, &fast, None, 1), Millis(0)).ok();
         for i in 0..10 {
             h.publish(&c, &ns, &raw(&i.to_string()), None, Millis(0), SlotEpoch(1)).ok();
         }
@@ -834,7 +841,7 @@ mod tests {
         let at = |o: u64| StreamPosition { epoch, offset: Offset(o) };
         let frame = |o: u64| Utf8Bytes::from(encode_message(&c, at(o), &raw(&o.to_string())));
         let o = Arc::new(Outbox::new(100, 1 << 20));
-        h.attach_remote(&c, ConnId(1), &o, 3, at(10), SubscribeOutcome::Fresh, vec![]).ok();
+        h.attach_remote(&c, &sub(1, &o, None, 3), at(10), SubscribeOutcome::Fresh, vec![]).ok();
         assert!(h.deliver_remote(&c, at(11), frame(11), Millis(0)));
         assert!(h.deliver_remote(&c, at(11), frame(11), Millis(0)), "a duplicate is dropped");
         assert!(h.deliver_remote(&c, at(13), frame(13), Millis(0)), "a gap is buffered");
@@ -869,9 +876,7 @@ mod tests {
         let epoch = Epoch::new(1).unwrap_or_else(|| unreachable!());
         h.attach_remote(
             &c,
-            ConnId(1),
-            &o,
-            1,
+            &sub(1, &o, None, 1),
             StreamPosition { epoch, offset: Offset(0) },
             SubscribeOutcome::Fresh,
             vec![],

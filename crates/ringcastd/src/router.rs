@@ -8,11 +8,9 @@
 //! frame ever sent.
 
 use crate::cluster::Runtime;
-use crate::hub::{Hub, Published};
-use crate::outbox::Outbox;
+use crate::hub::{Hub, LocalSubscriber, Published};
 use ringcast_core::ownership::{Route, RouteTable, SlotEpoch};
 use ringcast_core::{ChannelName, ConnId, Epoch, Millis, NamespaceOptions, NodeId, Offset, Slot};
-use ringcast_proto::client::Since;
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -117,22 +115,18 @@ impl Router {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub async fn subscribe(
         &self,
         channel: &ChannelName,
         ns: &NamespaceOptions,
-        conn: ConnId,
-        outbox: &Arc<Outbox>,
-        since: Option<Since>,
-        reply_id: u64,
+        sub: &LocalSubscriber,
         now: Millis,
     ) -> Result<(), Refusal> {
         match &self.cluster {
-            Some(c) => c.subscribe(self, channel, ns, conn, outbox, since, reply_id).await,
+            Some(c) => c.subscribe(self, channel, ns, sub).await,
             None => self
                 .hub
-                .subscribe(channel, ns, conn, outbox, since, reply_id, now)
+                .subscribe(channel, ns, sub, now)
                 .map_err(|code| Refusal::new(code, format!("cannot subscribe to {channel}"))),
         }
     }

@@ -227,6 +227,10 @@ impl Session {
         code
     }
 
+    fn subscriber(&self, since: Option<ringcast_proto::client::Since>, reply_id: u64) -> crate::hub::LocalSubscriber {
+        crate::hub::LocalSubscriber { conn: self.conn, outbox: self.outbox.clone(), since, reply_id }
+    }
+
     fn reply(&self, frame: String) {
         // An overflow here marks the session as a slow consumer; the writer closes it.
         if self.outbox.push(Utf8Bytes::from(frame)) == Pushed::Overflow {
@@ -304,7 +308,7 @@ impl Session {
                 let now = self.node.now();
                 self.node
                     .router
-                    .subscribe(&channel, &ns, self.conn, &self.outbox, since, id, now)
+                    .subscribe(&channel, &ns, &self.subscriber(since, id), now)
                     .await
                     .map_err(|r| reject(r.code, r.message))?;
                 self.subscriptions.insert(channel);

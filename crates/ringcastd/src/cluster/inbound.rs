@@ -267,7 +267,7 @@ impl Runtime {
                     self.hub.offer_fill(&channel, parsed, self.now());
                 }
             }
-            Pending::Subscribe { channel, conn, outbox, reply_id, done } => {
+            Pending::Subscribe { channel, sub, done } => {
                 let result = match reply {
                     PeerFrame::Subscribed { epoch, offset, outcome, replay, .. } => match Epoch::new(epoch) {
                         Some(epoch) => {
@@ -275,7 +275,7 @@ impl Runtime {
                             let outcome = outcome_from_wire(outcome, replay.len());
                             let replay = replay.into_iter().map(Utf8Bytes::from).collect();
                             self.hub
-                                .attach_remote(&channel, conn, &outbox, reply_id, top, outcome, replay)
+                                .attach_remote(&channel, &sub, top, outcome, replay)
                                 .map_err(|code| Refusal::new(code, format!("cannot subscribe to {channel}")))
                         }
                         None => Err(Refusal::new(ErrorCode::Internal, "owner answered with epoch 0")),

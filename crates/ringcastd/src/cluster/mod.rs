@@ -37,14 +37,13 @@ mod inbound;
 mod links;
 mod views;
 
-use crate::hub::{Hub, PeerSink, Published};
+use crate::hub::{Hub, LocalSubscriber, PeerSink, Published};
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
 use crate::router::{History, Refusal, Router, Target};
 use ringcast_cluster::membership::{ClaimExpect, MemberRecord, Membership, Role, View};
 use ringcast_cluster::transport::{read_frame, write_frame, FrameCodecConfig, Transport};
 use ringcast_core::ownership::{plan, Claim, ClusterView, MemberInfo, Route, RouteTable, SlotEpoch};
-use ringcast_core::{ChannelName, ConnId, Epoch, Millis, NamespaceOptions, NodeId, NotRecoveredReason, Offset, Slot};
+use ringcast_core::{ChannelName, Epoch, Millis, NamespaceOptions, NodeId, NotRecoveredReason, Offset, Slot};
 use ringcast_proto::client::{check_history_limit, check_idempotency_key, Since, SubscribeOutcome};
 use ringcast_proto::cluster::{ChannelSnapshotWire, OutcomeWire, PeerFrame, SinceWire, FRAMES_VERSION};
 use ringcast_proto::ErrorCode;
@@ -105,13 +104,7 @@ enum Pending {
     /// A gap fill for a mirror: the history page is offered to the mirror.
     Fill { channel: ChannelName },
     /// Subscribe: attached by the reader task when `Subscribed` arrives.
-    Subscribe {
-        channel: ChannelName,
-        conn: ConnId,
-        outbox: Arc<Outbox>,
-        reply_id: u64,
-        done: oneshot::Sender<Result<(), Refusal>>,
-    },
+    Subscribe { channel: ChannelName, sub: LocalSubscriber, done: oneshot::Sender<Result<(), Refusal>> },
 }
 
 /// The cluster side of one node.
