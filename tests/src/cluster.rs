@@ -36,17 +36,36 @@ pub struct TestCluster {
     pub name: String,
     ca: tempfile::TempDir,
     extra: String,
+    /// Lines of every node's `[cluster]` table besides the addresses and certificates.
+    cluster_extra: String,
 }
+
+/// The `[cluster]` settings tests use unless they say otherwise: a short lease so that
+/// membership changes are quick.
+pub const DEFAULT_CLUSTER_EXTRA: &str = "lease_ttl = \"3s\"\nkeepalive = \"1s\"\n";
 
 impl TestCluster {
     /// Starts etcd, a CA and `n` core nodes `node-0..n`, and waits until every slot
     /// is claimed and every node sees every member.
     pub async fn start(n: usize, extra_config: &str) -> Result<TestCluster> {
+        TestCluster::start_with(n, extra_config, DEFAULT_CLUSTER_EXTRA).await
+    }
+
+    /// [`TestCluster::start`] with `cluster_extra` as the rest of each `[cluster]` table
+    /// (it replaces [`DEFAULT_CLUSTER_EXTRA`], so set the lease there too).
+    pub async fn start_with(n: usize, extra_config: &str, cluster_extra: &str) -> Result<TestCluster> {
         let etcd = EtcdServer::start()?;
         let ca = tempfile::tempdir()?;
         ringcast(&["ca", "init", "--dir", &ca.path().display().to_string()])?;
         let name = format!("test{}", std::process::id());
-        let mut c = TestCluster { etcd, nodes: Vec::new(), name, ca, extra: extra_config.to_owned() };
+        let mut c = TestCluster {
+            etcd,
+            nodes: Vec::new(),
+            name,
+            ca,
+            extra: extra_config.to_owned(),
+            cluster_extra: cluster_extra.to_owned(),
+        };
         for i in 0..n {
             c.add_node(&format!("node-{i}"), "core")?;
         }
@@ -70,13 +89,14 @@ impl TestCluster {
         let file = |ext: &str| -> String { Path::new(dir).join(format!("{id}.{ext}")).display().to_string() };
         Ok(format!(
             "{base}\n[cluster]\nmembership = [\"{etcd}\"]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"127.0.0.1:0\"\n\
-             ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nlease_ttl = \"3s\"\nkeepalive = \"1s\"\n",
+             ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n{cluster_extra}",
             base = base_config(&self.extra),
             etcd = self.etcd.endpoint(),
             name = self.name,
             ca = Path::new(dir).join("ca.pem").display(),
             cert = file("pem"),
             key = file("key"),
+            cluster_extra = self.cluster_extra,
         ))
     }
 

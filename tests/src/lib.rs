@@ -178,10 +178,15 @@ impl Ringcastd {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) -> Result<()> {
+        self.signal("TERM")
+    }
+
+    /// Sends a signal by name (`TERM`, `STOP`, `CONT`, `KILL`).
+    pub fn signal(&self, name: &str) -> Result<()> {
         let pid = self.child.as_ref().context("already reaped")?.id();
-        let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        let status = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status()?;
         if !status.success() {
-            bail!("kill -TERM {pid} failed");
+            bail!("kill -{name} {pid} failed");
         }
         Ok(())
     }
@@ -383,6 +388,21 @@ impl WsClient {
     pub async fn open(url: &str) -> Result<WsClient> {
         let (ws, _) =
             tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await.context("connect timed out")??;
+        Ok(WsClient { ws, next_id: 1, pending: VecDeque::new() })
+    }
+
+    /// Opens a connection whose socket receive buffer is `bytes` (a reader the kernel
+    /// cannot buffer much for: with it, a client that stops reading stalls the server's
+    /// writes quickly).
+    pub async fn open_with_recv_buffer(url: &str, bytes: u32) -> Result<WsClient> {
+        let host = url.strip_prefix("ws://").and_then(|r| r.split('/').next()).context("ws://host:port/ URL")?;
+        let addr: SocketAddr = host.parse()?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(bytes)?;
+        let stream = tokio::time::timeout(WAIT, socket.connect(addr)).await.context("connect timed out")??;
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)))
+            .await
+            .context("handshake timed out")??;
         Ok(WsClient { ws, next_id: 1, pending: VecDeque::new() })
     }
 

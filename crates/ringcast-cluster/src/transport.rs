@@ -51,6 +51,9 @@ pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
 /// Connection close code: the peer's certificate does not name a usable node id, or
 /// names another node than the one dialled.
 pub const CLOSE_BAD_IDENTITY: VarInt = VarInt::from_u32(1);
+/// Connection close code: the sender's queue for this peer overflowed (the peer reads
+/// too slowly or is stalled); frames queued for it were dropped and it must resync.
+pub const CLOSE_OVERLOADED: VarInt = VarInt::from_u32(2);
 
 /// Why a link could not be set up.
 #[derive(Debug, thiserror::Error)]

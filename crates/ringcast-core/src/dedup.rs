@@ -72,6 +72,12 @@ impl DedupWindow {
         }
     }
 
+    /// Whether `key` is inside the window (whatever its payload).
+    pub fn contains(&mut self, key: &str, policy: &DedupPolicy, now: Millis) -> bool {
+        self.expire(policy, now);
+        self.index.contains_key(key)
+    }
+
     /// Records a key just sequenced. Call only after `check` returned `New`.
     pub fn record(&mut self, key: &str, digest: u64, position: StreamPosition, policy: &DedupPolicy, now: Millis) {
         let key: Arc<str> = key.into();

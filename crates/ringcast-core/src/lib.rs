@@ -17,6 +17,8 @@
 //!   idempotency dedup ([`dedup`]), recovery decisions and history pages.
 //! - [`mirror`]: exactly-once, in-order delivery at a subscriber node whatever order
 //!   the owner's messages arrive in (gaps are buffered, then filled from history).
+//! - [`send_queue`]: a connection's bounded send queue, backpressure policies and gap
+//!   notices.
 //! - [`caps`]: channel capability patterns carried in client tokens.
 //! - [`ratelimit`]: token buckets on an injected clock.
 //!
@@ -33,6 +35,7 @@ pub mod ownership;
 pub mod position;
 pub mod ratelimit;
 pub mod ring;
+pub mod send_queue;
 pub mod slot;
 pub mod time;
 

@@ -180,6 +180,12 @@ impl<P: Clone> ChannelLog<P> {
         Ok(Appended::Fresh { position, payload })
     }
 
+    /// Whether the idempotency window holds `key`: a publish with it would be answered
+    /// from the window (or refused as a conflict), not sequenced.
+    pub fn remembers(&mut self, key: &str, now: Millis) -> bool {
+        self.dedup.contains(key, &self.dedup_policy, now)
+    }
+
     /// Drops history and idempotency keys that have outlived their windows.
     pub fn prune(&mut self, now: Millis) {
         while let Some(front) = self.history.front() {
@@ -332,7 +338,9 @@ mod tests {
         assert_eq!(push(&mut l, 2, Some("k1"), 11), Ok(Appended::Duplicate { position: at(7, 1) }));
         assert_eq!(push(&mut l, 2, Some("k1"), 12), Err(AppendError::Conflict { position: at(7, 1) }));
         assert_eq!(l.top(), at(7, 2), "duplicates and conflicts sequence nothing");
+        assert!(l.remembers("k1", Millis(2)) && !l.remembers("k2", Millis(2)));
         // After the window the key is new again.
+        assert!(!l.remembers("k1", Millis(120_000)));
         assert!(matches!(push(&mut l, 121_000, Some("k1"), 11), Ok(Appended::Fresh { .. })));
     }
 

@@ -7,6 +7,7 @@
 
 use crate::dedup::DedupPolicy;
 use crate::log::HistoryPolicy;
+use crate::send_queue::{Bounds, MessagePolicy};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -17,19 +18,34 @@ pub const MAX_HISTORY_SIZE: usize = 100_000;
 /// Longest `history_ttl` any namespace may set.
 pub const MAX_HISTORY_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// What to do when a subscriber's send queue is full.
+/// What to do when a subscriber's send queue is full (see `crate::send_queue`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum BackpressurePolicy {
-    /// Drop the oldest queued messages, then tell the client with a `gap`.
+    /// Drop the channel's oldest queued messages, then tell the client with a `gap`:
+    /// a slow reader keeps up with the most recent messages (chat).
+    #[default]
     DropOldest,
     /// Drop the new message, then tell the client with a `gap`.
     DropNewest,
     /// Close the connection with `slow_consumer`; the client resumes from history.
-    #[default]
     Disconnect,
-    /// Replace a queued message with a newer one for the same key (scoreboards).
+    /// Replace a queued message with a newer one for the same key (scoreboards). Not
+    /// implemented yet: refused by [`NamespaceOptions::validate`].
     KeepLatest,
+}
+
+impl BackpressurePolicy {
+    /// The policy's configuration name (also its metrics label).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackpressurePolicy::DropOldest => "drop_oldest",
+            BackpressurePolicy::DropNewest => "drop_newest",
+            BackpressurePolicy::Disconnect => "disconnect",
+            BackpressurePolicy::KeepLatest => "keep_latest",
+        }
+    }
 }
 
 /// Options of one namespace. Every field has a default, documented on the field.
@@ -49,8 +65,19 @@ pub struct NamespaceOptions {
     /// Whether connections without a token may subscribe (and publish, if
     /// `client_publish`) (default false).
     pub anonymous: bool,
-    /// Slow-subscriber policy (default `disconnect`).
+    /// Slow-subscriber policy (default `drop_oldest`).
     pub backpressure: BackpressurePolicy,
+    /// Messages of this namespace a connection may have queued before the policy applies
+    /// (default: the connection's `limits.send_queue_messages`; never more than it).
+    pub send_queue_messages: Option<usize>,
+    /// Bytes of this namespace's messages a connection may have queued before the policy
+    /// applies (default: `limits.send_queue_bytes`; never more than it).
+    pub send_queue_bytes: Option<usize>,
+    /// Client publishes per second per channel, across the cluster (the owner counts
+    /// them; the server API is not limited). 0 disables the limit (default 100).
+    pub client_publish_rate: u32,
+    /// Client publishes a channel may take in a burst above the rate (default 200).
+    pub client_publish_burst: u32,
     /// How long an idempotency key is remembered (default `"2m"`).
     #[serde(with = "crate::time::serde_duration")]
     pub dedup_window: Duration,
@@ -64,7 +91,11 @@ impl Default for NamespaceOptions {
             client_publish: true,
             max_message_bytes: 64 * 1024,
             anonymous: false,
-            backpressure: BackpressurePolicy::Disconnect,
+            backpressure: BackpressurePolicy::DropOldest,
+            send_queue_messages: None,
+            send_queue_bytes: None,
+            client_publish_rate: 100,
+            client_publish_burst: 200,
             dedup_window: Duration::from_secs(120),
         }
     }
@@ -100,12 +131,44 @@ impl NamespaceOptions {
         if self.dedup_window.is_zero() || self.dedup_window > Duration::from_secs(3600) {
             return err("dedup_window", "must be between 1ms and 1h".into());
         }
+        if self.backpressure == BackpressurePolicy::KeepLatest {
+            return err(
+                "backpressure",
+                "keep_latest is not implemented yet; use drop_oldest, drop_newest or disconnect".into(),
+            );
+        }
+        if self.send_queue_messages == Some(0) {
+            return err("send_queue_messages", "must be at least 1".into());
+        }
+        if let Some(b) = self.send_queue_bytes {
+            if b < self.max_message_bytes {
+                return err(
+                    "send_queue_bytes",
+                    format!("{b} is below max_message_bytes ({}): no message would fit", self.max_message_bytes),
+                );
+            }
+        }
+        if self.client_publish_rate > 0 && self.client_publish_burst == 0 {
+            return err("client_publish_burst", "must be at least 1 when client_publish_rate is set".into());
+        }
         Ok(())
     }
 
     #[must_use]
     pub fn history_policy(&self) -> HistoryPolicy {
         HistoryPolicy { size: self.history_size, ttl: self.history_ttl }
+    }
+
+    /// How this namespace's messages are queued on a connection bounded by `connection`.
+    #[must_use]
+    pub fn message_policy(&self, connection: Bounds) -> MessagePolicy {
+        MessagePolicy {
+            policy: self.backpressure,
+            bounds: Bounds {
+                messages: self.send_queue_messages.map_or(connection.messages, |m| m.min(connection.messages)),
+                bytes: self.send_queue_bytes.map_or(connection.bytes, |b| b.min(connection.bytes)),
+            },
+        }
     }
 
     #[must_use]
@@ -147,5 +210,19 @@ mod tests {
             assert_eq!(v.ok(), Some(p));
         }
         assert!(serde_json::from_str::<BackpressurePolicy>("\"drop_all\"").is_err());
+        let keep = NamespaceOptions { backpressure: BackpressurePolicy::KeepLatest, ..Default::default() };
+        assert_eq!(keep.validate().map_err(|e| e.field), Err("backpressure"), "not implemented yet");
+    }
+
+    #[test]
+    fn a_namespace_bound_never_exceeds_the_connections() {
+        let conn = Bounds { messages: 1000, bytes: 1 << 20 };
+        let d = NamespaceOptions::default();
+        assert_eq!(d.message_policy(conn).bounds, conn);
+        assert_eq!(d.message_policy(conn).policy, BackpressurePolicy::DropOldest);
+        let tight = NamespaceOptions { send_queue_messages: Some(10), send_queue_bytes: Some(1 << 30), ..d };
+        assert_eq!(tight.message_policy(conn).bounds, Bounds { messages: 10, bytes: 1 << 20 });
+        let bad = NamespaceOptions { send_queue_bytes: Some(10), ..NamespaceOptions::default() };
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("send_queue_bytes"));
     }
 }

@@ -209,6 +209,43 @@ pub fn encode_message(channel: &ChannelName, position: StreamPosition, data: &Ra
     })
 }
 
+#[derive(Serialize)]
+struct GapPush<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    channel: &'a str,
+    epoch: Epoch,
+    from: Offset,
+    to: Offset,
+    reason: &'static str,
+}
+
+/// Why messages were skipped, in a `gap` push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    /// The connection's send queue was full and its namespace drops messages.
+    SlowConsumer,
+    /// The node lost the messages on their way from the channel's owner and the owner's
+    /// history no longer holds them.
+    Unavailable,
+}
+
+impl GapReason {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::SlowConsumer => "slow_consumer",
+            GapReason::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The `gap` push: offsets `from..=to` of `channel` in `epoch` were not delivered.
+#[must_use]
+pub fn encode_gap(channel: &ChannelName, epoch: Epoch, from: Offset, to: Offset, reason: GapReason) -> String {
+    to_json(&GapPush { kind: "gap", channel: channel.as_str(), epoch, from, to, reason: reason.as_str() })
+}
+
 /// Fields of a `connected` reply.
 #[derive(Debug, Serialize)]
 pub struct Connected<'a> {

@@ -18,7 +18,7 @@
 use bincode::{Decode, Encode};
 
 /// Version of this frame catalogue, sent in `Hello`.
-pub const FRAMES_VERSION: u16 = 1;
+pub const FRAMES_VERSION: u16 = 2;
 
 /// A resume position as sent between nodes (`epoch` absent when the client sent none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -61,7 +61,17 @@ pub enum PeerFrame {
     Hello { node: String, version: u16 },
 
     /// Gateway -> owner: sequence a message.
-    Publish { req: u64, slot: u16, slot_epoch: u64, channel: String, data: String, idempotency_key: Option<String> },
+    /// `client`: a client's publish (held to the channel's `client_publish_rate` by the
+    /// owner), not the server API's.
+    Publish {
+        req: u64,
+        slot: u16,
+        slot_epoch: u64,
+        channel: String,
+        data: String,
+        idempotency_key: Option<String>,
+        client: bool,
+    },
     /// Gateway -> owner: answer a subscribe (recovery from `since`), and with `interest`
     /// start sending this node every message of the channel.
     Subscribe { req: u64, slot: u16, slot_epoch: u64, channel: String, since: Option<SinceWire>, interest: bool },
@@ -98,4 +108,39 @@ pub enum PeerFrame {
     Handoff { req: u64, slot: u16, from_epoch: u64, channels: Vec<ChannelSnapshotWire> },
     /// New owner -> old owner: the slot is claimed at `epoch` and served from here on.
     HandedOff { req: u64, slot: u16, epoch: u64 },
+}
+
+/// Fixed overhead counted per frame by [`PeerFrame::size_hint`] (ids, numbers, lengths).
+const FRAME_OVERHEAD: usize = 64;
+
+impl PeerFrame {
+    /// About how many bytes the frame takes queued and on the wire: its strings' lengths
+    /// plus a fixed overhead. Cheap (no encoding), for bounding per-peer queues.
+    #[must_use]
+    pub fn size_hint(&self) -> usize {
+        let strings: usize = match self {
+            PeerFrame::Hello { node, .. } => node.len(),
+            PeerFrame::Publish { channel, data, idempotency_key, .. } => {
+                channel.len() + data.len() + idempotency_key.as_ref().map_or(0, String::len)
+            }
+            PeerFrame::Subscribe { channel, .. }
+            | PeerFrame::Unsubscribe { channel, .. }
+            | PeerFrame::History { channel, .. } => channel.len(),
+            PeerFrame::Acked { .. } | PeerFrame::HandedOff { .. } => 0,
+            PeerFrame::Subscribed { replay, .. } => replay.iter().map(|m| m.len() + 8).sum(),
+            PeerFrame::HistoryPage { messages, .. } => messages.iter().map(|m| m.len() + 8).sum(),
+            PeerFrame::Refused { code, message, .. } => code.len() + message.len(),
+            PeerFrame::Deliver { channel, frame, .. } => channel.len() + frame.len(),
+            PeerFrame::Handoff { channels, .. } => channels
+                .iter()
+                .map(|c| {
+                    c.channel.len()
+                        + c.history.iter().map(|(_, _, m)| m.len() + 24).sum::<usize>()
+                        + c.dedup.iter().map(|(k, ..)| k.len() + 32).sum::<usize>()
+                        + c.interest.iter().map(String::len).sum::<usize>()
+                })
+                .sum(),
+        };
+        strings + FRAME_OVERHEAD
+    }
 }

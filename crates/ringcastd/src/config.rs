@@ -174,6 +174,21 @@ pub struct ClusterConfig {
     /// lands, slots stay with the node that claimed them.
     #[serde(default = "default_claim_delay", with = "ringcast_core::time::serde_duration")]
     pub claim_delay: Duration,
+    /// Frames queued for one peer before its link counts as overloaded and is dropped
+    /// (default 65536).
+    #[serde(default = "default_peer_queue_frames")]
+    pub peer_queue_frames: usize,
+    /// Bytes queued for one peer before its link counts as overloaded (default 64 MiB).
+    #[serde(default = "default_peer_queue_bytes")]
+    pub peer_queue_bytes: usize,
+}
+
+fn default_peer_queue_frames() -> usize {
+    65_536
+}
+
+fn default_peer_queue_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 fn default_claim_delay() -> Duration {
@@ -449,6 +464,12 @@ impl Config {
             if cl.claim_delay > Duration::from_secs(60) {
                 return invalid("cluster.claim_delay", "must be at most 60s".into());
             }
+            if !(16..=10_000_000).contains(&cl.peer_queue_frames) {
+                return invalid("cluster.peer_queue_frames", "must be between 16 and 10000000".into());
+            }
+            if !(64 * 1024..=16 * 1024 * 1024 * 1024).contains(&cl.peer_queue_bytes) {
+                return invalid("cluster.peer_queue_bytes", "must be between 65536 and 17179869184 (16 GiB)".into());
+            }
             if cl.keepalive.is_zero() || cl.keepalive * 3 > cl.lease_ttl {
                 return invalid("cluster.keepalive", "must be above zero and at most a third of lease_ttl".into());
             }
@@ -459,6 +480,15 @@ impl Config {
             }
             if let Err(e) = ns.validate() {
                 return invalid(&format!("namespaces.{name}.{}", e.field), e.problem);
+            }
+            if ns.send_queue_bytes.is_some_and(|b| b < ns.max_message_bytes + ENVELOPE_ALLOWANCE_BYTES) {
+                return invalid(
+                    &format!("namespaces.{name}.send_queue_bytes"),
+                    format!(
+                        "must be at least max_message_bytes + {ENVELOPE_ALLOWANCE_BYTES} ({}): room for one message",
+                        ns.max_message_bytes + ENVELOPE_ALLOWANCE_BYTES
+                    ),
+                );
             }
             if ns.max_message_bytes + ENVELOPE_ALLOWANCE_BYTES > l.max_frame_bytes {
                 return invalid(
@@ -481,6 +511,16 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::load(Some((text, "test.toml")), &HashMap::new(), &FlagOverrides::default())
+    }
+
+    #[test]
+    fn the_full_example_in_the_docs_is_valid() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let after = doc.split("## A full example").nth(1).unwrap_or_default();
+        let example = after.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).unwrap_or_default();
+        assert!(example.contains("[namespaces."), "the example block was not found");
+        let c = load(example).unwrap_or_else(|e| panic!("docs/configuration.md example: {e}"));
+        assert_eq!(c.namespaces["chat"].backpressure, ringcast_core::BackpressurePolicy::DropOldest);
     }
 
     #[test]

@@ -172,7 +172,11 @@ async fn publish_one(
             format!("data is {} bytes; namespace limit is {}", data.get().len(), ns.max_message_bytes),
         ));
     }
-    let p = node.router.publish(channel, ns, data, key, node.now()).await.map_err(|r| ApiError(r.code, r.message))?;
+    let p = node
+        .router
+        .publish(channel, ns, data, key, crate::hub::Origin::Api, node.now())
+        .await
+        .map_err(|r| ApiError(r.code, r.message))?;
     node.metrics.publish(crate::metrics::Source::Http);
     node.metrics.publish_latency(started.elapsed());
     let ack =

@@ -29,7 +29,9 @@ use ringcast_core::dedup::payload_digest;
 use ringcast_core::log::AppendError;
 use ringcast_core::mirror::{Mirror, Offer, DEFAULT_MAX_PENDING};
 use ringcast_core::ownership::SlotEpoch;
+use ringcast_core::send_queue::{GapCause, GapNotice, MessagePolicy};
 use ringcast_core::NodeId;
+use ringcast_core::TokenBucket;
 use ringcast_core::{
     Appended, ChannelLog, ChannelName, ConnId, Epoch, HistoryPage, Millis, NamespaceOptions, NotRecoveredReason,
     Offset, Recovery, Slot, StreamPosition,
@@ -88,7 +90,10 @@ struct ChannelState {
     mirror: Option<Mirror<Utf8Bytes>>,
     /// Gateway role: this node asked the remote owner for the channel's messages.
     remote_interest: bool,
-    subscribers: HashMap<ConnId, Arc<Outbox>>,
+    subscribers: HashMap<ConnId, Subscriber>,
+    /// Owner role: the channel's budget for client publishes (namespace
+    /// `client_publish_rate`); `None` until a client first publishes.
+    client_publishes: Option<TokenBucket>,
     /// Set by the sweeper when it drops the channel from its shard; a caller holding a
     /// stale handle retries with a fresh one.
     removed: bool,
@@ -104,14 +109,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A local connection subscribing to a channel: who it is, where its frames go, the
-/// position it resumes after, and the command id its `subscribed` reply echoes.
+/// A local connection subscribing to a channel: who it is, where its frames go and how
+/// (its namespace's backpressure policy), the position it resumes after, and the command
+/// id its `subscribed` reply echoes.
 #[derive(Debug, Clone)]
 pub struct LocalSubscriber {
     pub conn: ConnId,
     pub outbox: Arc<Outbox>,
+    pub policy: MessagePolicy,
     pub since: Option<Since>,
     pub reply_id: u64,
+}
+
+/// A subscriber in a channel's fan-out.
+#[derive(Debug)]
+struct Subscriber {
+    outbox: Arc<Outbox>,
+    policy: MessagePolicy,
+}
+
+/// Who asked for a publish: clients are held to the channel's `client_publish_rate`,
+/// the server API is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Api,
 }
 
 /// A publish that was acknowledged.
@@ -223,9 +245,7 @@ impl Hub {
                     for (offset, _, frame) in &h.log.history {
                         mirror.offer(top.epoch, *offset, frame.clone(), now, &mut ready);
                     }
-                    for f in &ready {
-                        self.fan_out(st, f);
-                    }
+                    self.fan_out_ready(&h.channel, st, top.epoch, ready);
                 }
                 st.log = Some(ChannelLog::restore(h.log, ns.history_policy(), ns.dedup_policy(), now));
                 st.interest = h.interest.into_iter().filter(|n| n != me).collect();
@@ -280,6 +300,7 @@ impl Hub {
                                 mirror: None,
                                 remote_interest: false,
                                 subscribers: HashMap::new(),
+                                client_publishes: None,
                                 removed: false,
                             }),
                         })
@@ -310,13 +331,17 @@ impl Hub {
     }
 
     /// Owner: sequences a publish and fans it out to local subscribers and to every
-    /// interested node (under `slot_epoch`).
+    /// interested node (under `slot_epoch`). A client publish beyond the channel's
+    /// `client_publish_rate` is refused with `rate_limited` (a retry with the same
+    /// idempotency key is answered from the window first, free).
+    #[allow(clippy::too_many_arguments)]
     pub fn publish(
         &self,
         channel: &ChannelName,
         ns: &NamespaceOptions,
         data: &RawValue,
         idempotency_key: Option<&str>,
+        origin: Origin,
         now: Millis,
         slot_epoch: SlotEpoch,
     ) -> Result<Published, ErrorCode> {
@@ -324,6 +349,16 @@ impl Hub {
         self.with_channel(channel, |st| {
             if self.is_sealed(channel) {
                 return Err(ErrorCode::Unavailable);
+            }
+            if origin == Origin::Client && ns.client_publish_rate > 0 {
+                let known = idempotency_key.is_some_and(|k| st.log.as_mut().is_some_and(|l| l.remembers(k, now)));
+                let bucket = st
+                    .client_publishes
+                    .get_or_insert_with(|| TokenBucket::new(ns.client_publish_rate, ns.client_publish_burst, now));
+                if !known && !bucket.try_take(now) {
+                    self.metrics.channel_rate_limited.fetch_add(1, Ordering::Relaxed);
+                    return Err(ErrorCode::RateLimited);
+                }
             }
             let appended = self
                 .owned_log(st, ns)
@@ -335,7 +370,7 @@ impl Hub {
                     Ok(Published { position, duplicate: true })
                 }
                 Appended::Fresh { position, payload } => {
-                    self.fan_out(st, &payload);
+                    self.fan_out(channel, st, position, &payload);
                     self.fan_out_remote(channel, st, position, &payload, slot_epoch);
                     Ok(Published { position, duplicate: false })
                 }
@@ -343,26 +378,53 @@ impl Hub {
         })
     }
 
-    /// Pushes one frame to every local subscriber; drops those whose queue overflowed.
-    fn fan_out(&self, st: &mut ChannelState, frame: &Utf8Bytes) {
+    /// Pushes one message to every local subscriber under its policy; removes those
+    /// whose queue overflowed or closed.
+    fn fan_out(&self, channel: &ChannelName, st: &mut ChannelState, position: StreamPosition, frame: &Utf8Bytes) {
         let mut delivered = 0u64;
-        let mut dropped: Vec<ConnId> = Vec::new();
-        for (conn, outbox) in &st.subscribers {
-            match outbox.push(frame.clone()) {
-                Pushed::Queued => delivered += 1,
+        let mut gone: Vec<ConnId> = Vec::new();
+        for (conn, sub) in &st.subscribers {
+            match sub.outbox.push_message(frame.clone(), channel, position, sub.policy) {
+                Pushed::Queued { dropped } => {
+                    delivered += 1;
+                    self.metrics.dropped(sub.policy.policy, dropped);
+                }
+                Pushed::Dropped { dropped } => self.metrics.dropped(sub.policy.policy, dropped),
                 Pushed::Overflow => {
                     self.metrics.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
-                    dropped.push(*conn);
+                    gone.push(*conn);
                 }
-                Pushed::Closed => dropped.push(*conn),
+                Pushed::Closed => gone.push(*conn),
             }
         }
-        for conn in dropped {
+        for conn in gone {
             if st.subscribers.remove(&conn).is_some() {
                 self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
             }
         }
         self.metrics.deliveries.fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    /// Fans out what a mirror made deliverable (offsets of `epoch`, in order).
+    fn fan_out_ready(
+        &self,
+        channel: &ChannelName,
+        st: &mut ChannelState,
+        epoch: Epoch,
+        ready: Vec<(Offset, Utf8Bytes)>,
+    ) {
+        for (offset, frame) in ready {
+            self.fan_out(channel, st, StreamPosition { epoch, offset }, &frame);
+        }
+    }
+
+    /// Tells every local subscriber that `from..=to` will not arrive (the node lost the
+    /// messages and the owner's history no longer holds them).
+    fn announce_lost(&self, channel: &ChannelName, st: &ChannelState, epoch: Epoch, (from, to): (Offset, Offset)) {
+        self.metrics.lost_messages.fetch_add(to.0.saturating_sub(from.0) + 1, Ordering::Relaxed);
+        for sub in st.subscribers.values() {
+            sub.outbox.push_gap(GapNotice { channel: channel.clone(), epoch, from, to, cause: GapCause::Unavailable });
+        }
     }
 
     /// One `Deliver` per interested node. A node whose link cannot take it loses its
@@ -421,7 +483,7 @@ impl Hub {
             let (outcome, replay) = recover(log, sub.since, now);
             let reply = Utf8Bytes::from(encode_subscribed(sub.reply_id, channel, top, outcome));
             sub.outbox.push_unbounded(std::iter::once(reply).chain(replay));
-            st.subscribers.insert(sub.conn, sub.outbox.clone());
+            st.subscribers.insert(sub.conn, Subscriber { outbox: sub.outbox.clone(), policy: sub.policy });
             self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
@@ -532,16 +594,100 @@ impl Hub {
         out
     }
 
-    /// Gateway: messages fetched to fill a mirror's gap, as `(position, frame)`.
-    pub fn offer_fill(&self, channel: &ChannelName, messages: Vec<(StreamPosition, Utf8Bytes)>, now: Millis) {
+    /// Gateway: a page of the owner's history fetched to fill a mirror's gap: its
+    /// stream `epoch`, the oldest offset it still holds, and its messages as
+    /// `(position, frame)`. What the owner no longer holds is given up and announced to
+    /// local subscribers as a `gap`.
+    pub fn offer_fill(
+        &self,
+        channel: &ChannelName,
+        epoch: Option<Epoch>,
+        oldest: Offset,
+        messages: Vec<(StreamPosition, Utf8Bytes)>,
+        now: Millis,
+    ) {
         self.with_existing(channel, |st| {
             let Some(mirror) = st.mirror.as_mut() else { return };
+            let mine = mirror.position().epoch;
+            if epoch != Some(mine) {
+                // The owner's stream restarted; the next Deliver re-bases the mirror.
+                return;
+            }
             let mut ready = Vec::new();
             for (pos, frame) in messages {
                 mirror.offer(pos.epoch, pos.offset, frame, now, &mut ready);
             }
-            for f in &ready {
-                self.fan_out(st, f);
+            let lost = mirror.skip_to(Offset(oldest.0.saturating_sub(1)), now, &mut ready);
+            if let Some(range) = lost {
+                self.announce_lost(channel, st, mine, range);
+            }
+            self.fan_out_ready(channel, st, mine, ready);
+        });
+    }
+
+    /// Gateway: channels this node follows from a remote owner for local subscribers,
+    /// with the position delivered up to.
+    pub fn mirrored_channels(&self) -> Vec<(ChannelName, StreamPosition)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let cells: Vec<(ChannelName, Arc<Channel>)> =
+                lock(shard).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            for (name, cell) in cells {
+                let st = lock(&cell.state);
+                if let (Some(m), false) = (st.mirror.as_ref(), st.subscribers.is_empty()) {
+                    out.push((name, m.position()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Gateway: the owner answered a resync (a re-subscription from the mirror's
+    /// position, after its stream to this node ended). `top` is its stream's position;
+    /// `lost_before` the oldest offset it still holds when the position had expired;
+    /// `replay` what followed the position. Offsets the owner no longer holds are
+    /// announced to local subscribers as a `gap`; the rest is delivered or fetched.
+    pub fn resynced(
+        &self,
+        channel: &ChannelName,
+        top: StreamPosition,
+        lost_before: Option<Offset>,
+        replay: Vec<(StreamPosition, Utf8Bytes)>,
+        now: Millis,
+    ) {
+        self.with_existing(channel, |st| {
+            if st.subscribers.is_empty() {
+                return;
+            }
+            st.remote_interest = true;
+            let Some(mirror) = st.mirror.as_mut() else { return };
+            if mirror.position().epoch != top.epoch {
+                // The owner's stream restarted: follow the new epoch (subscribers see it
+                // in every message's epoch), as for a Deliver in a new epoch.
+                mirror.rebase(top);
+                return;
+            }
+            let mut ready = Vec::new();
+            if let Some(oldest) = lost_before {
+                if let Some(range) = mirror.skip_to(Offset(oldest.0.saturating_sub(1)), now, &mut ready) {
+                    self.announce_lost(channel, st, top.epoch, range);
+                }
+            }
+            let Some(mirror) = st.mirror.as_mut() else { return };
+            for (pos, frame) in replay {
+                mirror.offer(pos.epoch, pos.offset, frame, now, &mut ready);
+            }
+            mirror.expect(top.epoch, top.offset, now);
+            self.fan_out_ready(channel, st, top.epoch, ready);
+        });
+    }
+
+    /// Gateway: the owner's stream for `channel` reaches `top` (a re-subscription's
+    /// reply): anything this node has not delivered up to there is fetched as a gap.
+    pub fn expect_remote(&self, channel: &ChannelName, top: StreamPosition, now: Millis) {
+        self.with_existing(channel, |st| {
+            if let Some(m) = st.mirror.as_mut() {
+                m.expect(top.epoch, top.offset, now);
             }
         });
     }
@@ -578,7 +724,7 @@ impl Hub {
             }
             let reply = Utf8Bytes::from(encode_subscribed(sub.reply_id, channel, top, outcome));
             sub.outbox.push_unbounded(std::iter::once(reply).chain(replay));
-            st.subscribers.insert(sub.conn, sub.outbox.clone());
+            st.subscribers.insert(sub.conn, Subscriber { outbox: sub.outbox.clone(), policy: sub.policy });
             self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
@@ -612,9 +758,8 @@ impl Hub {
                 });
                 mirror.offer(position.epoch, position.offset, frame, now, &mut ready);
             }
-            for f in &ready {
-                self.fan_out(st, f);
-            }
+            let epoch = mirror.position().epoch;
+            self.fan_out_ready(channel, st, epoch, ready);
             true
         })
         .unwrap_or(false)
@@ -625,7 +770,13 @@ impl Hub {
     pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId) -> (bool, bool) {
         let (removed, release) = self
             .with_existing(channel, |st| {
-                let removed = st.subscribers.remove(&conn).is_some();
+                let removed = match st.subscribers.remove(&conn) {
+                    Some(sub) => {
+                        sub.outbox.forget(channel);
+                        true
+                    }
+                    None => false,
+                };
                 let release = removed && st.subscribers.is_empty() && st.remote_interest;
                 if release {
                     st.remote_interest = false;
@@ -713,10 +864,12 @@ fn recover(log: &mut ChannelLog<Utf8Bytes>, since: Option<Since>, now: Millis) -
 mod tests {
     use super::*;
     use ringcast_core::dedup::DedupPolicy;
+    use ringcast_core::BackpressurePolicy;
     use std::time::Duration;
 
     fn sub(conn: u64, outbox: &Arc<Outbox>, since: Option<Since>, reply_id: u64) -> LocalSubscriber {
-        LocalSubscriber { conn: ConnId(conn), outbox: outbox.clone(), since, reply_id }
+        let policy = NamespaceOptions::default().message_policy(outbox.bounds());
+        LocalSubscriber { conn: ConnId(conn), outbox: outbox.clone(), policy, since, reply_id }
     }
 
     fn hub() -> Hub {
@@ -743,13 +896,13 @@ mod tests {
         let ns = NamespaceOptions::default();
         let c = ch("chat:a");
         for i in 1..=5 {
-            h.publish(&c, &ns, &raw(&i.to_string()), None, Millis(0), SlotEpoch(1)).ok();
+            h.publish(&c, &ns, &raw(&i.to_string()), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
         }
         let epoch = h.info(&c).top.map(|t| t.epoch);
         let o = Arc::new(Outbox::new(100, 1 << 20));
         let since = Since { epoch, offset: Offset(2) };
         assert_eq!(h.subscribe(&c, &ns, &sub(1, &o, Some(since), 9), Millis(0)), Ok(()));
-        h.publish(&c, &ns, &raw("6"), None, Millis(0), SlotEpoch(1)).ok();
+        h.publish(&c, &ns, &raw("6"), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
         let got = frames(&o);
         assert_eq!(got[0]["type"], "subscribed");
         assert_eq!(got[0]["recovered"], true);
@@ -768,31 +921,96 @@ mod tests {
             ..Default::default()
         };
         let c = ch("chat:b");
-        let first = h.publish(&c, &ns, &raw("1"), Some("k"), Millis(0), SlotEpoch(1)).map(|p| p.position);
+        let first = h.publish(&c, &ns, &raw("1"), Some("k"), Origin::Api, Millis(0), SlotEpoch(1)).map(|p| p.position);
         assert_eq!(h.sweep(Millis(500)), 0);
         assert_eq!(h.sweep(Millis(1_000)), 1);
-        let second = h.publish(&c, &ns, &raw("1"), Some("k"), Millis(1_000), SlotEpoch(1)).map(|p| p.position);
+        let second =
+            h.publish(&c, &ns, &raw("1"), Some("k"), Origin::Api, Millis(1_000), SlotEpoch(1)).map(|p| p.position);
         assert_ne!(first.map(|p| p.epoch), second.map(|p| p.epoch));
         assert_eq!(second.map(|p| p.offset), Ok(Offset(1)));
         let _ = DedupPolicy::default();
     }
 
+    fn sub_in(ns: &NamespaceOptions, conn: u64, outbox: &Arc<Outbox>) -> LocalSubscriber {
+        LocalSubscriber { policy: ns.message_policy(outbox.bounds()), ..sub(conn, outbox, None, 1) }
+    }
+
     #[test]
     fn slow_subscriber_is_dropped_without_touching_others() {
         let h = hub();
-        let ns = NamespaceOptions::default();
+        let ns = NamespaceOptions { backpressure: BackpressurePolicy::Disconnect, ..Default::default() };
         let c = ch("chat:c");
         let slow = Arc::new(Outbox::new(3, 1 << 20));
         let fast = Arc::new(Outbox::new(1000, 1 << 20));
-        h.subscribe(&c, &ns, &sub(1, &slow, None, 1), Millis(0)).ok();
-        h.subscribe(&c, &ns, &sub(2, &fast, None, 1), Millis(0)).ok();
+        h.subscribe(&c, &ns, &sub_in(&ns, 1, &slow), Millis(0)).ok();
+        h.subscribe(&c, &ns, &sub_in(&ns, 2, &fast), Millis(0)).ok();
         for i in 0..10 {
-            h.publish(&c, &ns, &raw(&i.to_string()), None, Millis(0), SlotEpoch(1)).ok();
+            h.publish(&c, &ns, &raw(&i.to_string()), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
         }
         let mut out = Vec::new();
         assert_eq!(slow.drain(&mut out), Some(ringcast_proto::CloseCode::SlowConsumer));
         assert_eq!(frames(&fast).len(), 11);
         assert_eq!(h.info(&c).local_subscribers, 1);
+    }
+
+    #[test]
+    fn a_drop_oldest_reader_keeps_the_latest_with_a_gap_and_stays_subscribed() {
+        let h = hub();
+        let ns = NamespaceOptions { send_queue_messages: Some(3), ..Default::default() };
+        let c = ch("chat:d");
+        let slow = Arc::new(Outbox::new(1000, 1 << 20));
+        h.subscribe(&c, &ns, &sub_in(&ns, 1, &slow), Millis(0)).ok();
+        for i in 1..=10 {
+            h.publish(&c, &ns, &raw(&i.to_string()), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
+        }
+        let got = frames(&slow);
+        let kinds: Vec<String> = got
+            .iter()
+            .map(|f| match f["type"].as_str() {
+                Some("gap") => format!("gap {}-{}", f["from"], f["to"]),
+                Some("message") => format!("m{}", f["offset"]),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds[1..], ["gap 1-7", "m8", "m9", "m10"]);
+        assert_eq!(h.info(&c).local_subscribers, 1, "still subscribed");
+    }
+
+    #[test]
+    fn client_publishes_are_limited_per_channel_and_retries_are_free() {
+        let h = hub();
+        let ns = NamespaceOptions { client_publish_rate: 10, client_publish_burst: 2, ..Default::default() };
+        let (a, b) = (ch("chat:rate-a"), ch("chat:rate-b"));
+        let publish = |c: &ChannelName, key: Option<&str>, origin, at: u64| {
+            h.publish(c, &ns, &raw("1"), key, origin, Millis(at), SlotEpoch(1)).map(|p| p.duplicate)
+        };
+        assert_eq!(publish(&a, Some("k"), Origin::Client, 0), Ok(false));
+        assert_eq!(publish(&a, None, Origin::Client, 0), Ok(false));
+        assert_eq!(publish(&a, None, Origin::Client, 0), Err(ErrorCode::RateLimited));
+        assert_eq!(publish(&a, Some("k"), Origin::Client, 0), Ok(true), "a retry is answered from the window");
+        assert_eq!(publish(&a, None, Origin::Api, 0), Ok(false), "the server API is not limited");
+        assert_eq!(publish(&b, None, Origin::Client, 0), Ok(false), "each channel has its own budget");
+        assert_eq!(publish(&a, None, Origin::Client, 100), Ok(false), "refilled at 10/s");
+    }
+
+    #[test]
+    fn a_fill_the_owner_can_no_longer_serve_becomes_a_gap() {
+        let h = hub();
+        let c = ch("chat:lost");
+        let epoch = Epoch::new(9).unwrap_or_else(|| unreachable!());
+        let at = |o: u64| StreamPosition { epoch, offset: Offset(o) };
+        let frame = |o: u64| Utf8Bytes::from(encode_message(&c, at(o), &raw(&o.to_string())));
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        h.attach_remote(&c, &sub(1, &o, None, 3), at(10), SubscribeOutcome::Fresh, vec![]).ok();
+        h.deliver_remote(&c, at(40), frame(40), Millis(0));
+        // The owner's history now starts at 30: 11..=29 are gone, 30..=39 come with the page.
+        h.offer_fill(&c, Some(epoch), Offset(30), (30..40).map(|o| (at(o), frame(o))).collect(), Millis(600));
+        let got = frames(&o);
+        assert_eq!(got[1]["type"], "gap");
+        assert_eq!((got[1]["from"].as_u64(), got[1]["to"].as_u64()), (Some(11), Some(29)));
+        assert_eq!(got[1]["reason"], "unavailable");
+        let offsets: Vec<u64> = got[2..].iter().filter_map(|m| m["offset"].as_u64()).collect();
+        assert_eq!(offsets, (30..=40).collect::<Vec<_>>());
     }
 
     /// Records frames per peer, in queue order (stands in for the peer links).
@@ -817,18 +1035,18 @@ mod tests {
         h.set_peers(rec.clone());
         let ns = NamespaceOptions::default();
         let c = ch("chat:remote");
-        h.publish(&c, &ns, &raw("1"), None, Millis(0), SlotEpoch(5)).ok();
+        h.publish(&c, &ns, &raw("1"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
         let g = node("gw");
         assert!(h.serve_peer_subscribe(&c, &ns, &g, 7, None, true, Millis(0)));
         assert!(h.serve_peer_subscribe(&c, &ns, &g, 8, None, false, Millis(0)));
-        h.publish(&c, &ns, &raw("2"), None, Millis(0), SlotEpoch(5)).ok();
+        h.publish(&c, &ns, &raw("2"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
         let frames = lock(&rec.0).clone();
         assert!(matches!(&frames[0].1, PeerFrame::Subscribed { req: 7, offset: 1, .. }), "{frames:?}");
         assert!(matches!(&frames[1].1, PeerFrame::Subscribed { req: 8, offset: 1, .. }));
         assert!(matches!(&frames[2].1, PeerFrame::Deliver { offset: 2, slot_epoch: 5, .. }));
         assert_eq!(frames.len(), 3, "one Deliver per node, however many subscribers it has");
         h.drop_interest(&c, &g);
-        h.publish(&c, &ns, &raw("3"), None, Millis(0), SlotEpoch(5)).ok();
+        h.publish(&c, &ns, &raw("3"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
         assert_eq!(lock(&rec.0).len(), 3);
     }
 
@@ -849,7 +1067,7 @@ mod tests {
         let fills = h.due_fills(Millis(600), std::time::Duration::from_millis(500));
         assert_eq!(fills.len(), 1);
         assert_eq!((fills[0].1.after, fills[0].1.before), (Offset(11), Offset(13)));
-        h.offer_fill(&c, vec![(at(12), frame(12))], Millis(700));
+        h.offer_fill(&c, Some(epoch), Offset(1), vec![(at(12), frame(12))], Millis(700));
         let got = frames(&o);
         let offsets: Vec<u64> = got.iter().filter_map(|m| m["offset"].as_u64()).collect();
         assert_eq!(offsets, vec![10, 11, 12, 13], "the subscribed reply (at 10), then 11..=13 once each");

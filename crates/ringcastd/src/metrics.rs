@@ -4,6 +4,7 @@
 //! one test process and each counts only its own work. Updates are relaxed atomic adds;
 //! nothing on the hot path allocates or locks.
 
+use ringcast_core::BackpressurePolicy;
 use ringcast_proto::{CloseCode, ErrorCode};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -30,9 +31,22 @@ pub struct Metrics {
     publishes_http: AtomicU64,
     pub publish_duplicates: AtomicU64,
     pub deliveries: AtomicU64,
+    /// Connections closed 4008 because their queue overflowed (`disconnect`).
     pub slow_consumer_drops: AtomicU64,
+    /// Messages dropped from connections' queues under `drop_oldest` and `drop_newest`.
+    drops_oldest: AtomicU64,
+    drops_newest: AtomicU64,
+    /// Client publishes refused by a channel's `client_publish_rate`.
+    pub channel_rate_limited: AtomicU64,
+    /// Messages this node lost on their way from an owner that the owner's history no
+    /// longer held (announced to subscribers as `gap` with reason `unavailable`).
+    pub lost_messages: AtomicU64,
     /// `Deliver` frames a peer link could not take (the peer then resyncs by offset).
     pub peer_drops: AtomicU64,
+    /// Peer links dropped because their queue overflowed.
+    pub peer_overflows: AtomicU64,
+    /// Channels this node re-subscribed to after an owner's stream ended.
+    pub resyncs: AtomicU64,
     /// `Deliver` frames refused because an owner with a newer slot epoch was seen.
     pub fenced_frames: AtomicU64,
     /// Slots this node handed off to another node.
@@ -57,6 +71,19 @@ impl Metrics {
         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
             self.errors[i].fetch_add(1, Relaxed);
         }
+    }
+
+    /// Counts messages dropped from a queue under `policy`.
+    pub fn dropped(&self, policy: BackpressurePolicy, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let n = n as u64;
+        match policy {
+            BackpressurePolicy::DropOldest => self.drops_oldest.fetch_add(n, Relaxed),
+            BackpressurePolicy::DropNewest => self.drops_newest.fetch_add(n, Relaxed),
+            BackpressurePolicy::Disconnect | BackpressurePolicy::KeepLatest => 0,
+        };
     }
 
     pub fn close(&self, code: CloseCode) {
@@ -115,15 +142,43 @@ impl Metrics {
         );
         let _ = writeln!(
             o,
-            "# HELP ringcast_drops_total Deliveries dropped, by policy.\n# TYPE ringcast_drops_total counter\n\
+            "# HELP ringcast_drops_total Slow-consumer drops by policy: messages dropped (drop_oldest, drop_newest) \
+             or connections closed 4008 (disconnect).\n# TYPE ringcast_drops_total counter\n\
+             ringcast_drops_total{{policy=\"drop_oldest\"}} {}\nringcast_drops_total{{policy=\"drop_newest\"}} {}\n\
              ringcast_drops_total{{policy=\"disconnect\"}} {}",
+            self.drops_oldest.load(Relaxed),
+            self.drops_newest.load(Relaxed),
             self.slow_consumer_drops.load(Relaxed)
+        );
+        counter(
+            &mut o,
+            "ringcast_channel_rate_limited_total",
+            "Client publishes refused by a channel's client_publish_rate.",
+            self.channel_rate_limited.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_lost_messages_total",
+            "Messages lost between an owner and this node beyond the owner's history (sent to clients as gap).",
+            self.lost_messages.load(Relaxed),
         );
         counter(
             &mut o,
             "ringcast_peer_drops_total",
             "Deliver frames dropped because a peer link was full or gone (the peer resyncs by offset).",
             self.peer_drops.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_peer_overflows_total",
+            "Peer links dropped because their bounded queue overflowed (a slow or stalled peer).",
+            self.peer_overflows.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_resyncs_total",
+            "Channels re-subscribed by offset after an owner's stream to this node ended.",
+            self.resyncs.load(Relaxed),
         );
         counter(
             &mut o,

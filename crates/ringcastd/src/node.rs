@@ -84,15 +84,6 @@ impl Node {
         let namespaces: Arc<HashMap<String, NamespaceOptions>> =
             Arc::new(config.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
         let any_anonymous = namespaces.values().any(|n| n.anonymous);
-        for (name, ns) in namespaces.iter() {
-            if ns.backpressure != ringcast_core::BackpressurePolicy::Disconnect {
-                warn!(
-                    namespace = %name,
-                    policy = ?ns.backpressure,
-                    "backpressure policy is parsed but not yet applied; slow consumers are disconnected (4008)"
-                );
-            }
-        }
         let origin = Instant::now();
         let handshakes = TokenBucket::new(
             config.limits.handshakes_per_second,
@@ -118,6 +109,10 @@ impl Node {
                     lease_ttl: cl.lease_ttl,
                     keepalive: cl.keepalive,
                     claim_delay: cl.claim_delay,
+                    peer_queue: crate::cluster::PeerQueueBounds {
+                        frames: cl.peer_queue_frames,
+                        bytes: cl.peer_queue_bytes,
+                    },
                 };
                 let rt = Runtime::start(
                     &settings,

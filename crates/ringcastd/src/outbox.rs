@@ -1,37 +1,30 @@
-//! The per-connection send queue.
+//! The per-connection send queue, shared between producers and the session's writer.
 //!
-//! Producers (the hub's fan-out, the session's own replies) never wait on a client: they
-//! `push` a pre-encoded frame and return. The queue is bounded in frames and bytes
-//! (`limits.send_queue_*`); a push that would exceed either bound marks the connection
-//! for closing as a slow consumer (close 4008), frees what it held, and refuses further
-//! frames, so one slow reader costs the node a bounded amount of memory and nothing else.
-//! The client resumes with `since` and recovers from history.
+//! A thin, thread-safe shell around [`ringcast_core::send_queue::SendQueue`], which owns
+//! the bounds, the per-namespace backpressure policies and the `gap` notices. Producers
+//! (the hub's fan-out, the session's own replies) push pre-encoded frames and never wait.
+//! When the queue overflows (a `disconnect` namespace, or replies the client never
+//! reads) the connection is marked for closing as a slow consumer (close 4008), what it
+//! held is freed, and nothing more is taken; under `drop_oldest` / `drop_newest` the
+//! dropped range reaches the client as one `gap` push before anything later of that
+//! channel.
 //!
-//! The session's writer drains everything queued in one go and writes it as one batch.
+//! The session's writer drains everything queued in one go and writes it as one batch, so
+//! a connection holds at most its queue plus the batch being written.
 
+use ringcast_core::send_queue::{Bounds, Drained, GapCause, GapNotice, MessagePolicy, SendQueue};
+use ringcast_core::{ChannelName, StreamPosition};
+use ringcast_proto::client::{encode_gap, GapReason};
 use ringcast_proto::CloseCode;
-use std::collections::VecDeque;
 use std::sync::Mutex;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// Result of a bounded push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
-    Queued,
-    /// The bound was hit: the connection is now closing with `slow_consumer`.
-    Overflow,
-    /// The connection was already closing; the frame was dropped.
-    Closed,
-}
+pub use ringcast_core::send_queue::Pushed;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
-    frames: VecDeque<Utf8Bytes>,
-    /// Bytes of the frames that count against the bounds (replay frames do not).
-    bytes: usize,
-    /// How many queued frames are exempt from the bounds (replay and its reply).
-    exempt: usize,
+    queue: SendQueue<Utf8Bytes>,
     close: Option<CloseCode>,
 }
 
@@ -42,49 +35,74 @@ pub struct Outbox {
     notify: Notify,
     /// Woken when the queue overflows, so a writer stuck on a full socket gives up.
     overflow: Notify,
-    max_frames: usize,
-    max_bytes: usize,
 }
 
 impl Outbox {
     #[must_use]
     pub fn new(max_frames: usize, max_bytes: usize) -> Outbox {
         Outbox {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                queue: SendQueue::new(Bounds { messages: max_frames, bytes: max_bytes }),
+                close: None,
+            }),
             notify: Notify::new(),
             overflow: Notify::new(),
-            max_frames,
-            max_bytes,
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave State inconsistent (every update
-        // is a single push/clear), so a poisoned lock is still usable.
+        // is a single queue operation), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues a frame within the bounds.
+    /// The connection's bounds (a namespace's bounds are capped by them).
+    pub fn bounds(&self) -> Bounds {
+        self.lock().queue.bounds()
+    }
+
+    fn after_push(&self, mut s: std::sync::MutexGuard<'_, State>, pushed: Pushed) -> Pushed {
+        if pushed == Pushed::Overflow {
+            s.close = Some(CloseCode::SlowConsumer);
+        }
+        drop(s);
+        match pushed {
+            Pushed::Queued { .. } | Pushed::Dropped { .. } => self.notify.notify_one(),
+            Pushed::Overflow => {
+                self.notify.notify_one();
+                self.overflow.notify_waiters();
+            }
+            Pushed::Closed => {}
+        }
+        pushed
+    }
+
+    /// Queues a reply to the client's own command (bounded; an overflow closes 4008).
     pub fn push(&self, frame: Utf8Bytes) -> Pushed {
         let mut s = self.lock();
         if s.close.is_some() {
             return Pushed::Closed;
         }
-        if s.frames.len() - s.exempt >= self.max_frames || s.bytes + frame.len() > self.max_bytes {
-            s.frames.clear();
-            s.bytes = 0;
-            s.exempt = 0;
-            s.close = Some(CloseCode::SlowConsumer);
-            drop(s);
-            self.notify.notify_one();
-            self.overflow.notify_waiters();
-            return Pushed::Overflow;
+        let len = frame.len();
+        let pushed = s.queue.push_control(frame, len);
+        self.after_push(s, pushed)
+    }
+
+    /// Queues a message of `channel` under its namespace's policy.
+    pub fn push_message(
+        &self,
+        frame: Utf8Bytes,
+        channel: &ChannelName,
+        position: StreamPosition,
+        policy: MessagePolicy,
+    ) -> Pushed {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return Pushed::Closed;
         }
-        s.bytes += frame.len();
-        s.frames.push_back(frame);
-        drop(s);
-        self.notify.notify_one();
-        Pushed::Queued
+        let len = frame.len();
+        let pushed = s.queue.push_message(frame, len, channel, position, policy);
+        self.after_push(s, pushed)
     }
 
     /// Queues frames outside the bounds, and without counting them against the bounds
@@ -96,12 +114,26 @@ impl Outbox {
         if s.close.is_some() {
             return;
         }
-        for f in frames {
-            s.exempt += 1;
-            s.frames.push_back(f);
-        }
+        s.queue.push_exempt(frames);
         drop(s);
         self.notify.notify_one();
+    }
+
+    /// Tells the client about messages that will not arrive for a reason other than
+    /// this queue's own drops (the node lost them on their way from the owner).
+    pub fn push_gap(&self, notice: GapNotice) {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return;
+        }
+        s.queue.push_gap(notice);
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Forgets pending `gap` notices of a channel the client unsubscribed from.
+    pub fn forget(&self, channel: &ChannelName) {
+        self.lock().queue.forget(channel);
     }
 
     /// Asks the session to close with `code` after writing what is queued. The first
@@ -111,17 +143,32 @@ impl Outbox {
         if s.close.is_none() {
             s.close = Some(code);
         }
+        s.queue.close();
         drop(s);
         self.notify.notify_one();
     }
 
-    /// Moves every queued frame into `out`; returns the close requested, if any.
+    /// Moves every queued frame into `out`, `gap` notices encoded in their places;
+    /// returns the close requested, if any.
     pub fn drain(&self, out: &mut Vec<Utf8Bytes>) -> Option<CloseCode> {
-        let mut s = self.lock();
-        out.extend(s.frames.drain(..));
-        s.bytes = 0;
-        s.exempt = 0;
-        s.close
+        let mut drained = Vec::new();
+        let close = {
+            let mut s = self.lock();
+            s.queue.drain(&mut drained);
+            s.close
+        };
+        // Encoding happens outside the lock; gaps are rare.
+        out.extend(drained.into_iter().map(|d| match d {
+            Drained::Frame(f) => f,
+            Drained::Gap(g) => {
+                let reason = match g.cause {
+                    GapCause::SlowConsumer => GapReason::SlowConsumer,
+                    GapCause::Unavailable => GapReason::Unavailable,
+                };
+                Utf8Bytes::from(encode_gap(&g.channel, g.epoch, g.from, g.to, reason))
+            }
+        }));
+        close
     }
 
     /// Resolves when something was pushed or a close was requested since the last call.
@@ -145,21 +192,55 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringcast_core::{BackpressurePolicy, Epoch, Offset};
 
     fn f(s: &str) -> Utf8Bytes {
         Utf8Bytes::from(s.to_owned())
     }
 
+    fn ch() -> ChannelName {
+        ChannelName::new("chat:a").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn at(o: u64) -> StreamPosition {
+        StreamPosition { epoch: Epoch::new(3).unwrap_or_else(|| unreachable!()), offset: Offset(o) }
+    }
+
+    fn policy(p: BackpressurePolicy) -> MessagePolicy {
+        MessagePolicy { policy: p, bounds: Bounds { messages: 2, bytes: 1000 } }
+    }
+
     #[test]
-    fn overflow_by_count_closes_and_frees() {
+    fn overflow_closes_and_frees() {
         let o = Outbox::new(2, 1000);
-        assert_eq!(o.push(f("a")), Pushed::Queued);
-        assert_eq!(o.push(f("b")), Pushed::Queued);
-        assert_eq!(o.push(f("c")), Pushed::Overflow);
+        let p = policy(BackpressurePolicy::Disconnect);
+        assert_eq!(o.push_message(f("a"), &ch(), at(1), p), Pushed::Queued { dropped: 0 });
+        assert_eq!(o.push_message(f("b"), &ch(), at(2), p), Pushed::Queued { dropped: 0 });
+        assert_eq!(o.push_message(f("c"), &ch(), at(3), p), Pushed::Overflow);
         assert_eq!(o.push(f("d")), Pushed::Closed);
         let mut out = Vec::new();
         assert_eq!(o.drain(&mut out), Some(CloseCode::SlowConsumer));
         assert!(out.is_empty(), "a slow consumer's backlog is freed, not written");
+    }
+
+    #[test]
+    fn drops_become_an_encoded_gap_push() {
+        let o = Outbox::new(100, 1000);
+        let p = policy(BackpressurePolicy::DropOldest);
+        for i in 1..=4 {
+            o.push_message(f(&format!("m{i}")), &ch(), at(i), p);
+        }
+        let mut out = Vec::new();
+        assert_eq!(o.drain(&mut out), None);
+        let text: Vec<&str> = out.iter().map(Utf8Bytes::as_str).collect();
+        assert_eq!(
+            text,
+            vec![
+                r#"{"type":"gap","channel":"chat:a","epoch":"3","from":1,"to":2,"reason":"slow_consumer"}"#,
+                "m3",
+                "m4"
+            ]
+        );
     }
 
     #[tokio::test]
@@ -179,22 +260,6 @@ mod tests {
             .await
             .unwrap_or_else(|_| panic!("overflow not seen"));
         waiter.abort();
-    }
-
-    #[test]
-    fn overflow_by_bytes() {
-        let o = Outbox::new(100, 5);
-        assert_eq!(o.push(f("abc")), Pushed::Queued);
-        assert_eq!(o.push(f("abc")), Pushed::Overflow);
-    }
-
-    #[test]
-    fn a_large_replay_does_not_count_against_live_messages() {
-        let o = Outbox::new(2, 10);
-        o.push_unbounded((0..100).map(|_| f("replayed frame")));
-        assert_eq!(o.push(f("live1")), Pushed::Queued);
-        assert_eq!(o.push(f("live2")), Pushed::Queued);
-        assert_eq!(o.push(f("live3")), Pushed::Overflow, "live frames still have their bound");
     }
 
     #[test]

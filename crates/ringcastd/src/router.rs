@@ -8,7 +8,7 @@
 //! frame ever sent.
 
 use crate::cluster::Runtime;
-use crate::hub::{Hub, LocalSubscriber, Published};
+use crate::hub::{Hub, LocalSubscriber, Origin, Published};
 use ringcast_core::ownership::{Route, RouteTable, SlotEpoch};
 use ringcast_core::{ChannelName, ConnId, Epoch, Millis, NamespaceOptions, NodeId, Offset, Slot};
 use ringcast_proto::ErrorCode;
@@ -104,13 +104,14 @@ impl Router {
         ns: &NamespaceOptions,
         data: &RawValue,
         idempotency_key: Option<&str>,
+        origin: Origin,
         now: Millis,
     ) -> Result<Published, Refusal> {
         match &self.cluster {
-            Some(c) => c.publish(self, channel, ns, data, idempotency_key).await,
+            Some(c) => c.publish(self, channel, ns, data, idempotency_key, origin).await,
             None => self
                 .hub
-                .publish(channel, ns, data, idempotency_key, now, STANDALONE_EPOCH)
+                .publish(channel, ns, data, idempotency_key, origin, now, STANDALONE_EPOCH)
                 .map_err(|code| hub_refusal(code, channel)),
         }
     }

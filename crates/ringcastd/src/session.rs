@@ -12,6 +12,7 @@
 //! close code. On exit the session removes all its subscriptions.
 
 use crate::auth::Identity;
+use crate::hub::Origin;
 use crate::metrics::Source;
 use crate::node::Node;
 use crate::outbox::{Outbox, Pushed};
@@ -227,8 +228,19 @@ impl Session {
         code
     }
 
-    fn subscriber(&self, since: Option<ringcast_proto::client::Since>, reply_id: u64) -> crate::hub::LocalSubscriber {
-        crate::hub::LocalSubscriber { conn: self.conn, outbox: self.outbox.clone(), since, reply_id }
+    fn subscriber(
+        &self,
+        ns: &NamespaceOptions,
+        since: Option<ringcast_proto::client::Since>,
+        reply_id: u64,
+    ) -> crate::hub::LocalSubscriber {
+        crate::hub::LocalSubscriber {
+            conn: self.conn,
+            outbox: self.outbox.clone(),
+            policy: ns.message_policy(self.outbox.bounds()),
+            since,
+            reply_id,
+        }
     }
 
     fn reply(&self, frame: String) {
@@ -308,7 +320,7 @@ impl Session {
                 let now = self.node.now();
                 self.node
                     .router
-                    .subscribe(&channel, &ns, &self.subscriber(since, id), now)
+                    .subscribe(&channel, &ns, &self.subscriber(&ns, since, id), now)
                     .await
                     .map_err(|r| reject(r.code, r.message))?;
                 self.subscriptions.insert(channel);
@@ -333,7 +345,7 @@ impl Session {
                 let p = self
                     .node
                     .router
-                    .publish(&channel, &ns, &data, idempotency_key.as_deref(), now)
+                    .publish(&channel, &ns, &data, idempotency_key.as_deref(), Origin::Client, now)
                     .await
                     .map_err(|r| reject(r.code, r.message))?;
                 self.node.metrics.publish(Source::WebSocket);

@@ -1,6 +1,10 @@
 //! The gateway side: requests forwarded to owners, retried across slot moves.
 
 use super::*;
+use futures_util::StreamExt;
+
+/// Channels re-subscribed at once when an owner's stream ends.
+const RESYNC_CONCURRENCY: usize = 64;
 
 /// One forwarding attempt: a boxed future so the retry loop can run it again on a new
 /// route (and stay `Send`).
@@ -71,13 +75,14 @@ impl Runtime {
         ns: &NamespaceOptions,
         data: &RawValue,
         idempotency_key: Option<&str>,
+        origin: Origin,
     ) -> Result<Published, Refusal> {
         self.forward(router, channel, |target, until| {
             Box::pin(async move {
                 match target {
                     Target::Local(epoch) => self
                         .hub
-                        .publish(channel, ns, data, idempotency_key, self.now(), epoch)
+                        .publish(channel, ns, data, idempotency_key, origin, self.now(), epoch)
                         .map_err(|code| crate::router::hub_refusal(code, channel)),
                     Target::Remote { owner, epoch } => {
                         let frame = |req| PeerFrame::Publish {
@@ -87,6 +92,7 @@ impl Runtime {
                             channel: channel.as_str().to_owned(),
                             data: data.get().to_owned(),
                             idempotency_key: idempotency_key.map(str::to_owned),
+                            client: origin == Origin::Client,
                         };
                         match self.request(&owner, frame, until).await? {
                             PeerFrame::Acked { epoch, offset, duplicate, .. } => {
@@ -211,6 +217,86 @@ impl Runtime {
                 channel: channel.as_str().to_owned(),
             };
             self.send(&owner, frame);
+        }
+    }
+}
+
+impl Runtime {
+    /// `peer`'s stream to this node ended (its link broke, or its queue for us
+    /// overflowed and it dropped what it held): every channel this node mirrors from
+    /// `peer` is subscribed again from the position it delivered up to, so frames lost
+    /// with the stream are replayed (or, beyond the owner's history, announced to local
+    /// subscribers as a `gap`), and the owner's interest is registered again.
+    pub(super) async fn resync_from(self: Arc<Self>, peer: NodeId) {
+        let table = self.table();
+        let channels: Vec<_> = self
+            .hub
+            .mirrored_channels()
+            .into_iter()
+            .filter(|(c, _)| matches!(table.route(Slot::of(c)), Route::Claimed { owner, .. } if owner == peer))
+            .collect();
+        if channels.is_empty() {
+            return;
+        }
+        info!(channels = channels.len(), "stream from the owner ended; resyncing its channels by offset");
+        futures_util::stream::iter(channels)
+            .for_each_concurrent(RESYNC_CONCURRENCY, |(channel, position)| {
+                let rt = self.clone();
+                async move { rt.resync(&channel, position).await }
+            })
+            .await;
+    }
+
+    /// Re-subscribes one mirrored channel from `position` on its current owner, retrying
+    /// across slot moves until [`FORWARD_DEADLINE`].
+    async fn resync(&self, channel: &ChannelName, position: ringcast_core::StreamPosition) {
+        let until = Instant::now() + FORWARD_DEADLINE;
+        loop {
+            let retry = match self.table().route(Slot::of(channel)) {
+                // This node owns the channel now: the handoff installed it.
+                Route::Claimed { owner, .. } if owner == self.me => return,
+                Route::Claimed { owner, epoch } => {
+                    let frame = |req| PeerFrame::Subscribe {
+                        req,
+                        slot: Slot::of(channel).get(),
+                        slot_epoch: epoch.0,
+                        channel: channel.as_str().to_owned(),
+                        since: Some(SinceWire { epoch: Some(position.epoch.get()), offset: position.offset.0 }),
+                        interest: true,
+                    };
+                    match self.request(&owner, frame, until).await {
+                        Ok(PeerFrame::Subscribed { epoch, offset, outcome, replay, .. }) => {
+                            let Some(epoch) = Epoch::new(epoch) else { return };
+                            let top = ringcast_core::StreamPosition { epoch, offset: Offset(offset) };
+                            let lost_before = match outcome {
+                                OutcomeWire::NotRecovered { reason, oldest, .. } if reason == "position_expired" => {
+                                    Some(Offset(oldest))
+                                }
+                                _ => None,
+                            };
+                            let replay = replay
+                                .into_iter()
+                                .filter_map(|m| message_position(&m).map(|p| (p, Utf8Bytes::from(m))))
+                                .collect();
+                            self.hub.resynced(channel, top, lost_before, replay, self.now());
+                            self.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        Ok(PeerFrame::Refused { retry, code, message, .. }) => {
+                            debug!(%channel, code, message, "resync refused");
+                            retry
+                        }
+                        Ok(_) => return,
+                        Err(_) => true,
+                    }
+                }
+                Route::Vacant { .. } | Route::NoOwner => true,
+            };
+            if !retry || Instant::now() >= until {
+                warn!(%channel, "could not resync the channel; its subscribers rely on gap fills");
+                return;
+            }
+            self.table_change(until).await;
         }
     }
 }

@@ -49,7 +49,15 @@ impl Runtime {
                 () = self.shutdown.cancelled() => return,
                 r = conn.accept_uni() => match r {
                     Ok(r) => r,
-                    Err(_) => return,
+                    Err(e) => {
+                        // Whatever the peer had queued for us may be lost: resync what
+                        // we follow from it by offset.
+                        debug!(error = %e, "peer connection ended");
+                        if !self.shutdown.is_cancelled() {
+                            self.clone().resync_from(peer).await;
+                        }
+                        return;
+                    }
                 },
             };
             let rt = self.clone();
@@ -117,7 +125,7 @@ impl Runtime {
     pub(super) fn on_frame(self: &Arc<Self>, peer: &NodeId, frame: PeerFrame) {
         match frame {
             PeerFrame::Hello { .. } => warn!("duplicate Hello ignored"),
-            PeerFrame::Publish { req, slot, slot_epoch, channel, data, idempotency_key } => {
+            PeerFrame::Publish { req, slot, slot_epoch, channel, data, idempotency_key, client } => {
                 let result = self
                     .serve_slot(slot, slot_epoch)
                     .and_then(|()| self.parse_channel(&channel, slot).map_err(|r| (r, false)))
@@ -132,9 +140,11 @@ impl Runtime {
                                 .map_err(|m| (Refusal::new(ErrorCode::InvalidIdempotencyKey, m), false))?;
                         }
                         let epoch = self.my_epoch(&channel);
-                        self.hub.publish(&channel, &ns, &data, idempotency_key.as_deref(), self.now(), epoch).map_err(
-                            |code| (crate::router::hub_refusal(code, &channel), code == ErrorCode::Unavailable),
-                        )
+                        let origin = if client { Origin::Client } else { Origin::Api };
+                        let key = idempotency_key.as_deref();
+                        self.hub.publish(&channel, &ns, &data, key, origin, self.now(), epoch).map_err(|code| {
+                            (crate::router::hub_refusal(code, &channel), code == ErrorCode::Unavailable)
+                        })
                     });
                 match result {
                     Ok(p) => {
@@ -259,12 +269,12 @@ impl Runtime {
                 let _ = tx.send(reply);
             }
             Pending::Fill { channel } => {
-                if let PeerFrame::HistoryPage { messages, .. } = reply {
+                if let PeerFrame::HistoryPage { epoch, oldest, messages, .. } = reply {
                     let parsed = messages
                         .into_iter()
                         .filter_map(|m| message_position(&m).map(|p| (p, Utf8Bytes::from(m))))
                         .collect();
-                    self.hub.offer_fill(&channel, parsed, self.now());
+                    self.hub.offer_fill(&channel, epoch.and_then(Epoch::new), Offset(oldest), parsed, self.now());
                 }
             }
             Pending::Subscribe { channel, sub, done } => {

@@ -38,24 +38,37 @@ impl Runtime {
     // ---------------------------------------------------------------------------------
     // Outbound links.
 
-    /// The sender of `peer`'s link, dialling it if there is none.
-    pub(super) fn link(self: &Arc<Self>, peer: &NodeId) -> mpsc::Sender<PeerFrame> {
+    /// `peer`'s link, dialling it if there is none.
+    pub(super) fn link(self: &Arc<Self>, peer: &NodeId) -> Link {
         let mut links = lock(&self.links);
-        if let Some(tx) = links.get(peer).filter(|tx| !tx.is_closed()) {
-            return tx.clone();
+        if let Some(link) = links.get(peer).filter(|l| !l.is_closed()) {
+            return link.clone();
         }
-        let (tx, rx) = mpsc::channel(PEER_QUEUE_FRAMES);
-        links.insert(peer.clone(), tx.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(LinkState {
+            frames: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            overflowed: CancellationToken::new(),
+        });
+        let link = Link { tx, state: state.clone() };
+        links.insert(peer.clone(), link.clone());
         let rt = self.clone();
         let peer = peer.clone();
-        self.tracker.spawn(rt.write_link(peer.clone(), rx).instrument(info_span!("link", node = %peer)));
-        tx
+        self.tracker.spawn(rt.write_link(peer.clone(), state, rx).instrument(info_span!("link", node = %peer)));
+        link
     }
 
     /// Dials `peer` and writes its queue to one ordered stream, re-dialling on failure.
     /// Frames lost with a broken stream are recovered by offset: gateways fill gaps from
-    /// history, and requests time out and are retried by clients.
-    pub(super) async fn write_link(self: Arc<Self>, peer: NodeId, mut rx: mpsc::Receiver<PeerFrame>) {
+    /// history and resync when the stream ends, and requests time out and are retried.
+    /// When the queue overflows, the connection is closed (`CLOSE_OVERLOADED`) and what
+    /// was queued is dropped with the task.
+    pub(super) async fn write_link(
+        self: Arc<Self>,
+        peer: NodeId,
+        link: Arc<LinkState>,
+        mut rx: mpsc::UnboundedReceiver<(PeerFrame, usize)>,
+    ) {
         let mut backoff = DIAL_BACKOFF.0;
         loop {
             let Some(addr) = self.members().get(&peer).map(|r| r.quic_addr) else {
@@ -69,9 +82,10 @@ impl Runtime {
                 write_frame(&mut send, &hello, self.codec).await.map_err(|e| e.to_string())?;
                 Ok::<_, String>((conn, send))
             };
-            let (_conn, mut send) = tokio::select! {
+            let (conn, mut send) = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return,
+                () = link.overflowed.cancelled() => return,
                 r = stream => match r {
                     Ok(s) => s,
                     Err(e) => {
@@ -85,15 +99,29 @@ impl Runtime {
             backoff = DIAL_BACKOFF.0;
             info!(%addr, "link up");
             loop {
-                let frame = tokio::select! {
+                let (frame, size) = tokio::select! {
                     biased;
                     () = self.shutdown.cancelled() => return,
+                    () = link.overflowed.cancelled() => {
+                        conn.close(ringcast_cluster::transport::CLOSE_OVERLOADED, b"queue overflowed; resync");
+                        return;
+                    }
                     f = rx.recv() => match f {
                         Some(f) => f,
                         None => return,
                     },
                 };
-                if let Err(e) = write_frame(&mut send, &frame, self.codec).await {
+                let written = tokio::select! {
+                    biased;
+                    // A write blocked on a peer that does not read is abandoned at once.
+                    () = link.overflowed.cancelled() => {
+                        conn.close(ringcast_cluster::transport::CLOSE_OVERLOADED, b"queue overflowed; resync");
+                        return;
+                    }
+                    r = write_frame(&mut send, &frame, self.codec) => r,
+                };
+                link.sent(size);
+                if let Err(e) = written {
                     warn!(error = %e, "link broke; re-dialling");
                     break;
                 }
@@ -101,21 +129,50 @@ impl Runtime {
         }
     }
 
-    /// Queues a frame for `peer`; false when its link cannot take it.
+    /// Queues a frame for `peer`; false when its link cannot take it. A frame that does
+    /// not fit the link's bounds (`cluster.peer_queue_*`) breaks the link: the queue is
+    /// dropped, the connection closed, and the next frame dials a fresh one, while the
+    /// peer resyncs by offset. Other peers' links are untouched.
     pub(super) fn send(&self, peer: &NodeId, frame: PeerFrame) -> bool {
-        // Invariant: `self` is always held in an Arc (built by `start`).
-        let tx = {
+        let link = {
             let links = lock(&self.links);
-            links.get(peer).filter(|tx| !tx.is_closed()).cloned()
+            links.get(peer).filter(|l| !l.is_closed()).cloned()
         };
-        let tx = match tx {
-            Some(tx) => tx,
+        let link = match link {
+            Some(l) => l,
+            // Invariant: `self` is always held in an Arc (built by `start`).
             None => match self.hub_arc() {
                 Some(rt) => rt.link(peer),
                 None => return false,
             },
         };
-        tx.try_send(frame).is_ok()
+        let size = frame.size_hint();
+        if !link.state.reserve(size, self.peer_queue) {
+            self.break_link(peer, &link);
+            return false;
+        }
+        if link.tx.send((frame, size)).is_err() {
+            link.state.sent(size);
+            return false;
+        }
+        true
+    }
+
+    /// Drops an overflowed link: its writer closes the connection and exits.
+    fn break_link(&self, peer: &NodeId, link: &Link) {
+        let mut links = lock(&self.links);
+        if links.get(peer).is_some_and(|l| Arc::ptr_eq(&l.state, &link.state)) {
+            links.remove(peer);
+            drop(links);
+            link.state.overflowed.cancel();
+            self.metrics.peer_overflows.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                node = %peer,
+                frames = link.state.frames.load(Ordering::Relaxed),
+                bytes = link.state.bytes.load(Ordering::Relaxed),
+                "peer link queue overflowed; dropping it (the peer resyncs by offset)"
+            );
+        }
     }
 
     pub(super) fn hub_arc(&self) -> Option<Arc<Runtime>> {
@@ -127,5 +184,56 @@ impl Runtime {
             Route::Claimed { epoch, .. } => epoch,
             _ => SlotEpoch(0),
         }
+    }
+}
+
+/// Bounds of one peer's outbound queue (`cluster.peer_queue_frames`, `..._bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerQueueBounds {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+/// One peer's outbound queue: producers (who never wait) hold the sender; dropping the
+/// last sender (the peer left) ends the writer task.
+#[derive(Debug, Clone)]
+pub(super) struct Link {
+    tx: mpsc::UnboundedSender<(PeerFrame, usize)>,
+    state: Arc<LinkState>,
+}
+
+impl Link {
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed() || self.state.overflowed.is_cancelled()
+    }
+}
+
+/// What producers and the writer share: the queue's usage and its overflow signal.
+#[derive(Debug)]
+pub(super) struct LinkState {
+    /// Frames and bytes queued and not yet written (bounded by `reserve`).
+    frames: AtomicUsize,
+    bytes: AtomicUsize,
+    /// Cancelled when the queue overflowed: the writer closes the connection and exits.
+    overflowed: CancellationToken,
+}
+
+impl LinkState {
+    /// Counts a frame of `size` bytes in, unless that would exceed `bounds`. A frame
+    /// always fits an empty queue (a large handoff snapshot must get through).
+    fn reserve(&self, size: usize, bounds: PeerQueueBounds) -> bool {
+        let frames = self.frames.fetch_add(1, Ordering::AcqRel);
+        let bytes = self.bytes.fetch_add(size, Ordering::AcqRel);
+        if frames > 0 && (frames + 1 > bounds.frames || bytes + size > bounds.bytes) {
+            self.sent(size);
+            return false;
+        }
+        true
+    }
+
+    /// Counts a frame out (written, or dropped).
+    fn sent(&self, size: usize) {
+        self.frames.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(size, Ordering::AcqRel);
     }
 }

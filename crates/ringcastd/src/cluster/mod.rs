@@ -4,8 +4,11 @@
 //!   lease and the watched view. Each new view rebuilds the route table and runs the
 //!   ownership planner; this node claims the vacant slots it is the desired owner of.
 //! - **Links**: one QUIC connection and one ordered stream from this node to each peer
-//!   it talks to, fed by a bounded queue ([`PEER_QUEUE_FRAMES`]) that producers never
-//!   wait on. Everything for a peer (requests, replies, `Deliver`) goes in that order;
+//!   it talks to, fed by a queue bounded in frames and bytes ([`PeerQueueBounds`]) that
+//!   producers never wait on. A queue that overflows (a stalled or slow peer) is dropped
+//!   and its connection closed; the peer resyncs by offset when it sees the connection
+//!   end, so one slow node costs bounded memory and never delays the others.
+//!   Everything for a peer (requests, replies, `Deliver`) goes in that order;
 //!   `docs/cluster.md` explains why the subscribe protocol needs it.
 //! - **Inbound**: a reader task per peer connection dispatches frames: owner-side
 //!   requests run on the hub, replies complete pending requests, `Deliver` frames go
@@ -37,7 +40,9 @@ mod inbound;
 mod links;
 mod views;
 
-use crate::hub::{Hub, LocalSubscriber, PeerSink, Published};
+pub use links::PeerQueueBounds;
+
+use crate::hub::{Hub, LocalSubscriber, Origin, PeerSink, Published};
 use crate::metrics::Metrics;
 use crate::router::{History, Refusal, Router, Target};
 use ringcast_cluster::membership::{ClaimExpect, MemberRecord, Membership, Role, View};
@@ -49,7 +54,7 @@ use ringcast_proto::cluster::{ChannelSnapshotWire, OutcomeWire, PeerFrame, Since
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -58,8 +63,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-/// Frames queued for one peer before the link counts as overloaded.
-pub const PEER_QUEUE_FRAMES: usize = 65_536;
 /// How long a forwarded operation keeps retrying across slot moves.
 pub const FORWARD_DEADLINE: Duration = Duration::from_secs(5);
 /// Pause between retries while a slot is vacant or moving.
@@ -95,6 +98,8 @@ pub struct Settings {
     /// How long after joining this node waits before claiming vacant slots, so nodes
     /// started together divide the slots instead of the first one taking them all.
     pub claim_delay: Duration,
+    /// Bounds of each peer's outbound queue.
+    pub peer_queue: PeerQueueBounds,
 }
 
 /// A request waiting for the owner's answer.
@@ -117,7 +122,8 @@ pub struct Runtime {
     transport: Transport,
     table: RwLock<Arc<RouteTable>>,
     members: RwLock<Arc<BTreeMap<NodeId, MemberRecord>>>,
-    links: Mutex<HashMap<NodeId, mpsc::Sender<PeerFrame>>>,
+    links: Mutex<HashMap<NodeId, links::Link>>,
+    peer_queue: PeerQueueBounds,
     pending: Mutex<HashMap<u64, Pending>>,
     next_req: AtomicU64,
     /// Newest slot epoch seen per slot in a `Deliver` (the fence against zombies).
@@ -230,6 +236,7 @@ impl Runtime {
             table: RwLock::new(Arc::new(RouteTable::new(&ClusterView::default()))),
             members: RwLock::new(Arc::new(BTreeMap::new())),
             links: Mutex::new(HashMap::new()),
+            peer_queue: settings.peer_queue,
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             fences: Slot::all().map(|_| AtomicU64::new(0)).collect(),

@@ -1,0 +1,549 @@
+//! One connection's send queue: bounded, with per-channel backpressure policies and gap
+//! notices.
+//!
+//! Producers push frames and never wait. Three kinds of frame share the queue, in order:
+//! - **messages** of a channel's stream (a position and a channel). They are bounded by
+//!   the channel's namespace ([`MessagePolicy`]: a message count and bytes, at most the
+//!   connection's own bounds); when a message does not fit, the namespace's
+//!   [`BackpressurePolicy`] decides:
+//!   - `drop_oldest`: the oldest queued messages *of the same channel* are dropped until
+//!     it fits (a channel never drops another channel's messages); when none are left,
+//!     the new message is dropped;
+//!   - `drop_newest`: the new message is dropped;
+//!   - `disconnect` (and, until it is implemented, `keep_latest`): the queue overflows
+//!     and the caller closes the connection.
+//! - **control** frames (replies to the client's own commands): bounded separately by
+//!   the connection's bounds, except that one control frame always fits into an empty
+//!   control budget (a large history page must get through); beyond the bounds the
+//!   queue overflows.
+//! - **exempt** frames (a `subscribed` reply and its replay): not counted, because they
+//!   are bounded by the namespace's history and share their bytes with it.
+//!
+//! Every dropped message is remembered as part of a [`GapNotice`] per channel
+//! (consecutive drops extend one notice). [`SendQueue::drain`] emits a channel's notice
+//! just before the first later message of that channel, or at the end of the batch, so
+//! a client always learns of a gap before it sees anything past it.
+//!
+//! Frames are opaque (`F`); their sizes are given at push time.
+
+use crate::name::ChannelName;
+use crate::namespace::BackpressurePolicy;
+use crate::position::{Epoch, Offset, StreamPosition};
+use std::collections::VecDeque;
+
+/// Bounds of a queue, or of one namespace's share of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+/// How one channel's messages are queued: its namespace's policy and bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessagePolicy {
+    pub policy: BackpressurePolicy,
+    pub bounds: Bounds,
+}
+
+/// Why a client did not receive some messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapCause {
+    /// This queue dropped them (`drop_oldest` / `drop_newest`).
+    SlowConsumer,
+    /// The node lost them on their way from the channel's owner, and the owner's history
+    /// no longer holds them.
+    Unavailable,
+}
+
+/// Messages a client did not receive: `from..=to` of `channel` in `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GapNotice {
+    pub channel: ChannelName,
+    pub epoch: Epoch,
+    pub from: Offset,
+    pub to: Offset,
+    pub cause: GapCause,
+}
+
+impl GapNotice {
+    /// Messages the notice covers.
+    #[must_use]
+    pub fn count(&self) -> u64 {
+        self.to.0.saturating_sub(self.from.0).saturating_add(1)
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued; `dropped` older messages of the channel made room (`drop_oldest`).
+    Queued { dropped: usize },
+    /// Not queued: the message and `dropped - 1` older ones were dropped.
+    Dropped { dropped: usize },
+    /// The bounds were exceeded under `disconnect` (or a control frame did not fit): the
+    /// queue is cleared and takes nothing more.
+    Overflow,
+    /// The queue had overflowed or was closed before.
+    Closed,
+}
+
+/// One frame out of [`SendQueue::drain`], in the order to write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained<F> {
+    Frame(F),
+    Gap(GapNotice),
+}
+
+#[derive(Debug)]
+enum Entry<F> {
+    Control(F),
+    Exempt(F),
+    Message { frame: F, len: usize, channel: ChannelName, position: StreamPosition },
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    frames: usize,
+    bytes: usize,
+}
+
+impl Usage {
+    fn add(&mut self, len: usize) {
+        self.frames += 1;
+        self.bytes += len;
+    }
+
+    fn sub(&mut self, len: usize) {
+        self.frames -= 1;
+        self.bytes -= len;
+    }
+}
+
+/// A connection's send queue (see the module docs).
+#[derive(Debug)]
+pub struct SendQueue<F> {
+    entries: VecDeque<Entry<F>>,
+    bounds: Bounds,
+    messages: Usage,
+    control: Usage,
+    gaps: Vec<GapNotice>,
+    closed: bool,
+}
+
+impl<F> SendQueue<F> {
+    /// An empty queue with the connection's bounds.
+    #[must_use]
+    pub fn new(bounds: Bounds) -> SendQueue<F> {
+        SendQueue {
+            entries: VecDeque::new(),
+            bounds,
+            messages: Usage::default(),
+            control: Usage::default(),
+            gaps: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// The connection's bounds.
+    #[must_use]
+    pub fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+
+    /// Whether the queue overflowed or was closed.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Takes no more frames; what is queued can still be drained.
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Frames queued (every kind).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.gaps.is_empty()
+    }
+
+    /// Bytes of the counted (message and control) frames queued.
+    #[must_use]
+    pub fn counted_bytes(&self) -> usize {
+        self.messages.bytes + self.control.bytes
+    }
+
+    fn overflow(&mut self) -> Pushed {
+        self.entries.clear();
+        self.gaps.clear();
+        self.messages = Usage::default();
+        self.control = Usage::default();
+        self.closed = true;
+        Pushed::Overflow
+    }
+
+    /// Queues a reply to the client's own command.
+    pub fn push_control(&mut self, frame: F, len: usize) -> Pushed {
+        if self.closed {
+            return Pushed::Closed;
+        }
+        let fits = self.control.frames == 0
+            || (self.control.frames < self.bounds.messages && self.control.bytes + len <= self.bounds.bytes);
+        if !fits {
+            return self.overflow();
+        }
+        self.control.add(len);
+        self.entries.push_back(Entry::Control(frame));
+        Pushed::Queued { dropped: 0 }
+    }
+
+    /// Queues frames outside every bound (a `subscribed` reply and its replay).
+    pub fn push_exempt(&mut self, frames: impl IntoIterator<Item = F>) {
+        if self.closed {
+            return;
+        }
+        self.entries.extend(frames.into_iter().map(Entry::Exempt));
+    }
+
+    /// Queues one message of `channel` at `position` under the channel's policy.
+    pub fn push_message(
+        &mut self,
+        frame: F,
+        len: usize,
+        channel: &ChannelName,
+        position: StreamPosition,
+        policy: MessagePolicy,
+    ) -> Pushed {
+        if self.closed {
+            return Pushed::Closed;
+        }
+        let limit = Bounds {
+            messages: policy.bounds.messages.min(self.bounds.messages),
+            bytes: policy.bounds.bytes.min(self.bounds.bytes),
+        };
+        let fits = |u: &Usage| u.frames < limit.messages && u.bytes + len <= limit.bytes;
+        let mut dropped = 0;
+        if !fits(&self.messages) {
+            match policy.policy {
+                BackpressurePolicy::Disconnect | BackpressurePolicy::KeepLatest => return self.overflow(),
+                BackpressurePolicy::DropNewest => {}
+                BackpressurePolicy::DropOldest => {
+                    while !fits(&self.messages) {
+                        let Some(i) = self.oldest_of(channel) else { break };
+                        if let Some(Entry::Message { len, channel, position, .. }) = self.entries.remove(i) {
+                            self.messages.sub(len);
+                            self.note_gap(
+                                &channel,
+                                position.epoch,
+                                position.offset,
+                                position.offset,
+                                GapCause::SlowConsumer,
+                            );
+                            dropped += 1;
+                        }
+                    }
+                }
+            }
+            if !fits(&self.messages) {
+                self.note_gap(channel, position.epoch, position.offset, position.offset, GapCause::SlowConsumer);
+                return Pushed::Dropped { dropped: dropped + 1 };
+            }
+        }
+        self.messages.add(len);
+        self.entries.push_back(Entry::Message { frame, len, channel: channel.clone(), position });
+        Pushed::Queued { dropped }
+    }
+
+    /// Index of the oldest queued message of `channel`.
+    fn oldest_of(&self, channel: &ChannelName) -> Option<usize> {
+        self.entries.iter().position(|e| matches!(e, Entry::Message { channel: c, .. } if c == channel))
+    }
+
+    /// Tells the client that `from..=to` of `channel` will not arrive for `cause`; sent
+    /// like the queue's own notices (before the channel's next later message).
+    pub fn push_gap(&mut self, notice: GapNotice) {
+        if self.closed || notice.to < notice.from {
+            return;
+        }
+        self.note_gap(&notice.channel, notice.epoch, notice.from, notice.to, notice.cause);
+    }
+
+    /// Records missing messages, extending the channel's latest notice when they follow
+    /// it in the same epoch for the same cause.
+    fn note_gap(&mut self, channel: &ChannelName, epoch: Epoch, from: Offset, to: Offset, cause: GapCause) {
+        let last = self.gaps.iter_mut().rev().find(|g| &g.channel == channel);
+        if let Some(g) = last {
+            if g.epoch == epoch && g.cause == cause && g.to.next() == from {
+                g.to = to;
+                return;
+            }
+        }
+        self.gaps.push(GapNotice { channel: channel.clone(), epoch, from, to, cause });
+    }
+
+    /// Forgets a channel's pending notices (the client unsubscribed from it).
+    pub fn forget(&mut self, channel: &ChannelName) {
+        self.gaps.retain(|g| &g.channel != channel);
+    }
+
+    /// Moves everything queued to `out` in write order, each gap notice just before the
+    /// first later message of its channel, and the rest at the end.
+    pub fn drain(&mut self, out: &mut Vec<Drained<F>>) {
+        self.messages = Usage::default();
+        self.control = Usage::default();
+        if self.gaps.is_empty() {
+            out.extend(self.entries.drain(..).map(|e| match e {
+                Entry::Control(frame) | Entry::Exempt(frame) | Entry::Message { frame, .. } => Drained::Frame(frame),
+            }));
+            return;
+        }
+        for e in self.entries.drain(..) {
+            let frame = match e {
+                Entry::Control(frame) | Entry::Exempt(frame) => frame,
+                Entry::Message { frame, channel, position, .. } => {
+                    let mut i = 0;
+                    while i < self.gaps.len() {
+                        let g = &self.gaps[i];
+                        if g.channel == channel && (g.epoch != position.epoch || g.to < position.offset) {
+                            out.push(Drained::Gap(self.gaps.remove(i)));
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    frame
+                }
+            };
+            out.push(Drained::Frame(frame));
+        }
+        out.extend(self.gaps.drain(..).map(Drained::Gap));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn ch(s: &str) -> ChannelName {
+        ChannelName::new(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn at(o: u64) -> StreamPosition {
+        StreamPosition { epoch: Epoch::new(7).unwrap_or_else(|| unreachable!()), offset: Offset(o) }
+    }
+
+    fn policy(p: BackpressurePolicy, messages: usize) -> MessagePolicy {
+        MessagePolicy { policy: p, bounds: Bounds { messages, bytes: 1 << 20 } }
+    }
+
+    fn q(messages: usize) -> SendQueue<String> {
+        SendQueue::new(Bounds { messages, bytes: 1 << 20 })
+    }
+
+    /// Drained output as short strings: frames as-is, gaps as `gap:channel:from-to`.
+    fn drained(q: &mut SendQueue<String>) -> Vec<String> {
+        let mut out = Vec::new();
+        q.drain(&mut out);
+        out.into_iter()
+            .map(|d| match d {
+                Drained::Frame(f) => f,
+                Drained::Gap(g) => format!("gap:{}:{}-{}", g.channel, g.from.0, g.to.0),
+            })
+            .collect()
+    }
+
+    fn push(q: &mut SendQueue<String>, c: &ChannelName, o: u64, p: MessagePolicy) -> Pushed {
+        q.push_message(format!("{c}#{o}"), 10, c, at(o), p)
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_latest_and_announces_the_gap_first() {
+        let a = ch("chat:a");
+        let p = policy(BackpressurePolicy::DropOldest, 3);
+        let mut q = q(100);
+        for o in 1..=3 {
+            assert_eq!(push(&mut q, &a, o, p), Pushed::Queued { dropped: 0 });
+        }
+        assert_eq!(push(&mut q, &a, 4, p), Pushed::Queued { dropped: 1 });
+        assert_eq!(push(&mut q, &a, 5, p), Pushed::Queued { dropped: 1 });
+        assert_eq!(drained(&mut q), vec!["gap:chat:a:1-2", "chat:a#3", "chat:a#4", "chat:a#5"]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn drop_newest_keeps_the_oldest_and_announces_before_the_next_message() {
+        let a = ch("chat:a");
+        let p = policy(BackpressurePolicy::DropNewest, 2);
+        let mut q = q(100);
+        push(&mut q, &a, 1, p);
+        push(&mut q, &a, 2, p);
+        assert_eq!(push(&mut q, &a, 3, p), Pushed::Dropped { dropped: 1 });
+        assert_eq!(push(&mut q, &a, 4, p), Pushed::Dropped { dropped: 1 });
+        assert_eq!(drained(&mut q), vec!["chat:a#1", "chat:a#2", "gap:chat:a:3-4"]);
+        push(&mut q, &a, 5, p);
+        assert_eq!(drained(&mut q), vec!["chat:a#5"], "a notice is sent once");
+    }
+
+    #[test]
+    fn one_channel_never_drops_another_channels_messages() {
+        let (a, b) = (ch("chat:a"), ch("chat:b"));
+        let p = policy(BackpressurePolicy::DropOldest, 2);
+        let mut q = q(100);
+        push(&mut q, &b, 1, p);
+        push(&mut q, &b, 2, p);
+        assert_eq!(push(&mut q, &a, 9, p), Pushed::Dropped { dropped: 1 }, "a has nothing queued to drop");
+        assert_eq!(drained(&mut q), vec!["chat:b#1", "chat:b#2", "gap:chat:a:9-9"]);
+    }
+
+    #[test]
+    fn disconnect_overflows_and_frees_everything() {
+        let a = ch("chat:a");
+        let p = policy(BackpressurePolicy::Disconnect, 1);
+        let mut q = q(100);
+        q.push_control("reply".into(), 5);
+        push(&mut q, &a, 1, p);
+        assert_eq!(push(&mut q, &a, 2, p), Pushed::Overflow);
+        assert!(q.is_closed());
+        assert_eq!(push(&mut q, &a, 3, p), Pushed::Closed);
+        assert!(drained(&mut q).is_empty());
+    }
+
+    #[test]
+    fn the_connection_bound_caps_every_namespace() {
+        let a = ch("chat:a");
+        let mut q = q(2);
+        let p = policy(BackpressurePolicy::DropNewest, 1000);
+        push(&mut q, &a, 1, p);
+        push(&mut q, &a, 2, p);
+        assert_eq!(push(&mut q, &a, 3, p), Pushed::Dropped { dropped: 1 });
+    }
+
+    #[test]
+    fn bytes_bound_drops_as_many_as_needed() {
+        let a = ch("chat:a");
+        let p = MessagePolicy { policy: BackpressurePolicy::DropOldest, bounds: Bounds { messages: 100, bytes: 30 } };
+        let mut q = q(100);
+        for o in 1..=3 {
+            push(&mut q, &a, o, p);
+        }
+        assert_eq!(q.push_message("big".into(), 25, &a, at(4), p), Pushed::Queued { dropped: 3 });
+        assert_eq!(drained(&mut q), vec!["gap:chat:a:1-3", "big"]);
+    }
+
+    #[test]
+    fn control_frames_have_their_own_bound_but_one_always_fits() {
+        let mut q: SendQueue<String> = SendQueue::new(Bounds { messages: 2, bytes: 10 });
+        assert_eq!(q.push_control("huge page".into(), 1000), Pushed::Queued { dropped: 0 });
+        assert_eq!(q.push_control("x".into(), 1), Pushed::Overflow);
+        let mut q: SendQueue<String> = SendQueue::new(Bounds { messages: 2, bytes: 10 });
+        q.push_control("a".into(), 1);
+        q.push_control("b".into(), 1);
+        assert_eq!(q.push_control("c".into(), 1), Pushed::Overflow, "a client that never reads is cut off");
+    }
+
+    #[test]
+    fn exempt_frames_do_not_count_and_gaps_follow_them() {
+        let a = ch("chat:a");
+        let p = policy(BackpressurePolicy::DropOldest, 1);
+        let mut q = q(100);
+        q.push_exempt(["subscribed".to_owned(), "chat:a#1".to_owned()]);
+        push(&mut q, &a, 2, p);
+        push(&mut q, &a, 3, p);
+        assert_eq!(drained(&mut q), vec!["subscribed", "chat:a#1", "gap:chat:a:2-2", "chat:a#3"]);
+    }
+
+    #[test]
+    fn external_gaps_are_ordered_with_the_queues_own() {
+        let a = ch("chat:a");
+        let p = policy(BackpressurePolicy::DropNewest, 1);
+        let mut q = q(100);
+        push(&mut q, &a, 4, p);
+        push(&mut q, &a, 5, p);
+        let epoch = at(0).epoch;
+        q.push_gap(GapNotice {
+            channel: a.clone(),
+            epoch,
+            from: Offset(6),
+            to: Offset(9),
+            cause: GapCause::Unavailable,
+        });
+        let mut out = Vec::new();
+        q.drain(&mut out);
+        let causes: Vec<_> = out
+            .iter()
+            .filter_map(|d| match d {
+                Drained::Gap(g) => Some((g.from.0, g.to.0, g.cause)),
+                Drained::Frame(_) => None,
+            })
+            .collect();
+        assert_eq!(causes, vec![(5, 5, GapCause::SlowConsumer), (6, 9, GapCause::Unavailable)]);
+    }
+
+    #[test]
+    fn forget_discards_a_channels_notices() {
+        let a = ch("chat:a");
+        let p = policy(BackpressurePolicy::DropNewest, 0);
+        let mut q = q(100);
+        push(&mut q, &a, 1, p);
+        q.forget(&a);
+        assert!(q.is_empty());
+    }
+
+    /// A model client: reads a drained batch, returns what it learned per channel.
+    fn read(out: Vec<Drained<(String, u64)>>, seen: &mut BTreeMap<String, Vec<(u64, bool)>>) {
+        for d in out {
+            match d {
+                Drained::Frame((c, o)) => seen.entry(c).or_default().push((o, false)),
+                Drained::Gap(g) => {
+                    let v = seen.entry(g.channel.to_string()).or_default();
+                    for o in g.from.0..=g.to.0 {
+                        v.push((o, true));
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// Whatever the policies, bounds and interleaving of pushes and drains, each
+        /// channel's client sees every offset exactly once, in order, either as a
+        /// message or inside a gap notice that comes before anything later; and the
+        /// bounds are never exceeded.
+        #[test]
+        fn every_offset_arrives_once_in_order_as_message_or_gap(
+            ops in proptest::collection::vec((0usize..3, any::<bool>()), 1..300),
+            limit in 1usize..6,
+            oldest in any::<bool>(),
+        ) {
+            let names = [ch("chat:a"), ch("chat:b"), ch("chat:c")];
+            let p = policy(if oldest { BackpressurePolicy::DropOldest } else { BackpressurePolicy::DropNewest }, limit);
+            let mut q: SendQueue<(String, u64)> = SendQueue::new(Bounds { messages: 4, bytes: 1 << 20 });
+            let mut next = [1u64; 3];
+            let mut seen = BTreeMap::new();
+            for (c, drain) in ops {
+                if drain {
+                    let mut out = Vec::new();
+                    q.drain(&mut out);
+                    read(out, &mut seen);
+                }
+                let o = next[c];
+                next[c] += 1;
+                q.push_message((names[c].to_string(), o), 1, &names[c], at(o), p);
+                prop_assert!(q.messages.frames <= limit.min(4));
+            }
+            let mut out = Vec::new();
+            q.drain(&mut out);
+            read(out, &mut seen);
+            for (c, name) in names.iter().enumerate() {
+                let got: Vec<u64> = seen.get(name.as_str()).map(|v| v.iter().map(|(o, _)| *o).collect()).unwrap_or_default();
+                prop_assert_eq!(got, (1..next[c]).collect::<Vec<u64>>());
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Slow consumers: a reader that stops reading on a hot channel is handled by its
+//! namespace's policy (`drop_oldest`, `drop_newest`, `disconnect`), while a fast reader
+//! on the same node gets every message and publishers never wait; and a channel's
+//! client publish rate is enforced with `rate_limited`.
+
+use anyhow::{ensure, Result};
+use ringcast_tests::*;
+use serde_json::{json, Value};
+
+/// Messages published to the hot channel: about 8 MB, far more than the kernel buffers
+/// for a reader with a small receive buffer.
+const TOTAL: u64 = 1000;
+const CHANNEL: &str = "feed:hot";
+
+fn config(policy: &str) -> String {
+    base_config(&format!(
+        "\n[namespaces.feed]\nanonymous = true\nbackpressure = \"{policy}\"\nclient_publish_rate = 0\n\
+         send_queue_messages = 20\n"
+    ))
+    .replace("[api]", "[limits]\ncommands_per_second = 0\n\n[api]")
+}
+
+/// A node with a slow reader (stalled), a fast reader (caught up) and a publisher.
+struct Hot {
+    node: Ringcastd,
+    slow: WsClient,
+    _fast: WsClient,
+    publisher: WsClient,
+}
+
+/// Starts a node, subscribes a slow reader (which then stops reading) and a fast one,
+/// publishes [`TOTAL`] messages, and checks the fast reader got each once, in order.
+async fn hot_channel(policy: &str) -> Result<Hot> {
+    let node = Ringcastd::start(&config(policy))?;
+    let url = node.ws_url();
+    let mut slow = WsClient::open_with_recv_buffer(&url, 4096).await?;
+    assert_eq!(slow.request(json!({"type": "connect"})).await?["type"], "connected");
+    assert_eq!(slow.subscribe(CHANNEL, None).await?["type"], "subscribed");
+    let (mut fast, _) = WsClient::connect(&url, None).await?;
+    fast.subscribe(CHANNEL, None).await?;
+    let (mut publisher, _) = WsClient::connect(&url, None).await?;
+    let pad = "p".repeat(8000);
+    let publish = async {
+        for i in 1..=TOTAL {
+            let ack = publisher.publish(CHANNEL, json!({"i": i, "pad": pad})).await?;
+            ensure!(ack["type"] == "ack", "publish {i} failed while a reader was stalled: {ack}");
+        }
+        anyhow::Ok(())
+    };
+    let (published, got) = tokio::join!(publish, fast.messages(TOTAL as usize));
+    published?;
+    assert_eq!(offsets(&got?), (1..=TOTAL).collect::<Vec<u64>>(), "the fast reader lost nothing");
+    Ok(Hot { node, slow, _fast: fast, publisher })
+}
+
+/// What a reader saw of the channel: `("m", offset, offset)` per message and
+/// `("gap", from, to)` per gap notice, read until offset `upto` is covered.
+async fn read_until(c: &mut WsClient, upto: u64) -> Result<Vec<(String, u64, u64)>> {
+    let mut seen = Vec::new();
+    loop {
+        let f: Value = c.next_push().await?;
+        let entry = match f["type"].as_str() {
+            Some("message") => {
+                let o = f["offset"].as_u64().unwrap_or(0);
+                ("m".to_owned(), o, o)
+            }
+            Some("gap") => {
+                assert_eq!(f["channel"], CHANNEL);
+                assert_eq!(f["reason"], "slow_consumer", "{f}");
+                ("gap".to_owned(), f["from"].as_u64().unwrap_or(0), f["to"].as_u64().unwrap_or(0))
+            }
+            _ => continue,
+        };
+        let end = entry.2;
+        seen.push(entry);
+        if end >= upto {
+            return Ok(seen);
+        }
+    }
+}
+
+/// Every offset 1..=upto appears exactly once, in order, as a message or inside a gap.
+fn assert_covers(seen: &[(String, u64, u64)], upto: u64) {
+    let mut next = 1;
+    for (kind, from, to) in seen {
+        assert_eq!(*from, next, "{kind} {from}-{to} after {}: {seen:?}", next - 1);
+        next = to + 1;
+    }
+    assert_eq!(next, upto + 1);
+}
+
+#[tokio::test]
+async fn drop_oldest_keeps_a_slow_reader_on_the_latest_messages_with_a_gap() -> Result<()> {
+    let Hot { node, mut slow, mut publisher, _fast } = hot_channel("drop_oldest").await?;
+    assert!(node.metric("ringcast_drops_total{policy=\"drop_oldest\"}").await? > 0.0);
+    let seen = read_until(&mut slow, TOTAL).await?;
+    assert_covers(&seen, TOTAL);
+    assert!(seen.iter().any(|(k, ..)| k == "gap"), "messages were dropped, so a gap was announced");
+    assert_eq!(seen.last().map(|e| e.0.as_str()), Some("m"), "the newest message is kept: {seen:?}");
+    // Still subscribed: the next message arrives as usual.
+    publisher.publish(CHANNEL, json!("after")).await?;
+    assert_eq!(read_until(&mut slow, TOTAL + 1).await?, vec![("m".to_owned(), TOTAL + 1, TOTAL + 1)]);
+    assert_eq!(node.metric("ringcast_closes_total{code=\"4008\"}").await?, 0.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn drop_newest_keeps_what_was_queued_and_announces_the_rest() -> Result<()> {
+    let Hot { node, mut slow, mut publisher, _fast } = hot_channel("drop_newest").await?;
+    assert!(node.metric("ringcast_drops_total{policy=\"drop_newest\"}").await? > 0.0);
+    let seen = read_until(&mut slow, TOTAL).await?;
+    assert_covers(&seen, TOTAL);
+    assert_eq!(seen.first().map(|e| (e.0.as_str(), e.1)), Some(("m", 1)), "the oldest message is kept");
+    assert_eq!(seen.last().map(|e| e.0.as_str()), Some("gap"), "the newest were dropped: {seen:?}");
+    publisher.publish(CHANNEL, json!("after")).await?;
+    assert_eq!(read_until(&mut slow, TOTAL + 1).await?, vec![("m".to_owned(), TOTAL + 1, TOTAL + 1)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn disconnect_closes_a_slow_reader_with_4008() -> Result<()> {
+    let Hot { node, slow, _fast, .. } = hot_channel("disconnect").await?;
+    node.wait_metric("ringcast_closes_total{code=\"4008\"}", |v| v >= 1.0).await?;
+    node.wait_metric("ringcast_subscriptions", |v| v == 1.0).await?; // the fast reader's
+    assert!(node.metric("ringcast_drops_total{policy=\"disconnect\"}").await? >= 1.0);
+    assert_eq!(node.metric("ringcast_drops_total{policy=\"drop_oldest\"}").await?, 0.0);
+    drop(slow);
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_publishes_are_rate_limited_per_channel() -> Result<()> {
+    let node = Ringcastd::start(&base_config(
+        "\n[namespaces.room]\nanonymous = true\nclient_publish_rate = 1\nclient_publish_burst = 3\n",
+    ))?;
+    let (mut a, _) = WsClient::connect(&node.ws_url(), None).await?;
+    let (mut b, _) = WsClient::connect(&node.ws_url(), None).await?;
+    for i in 0..3 {
+        assert_eq!(a.publish("room:1", json!(i)).await?["type"], "ack");
+    }
+    // The budget is the channel's, whichever connection publishes.
+    let r = b.publish("room:1", json!(3)).await?;
+    assert_eq!(error_code(&r), "rate_limited", "{r}");
+    assert_eq!(b.publish("room:2", json!(0)).await?["type"], "ack", "another channel has its own budget");
+    let r = http_publish(&node, "room:1", json!("from the API")).await?;
+    assert_eq!(r.status, 200, "the server API is not limited");
+    assert!(node.metric("ringcast_channel_rate_limited_total").await? >= 1.0);
+    Ok(())
+}
