@@ -87,12 +87,14 @@ pub struct MemberRecord {
 }
 
 /// A slot's current claim: the value of `/{cluster}/slots/{slot}` is JSON
-/// `{"owner": node_id}`, attached to the owner's lease.
+/// `{"owner": node_id, "replica": node_id?}`, attached to the owner's lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotClaim {
     pub owner: NodeId,
     /// The key's mod_revision: the slot's fencing epoch E.
     pub epoch: u64,
+    /// The node holding the synchronous copy of the slot's durable channels.
+    pub replica: Option<NodeId>,
 }
 
 /// A consistent snapshot of the cluster prefix: exactly the decodable members and claims
@@ -317,6 +319,19 @@ impl Membership {
     /// the epoch is the Txn's revision. A [`MembershipError::Timeout`] leaves the outcome
     /// unknown; the view will show it.
     pub async fn claim(&self, slot: Slot, expect: ClaimExpect) -> Result<ClaimOutcome, MembershipError> {
+        self.claim_with_replica(slot, expect, None).await
+    }
+
+    /// [`Membership::claim`] naming the slot's replica in the claim. An owner records a
+    /// new replica with `ClaimExpect::Epoch(its own epoch)`: the write moves the slot's
+    /// fencing epoch forward, and everyone sees which node may continue the slot's
+    /// durable channels if the owner is lost.
+    pub async fn claim_with_replica(
+        &self,
+        slot: Slot,
+        expect: ClaimExpect,
+        replica: Option<&NodeId>,
+    ) -> Result<ClaimOutcome, MembershipError> {
         self.inner.ensure_running()?;
         let lease = self.inner.lock().lease.ok_or(MembershipError::NoLease)?;
         let key = self.inner.keys.slot(slot);
@@ -328,7 +343,7 @@ impl Membership {
                 Compare::mod_revision(key.clone(), CompareOp::Equal, e)
             }
         };
-        let value = record::encode_claim(&self.inner.me)?;
+        let value = record::encode_claim(&self.inner.me, replica)?;
         let txn = Txn::new()
             .when([cmp])
             .and_then([TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(lease)))])

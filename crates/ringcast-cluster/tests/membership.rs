@@ -145,7 +145,7 @@ async fn claims_are_compare_and_swap_with_rising_epochs() -> Result<()> {
 
     let ClaimOutcome::Claimed { epoch: e1 } = a.m.claim(s, ClaimExpect::Vacant).await? else { bail!("first claim") };
     let second = b.m.claim(s, ClaimExpect::Vacant).await?;
-    let held_by_a = ringcast_cluster::membership::SlotClaim { owner: id("a"), epoch: e1 };
+    let held_by_a = ringcast_cluster::membership::SlotClaim { owner: id("a"), epoch: e1, replica: None };
     assert_eq!(second, ClaimOutcome::Lost { current: Some(held_by_a.clone()) });
     wait_view(&mut a, "a's claim", |v| {
         v.claims.get(&s) == Some(&held_by_a) && v.revision >= i64::try_from(e1).unwrap_or(0)
@@ -154,11 +154,20 @@ async fn claims_are_compare_and_swap_with_rising_epochs() -> Result<()> {
 
     let ClaimOutcome::Claimed { epoch: e2 } = b.m.claim(s, ClaimExpect::Epoch(e1)).await? else { bail!("handoff") };
     assert!(e2 > e1);
-    let held_by_b = ringcast_cluster::membership::SlotClaim { owner: id("b"), epoch: e2 };
+    let held_by_b = ringcast_cluster::membership::SlotClaim { owner: id("b"), epoch: e2, replica: None };
     assert_eq!(a.m.claim(s, ClaimExpect::Epoch(e1)).await?, ClaimOutcome::Lost { current: Some(held_by_b.clone()) });
     assert_eq!(a.m.claim(s, ClaimExpect::Epoch(0)).await?, ClaimOutcome::Lost { current: Some(held_by_b.clone()) });
     assert_eq!(a.m.claim(s, ClaimExpect::Vacant).await?, ClaimOutcome::Lost { current: Some(held_by_b.clone()) });
     wait_view(&mut a, "b's claim", |v| v.claims.get(&s) == Some(&held_by_b)).await?;
+
+    // The owner names its replica by a CAS on its own epoch, which moves the epoch on.
+    let ClaimOutcome::Claimed { epoch: e3 } = b.m.claim_with_replica(s, ClaimExpect::Epoch(e2), Some(&id("a"))).await?
+    else {
+        bail!("replica update")
+    };
+    assert!(e3 > e2);
+    let with_replica = ringcast_cluster::membership::SlotClaim { owner: id("b"), epoch: e3, replica: Some(id("a")) };
+    wait_view(&mut a, "b's claim naming a", |v| v.claims.get(&s) == Some(&with_replica)).await?;
 
     // An epoch on a vacant slot matches nothing, Epoch(0) included.
     let vacant = slot(10);

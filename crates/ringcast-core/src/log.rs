@@ -10,9 +10,16 @@
 //! frame, so history replay and live fan-out share the same bytes and nothing is
 //! re-encoded per subscriber.
 //!
+//! Durable channels sequence before they commit: [`ChannelLog::append_pending`] assigns
+//! the offset and stores the message, but readers (recovery, history pages, the visible
+//! [`ChannelLog::top`]) see it only once [`ChannelLog::commit_to`] reaches it, after a
+//! replica acknowledged it. A replica keeps its copy with
+//! [`ChannelLog::append_replicated`], at the owner's positions.
+//!
 //! Invariants (checked by the tests below and the property test):
 //! - offsets handed out are `top+1, top+2, ...` with no gap and no reuse within an epoch;
 //! - history holds a contiguous run of offsets ending at `top` (or is empty);
+//! - readers never see an offset above the committed one;
 //! - an idempotency key inside the window maps to exactly one position.
 
 use crate::dedup::{DedupCheck, DedupPolicy, DedupWindow};
@@ -52,6 +59,13 @@ pub enum Appended<P> {
 pub enum AppendError {
     #[error("idempotency key already used for a different payload (at offset {})", .position.offset)]
     Conflict { position: StreamPosition },
+}
+
+/// A replica's copy is not at the position the owner replicates from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("replica holds up to {} in epoch {}", .held.offset, .held.epoch)]
+pub struct OutOfStep {
+    pub held: StreamPosition,
 }
 
 /// Why a reader cannot be brought up to date from history.
@@ -116,7 +130,10 @@ pub struct LogSnapshot<P> {
 #[derive(Debug)]
 pub struct ChannelLog<P> {
     epoch: Epoch,
+    /// Last offset sequenced.
     top: Offset,
+    /// Last offset readers may see (`<= top`).
+    committed: Offset,
     history: VecDeque<Entry<P>>,
     dedup: DedupWindow,
     history_policy: HistoryPolicy,
@@ -130,6 +147,7 @@ impl<P: Clone> ChannelLog<P> {
         ChannelLog {
             epoch,
             top: Offset::ZERO,
+            committed: Offset::ZERO,
             history: VecDeque::new(),
             dedup: DedupWindow::default(),
             history_policy,
@@ -137,10 +155,72 @@ impl<P: Clone> ChannelLog<P> {
         }
     }
 
-    /// The newest position (offset 0 when nothing was sequenced in this epoch).
+    /// The newest position readers may see (offset 0 when nothing was committed in this
+    /// epoch).
     #[must_use]
     pub fn top(&self) -> StreamPosition {
+        StreamPosition { epoch: self.epoch, offset: self.committed }
+    }
+
+    /// The newest position sequenced, committed or not.
+    #[must_use]
+    pub fn sequenced(&self) -> StreamPosition {
         StreamPosition { epoch: self.epoch, offset: self.top }
+    }
+
+    /// Makes everything up to `offset` visible to readers (at most what was sequenced).
+    pub fn commit_to(&mut self, offset: Offset) {
+        self.committed = self.committed.max(offset.min(self.top));
+    }
+
+    /// Sequences a message visible at once (best-effort channels). See
+    /// [`ChannelLog::append_pending`].
+    pub fn append(
+        &mut self,
+        now: Millis,
+        idempotency_key: Option<&str>,
+        digest: u64,
+        encode: impl FnOnce(StreamPosition) -> P,
+    ) -> Result<Appended<P>, AppendError> {
+        let appended = self.append_pending(now, idempotency_key, digest, encode)?;
+        self.committed = self.top;
+        Ok(appended)
+    }
+
+    /// A replica's copy: stores the message the owner sequenced at `position`. A
+    /// position at or below the top is already held (`Ok`); anything but the next offset
+    /// in this epoch means the copy is out of step and needs a fresh snapshot.
+    pub fn append_replicated(
+        &mut self,
+        position: StreamPosition,
+        now: Millis,
+        idempotency_key: Option<&str>,
+        digest: u64,
+        payload: P,
+    ) -> Result<(), OutOfStep> {
+        if position.epoch != self.epoch || position.offset > self.top.next() {
+            return Err(OutOfStep { held: self.sequenced() });
+        }
+        if position.offset <= self.top {
+            return Ok(());
+        }
+        self.prune(now);
+        self.top = position.offset;
+        self.committed = self.top;
+        self.store(now, payload);
+        if let Some(key) = idempotency_key {
+            self.dedup.record(key, digest, position, &self.dedup_policy, now);
+        }
+        Ok(())
+    }
+
+    fn store(&mut self, now: Millis, payload: P) {
+        if self.history_policy.size > 0 {
+            self.history.push_back(Entry { offset: self.top, at: now, payload });
+            while self.history.len() > self.history_policy.size {
+                self.history.pop_front();
+            }
+        }
     }
 
     #[must_use]
@@ -148,9 +228,11 @@ impl<P: Clone> ChannelLog<P> {
         self.epoch
     }
 
-    /// Sequences a message. `digest` identifies the payload for idempotency checks;
-    /// `encode` builds the stored payload once its position is known.
-    pub fn append(
+    /// Sequences a message without making it visible to readers (durable channels commit
+    /// it once a replica holds it). `digest` identifies the payload for idempotency
+    /// checks; `encode` builds the stored payload once its position is known. A duplicate
+    /// may name a position not yet committed.
+    pub fn append_pending(
         &mut self,
         now: Millis,
         idempotency_key: Option<&str>,
@@ -166,14 +248,9 @@ impl<P: Clone> ChannelLog<P> {
             }
         }
         self.top = self.top.next();
-        let position = self.top();
+        let position = self.sequenced();
         let payload = encode(position);
-        if self.history_policy.size > 0 {
-            self.history.push_back(Entry { offset: self.top, at: now, payload: payload.clone() });
-            while self.history.len() > self.history_policy.size {
-                self.history.pop_front();
-            }
-        }
+        self.store(now, payload.clone());
         if let Some(key) = idempotency_key {
             self.dedup.record(key, digest, position, &self.dedup_policy, now);
         }
@@ -197,41 +274,47 @@ impl<P: Clone> ChannelLog<P> {
         self.dedup.expire(&self.dedup_policy, now);
     }
 
-    /// Oldest offset held; `top + 1` when history is empty.
+    /// Oldest offset held; `committed + 1` when no committed message is held.
     fn oldest(&self) -> Offset {
-        self.history.front().map_or(self.top.next(), |e| e.offset)
+        self.history.front().map_or(self.committed.next(), |e| e.offset).min(self.committed.next())
     }
 
-    /// What a reader at `since` missed, as of `now`.
+    /// What a reader at `since` missed, as of `now` (committed messages only).
     pub fn recover(&mut self, since: StreamPosition, now: Millis) -> Recovery<P> {
         self.prune(now);
-        let (oldest, newest) = (self.oldest(), self.top);
+        let (oldest, newest) = (self.oldest(), self.committed);
         let not = |reason| Recovery::NotRecovered { reason, oldest, newest };
         if since.epoch != self.epoch {
             return not(NotRecoveredReason::EpochChanged);
         }
-        if since.offset > self.top {
+        if since.offset > newest {
             return not(NotRecoveredReason::PositionAhead);
         }
-        if since.offset == self.top {
+        if since.offset == newest {
             return Recovery::Recovered { replay: Vec::new() };
         }
         if since.offset.next() < oldest {
             return not(NotRecoveredReason::PositionExpired);
         }
-        let replay = self.history.iter().filter(|e| e.offset > since.offset).map(|e| e.payload.clone()).collect();
+        let replay = self
+            .history
+            .iter()
+            .filter(|e| e.offset > since.offset && e.offset <= newest)
+            .map(|e| e.payload.clone())
+            .collect();
         Recovery::Recovered { replay }
     }
 
-    /// Up to `limit` messages with offsets below `before` (default: all), oldest first.
+    /// Up to `limit` committed messages with offsets below `before` (default: all),
+    /// oldest first.
     pub fn page(&mut self, now: Millis, before: Option<Offset>, limit: usize) -> HistoryPage<P> {
         self.prune(now);
-        let before = before.unwrap_or(self.top.next());
+        let before = before.unwrap_or(self.committed.next()).min(self.committed.next());
         let below = self.history.partition_point(|e| e.offset < before);
         let start = below.saturating_sub(limit);
         let entries: Vec<P> = self.history.range(start..below).map(|e| e.payload.clone()).collect();
         let next_before = (start > 0 && !entries.is_empty()).then(|| self.history[start].offset);
-        HistoryPage { epoch: self.epoch, oldest: self.oldest(), newest: self.top, entries, next_before }
+        HistoryPage { epoch: self.epoch, oldest: self.oldest(), newest: self.committed, entries, next_before }
     }
 
     /// True when the log holds nothing worth keeping: no history and no idempotency keys.
@@ -242,7 +325,9 @@ impl<P: Clone> ChannelLog<P> {
         self.history.is_empty() && self.dedup.is_empty()
     }
 
-    /// Everything needed to continue this stream elsewhere, as of `now`.
+    /// Everything needed to continue this stream elsewhere, as of `now`: every message
+    /// sequenced, committed or not (a message a replica or a new owner holds is
+    /// committed there).
     pub fn snapshot(&mut self, now: Millis) -> LogSnapshot<P> {
         self.prune(now);
         LogSnapshot {
@@ -276,7 +361,15 @@ impl<P: Clone> ChannelLog<P> {
             history.pop_front();
         }
         let dedup = DedupWindow::import(snap.dedup, &dedup_policy, now);
-        let mut log = ChannelLog { epoch: snap.epoch, top: snap.top, history, dedup, history_policy, dedup_policy };
+        let mut log = ChannelLog {
+            epoch: snap.epoch,
+            top: snap.top,
+            committed: snap.top,
+            history,
+            dedup,
+            history_policy,
+            dedup_policy,
+        };
         log.prune(now);
         log
     }
@@ -342,6 +435,51 @@ mod tests {
         // After the window the key is new again.
         assert!(!l.remembers("k1", Millis(120_000)));
         assert!(matches!(push(&mut l, 121_000, Some("k1"), 11), Ok(Appended::Fresh { .. })));
+    }
+
+    #[test]
+    fn pending_messages_are_invisible_until_committed() {
+        let mut l = log(10, 60);
+        push(&mut l, 0, None, 0).ok();
+        let pending = l.append_pending(Millis(0), Some("k"), 5, |p| p.offset.0);
+        assert!(matches!(pending, Ok(Appended::Fresh { position, .. }) if position == at(7, 2)));
+        l.append_pending(Millis(0), None, 0, |p| p.offset.0).ok();
+        assert_eq!((l.top(), l.sequenced()), (at(7, 1), at(7, 3)));
+        assert_eq!(l.recover(at(7, 0), Millis(0)), Recovery::Recovered { replay: vec![1] });
+        assert_eq!(l.page(Millis(0), None, 10).entries, vec![1]);
+        assert_eq!(
+            l.append_pending(Millis(0), Some("k"), 5, |p| p.offset.0),
+            Ok(Appended::Duplicate { position: at(7, 2) }),
+            "a retry names the pending position; the caller waits for its commit"
+        );
+        l.commit_to(Offset(2));
+        assert_eq!(l.recover(at(7, 0), Millis(0)), Recovery::Recovered { replay: vec![1, 2] });
+        l.commit_to(Offset(99));
+        assert_eq!(l.top(), at(7, 3), "never beyond what was sequenced");
+        let snap = l.snapshot(Millis(0));
+        assert_eq!(snap.top, Offset(3));
+    }
+
+    #[test]
+    fn a_replica_copies_the_owners_positions_in_order_only() {
+        let mut r = log(10, 60);
+        assert_eq!(r.append_replicated(at(7, 1), Millis(0), Some("k"), 5, 1), Ok(()));
+        assert_eq!(r.append_replicated(at(7, 1), Millis(0), Some("k"), 5, 1), Ok(()), "already held");
+        assert_eq!(r.append_replicated(at(7, 3), Millis(0), None, 0, 3), Err(OutOfStep { held: at(7, 1) }));
+        assert_eq!(r.append_replicated(at(8, 2), Millis(0), None, 0, 2), Err(OutOfStep { held: at(7, 1) }));
+        assert_eq!(r.append_replicated(at(7, 2), Millis(0), None, 0, 2), Ok(()));
+        assert_eq!(r.top(), at(7, 2));
+        assert!(r.remembers("k", Millis(0)), "idempotency keys are replicated too");
+        let mut promoted = ChannelLog::restore(
+            r.snapshot(Millis(0)),
+            HistoryPolicy { size: 10, ttl: Duration::from_secs(60) },
+            DedupPolicy::default(),
+            Millis(0),
+        );
+        assert_eq!(push(&mut promoted, 1, Some("k"), 5), Ok(Appended::Duplicate { position: at(7, 1) }));
+        assert!(
+            matches!(push(&mut promoted, 1, None, 0), Ok(Appended::Fresh { position, .. }) if position == at(7, 3))
+        );
     }
 
     #[test]

@@ -65,6 +65,11 @@ pub struct NamespaceOptions {
     /// Whether connections without a token may subscribe (and publish, if
     /// `client_publish`) (default false).
     pub anonymous: bool,
+    /// Durable channels (RF 2; default false): each message is held by the slot's replica
+    /// before it is acknowledged or delivered, and a crash of the owner continues the
+    /// channel in the same epoch on the replica. Needs a cluster of two or more core
+    /// nodes; publishes fail with `insufficient_replicas` when no replica is reachable.
+    pub durable: bool,
     /// Slow-subscriber policy (default `drop_oldest`).
     pub backpressure: BackpressurePolicy,
     /// Messages of this namespace a connection may have queued before the policy applies
@@ -91,6 +96,7 @@ impl Default for NamespaceOptions {
             client_publish: true,
             max_message_bytes: 64 * 1024,
             anonymous: false,
+            durable: false,
             backpressure: BackpressurePolicy::DropOldest,
             send_queue_messages: None,
             send_queue_bytes: None,

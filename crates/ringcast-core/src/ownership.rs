@@ -9,7 +9,11 @@
 //!
 //! Rules:
 //! - The ring holds the core members that are not draining (edge nodes never own).
-//! - A vacant slot is claimed by its desired owner only (no races between nodes).
+//! - A vacant slot is claimed by one node only (no races between nodes): the replica
+//!   named by the slot's last claim when it is still a live core member (it holds the
+//!   slot's durable channels and continues them in the same epoch; the ring moves the
+//!   slot on afterwards by handoff), otherwise the desired owner.
+//! - A slot's replica is the first member after its owner in the slot's ring order.
 //! - A slot held by one node but desired by another is handed off by its holder, at
 //!   most `max_in_flight` at a time (the round throttle, 32 by default), in slot order.
 //! - A claim is the source of truth for routing: requests go to the holder of the claim,
@@ -42,6 +46,9 @@ pub struct MemberInfo {
 pub struct Claim {
     pub owner: NodeId,
     pub epoch: SlotEpoch,
+    /// The node holding the synchronous copy of the slot's durable channels, once the
+    /// owner has brought one up.
+    pub replica: Option<NodeId>,
 }
 
 /// A membership snapshot.
@@ -49,6 +56,9 @@ pub struct Claim {
 pub struct ClusterView {
     pub members: Vec<MemberInfo>,
     pub claims: BTreeMap<Slot, Claim>,
+    /// For vacant slots: the replica named by the last claim this node saw (the owner
+    /// is gone; the replica may continue its durable channels).
+    pub vacated: BTreeMap<Slot, NodeId>,
 }
 
 /// Where a request about a slot must go.
@@ -92,6 +102,20 @@ impl ClusterView {
     pub fn is_member(&self, id: &NodeId) -> bool {
         self.members.iter().any(|m| &m.id == id)
     }
+
+    fn is_core(&self, id: &NodeId) -> bool {
+        self.members.iter().any(|m| &m.id == id && m.core)
+    }
+
+    /// Who claims a vacant slot: the last replica while it is a live core member,
+    /// otherwise the desired owner.
+    #[must_use]
+    pub fn claimant<'a>(&'a self, slot: Slot, ring: &'a Ring) -> &'a NodeId {
+        match self.vacated.get(&slot) {
+            Some(r) if self.is_core(r) => r,
+            _ => ring.owner(slot),
+        }
+    }
 }
 
 /// The routing table for one view: a claim or a desired owner per slot.
@@ -110,7 +134,7 @@ impl RouteTable {
     /// A one-member table where `me` holds every slot at `epoch` (standalone nodes).
     #[must_use]
     pub fn standalone(me: &NodeId, epoch: SlotEpoch) -> RouteTable {
-        let claims = Slot::all().map(|s| (s, Claim { owner: me.clone(), epoch })).collect();
+        let claims = Slot::all().map(|s| (s, Claim { owner: me.clone(), epoch, replica: None })).collect();
         RouteTable { ring: Ring::build(std::slice::from_ref(me), DEFAULT_VNODES).ok(), claims }
     }
 
@@ -137,6 +161,19 @@ impl RouteTable {
         self.ring.as_ref().map(|r| r.owner(slot))
     }
 
+    /// Where `owner` should keep `slot`'s replica: the first other member in the slot's
+    /// ring order. `None` when no other member can hold it.
+    #[must_use]
+    pub fn replica_for(&self, slot: Slot, owner: &NodeId) -> Option<&NodeId> {
+        self.ring.as_ref()?.replicas(slot, 3).into_iter().find(|n| *n != owner)
+    }
+
+    /// The replica the slot's claim names.
+    #[must_use]
+    pub fn claimed_replica(&self, slot: Slot) -> Option<&NodeId> {
+        self.claims.get(&slot)?.replica.as_ref()
+    }
+
     /// Slots per claim holder, for operators.
     #[must_use]
     pub fn claimed_counts(&self) -> BTreeMap<NodeId, usize> {
@@ -160,7 +197,7 @@ pub fn plan(view: &ClusterView, me: &NodeId, in_flight: usize, max_in_flight: us
     for slot in Slot::all() {
         let desired = ring.owner(slot);
         match view.claims.get(&slot) {
-            None if desired == me => p.claim.push(slot),
+            None if view.claimant(slot, &ring) == me => p.claim.push(slot),
             Some(c) if &c.owner == me && desired != me && p.hand_off.len() < budget => {
                 p.hand_off.push(Handoff { slot, to: desired.clone(), from_epoch: c.epoch });
             }
@@ -193,13 +230,14 @@ mod tests {
             for me in &ids {
                 let p = plan(view, me, 0, DEFAULT_HANDOFFS_IN_FLIGHT);
                 for s in p.claim {
+                    view.vacated.remove(&s);
                     epoch += 1;
-                    view.claims.insert(s, Claim { owner: me.clone(), epoch: SlotEpoch(epoch) });
+                    view.claims.insert(s, Claim { owner: me.clone(), epoch: SlotEpoch(epoch), replica: None });
                     changed = true;
                 }
                 for h in p.hand_off {
                     epoch += 1;
-                    view.claims.insert(h.slot, Claim { owner: h.to, epoch: SlotEpoch(epoch) });
+                    view.claims.insert(h.slot, Claim { owner: h.to, epoch: SlotEpoch(epoch), replica: None });
                     changed = true;
                 }
             }
@@ -212,7 +250,8 @@ mod tests {
 
     #[test]
     fn a_new_cluster_claims_every_slot_once_by_its_desired_owner() {
-        let mut v = ClusterView { members: members(&["a", "b", "c"]), claims: BTreeMap::new() };
+        let mut v =
+            ClusterView { members: members(&["a", "b", "c"]), claims: BTreeMap::new(), vacated: BTreeMap::new() };
         converge(&mut v, 10);
         assert_eq!(v.claims.len(), usize::from(SLOTS));
         let ring = v.ring().unwrap_or_else(|| unreachable!());
@@ -221,7 +260,8 @@ mod tests {
 
     #[test]
     fn a_join_moves_slots_in_throttled_rounds_and_edges_never_own() {
-        let mut v = ClusterView { members: members(&["a", "b", "c"]), claims: BTreeMap::new() };
+        let mut v =
+            ClusterView { members: members(&["a", "b", "c"]), claims: BTreeMap::new(), vacated: BTreeMap::new() };
         converge(&mut v, 10);
         let before = v.claims.clone();
         v.members.push(MemberInfo { id: id("d"), core: true, draining: false });
@@ -240,7 +280,8 @@ mod tests {
 
     #[test]
     fn a_draining_member_hands_everything_off() {
-        let mut v = ClusterView { members: members(&["a", "b", "c"]), claims: BTreeMap::new() };
+        let mut v =
+            ClusterView { members: members(&["a", "b", "c"]), claims: BTreeMap::new(), vacated: BTreeMap::new() };
         converge(&mut v, 10);
         v.members[1].draining = true;
         converge(&mut v, 100);
@@ -250,15 +291,35 @@ mod tests {
 
     #[test]
     fn routes_follow_claims_then_desired_owners() {
-        let mut v = ClusterView { members: members(&["a", "b"]), claims: BTreeMap::new() };
+        let mut v = ClusterView { members: members(&["a", "b"]), claims: BTreeMap::new(), vacated: BTreeMap::new() };
         let s = Slot::new(7).unwrap_or_else(|| unreachable!());
         let t = RouteTable::new(&v);
         assert!(matches!(t.route(s), Route::Vacant { .. }));
-        v.claims.insert(s, Claim { owner: id("b"), epoch: SlotEpoch(9) });
+        v.claims.insert(s, Claim { owner: id("b"), epoch: SlotEpoch(9), replica: None });
         assert_eq!(RouteTable::new(&v).route(s), Route::Claimed { owner: id("b"), epoch: SlotEpoch(9) });
         assert_eq!(RouteTable::new(&ClusterView::default()).route(s), Route::NoOwner);
         let solo = RouteTable::standalone(&id("x"), SlotEpoch(1));
         assert!(Slot::all().all(|s| solo.route(s) == Route::Claimed { owner: id("x"), epoch: SlotEpoch(1) }));
+    }
+
+    #[test]
+    fn a_crashed_owners_replica_claims_first_then_hands_off_to_the_ring() {
+        let mut v = ClusterView { members: members(&["a", "b", "c"]), ..ClusterView::default() };
+        converge(&mut v, 10);
+        let slot = Slot::all().find(|s| v.claims[s].owner.as_str() == "a").unwrap_or_else(|| unreachable!());
+        let replica = RouteTable::new(&v).replica_for(slot, &id("a")).cloned().unwrap_or_else(|| unreachable!());
+        assert_ne!(replica, id("a"));
+        v.members.retain(|m| m.id.as_str() != "a");
+        v.claims.retain(|_, c| c.owner.as_str() != "a");
+        v.vacated.insert(slot, replica.clone());
+        for m in ["b", "c"] {
+            let claims = plan(&v, &id(m), 0, 32).claim.contains(&slot);
+            assert_eq!(claims, id(m) == replica, "only the replica claims the slot ({m})");
+        }
+        // With the replica gone too, the desired owner claims.
+        v.members.retain(|m| m.id != replica);
+        let ring = v.ring().unwrap_or_else(|| unreachable!());
+        assert!(plan(&v, ring.owner(slot), 0, 32).claim.contains(&slot));
     }
 
     proptest! {
@@ -267,7 +328,7 @@ mod tests {
         /// by its desired owner, and nobody plans anything more.
         #[test]
         fn membership_changes_converge(ops in proptest::collection::vec((0u8..3, 0usize..6), 1..12)) {
-            let mut v = ClusterView { members: members(&["n0", "n1"]), claims: BTreeMap::new() };
+            let mut v = ClusterView { members: members(&["n0", "n1"]), claims: BTreeMap::new(), vacated: BTreeMap::new() };
             converge(&mut v, 200);
             for (op, k) in ops {
                 let name = format!("n{k}");
@@ -275,7 +336,16 @@ mod tests {
                     0 if !v.is_member(&id(&name)) => v.members.push(MemberInfo { id: id(&name), core: true, draining: false }),
                     1 => if let Some(m) = v.members.iter_mut().find(|m| m.id.as_str() == name) { m.draining = true },
                     _ => {
-                        // Crash: the member and its claims vanish with its lease.
+                        // Crash: the member and its claims vanish with its lease; every
+                        // node remembers the replica the lost claims named.
+                        let table = RouteTable::new(&v);
+                        for (s, c) in &v.claims {
+                            if c.owner.as_str() == name {
+                                if let Some(r) = table.replica_for(*s, &c.owner) {
+                                    v.vacated.insert(*s, r.clone());
+                                }
+                            }
+                        }
                         v.members.retain(|m| m.id.as_str() != name);
                         v.claims.retain(|_, c| c.owner.as_str() != name);
                     }

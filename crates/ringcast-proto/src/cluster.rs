@@ -18,7 +18,7 @@
 use bincode::{Decode, Encode};
 
 /// Version of this frame catalogue, sent in `Hello`.
-pub const FRAMES_VERSION: u16 = 2;
+pub const FRAMES_VERSION: u16 = 3;
 
 /// A resume position as sent between nodes (`epoch` absent when the client sent none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -108,6 +108,29 @@ pub enum PeerFrame {
     Handoff { req: u64, slot: u16, from_epoch: u64, channels: Vec<ChannelSnapshotWire> },
     /// New owner -> old owner: the slot is claimed at `epoch` and served from here on.
     HandedOff { req: u64, slot: u16, epoch: u64 },
+
+    /// Owner -> replica: one message of a durable channel, sequenced at (`epoch`,
+    /// `offset`) under the slot's fencing epoch, with its idempotency key and payload
+    /// digest. The replica stores it and answers `Replicated`; only then does the owner
+    /// ack and fan it out.
+    Replicate {
+        req: u64,
+        slot: u16,
+        slot_epoch: u64,
+        channel: String,
+        epoch: u64,
+        offset: u64,
+        frame: String,
+        idempotency_key: Option<String>,
+        digest: u64,
+    },
+    /// Replica -> owner: the message at `offset` (and everything before it) is held.
+    Replicated { req: u64, offset: u64 },
+    /// Owner -> new replica: the slot's durable channels (as in a handoff); the replica
+    /// replaces what it held for the slot and answers `ReplicaSynced`.
+    ReplicaSync { req: u64, slot: u16, slot_epoch: u64, channels: Vec<ChannelSnapshotWire> },
+    /// Replica -> owner: the snapshot is installed.
+    ReplicaSynced { req: u64, slot: u16 },
 }
 
 /// Fixed overhead counted per frame by [`PeerFrame::size_hint`] (ids, numbers, lengths).
@@ -126,12 +149,18 @@ impl PeerFrame {
             PeerFrame::Subscribe { channel, .. }
             | PeerFrame::Unsubscribe { channel, .. }
             | PeerFrame::History { channel, .. } => channel.len(),
-            PeerFrame::Acked { .. } | PeerFrame::HandedOff { .. } => 0,
+            PeerFrame::Acked { .. }
+            | PeerFrame::HandedOff { .. }
+            | PeerFrame::Replicated { .. }
+            | PeerFrame::ReplicaSynced { .. } => 0,
+            PeerFrame::Replicate { channel, frame, idempotency_key, .. } => {
+                channel.len() + frame.len() + idempotency_key.as_ref().map_or(0, String::len)
+            }
             PeerFrame::Subscribed { replay, .. } => replay.iter().map(|m| m.len() + 8).sum(),
             PeerFrame::HistoryPage { messages, .. } => messages.iter().map(|m| m.len() + 8).sum(),
             PeerFrame::Refused { code, message, .. } => code.len() + message.len(),
             PeerFrame::Deliver { channel, frame, .. } => channel.len() + frame.len(),
-            PeerFrame::Handoff { channels, .. } => channels
+            PeerFrame::Handoff { channels, .. } | PeerFrame::ReplicaSync { channels, .. } => channels
                 .iter()
                 .map(|c| {
                     c.channel.len()

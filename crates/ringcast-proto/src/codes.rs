@@ -26,12 +26,14 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     Unavailable,
+    InsufficientReplicas,
+    CoordinationUnavailable,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownCommand,
         ErrorCode::NotConnected,
@@ -52,6 +54,8 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::Unavailable,
+        ErrorCode::InsufficientReplicas,
+        ErrorCode::CoordinationUnavailable,
         ErrorCode::Internal,
     ];
 
@@ -79,6 +83,8 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::InsufficientReplicas => "insufficient_replicas",
+            ErrorCode::CoordinationUnavailable => "coordination_unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -104,7 +110,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::MessageTooLarge => 413,
             ErrorCode::RateLimited => 429,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::InsufficientReplicas | ErrorCode::CoordinationUnavailable => 503,
             ErrorCode::Internal => 500,
         }
     }

@@ -133,7 +133,9 @@ fn all_lists_every_variant() {
             ErrorCode::NotFound => 17,
             ErrorCode::MethodNotAllowed => 18,
             ErrorCode::Unavailable => 19,
-            ErrorCode::Internal => 20,
+            ErrorCode::InsufficientReplicas => 20,
+            ErrorCode::CoordinationUnavailable => 21,
+            ErrorCode::Internal => 22,
         }
     }
     fn close_index(c: CloseCode) -> usize {
@@ -152,7 +154,7 @@ fn all_lists_every_variant() {
             CloseCode::HeartbeatTimeout => 11,
         }
     }
-    const ERROR_VARIANTS: usize = 21;
+    const ERROR_VARIANTS: usize = 23;
     const CLOSE_VARIANTS: usize = 12;
     assert_eq!(ErrorCode::ALL.len(), ERROR_VARIANTS, "ErrorCode::ALL vs the variants listed in this test");
     assert_eq!(CloseCode::ALL.len(), CLOSE_VARIANTS, "CloseCode::ALL vs the variants listed in this test");

@@ -481,6 +481,12 @@ impl Config {
             if let Err(e) = ns.validate() {
                 return invalid(&format!("namespaces.{name}.{}", e.field), e.problem);
             }
+            if ns.durable && self.cluster.is_none() {
+                return invalid(
+                    &format!("namespaces.{name}.durable"),
+                    "needs a cluster: a standalone node has no replica to hold a second copy".into(),
+                );
+            }
             if ns.send_queue_bytes.is_some_and(|b| b < ns.max_message_bytes + ENVELOPE_ALLOWANCE_BYTES) {
                 return invalid(
                     &format!("namespaces.{name}.send_queue_bytes"),

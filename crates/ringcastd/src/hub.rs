@@ -41,8 +41,7 @@ use ringcast_proto::client::{encode_message, encode_subscribed, Since};
 use ringcast_proto::cluster::{OutcomeWire, PeerFrame};
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
-use std::collections::BTreeSet;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -91,6 +90,11 @@ struct ChannelState {
     /// Gateway role: this node asked the remote owner for the channel's messages.
     remote_interest: bool,
     subscribers: HashMap<ConnId, Subscriber>,
+    /// Owner role, durable channels: messages sequenced but not yet held by the replica,
+    /// in offset order; fanned out when committed.
+    uncommitted: VecDeque<(StreamPosition, Utf8Bytes)>,
+    /// Replica role: this node's copy of a durable channel owned elsewhere.
+    replica: Option<ChannelLog<Utf8Bytes>>,
     /// Owner role: the channel's budget for client publishes (namespace
     /// `client_publish_rate`); `None` until a client first publishes.
     client_publishes: Option<TokenBucket>,
@@ -142,6 +146,16 @@ pub struct Published {
     pub position: StreamPosition,
     /// True when the idempotency window answered with an earlier position.
     pub duplicate: bool,
+}
+
+/// What a durable publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurableAppend {
+    /// Already committed (a retry answered from the idempotency window).
+    Committed(Published),
+    /// Sequenced at `position`, not yet committed. `duplicate`: a retry of a message
+    /// still in flight (nothing was sent); `sent`: the `Replicate` was queued.
+    Pending { position: StreamPosition, duplicate: bool, sent: bool },
 }
 
 /// Summary of one channel, for operators.
@@ -300,6 +314,8 @@ impl Hub {
                                 mirror: None,
                                 remote_interest: false,
                                 subscribers: HashMap::new(),
+                                uncommitted: VecDeque::new(),
+                                replica: None,
                                 client_publishes: None,
                                 removed: false,
                             }),
@@ -350,16 +366,7 @@ impl Hub {
             if self.is_sealed(channel) {
                 return Err(ErrorCode::Unavailable);
             }
-            if origin == Origin::Client && ns.client_publish_rate > 0 {
-                let known = idempotency_key.is_some_and(|k| st.log.as_mut().is_some_and(|l| l.remembers(k, now)));
-                let bucket = st
-                    .client_publishes
-                    .get_or_insert_with(|| TokenBucket::new(ns.client_publish_rate, ns.client_publish_burst, now));
-                if !known && !bucket.try_take(now) {
-                    self.metrics.channel_rate_limited.fetch_add(1, Ordering::Relaxed);
-                    return Err(ErrorCode::RateLimited);
-                }
-            }
+            self.check_client_rate(st, ns, idempotency_key, origin, now)?;
             let appended = self
                 .owned_log(st, ns)
                 .append(now, idempotency_key, digest, |pos| Utf8Bytes::from(encode_message(channel, pos, data)))
@@ -376,6 +383,233 @@ impl Hub {
                 }
             }
         })
+    }
+
+    /// Owner, durable channel: sequences a publish without committing it and queues its
+    /// `Replicate` (request `req`) to `replica` under the channel lock, so replicas
+    /// receive a channel's messages in offset order. Readers and subscribers see it
+    /// only after [`Hub::commit`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_durable(
+        &self,
+        channel: &ChannelName,
+        ns: &NamespaceOptions,
+        data: &RawValue,
+        idempotency_key: Option<&str>,
+        origin: Origin,
+        now: Millis,
+        replica: &NodeId,
+        replica_epoch: SlotEpoch,
+        req: u64,
+    ) -> Result<DurableAppend, ErrorCode> {
+        let digest = payload_digest(data.get().as_bytes());
+        self.with_channel(channel, |st| {
+            if self.is_sealed(channel) {
+                return Err(ErrorCode::Unavailable);
+            }
+            self.check_client_rate(st, ns, idempotency_key, origin, now)?;
+            let log = self.owned_log(st, ns);
+            let committed = log.top().offset;
+            let appended = log
+                .append_pending(now, idempotency_key, digest, |pos| Utf8Bytes::from(encode_message(channel, pos, data)))
+                .map_err(|AppendError::Conflict { .. }| ErrorCode::Conflict)?;
+            match appended {
+                Appended::Duplicate { position } if position.offset <= committed => {
+                    self.metrics.publish_duplicates.fetch_add(1, Ordering::Relaxed);
+                    Ok(DurableAppend::Committed(Published { position, duplicate: true }))
+                }
+                Appended::Duplicate { position } => {
+                    self.metrics.publish_duplicates.fetch_add(1, Ordering::Relaxed);
+                    Ok(DurableAppend::Pending { position, duplicate: true, sent: false })
+                }
+                Appended::Fresh { position, payload } => {
+                    let sent = self.send_peer(
+                        replica,
+                        PeerFrame::Replicate {
+                            req,
+                            slot: Slot::of(channel).get(),
+                            slot_epoch: replica_epoch.0,
+                            channel: channel.as_str().to_owned(),
+                            epoch: position.epoch.get(),
+                            offset: position.offset.0,
+                            frame: payload.as_str().to_owned(),
+                            idempotency_key: idempotency_key.map(str::to_owned),
+                            digest,
+                        },
+                    );
+                    st.uncommitted.push_back((position, payload));
+                    Ok(DurableAppend::Pending { position, duplicate: false, sent })
+                }
+            }
+        })
+    }
+
+    /// Owner, durable channel: the replica holds everything up to `offset`: commit it and
+    /// fan out what became visible, in order (under `slot_epoch`). Returns the committed
+    /// position.
+    pub fn commit(&self, channel: &ChannelName, offset: Offset, slot_epoch: SlotEpoch) -> Option<StreamPosition> {
+        self.with_existing(channel, |st| self.commit_locked(channel, st, offset, slot_epoch)).flatten()
+    }
+
+    fn commit_locked(
+        &self,
+        channel: &ChannelName,
+        st: &mut ChannelState,
+        offset: Offset,
+        slot_epoch: SlotEpoch,
+    ) -> Option<StreamPosition> {
+        let log = st.log.as_mut()?;
+        log.commit_to(offset);
+        let top = log.top();
+        while st.uncommitted.front().is_some_and(|(p, _)| p.epoch != top.epoch || p.offset <= top.offset) {
+            if let Some((position, frame)) = st.uncommitted.pop_front() {
+                if position.epoch == top.epoch {
+                    self.fan_out(channel, st, position, &frame);
+                    self.fan_out_remote(channel, st, position, &frame, slot_epoch);
+                }
+            }
+        }
+        Some(top)
+    }
+
+    /// Owner: commits everything sequenced in `slot`'s channels (a new replica was
+    /// given all of it in its snapshot).
+    pub fn commit_slot(&self, slot: Slot, slot_epoch: SlotEpoch) {
+        for (channel, cell) in self.slot_cells(slot) {
+            let mut st = lock(&cell.state);
+            if let Some(top) = st.log.as_ref().map(|l| l.sequenced().offset) {
+                self.commit_locked(&channel, &mut st, top, slot_epoch);
+            }
+        }
+    }
+
+    /// Owner: the committed position of a channel this node sequences.
+    pub fn committed(&self, channel: &ChannelName) -> Option<StreamPosition> {
+        self.with_existing(channel, |st| st.log.as_ref().map(ChannelLog::top)).flatten()
+    }
+
+    /// Owner: the slot's channels that `durable` selects, as snapshots for a new
+    /// replica (everything sequenced, committed or not).
+    pub fn snapshot_durable(
+        &self,
+        slot: Slot,
+        durable: impl Fn(&ChannelName) -> bool,
+        now: Millis,
+    ) -> Vec<ChannelHandoff> {
+        let mut out = Vec::new();
+        for (channel, cell) in self.slot_cells(slot) {
+            if !durable(&channel) {
+                continue;
+            }
+            let mut st = lock(&cell.state);
+            if let Some(log) = st.log.as_mut() {
+                out.push(ChannelHandoff { channel, log: log.snapshot(now), interest: Vec::new() });
+            }
+        }
+        out
+    }
+
+    /// Whether this node sequences any channel of `slot` that `durable` selects.
+    pub fn has_durable(&self, slot: Slot, durable: impl Fn(&ChannelName) -> bool) -> bool {
+        self.slot_cells(slot).iter().any(|(c, cell)| durable(c) && lock(&cell.state).log.is_some())
+    }
+
+    /// Replica: stores one replicated message.
+    #[allow(clippy::too_many_arguments)]
+    pub fn replicate(
+        &self,
+        channel: &ChannelName,
+        ns: &NamespaceOptions,
+        position: StreamPosition,
+        idempotency_key: Option<&str>,
+        digest: u64,
+        frame: Utf8Bytes,
+        now: Millis,
+    ) -> Result<(), ringcast_core::log::OutOfStep> {
+        self.with_channel(channel, |st| {
+            if st.replica.is_none() && position.offset == Offset(1) {
+                st.replica = Some(ChannelLog::new(position.epoch, ns.history_policy(), ns.dedup_policy()));
+            }
+            match st.replica.as_mut() {
+                Some(r) => r.append_replicated(position, now, idempotency_key, digest, frame),
+                None => Err(ringcast_core::log::OutOfStep {
+                    held: StreamPosition { epoch: position.epoch, offset: Offset::ZERO },
+                }),
+            }
+        })
+    }
+
+    /// Replica: replaces what this node holds of `slot` with the owner's snapshot.
+    pub fn install_replica(
+        &self,
+        slot: Slot,
+        channels: Vec<ChannelHandoff>,
+        ns_of: impl Fn(&ChannelName) -> Option<NamespaceOptions>,
+        now: Millis,
+    ) {
+        self.drop_replicas(slot);
+        for h in channels {
+            let Some(ns) = ns_of(&h.channel) else { continue };
+            self.with_channel(&h.channel, |st| {
+                st.replica = Some(ChannelLog::restore(h.log, ns.history_policy(), ns.dedup_policy(), now));
+            });
+        }
+    }
+
+    /// Replica: forgets the copies this node holds of `slot`.
+    pub fn drop_replicas(&self, slot: Slot) {
+        for (_, cell) in self.slot_cells(slot) {
+            lock(&cell.state).replica = None;
+        }
+    }
+
+    /// Whether this node holds replica copies of any channel of `slot`.
+    pub fn holds_replicas(&self, slot: Slot) -> bool {
+        self.slot_cells(slot).iter().any(|(_, cell)| lock(&cell.state).replica.is_some())
+    }
+
+    /// New owner after a crash: this node's replica copies of `slot` become the owner's
+    /// logs, in the same epochs, continuing at the next offset. Returns how many.
+    pub fn promote_slot(
+        &self,
+        slot: Slot,
+        me: &NodeId,
+        ns_of: impl Fn(&ChannelName) -> Option<NamespaceOptions>,
+        now: Millis,
+    ) -> usize {
+        let mut promoted = Vec::new();
+        for (channel, cell) in self.slot_cells(slot) {
+            let mut st = lock(&cell.state);
+            if let Some(mut r) = st.replica.take() {
+                promoted.push(ChannelHandoff { channel, log: r.snapshot(now), interest: Vec::new() });
+            }
+        }
+        let n = promoted.len();
+        self.install(promoted, me, ns_of, now);
+        n
+    }
+
+    /// Checks a client publish against the channel's `client_publish_rate`.
+    fn check_client_rate(
+        &self,
+        st: &mut ChannelState,
+        ns: &NamespaceOptions,
+        idempotency_key: Option<&str>,
+        origin: Origin,
+        now: Millis,
+    ) -> Result<(), ErrorCode> {
+        if origin != Origin::Client || ns.client_publish_rate == 0 {
+            return Ok(());
+        }
+        let known = idempotency_key.is_some_and(|k| st.log.as_mut().is_some_and(|l| l.remembers(k, now)));
+        let bucket = st
+            .client_publishes
+            .get_or_insert_with(|| TokenBucket::new(ns.client_publish_rate, ns.client_publish_burst, now));
+        if !known && !bucket.try_take(now) {
+            self.metrics.channel_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(ErrorCode::RateLimited);
+        }
+        Ok(())
     }
 
     /// Pushes one message to every local subscriber under its policy; removes those
@@ -821,7 +1055,14 @@ impl Hub {
             map.retain(|_, cell| {
                 let mut st = lock(&cell.state);
                 let log_idle = st.log.as_mut().is_none_or(|l| l.is_idle(now));
-                if st.subscribers.is_empty() && st.interest.is_empty() && !st.remote_interest && log_idle {
+                let replica_idle = st.replica.as_mut().is_none_or(|l| l.is_idle(now));
+                if st.subscribers.is_empty()
+                    && st.interest.is_empty()
+                    && !st.remote_interest
+                    && log_idle
+                    && replica_idle
+                    && st.uncommitted.is_empty()
+                {
                     st.removed = true;
                     forgotten += 1;
                     false

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub peer_overflows: AtomicU64,
     /// Channels this node re-subscribed to after an owner's stream ended.
     pub resyncs: AtomicU64,
+    /// Slots this node took over from a crashed owner with their durable channels.
+    pub promotions: AtomicU64,
     /// `Deliver` frames refused because an owner with a newer slot epoch was seen.
     pub fenced_frames: AtomicU64,
     /// Slots this node handed off to another node.
@@ -179,6 +181,12 @@ impl Metrics {
             "ringcast_resyncs_total",
             "Channels re-subscribed by offset after an owner's stream to this node ended.",
             self.resyncs.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_failovers_total",
+            "Slots this node took over from a crashed owner, continuing their durable channels in the same epochs.",
+            self.promotions.load(Relaxed),
         );
         counter(
             &mut o,

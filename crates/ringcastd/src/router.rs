@@ -24,11 +24,20 @@ pub const STANDALONE_EPOCH: SlotEpoch = SlotEpoch(1);
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,
+    /// Nothing was done and trying again (after re-routing) is safe: true for
+    /// `unavailable` unless the outcome is unknown.
+    pub retry: bool,
 }
 
 impl Refusal {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
-        Refusal { code, message: message.into() }
+        Refusal { code, message: message.into(), retry: code == ErrorCode::Unavailable }
+    }
+
+    /// `unavailable` with an unknown outcome (a message may have been sequenced): the
+    /// client retries with its idempotency key; the node does not retry on its own.
+    pub fn indeterminate(message: impl Into<String>) -> Refusal {
+        Refusal { code: ErrorCode::Unavailable, message: message.into(), retry: false }
     }
 }
 

@@ -92,14 +92,17 @@ fn parse_slot(s: &str) -> Option<Slot> {
 #[serde(deny_unknown_fields)]
 struct ClaimValue {
     owner: String,
+    /// The node holding the slot's synchronous replica (absent until one is up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replica: Option<String>,
 }
 
 pub(crate) fn encode_member(record: &MemberRecord) -> Result<Vec<u8>, serde_json::Error> {
     serde_json::to_vec(record)
 }
 
-pub(crate) fn encode_claim(owner: &NodeId) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(&ClaimValue { owner: owner.to_string() })
+pub(crate) fn encode_claim(owner: &NodeId, replica: Option<&NodeId>) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&ClaimValue { owner: owner.to_string(), replica: replica.map(ToString::to_string) })
 }
 
 /// Decodes a member record stored under `key_id`'s key.
@@ -120,8 +123,9 @@ pub(crate) fn decode_member(key_id: &NodeId, value: &[u8]) -> Result<MemberRecor
 pub(crate) fn decode_claim(value: &[u8], mod_revision: i64) -> Result<SlotClaim, DecodeError> {
     let v: ClaimValue = serde_json::from_slice(value).map_err(DecodeError::BadValue)?;
     let owner = NodeId::new(&v.owner).map_err(DecodeError::BadNodeId)?;
+    let replica = v.replica.as_deref().map(NodeId::new).transpose().map_err(DecodeError::BadNodeId)?;
     let epoch = u64::try_from(mod_revision).ok().filter(|e| *e > 0).ok_or(DecodeError::BadRevision(mod_revision))?;
-    Ok(SlotClaim { owner, epoch })
+    Ok(SlotClaim { owner, epoch, replica })
 }
 
 /// Applies a put of `key` = `value` at `mod_revision` to `view`.
@@ -227,8 +231,11 @@ mod tests {
         assert!(decode_member(&id("a"), b"{").is_err());
         assert!(decode_member(&id("a"), b"").is_err());
 
-        let claim = encode_claim(&id("a")).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(decode_claim(&claim, 9).ok(), Some(SlotClaim { owner: id("a"), epoch: 9 }));
+        let claim = encode_claim(&id("a"), None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(decode_claim(&claim, 9).ok(), Some(SlotClaim { owner: id("a"), epoch: 9, replica: None }));
+        let claim = encode_claim(&id("a"), Some(&id("b"))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(decode_claim(&claim, 9).ok(), Some(SlotClaim { owner: id("a"), epoch: 9, replica: Some(id("b")) }));
+        assert!(decode_claim(br#"{"owner":"a","replica":"B C"}"#, 9).is_err());
         assert!(matches!(decode_claim(&claim, 0), Err(DecodeError::BadRevision(0))));
         assert!(decode_claim(br#"{"owner":"a","prev_epoch":3}"#, 9).is_err());
         assert!(decode_claim(br#"{"owner":"A B"}"#, 9).is_err());

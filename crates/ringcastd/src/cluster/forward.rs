@@ -36,12 +36,9 @@ impl Runtime {
             Ok(Ok(reply)) => Ok(reply),
             _ => {
                 lock(&self.pending).remove(&req);
-                Err(Refusal::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "{owner} did not answer in time; the outcome is unknown, retry with the same idempotency_key"
-                    ),
-                ))
+                Err(Refusal::indeterminate(format!(
+                    "{owner} did not answer in time; the outcome is unknown, retry with the same idempotency_key"
+                )))
             }
         }
     }
@@ -62,7 +59,7 @@ impl Runtime {
                 Err(r) => Err(r),
             };
             match result {
-                Err(r) if r.code == ErrorCode::Unavailable && Instant::now() < until => self.table_change(until).await,
+                Err(r) if r.retry && Instant::now() < until => self.table_change(until).await,
                 other => return other,
             }
         }
@@ -80,6 +77,10 @@ impl Runtime {
         self.forward(router, channel, |target, until| {
             Box::pin(async move {
                 match target {
+                    Target::Local(_) if ns.durable => match self.hub_arc() {
+                        Some(rt) => rt.publish_durable(channel, ns, data, idempotency_key, origin).await,
+                        None => Err(Refusal::new(ErrorCode::Unavailable, "the node is shutting down")),
+                    },
                     Target::Local(epoch) => self
                         .hub
                         .publish(channel, ns, data, idempotency_key, origin, self.now(), epoch)
@@ -229,16 +230,21 @@ impl Runtime {
     /// subscribers as a `gap`), and the owner's interest is registered again.
     pub(super) async fn resync_from(self: Arc<Self>, peer: NodeId) {
         let table = self.table();
-        let channels: Vec<_> = self
-            .hub
-            .mirrored_channels()
-            .into_iter()
-            .filter(|(c, _)| matches!(table.route(Slot::of(c)), Route::Claimed { owner, .. } if owner == peer))
-            .collect();
+        self.resync_where(|c| matches!(table.route(Slot::of(c)), Route::Claimed { owner, .. } if owner == peer)).await;
+    }
+
+    /// The owner of `slots` changed (a failover, or a handoff elsewhere): re-subscribe
+    /// their mirrored channels at the new owner.
+    pub(super) async fn resync_slots(self: Arc<Self>, slots: HashSet<Slot>) {
+        self.resync_where(|c| slots.contains(&Slot::of(c))).await;
+    }
+
+    async fn resync_where(self: &Arc<Self>, select: impl Fn(&ChannelName) -> bool) {
+        let channels: Vec<_> = self.hub.mirrored_channels().into_iter().filter(|(c, _)| select(c)).collect();
         if channels.is_empty() {
             return;
         }
-        info!(channels = channels.len(), "stream from the owner ended; resyncing its channels by offset");
+        info!(channels = channels.len(), "resyncing mirrored channels by offset");
         futures_util::stream::iter(channels)
             .for_each_concurrent(RESYNC_CONCURRENCY, |(channel, position)| {
                 let rt = self.clone();

@@ -126,7 +126,7 @@ impl Runtime {
         match frame {
             PeerFrame::Hello { .. } => warn!("duplicate Hello ignored"),
             PeerFrame::Publish { req, slot, slot_epoch, channel, data, idempotency_key, client } => {
-                let result = self
+                let checked = self
                     .serve_slot(slot, slot_epoch)
                     .and_then(|()| self.parse_channel(&channel, slot).map_err(|r| (r, false)))
                     .and_then(|(channel, ns)| {
@@ -139,14 +139,19 @@ impl Runtime {
                             check_idempotency_key(k)
                                 .map_err(|m| (Refusal::new(ErrorCode::InvalidIdempotencyKey, m), false))?;
                         }
-                        let epoch = self.my_epoch(&channel);
-                        let origin = if client { Origin::Client } else { Origin::Api };
-                        let key = idempotency_key.as_deref();
-                        self.hub.publish(&channel, &ns, &data, key, origin, self.now(), epoch).map_err(|code| {
-                            (crate::router::hub_refusal(code, &channel), code == ErrorCode::Unavailable)
-                        })
+                        Ok((channel, ns, data))
                     });
-                match result {
+                let (channel, ns, data) = match checked {
+                    Ok(x) => x,
+                    Err((r, retry)) => {
+                        self.refuse(peer, req, &r, retry);
+                        return;
+                    }
+                };
+                let origin = if client { Origin::Client } else { Origin::Api };
+                let rt = self.clone();
+                let peer = peer.clone();
+                let answer = move |result: Result<Published, (Refusal, bool)>| match result {
                     Ok(p) => {
                         let frame = PeerFrame::Acked {
                             req,
@@ -154,9 +159,29 @@ impl Runtime {
                             offset: p.position.offset.0,
                             duplicate: p.duplicate,
                         };
-                        self.send(peer, frame);
+                        rt.send(&peer, frame);
                     }
-                    Err((r, retry)) => self.refuse(peer, req, &r, retry),
+                    Err((r, retry)) => rt.refuse(&peer, req, &r, retry),
+                };
+                if ns.durable {
+                    // Waits for the replica: off the reader task.
+                    let rt = self.clone();
+                    self.tracker.spawn(async move {
+                        let key = idempotency_key.as_deref();
+                        let result = rt.publish_durable(&channel, &ns, &data, key, origin).await;
+                        answer(result.map_err(|r| {
+                            let retry = r.retry;
+                            (r, retry)
+                        }));
+                    });
+                } else {
+                    let epoch = self.my_epoch(&channel);
+                    let key = idempotency_key.as_deref();
+                    let result = self
+                        .hub
+                        .publish(&channel, &ns, &data, key, origin, self.now(), epoch)
+                        .map_err(|code| (crate::router::hub_refusal(code, &channel), code == ErrorCode::Unavailable));
+                    answer(result);
                 }
             }
             PeerFrame::Subscribe { req, slot, slot_epoch, channel, since, interest } => {
@@ -211,11 +236,20 @@ impl Runtime {
                 let peer = peer.clone();
                 self.tracker.spawn(async move { rt.take_over(peer, req, slot, from_epoch, channels).await });
             }
+            PeerFrame::Replicate { req, slot, slot_epoch, channel, epoch, offset, frame, idempotency_key, digest } => {
+                let key = idempotency_key.as_deref();
+                self.on_replicate(peer, req, slot, slot_epoch, &channel, epoch, offset, frame, key, digest);
+            }
+            PeerFrame::ReplicaSync { req, slot, slot_epoch, channels } => {
+                self.on_replica_sync(peer, req, slot, slot_epoch, channels);
+            }
             reply @ (PeerFrame::Acked { .. }
             | PeerFrame::HistoryPage { .. }
             | PeerFrame::Refused { .. }
             | PeerFrame::Subscribed { .. }
-            | PeerFrame::HandedOff { .. }) => self.on_reply(reply),
+            | PeerFrame::HandedOff { .. }
+            | PeerFrame::Replicated { .. }
+            | PeerFrame::ReplicaSynced { .. }) => self.on_reply(reply),
         }
     }
 
@@ -257,7 +291,9 @@ impl Runtime {
             | PeerFrame::HistoryPage { req, .. }
             | PeerFrame::Refused { req, .. }
             | PeerFrame::Subscribed { req, .. }
-            | PeerFrame::HandedOff { req, .. } => *req,
+            | PeerFrame::HandedOff { req, .. }
+            | PeerFrame::Replicated { req, .. }
+            | PeerFrame::ReplicaSynced { req, .. } => *req,
             _ => return,
         };
         let Some(pending) = lock(&self.pending).remove(&req) else {

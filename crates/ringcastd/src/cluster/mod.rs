@@ -26,7 +26,8 @@
 //! membership views (routes, claims, handoffs, drain), `links` the outbound streams
 //! and gap fills, `inbound` the frames peers send, `forward` the gateway side.
 //!
-//! Not here yet: replication and crash failover in the same epoch (the failover issue).
+//! - **Replication** (`replication`): durable namespaces keep a synchronous replica per
+//!   slot; a crashed owner's replica claims the slot and continues in the same epochs.
 
 /// Handoffs one node runs at once (the round throttle of `docs/cluster.md`).
 pub const HANDOFFS_IN_FLIGHT: usize = ringcast_core::ownership::DEFAULT_HANDOFFS_IN_FLIGHT;
@@ -38,11 +39,12 @@ const HANDOFF_DEADLINE: Duration = Duration::from_secs(10);
 mod forward;
 mod inbound;
 mod links;
+mod replication;
 mod views;
 
 pub use links::PeerQueueBounds;
 
-use crate::hub::{Hub, LocalSubscriber, Origin, PeerSink, Published};
+use crate::hub::{DurableAppend, Hub, LocalSubscriber, Origin, PeerSink, Published};
 use crate::metrics::Metrics;
 use crate::router::{History, Refusal, Router, Target};
 use ringcast_cluster::membership::{ClaimExpect, MemberRecord, Membership, Role, View};
@@ -137,6 +139,18 @@ pub struct Runtime {
     moved: Mutex<HashMap<Slot, u64>>,
     /// The claims of the latest view.
     claims: RwLock<Arc<BTreeMap<Slot, Claim>>>,
+    /// Vacant slots whose last claim (as this node saw it) named a replica.
+    vacated: Mutex<BTreeMap<Slot, NodeId>>,
+    /// Owner: each slot's replica once brought up, with the claim epoch naming it.
+    replicas: Mutex<HashMap<Slot, (NodeId, SlotEpoch)>>,
+    /// Owner: the epoch of the newest claim this node wrote per slot (the view may lag).
+    own_epochs: Mutex<HashMap<Slot, SlotEpoch>>,
+    /// One replica bring-up at a time per slot.
+    sync_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Slots whose durable publishes wait while their replica is (re)built.
+    paused: Vec<std::sync::atomic::AtomicBool>,
+    /// Replica: slots this node holds copies of, with the newest slot epoch seen for them.
+    replica_slots: Mutex<HashMap<Slot, u64>>,
     /// The etcd revision of this process's first membership view. A claim in our name
     /// with an older revision belongs to a previous incarnation of this node (a quick
     /// restart) and is treated as vacant until its lease expires: this process holds
@@ -245,6 +259,12 @@ impl Runtime {
             stuck: Mutex::new(HashMap::new()),
             moved: Mutex::new(HashMap::new()),
             claims: RwLock::new(Arc::new(BTreeMap::new())),
+            vacated: Mutex::new(BTreeMap::new()),
+            replicas: Mutex::new(HashMap::new()),
+            own_epochs: Mutex::new(HashMap::new()),
+            sync_locks: Slot::all().map(|_| tokio::sync::Mutex::new(())).collect(),
+            paused: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+            replica_slots: Mutex::new(HashMap::new()),
             incarnation: std::sync::OnceLock::new(),
             latest: Mutex::new((Arc::new(View::default()), false)),
             apply_lock: Mutex::new(()),
@@ -375,6 +395,7 @@ fn outcome_from_wire(o: OutcomeWire, replayed: usize) -> SubscribeOutcome {
 
 fn refusal_from_wire(code: &str, message: String, retry: bool) -> Refusal {
     let code = ErrorCode::ALL.iter().copied().find(|c| c.as_str() == code).unwrap_or(ErrorCode::Internal);
-    // A retryable refusal is reported as `unavailable` so the caller's loop re-routes.
-    Refusal::new(if retry { ErrorCode::Unavailable } else { code }, message)
+    // A retryable refusal is reported as `unavailable` so the caller's loop re-routes; an
+    // `unavailable` that is not retryable (an unknown outcome) stays final.
+    Refusal { code: if retry { ErrorCode::Unavailable } else { code }, message, retry }
 }

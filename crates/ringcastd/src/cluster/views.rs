@@ -49,11 +49,72 @@ impl Runtime {
             .claims
             .iter()
             .filter(|(_, c)| c.owner != self.me || c.epoch > incarnation)
-            .map(|(slot, c)| (*slot, Claim { owner: c.owner.clone(), epoch: SlotEpoch(c.epoch) }))
+            .map(|(slot, c)| {
+                (*slot, Claim { owner: c.owner.clone(), epoch: SlotEpoch(c.epoch), replica: c.replica.clone() })
+            })
             .collect();
-        let cv = ClusterView { members, claims };
+        let old_claims = self.claims.read().unwrap_or_else(PoisonError::into_inner).clone();
+        // Slots whose claim vanished (the owner's lease ended) remember the replica their
+        // last claim named: it claims them first and continues their durable channels.
+        let vacated = {
+            let mut v = lock(&self.vacated);
+            for (slot, c) in old_claims.iter() {
+                if !claims.contains_key(slot) {
+                    if let Some(r) = &c.replica {
+                        v.insert(*slot, r.clone());
+                    }
+                }
+            }
+            v.retain(|slot, _| !claims.contains_key(slot));
+            v.clone()
+        };
+        for (slot, c) in &claims {
+            // Fencing: nothing about a slot older than its current claim is accepted here.
+            self.fences[usize::from(slot.get())].fetch_max(c.epoch.0, Ordering::AcqRel);
+        }
+        // Channels whose owner changed other than by a handoff to us (a failover, after
+        // the slot was vacant, or a handoff between other nodes): re-subscribe by offset
+        // at the new owner, which may not know this node's interest.
+        let moved: HashSet<Slot> = claims
+            .iter()
+            .filter(|(slot, c)| old_claims.get(slot).is_none_or(|o| o.owner != c.owner) && c.owner != self.me)
+            .map(|(slot, _)| *slot)
+            .collect();
+        let cv = ClusterView { members, claims, vacated };
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(RouteTable::new(&cv));
         *self.claims.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(cv.claims.clone());
+        self.drop_stale_replicas(&cv.claims);
+        // Our replicas that left, or slots we no longer hold: their replica must be
+        // brought up again (lazily, by the next durable publish, or now for slots with
+        // durable channels).
+        let lost_replicas: Vec<Slot> = {
+            let mut replicas = lock(&self.replicas);
+            let lost: Vec<Slot> = replicas
+                .iter()
+                .filter(|(slot, (node, _))| {
+                    !view.members.contains_key(node) || cv.claims.get(slot).is_none_or(|c| c.owner != self.me)
+                })
+                .map(|(s, _)| *s)
+                .collect();
+            for s in &lost {
+                replicas.remove(s);
+            }
+            lost
+        };
+        for slot in lost_replicas {
+            if cv.claims.get(&slot).is_some_and(|c| c.owner == self.me)
+                && self.hub.has_durable(slot, |c| self.is_durable(c))
+            {
+                let rt = self.clone();
+                self.tracker.spawn(async move {
+                    let _ = rt.ensure_replica(slot).await;
+                });
+            }
+        }
+        if !moved.is_empty() {
+            let rt = self.clone();
+            self.tracker.spawn(async move { rt.resync_slots(moved).await });
+        }
         self.table_changed.send_modify(|n| *n += 1);
         self.resolve_stuck();
 
@@ -101,6 +162,9 @@ impl Runtime {
                 match rt.membership.claim(slot, ClaimExpect::Vacant).await {
                     Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
                         debug!(%slot, epoch, "claimed");
+                        lock(&rt.own_epochs).insert(slot, SlotEpoch(epoch));
+                        rt.fences[usize::from(slot.get())].fetch_max(epoch, Ordering::AcqRel);
+                        rt.promote(slot, epoch);
                     }
                     Ok(outcome) => debug!(%slot, ?outcome, "claim"),
                     Err(e) => warn!(%slot, error = %e, "claim failed"),
@@ -122,6 +186,7 @@ impl Runtime {
         match self.request(&h.to, frame, Instant::now() + HANDOFF_DEADLINE).await {
             Ok(PeerFrame::HandedOff { epoch, .. }) => {
                 self.hub.demote_slot(h.slot);
+                lock(&self.replicas).remove(&h.slot);
                 lock(&self.moved).insert(h.slot, epoch);
                 self.resolve_stuck();
                 self.metrics.handoffs.fetch_add(1, Ordering::Relaxed);
@@ -194,10 +259,18 @@ impl Runtime {
         match self.membership.claim(slot, ClaimExpect::Epoch(from_epoch)).await {
             Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
                 let namespaces = self.namespaces.clone();
+                lock(&self.own_epochs).insert(slot, SlotEpoch(epoch));
+                self.fences[usize::from(slot.get())].fetch_max(epoch, Ordering::AcqRel);
+                // Copies this node held as the slot's replica are superseded.
+                lock(&self.replica_slots).remove(&slot);
+                self.hub.drop_replicas(slot);
                 self.hub.install(parsed, &self.me, |c| namespaces.get(c.namespace()).cloned(), self.now());
                 self.hub.set_sealed(slot, false);
                 info!(%slot, from = %peer, epoch, channels = count, "slot taken over");
                 self.send(&peer, PeerFrame::HandedOff { req, slot: slot.get(), epoch });
+                if self.hub.has_durable(slot, |c| self.is_durable(c)) {
+                    let _ = self.ensure_replica(slot).await;
+                }
             }
             other => {
                 self.hub.set_sealed(slot, false);

@@ -1,0 +1,140 @@
+//! Crash failover: durable channels survive the loss of their owner in the same epoch,
+//! with no acknowledged message lost and no gap for subscribers on other nodes; best-
+//! effort channels restart in a new epoch; and the explicit errors when a second copy
+//! or etcd is missing.
+
+use anyhow::{bail, Result};
+use ringcast_tests::cluster::TestCluster;
+use ringcast_tests::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const NAMESPACES: &str = "\n[namespaces.orders]\nanonymous = true\ndurable = true\nclient_publish_rate = 0\n";
+
+/// A channel of `namespace` whose slot node `owner` holds.
+async fn channel_owned_by(c: &TestCluster, namespace: &str, owner: &str) -> Result<String> {
+    for i in 0..10_000 {
+        let channel = format!("{namespace}:c{i}");
+        let r = http(
+            c.nodes[0].addr,
+            "GET",
+            &format!("/v1/channels/{channel}"),
+            &[("Authorization", &format!("Bearer {API_KEY}"))],
+            "",
+        )
+        .await?;
+        if r.json()["owner"] == owner {
+            return Ok(channel);
+        }
+    }
+    bail!("no {namespace} channel owned by {owner}")
+}
+
+/// Publishes with `key` until acknowledged (retrying refusals with the same key), as a
+/// client that sees a failover would.
+async fn publish_until_acked(p: &mut WsClient, channel: &str, data: Value, key: &str) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = p.request(json!({"type": "publish", "channel": channel, "data": data, "idempotency_key": key})).await?;
+        if r["type"] == "ack" {
+            return Ok(r);
+        }
+        if Instant::now() > deadline {
+            bail!("publish {key} never acknowledged; last answer {r}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_owner_fails_over_to_its_replica_in_the_same_epoch_without_a_gap() -> Result<()> {
+    let c = TestCluster::start(3, NAMESPACES).await?;
+    let durable = channel_owned_by(&c, "orders", "node-0").await?;
+    let besteffort = channel_owned_by(&c, "chat", "node-0").await?;
+    let (mut sub, _) = WsClient::connect(&c.nodes[1].ws_url(), None).await?;
+    assert_eq!(sub.subscribe(&durable, None).await?["type"], "subscribed");
+    let (mut publisher, _) = WsClient::connect(&c.nodes[2].ws_url(), None).await?;
+
+    let mut acks = Vec::new();
+    for i in 1..=20 {
+        acks.push(publish_until_acked(&mut publisher, &durable, json!(i), &format!("k{i}")).await?);
+    }
+    let epoch = acks[0]["epoch"].clone();
+    assert!(acks.iter().enumerate().all(|(i, a)| a["epoch"] == epoch && a["offset"] == json!(i + 1)), "{acks:?}");
+    let before = publisher.publish(&besteffort, json!("before")).await?;
+    assert_eq!(before["type"], "ack");
+
+    c.nodes[0].signal("KILL")?;
+    for i in 21..=40 {
+        acks.push(publish_until_acked(&mut publisher, &durable, json!(i), &format!("k{i}")).await?);
+    }
+    assert!(
+        acks.iter().enumerate().all(|(i, a)| a["epoch"] == epoch && a["offset"] == json!(i + 1)),
+        "every acknowledged message kept its place in the same epoch: {acks:?}"
+    );
+    // A retry of a message acknowledged by the dead owner gets its original ack.
+    let retry = publish_until_acked(&mut publisher, &durable, json!(5), "k5").await?;
+    assert_eq!(
+        (retry["epoch"].clone(), retry["offset"].clone(), retry["duplicate"].clone()),
+        (epoch.clone(), json!(5), json!(true))
+    );
+
+    // The subscriber on a surviving node saw 1..=40 in one epoch, with no gap.
+    let got = sub.messages(40).await?;
+    assert!(got.iter().all(|m| m["epoch"] == epoch), "{got:?}");
+    assert_eq!(offsets(&got), (1..=40).collect::<Vec<u64>>());
+
+    // A client resuming anywhere recovers from the new owner's history.
+    let (mut late, _) = WsClient::connect(&c.nodes[2].ws_url(), None).await?;
+    let r = late.subscribe(&durable, Some(json!({"epoch": epoch, "offset": 30}))).await?;
+    assert_eq!((r["recovered"].clone(), r["replayed"].clone()), (json!(true), json!(10)), "{r}");
+
+    // The best-effort channel had one copy: it starts over in a new epoch.
+    let after = publish_until_acked(&mut publisher, &besteffort, json!("after"), "b1").await?;
+    assert_ne!(after["epoch"], before["epoch"], "{before} {after}");
+    let failovers =
+        c.nodes[1].metric("ringcast_failovers_total").await? + c.nodes[2].metric("ringcast_failovers_total").await?;
+    assert!(failovers >= 1.0);
+    for n in &c.nodes[1..] {
+        assert!(!n.stderr().contains("panicked"), "{}", n.stderr());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn durable_publishes_fail_explicitly_without_a_replica_or_without_etcd() -> Result<()> {
+    let mut c = TestCluster::start(2, NAMESPACES).await?;
+    let channel = channel_owned_by(&c, "orders", "node-0").await?;
+    let (mut p, _) = WsClient::connect(&c.nodes[0].ws_url(), None).await?;
+    assert_eq!(publish_until_acked(&mut p, &channel, json!(1), "a").await?["offset"], 1);
+
+    // The only other core node dies: no second copy can be made.
+    c.nodes[1].signal("KILL")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let r = p.request(json!({"type": "publish", "channel": channel, "data": 2})).await?;
+        if error_code(&r) == "insufficient_replicas" || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(error_code(&refused), "insufficient_replicas", "{refused}");
+
+    // etcd goes away: the owner cannot confirm its lease and says so quickly.
+    c.etcd.stop()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let started = Instant::now();
+        let r = p.request(json!({"type": "publish", "channel": channel, "data": 3})).await?;
+        if error_code(&r) == "coordination_unavailable" {
+            assert!(started.elapsed() < Duration::from_secs(5), "answered fast, not after a hang");
+            break r;
+        }
+        if Instant::now() > deadline {
+            bail!("never coordination_unavailable; last {r}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(error_code(&refused), "coordination_unavailable");
+    Ok(())
+}
