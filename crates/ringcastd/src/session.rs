@@ -39,6 +39,8 @@ use tracing::{debug, info_span, Instrument};
 pub const MAX_RATE_LIMIT_STRIKES: u32 = 50;
 /// How long a closing session waits for the client's close frame.
 const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
+/// The bit of a 64-bit frame length that RFC 6455 §5.2 reserves (it must be 0).
+const LENGTH_MSB: u64 = 1 << 63;
 
 /// An error answer to one command.
 struct Reject {
@@ -463,6 +465,14 @@ fn expiry_instant(expires_at: Option<u64>, leeway: Duration) -> Option<Instant> 
 /// The close code for a read error, when the connection is still able to carry one.
 fn close_code_for(e: &WsError) -> Option<CloseCode> {
     match e {
+        // RFC 6455 §5.2: the most significant bit of a 64-bit payload length MUST be 0.
+        // tungstenite does not check it, but such a length is above any frame limit, so
+        // it arrives here as an oversized frame whose declared size only a set MSB gives.
+        WsError::Capacity(CapacityError::MessageTooLong { size, .. })
+            if u64::try_from(*size).is_ok_and(|s| s & LENGTH_MSB != 0) =>
+        {
+            Some(CloseCode::ProtocolError)
+        }
         WsError::Capacity(CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders) => {
             Some(CloseCode::MessageTooBig)
         }
@@ -470,5 +480,28 @@ fn close_code_for(e: &WsError) -> Option<CloseCode> {
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing) => None,
         WsError::Protocol(_) => Some(CloseCode::ProtocolError),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn too_long(size: usize) -> WsError {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size: 131_072 })
+    }
+
+    #[test]
+    fn read_errors_map_to_rfc_close_codes() {
+        assert_eq!(close_code_for(&too_long(131_073)), Some(CloseCode::MessageTooBig));
+        assert_eq!(close_code_for(&too_long(usize::MAX >> 1)), Some(CloseCode::MessageTooBig));
+        assert_eq!(close_code_for(&too_long(1 << 63)), Some(CloseCode::ProtocolError));
+        assert_eq!(close_code_for(&too_long(usize::MAX)), Some(CloseCode::ProtocolError));
+        assert_eq!(close_code_for(&WsError::Utf8("bad".into())), Some(CloseCode::InvalidPayload));
+        assert_eq!(
+            close_code_for(&WsError::Protocol(ProtocolError::InvalidCloseSequence)),
+            Some(CloseCode::ProtocolError)
+        );
+        assert_eq!(close_code_for(&WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)), None);
     }
 }
