@@ -16,6 +16,7 @@ use crate::hub::Origin;
 use crate::metrics::Source;
 use crate::node::Node;
 use crate::outbox::{Outbox, Pushed};
+use futures_util::stream::FusedStream;
 use futures_util::{SinkExt, StreamExt};
 use ringcast_core::{ChannelName, ConnId, NamespaceOptions, TokenBucket};
 use ringcast_proto::client::{
@@ -27,7 +28,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -40,6 +41,10 @@ use tracing::{debug, info_span, Instrument};
 pub const MAX_RATE_LIMIT_STRIKES: u32 = 50;
 /// How long a closing session waits for the client's close frame.
 const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
+/// Read size while discarding the input of a failed connection.
+const DISCARD_CHUNK_BYTES: usize = 4096;
+/// The bit of a 64-bit frame length that RFC 6455 §5.2 reserves (it must be 0).
+const LENGTH_MSB: u64 = 1 << 63;
 
 /// An error answer to one command.
 struct Reject {
@@ -213,6 +218,13 @@ impl Session {
     }
 
     /// Sends a close frame and waits briefly for the client's answer.
+    ///
+    /// After a read error the connection has failed (RFC 6455 §7.1.7): no further frame
+    /// may be processed, and tungstenite's stream has ended. Dropping the socket at once
+    /// would make the kernel answer any unread input (say, the rest of an oversized
+    /// frame) with a reset, which can destroy the close frame before the client reads
+    /// it; so the server half-closes after the close frame and discards input until the
+    /// client closes too, within the same wait.
     async fn close<S>(&self, ws: &mut WebSocketStream<S>, code: CloseCode) -> CloseCode
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -220,7 +232,12 @@ impl Session {
         self.node.metrics.close(code);
         let frame = CloseFrame { code: WsCloseCode::from(code.code()), reason: Utf8Bytes::from_static(code.reason()) };
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, async {
-            if ws.close(Some(frame)).await.is_ok() {
+            if ws.close(Some(frame)).await.is_err() {
+                return;
+            }
+            if ws.is_terminated() {
+                discard_until_eof(ws.get_mut()).await;
+            } else {
                 while let Some(Ok(_)) = ws.next().await {}
             }
         })
@@ -472,9 +489,30 @@ fn expiry_instant(expires_at: Option<u64>, leeway: Duration) -> Option<Instant> 
     Instant::now().checked_add(left)
 }
 
+/// Half-closes a failed connection and reads (without parsing) until the client closes.
+async fn discard_until_eof<S>(stream: &mut S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    // On the heap: a stack array would be part of every session's future, also idle ones.
+    let mut sink = vec![0u8; DISCARD_CHUNK_BYTES];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+}
+
 /// The close code for a read error, when the connection is still able to carry one.
 fn close_code_for(e: &WsError) -> Option<CloseCode> {
     match e {
+        // RFC 6455 §5.2: the most significant bit of a 64-bit payload length MUST be 0.
+        // tungstenite does not check it, but such a length is above any frame limit, so
+        // it arrives here as an oversized frame whose declared size only a set MSB gives.
+        WsError::Capacity(CapacityError::MessageTooLong { size, .. })
+            if u64::try_from(*size).is_ok_and(|s| s & LENGTH_MSB != 0) =>
+        {
+            Some(CloseCode::ProtocolError)
+        }
         WsError::Capacity(CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders) => {
             Some(CloseCode::MessageTooBig)
         }
@@ -482,5 +520,28 @@ fn close_code_for(e: &WsError) -> Option<CloseCode> {
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing) => None,
         WsError::Protocol(_) => Some(CloseCode::ProtocolError),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn too_long(size: usize) -> WsError {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size: 131_072 })
+    }
+
+    #[test]
+    fn read_errors_map_to_rfc_close_codes() {
+        assert_eq!(close_code_for(&too_long(131_073)), Some(CloseCode::MessageTooBig));
+        assert_eq!(close_code_for(&too_long(usize::MAX >> 1)), Some(CloseCode::MessageTooBig));
+        assert_eq!(close_code_for(&too_long(1 << 63)), Some(CloseCode::ProtocolError));
+        assert_eq!(close_code_for(&too_long(usize::MAX)), Some(CloseCode::ProtocolError));
+        assert_eq!(close_code_for(&WsError::Utf8("bad".into())), Some(CloseCode::InvalidPayload));
+        assert_eq!(
+            close_code_for(&WsError::Protocol(ProtocolError::InvalidCloseSequence)),
+            Some(CloseCode::ProtocolError)
+        );
+        assert_eq!(close_code_for(&WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)), None);
     }
 }
