@@ -328,7 +328,10 @@ impl Hub {
             let appended = self
                 .owned_log(st, ns)
                 .append(now, idempotency_key, digest, |pos| Utf8Bytes::from(encode_message(channel, pos, data)))
-                .map_err(|AppendError::Conflict { .. }| ErrorCode::Conflict)?;
+                .map_err(|e| match e {
+                    AppendError::Conflict { .. } => ErrorCode::Conflict,
+                    AppendError::OffsetsExhausted => ErrorCode::Unavailable,
+                })?;
             match appended {
                 Appended::Duplicate { position } => {
                     self.metrics.publish_duplicates.fetch_add(1, Ordering::Relaxed);
