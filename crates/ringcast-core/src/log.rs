@@ -59,6 +59,11 @@ pub enum Appended<P> {
 pub enum AppendError {
     #[error("idempotency key already used for a different payload (at offset {})", .position.offset)]
     Conflict { position: StreamPosition },
+    /// The epoch's offsets are used up (only a handed-off snapshot can get here). Nothing
+    /// was sequenced: an offset is never reused. The stream continues once the channel is
+    /// forgotten and starts a new epoch.
+    #[error("the epoch has no offsets left")]
+    OffsetsExhausted,
 }
 
 /// A replica's copy is not at the position the owner replicates from.
@@ -247,6 +252,9 @@ impl<P: Clone> ChannelLog<P> {
                 DedupCheck::Conflict(position) => return Err(AppendError::Conflict { position }),
             }
         }
+        if self.top.0 == u64::MAX {
+            return Err(AppendError::OffsetsExhausted);
+        }
         self.top = self.top.next();
         let position = self.sequenced();
         let payload = encode(position);
@@ -293,7 +301,9 @@ impl<P: Clone> ChannelLog<P> {
         if since.offset == newest {
             return Recovery::Recovered { replay: Vec::new() };
         }
-        if since.offset.next() < oldest {
+        // Here `since.offset < top`, so `next()` cannot saturate. An empty history holds
+        // nothing after `since` (`oldest()` itself saturates when `top` is `u64::MAX`).
+        if self.history.is_empty() || since.offset.next() < oldest {
             return not(NotRecoveredReason::PositionExpired);
         }
         let replay = self
@@ -340,7 +350,8 @@ impl<P: Clone> ChannelLog<P> {
 
     /// Continues a stream from a snapshot taken elsewhere: same epoch, next offset
     /// `top + 1`, same history and idempotency keys. Entries that break the snapshot's
-    /// invariants (not contiguous, not ending at `top`) are dropped rather than trusted.
+    /// invariants (history not contiguous or not ending at `top`, keys naming a position
+    /// outside `1..=top` of this epoch) are dropped rather than trusted.
     #[must_use]
     pub fn restore(
         snap: LogSnapshot<P>,
@@ -360,7 +371,11 @@ impl<P: Clone> ChannelLog<P> {
         while history.len() > history_policy.size {
             history.pop_front();
         }
-        let dedup = DedupWindow::import(snap.dedup, &dedup_policy, now);
+        // A key can only name a message of this stream that was sequenced: `1..=top`.
+        let sequenced = |e: &crate::dedup::DedupEntry| {
+            e.position.epoch == snap.epoch && e.position.offset != Offset::ZERO && e.position.offset <= snap.top
+        };
+        let dedup = DedupWindow::import(snap.dedup.into_iter().filter(sequenced).collect(), &dedup_policy, now);
         let mut log = ChannelLog {
             epoch: snap.epoch,
             top: snap.top,
@@ -582,6 +597,54 @@ mod tests {
         assert_eq!(l.history_len(), 2);
     }
 
+    /// Found by the since_position fuzz target (fuzz/regressions/since_position/): an
+    /// idempotency key in a handed-off snapshot naming an offset past `top` made a retry
+    /// "acknowledge" a message that was never sequenced.
+    #[test]
+    fn a_snapshot_key_outside_the_sequenced_offsets_is_dropped() {
+        let entry = |key: &str, e: u64, o: u64| crate::dedup::DedupEntry {
+            key: key.into(),
+            digest: 255,
+            position: at(e, o),
+            age: Duration::from_millis(255),
+        };
+        let snap = LogSnapshot {
+            epoch: epoch(7),
+            top: Offset(5),
+            history: vec![],
+            dedup: vec![entry("ahead", 7, u64::MAX), entry("zero", 7, 0), entry("other", 8, 3), entry("ok", 7, 5)],
+        };
+        let policy = HistoryPolicy { size: 10, ttl: Duration::from_secs(60) };
+        let mut l = ChannelLog::restore(snap, policy, DedupPolicy::default(), Millis(65_281));
+        assert_eq!(push(&mut l, 65_281, Some("ok"), 255), Ok(Appended::Duplicate { position: at(7, 5) }));
+        for (i, key) in ["ahead", "zero", "other"].into_iter().enumerate() {
+            let fresh = Appended::Fresh { position: at(7, 6 + i as u64), payload: 6 + i as u64 };
+            assert_eq!(push(&mut l, 65_281, Some(key), 255), Ok(fresh), "{key}");
+        }
+    }
+
+    /// Found by the since_position fuzz target (fuzz/regressions/since_position/): a
+    /// handed-off snapshot at the last offset made `append` hand that offset out again,
+    /// and a reader one behind it "recover" without the message it missed.
+    #[test]
+    fn a_snapshot_at_the_last_offset_never_reuses_it_nor_skips_it_in_replay() {
+        let top = Offset(u64::MAX);
+        let policy = HistoryPolicy { size: 255, ttl: Duration::from_millis(65_536) };
+        let snap = |history| LogSnapshot { epoch: epoch(u64::MAX), top, history, dedup: vec![] };
+        let full = snap(vec![(top, Duration::from_millis(65_535), u64::MAX)]);
+        let mut l = ChannelLog::restore(full, policy, DedupPolicy::default(), Millis(1_055_255));
+        assert_eq!(l.append(Millis(1_055_255), None, 0, |p| p.offset.0), Err(AppendError::OffsetsExhausted));
+        assert_eq!(l.top().offset, top);
+        let behind = StreamPosition { epoch: epoch(u64::MAX), offset: Offset(u64::MAX - 1) };
+        assert_eq!(l.recover(behind, Millis(1_055_255)), Recovery::Recovered { replay: vec![u64::MAX] });
+        // The message has expired: the reader cannot be brought up to date.
+        let mut empty = ChannelLog::restore(snap(vec![]), policy, DedupPolicy::default(), Millis(0));
+        assert!(matches!(
+            empty.recover(behind, Millis(0)),
+            Recovery::NotRecovered { reason: NotRecoveredReason::PositionExpired, .. }
+        ));
+    }
+
     proptest! {
         /// Model test: any mix of appends (with and without keys), waits, recoveries and
         /// pages keeps offsets gapless, history contiguous and replays complete.
@@ -602,6 +665,7 @@ mod tests {
                             }
                             Ok(Appended::Duplicate { position }) => prop_assert!(position.offset.0 <= sequenced),
                             Err(AppendError::Conflict { .. }) => prop_assert!(false, "same digest per key"),
+                            Err(AppendError::OffsetsExhausted) => prop_assert!(false, "a few appends from 0"),
                         }
                     }
                     2 => {

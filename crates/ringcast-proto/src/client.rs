@@ -106,8 +106,8 @@ fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> DecodeEr
 /// Decodes one text frame.
 pub fn decode_command(text: &str) -> Result<Request, DecodeError> {
     let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
-        // Echo the id if the frame at least has a readable one.
-        let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|r| r.id);
+        // Echo the id if the frame at least has a readable, valid one.
+        let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|r| r.id).filter(|&id| id <= MAX_COMMAND_ID);
         err(id, ErrorCode::BadRequest, format!("malformed command: {e}"))
     })?;
     let id = env.id;
@@ -499,6 +499,13 @@ mod tests {
         );
         assert_eq!(code(r#"{"id":6,"type":"history","channel":"c","limit":0}"#), (Some(6), ErrorCode::BadRequest));
         assert_eq!(code(r#"{"id":6,"type":"refresh"}"#), (Some(6), ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn an_id_above_the_limit_is_not_echoed_from_a_malformed_frame() {
+        // Found by the client_command fuzz target (fuzz/regressions/client_command/).
+        assert_eq!(code("{\"id\":9007199254740992,\"dype\":\"ping\"}\n"), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"id":9007199254740991,"dype":"ping"}"#), (Some(MAX_COMMAND_ID), ErrorCode::BadRequest));
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub const FRAMES_VERSION: u16 = 3;
 
 /// A resume position as sent between nodes (`epoch` absent when the client sent none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct SinceWire {
     pub epoch: Option<u64>,
     pub offset: u64,
@@ -29,6 +30,7 @@ pub struct SinceWire {
 
 /// How a subscribe's `since` was answered.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum OutcomeWire {
     Fresh,
     Recovered,
@@ -42,6 +44,7 @@ pub enum OutcomeWire {
 
 /// One channel's state in a handoff.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ChannelSnapshotWire {
     pub channel: String,
     pub epoch: u64,
@@ -56,6 +59,7 @@ pub struct ChannelSnapshotWire {
 
 /// Every frame of the cluster protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum PeerFrame {
     /// First frame on a stream: who is speaking. `node` must match the certificate.
     Hello { node: String, version: u16 },

@@ -370,7 +370,7 @@ impl Hub {
             let appended = self
                 .owned_log(st, ns)
                 .append(now, idempotency_key, digest, |pos| Utf8Bytes::from(encode_message(channel, pos, data)))
-                .map_err(|AppendError::Conflict { .. }| ErrorCode::Conflict)?;
+                .map_err(append_error)?;
             match appended {
                 Appended::Duplicate { position } => {
                     self.metrics.publish_duplicates.fetch_add(1, Ordering::Relaxed);
@@ -412,7 +412,7 @@ impl Hub {
             let committed = log.top().offset;
             let appended = log
                 .append_pending(now, idempotency_key, digest, |pos| Utf8Bytes::from(encode_message(channel, pos, data)))
-                .map_err(|AppendError::Conflict { .. }| ErrorCode::Conflict)?;
+                .map_err(append_error)?;
             match appended {
                 Appended::Duplicate { position } if position.offset <= committed => {
                     self.metrics.publish_duplicates.fetch_add(1, Ordering::Relaxed);
@@ -1073,6 +1073,14 @@ impl Hub {
         }
         self.metrics.channels.fetch_sub(forgotten as i64, Ordering::Relaxed);
         forgotten
+    }
+}
+
+/// The client error for a refused append.
+fn append_error(e: AppendError) -> ErrorCode {
+    match e {
+        AppendError::Conflict { .. } => ErrorCode::Conflict,
+        AppendError::OffsetsExhausted => ErrorCode::Unavailable,
     }
 }
 
