@@ -53,7 +53,14 @@ async fn a_killed_owner_fails_over_to_its_replica_in_the_same_epoch_without_a_ga
     let besteffort = channel_owned_by(&c, "chat", "node-0").await?;
     let (mut sub, _) = WsClient::connect(&c.nodes[1].ws_url(), None).await?;
     assert_eq!(sub.subscribe(&durable, None).await?["type"], "subscribed");
+    let (mut sub_be, _) = WsClient::connect(&c.nodes[1].ws_url(), None).await?;
+    assert_eq!(sub_be.subscribe(&besteffort, None).await?["type"], "subscribed");
     let (mut publisher, _) = WsClient::connect(&c.nodes[2].ws_url(), None).await?;
+    // A client of the node about to die, which knows the other nodes too.
+    let urls: Vec<String> = c.nodes.iter().map(Ringcastd::ws_url).collect();
+    let mut roaming = ringcast_client::Subscriber::new(ringcast_client::Config::new(urls.clone()), &[&durable]);
+    assert!(matches!(roaming.next().await?, ringcast_client::Event::Connected { node } if node == urls[0]));
+    assert!(matches!(roaming.next().await?, ringcast_client::Event::Subscribed { recovered: None, .. }));
 
     let mut acks = Vec::new();
     for i in 1..=20 {
@@ -63,6 +70,7 @@ async fn a_killed_owner_fails_over_to_its_replica_in_the_same_epoch_without_a_ga
     assert!(acks.iter().enumerate().all(|(i, a)| a["epoch"] == epoch && a["offset"] == json!(i + 1)), "{acks:?}");
     let before = publisher.publish(&besteffort, json!("before")).await?;
     assert_eq!(before["type"], "ack");
+    assert_eq!(sub_be.messages(1).await?[0]["data"], "before");
 
     c.nodes[0].signal("KILL")?;
     for i in 21..=40 {
@@ -84,6 +92,25 @@ async fn a_killed_owner_fails_over_to_its_replica_in_the_same_epoch_without_a_ga
     assert!(got.iter().all(|m| m["epoch"] == epoch), "{got:?}");
     assert_eq!(offsets(&got), (1..=40).collect::<Vec<u64>>());
 
+    // The killed node's client reconnected elsewhere and resumed with recovered: true,
+    // each message once and in order.
+    let mut delivered = Vec::new();
+    let mut resumed = None;
+    while delivered.len() < 40 {
+        match roaming.next().await? {
+            ringcast_client::Event::Message { at, .. } => {
+                assert_eq!(json!(at.epoch), epoch);
+                delivered.push(at.offset);
+            }
+            ringcast_client::Event::Subscribed { recovered, .. } if !delivered.is_empty() => resumed = Some(recovered),
+            ringcast_client::Event::Connected { node } => assert_ne!(node, urls[0], "not the dead node"),
+            ringcast_client::Event::Disconnected { .. } | ringcast_client::Event::Subscribed { .. } => {}
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(delivered, (1..=40).collect::<Vec<u64>>());
+    assert_eq!(resumed, Some(Some(true)), "resumed from its position");
+
     // A client resuming anywhere recovers from the new owner's history.
     let (mut late, _) = WsClient::connect(&c.nodes[2].ws_url(), None).await?;
     let r = late.subscribe(&durable, Some(json!({"epoch": epoch, "offset": 30}))).await?;
@@ -92,6 +119,12 @@ async fn a_killed_owner_fails_over_to_its_replica_in_the_same_epoch_without_a_ga
     // The best-effort channel had one copy: it starts over in a new epoch.
     let after = publish_until_acked(&mut publisher, &besteffort, json!("after"), "b1").await?;
     assert_ne!(after["epoch"], before["epoch"], "{before} {after}");
+    // Its live subscriber is told (recovered: false), then follows the new epoch.
+    let told = sub_be.next_push().await?;
+    assert_eq!((told["type"].as_str(), told["recovered"].as_bool()), (Some("resubscribed"), Some(false)), "{told}");
+    assert_eq!((told["reason"].clone(), told["epoch"].clone()), (json!("epoch_changed"), after["epoch"].clone()));
+    let next = sub_be.next_push().await?;
+    assert_eq!((next["data"].clone(), next["epoch"].clone()), (json!("after"), after["epoch"].clone()), "{next}");
     let failovers =
         c.nodes[1].metric("ringcast_failovers_total").await? + c.nodes[2].metric("ringcast_failovers_total").await?;
     assert!(failovers >= 1.0);

@@ -3,11 +3,9 @@
 use crate::exit::CliError;
 use crate::node::{path_segment, NodeApi};
 use crate::output::Report;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::io::Write as _;
-use tokio_tungstenite::tungstenite::Message;
 
 fn parse_data(data: &str) -> Result<Value, CliError> {
     serde_json::from_str(data)
@@ -56,76 +54,66 @@ pub fn parse_since(s: &str) -> Result<Value, CliError> {
     Ok(json!({"epoch": e, "offset": offset}))
 }
 
-/// Subscribes and prints messages as they arrive (one per line; raw frames with
-/// `--json`), until `count` messages or the connection ends.
+/// Subscribes and prints messages as they arrive (one per line; raw events as JSON with
+/// `--json`), until `count` messages. The subscription survives node loss: it reconnects
+/// across `nodes` with full-jitter backoff and resumes from the last position printed
+/// (`ringcast_client::Subscriber`); what could not be recovered is printed as a note.
 pub async fn tail(
-    api: &NodeApi,
+    nodes: &[NodeApi],
     channel: &str,
     since: Option<Value>,
     token: Option<String>,
     count: Option<u64>,
     json_out: bool,
 ) -> Result<Report, CliError> {
-    let url = format!("ws://{}/ws", api.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .map_err(|e| CliError::Failed(format!("cannot open {url}: {e}")))?;
-    let mut connect = json!({"id": 1, "type": "connect"});
-    if let Some(t) = token {
-        connect["token"] = json!(t);
-    }
-    let mut sub = json!({"id": 2, "type": "subscribe", "channel": channel});
+    use ringcast_client::{ClientError, Config, Event, Subscriber};
+    let urls = nodes.iter().map(|n| format!("ws://{}/ws", n.addr)).collect();
+    let mut config = Config::new(urls);
+    config.token = token;
+    let mut sub = Subscriber::new(config, &[channel]);
     if let Some(s) = since {
-        sub["since"] = s;
-    }
-    for cmd in [connect, sub] {
-        ws.send(Message::text(cmd.to_string())).await.map_err(|e| CliError::Failed(format!("send: {e}")))?;
+        let epoch = s["epoch"].as_str().unwrap_or_default().to_owned();
+        sub.resume_from(channel, ringcast_client::Position { epoch, offset: s["offset"].as_u64().unwrap_or(0) });
     }
     let mut seen = 0u64;
     let mut out = std::io::stdout().lock();
-    while let Some(frame) = ws.next().await {
-        let text = match frame {
-            Ok(Message::Text(t)) => t,
-            Ok(Message::Close(c)) => {
-                let why = c.map(|c| format!("{} {}", u16::from(c.code), c.reason)).unwrap_or_default();
-                return Err(CliError::Failed(format!("the node closed the connection: {why}")));
-            }
-            Ok(_) => continue,
-            Err(e) => return Err(CliError::Failed(format!("connection lost: {e}"))),
+    loop {
+        let event = match sub.next().await {
+            Ok(e) => e,
+            Err(ClientError::Refused { code, message }) => return Err(CliError::Failed(format!("{code}: {message}"))),
+            Err(e) => return Err(CliError::Failed(e.to_string())),
         };
-        let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
-        if v["type"] == "error" {
-            return Err(CliError::Failed(format!("{}: {}", v["error"]["code"], v["error"]["message"])));
-        }
-        if v["type"] == "subscribed" && !json_out {
-            let note = match v["recovered"].as_bool() {
-                Some(true) => format!(", recovered {} missed", v["replayed"]),
-                Some(false) => format!(", NOT recovered ({})", v["reason"].as_str().unwrap_or("?")),
-                None => String::new(),
-            };
-            let _ = writeln!(
-                out,
-                "# subscribed to {channel} at {}:{}{note}",
-                v["epoch"].as_str().unwrap_or("?"),
-                v["offset"]
-            );
-        }
-        if v["type"] != "message" {
-            continue;
-        }
-        let line = if json_out {
-            text.to_string()
-        } else {
-            format!("{}:{}  {}", v["epoch"].as_str().unwrap_or("?"), v["offset"], v["data"])
+        let line = match (&event, json_out) {
+            (Event::Message { at, data, .. }, false) => format!("{}:{}  {data}", at.epoch, at.offset),
+            (Event::Message { channel, at, data }, true) => {
+                json!({"type": "message", "channel": channel, "epoch": at.epoch, "offset": at.offset, "data": data})
+                    .to_string()
+            }
+            (_, true) => continue,
+            (Event::Connected { node }, false) => format!("# connected to {node}"),
+            (Event::Subscribed { at, recovered, reason, .. }, false) => {
+                let note = match recovered {
+                    Some(true) => ", recovered".to_owned(),
+                    Some(false) => format!(", NOT recovered ({})", reason.as_deref().unwrap_or("?")),
+                    None => String::new(),
+                };
+                format!("# subscribed to {channel} at {}:{}{note}", at.epoch, at.offset)
+            }
+            (Event::Gap { from, to, reason, .. }, false) => format!("# gap: {from}..={to} not delivered ({reason})"),
+            (Event::Restarted { at, .. }, false) => format!("# the stream restarted in epoch {}", at.epoch),
+            (Event::Disconnected { node, reason }, false) => {
+                format!("# disconnected from {node}: {reason}; reconnecting")
+            }
         };
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             break; // stdout closed (a pipe into head): done.
         }
-        seen += 1;
-        if count.is_some_and(|c| seen >= c) {
-            break;
+        if matches!(event, Event::Message { .. }) {
+            seen += 1;
+            if count.is_some_and(|c| seen >= c) {
+                break;
+            }
         }
     }
-    let _ = ws.close(None).await;
     Ok(Report { human: String::new(), json: json!({"channel": channel, "messages": seen}) })
 }

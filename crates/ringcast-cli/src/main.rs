@@ -29,7 +29,8 @@ struct Cli {
     /// Print one JSON object on one line instead of human-readable text.
     #[arg(long, global = true)]
     json: bool,
-    /// A node's client address (any node of the cluster).
+    /// A node's client address (any node of the cluster). `tail` takes a comma-separated
+    /// list and moves between them when a node goes away.
     #[arg(long, global = true, env = "RINGCAST_NODE", default_value = "http://127.0.0.1:7400")]
     node: String,
     /// The server API key (for members, ring, owner, publish, drain).
@@ -94,7 +95,8 @@ where
     F: FnOnce(node::NodeApi) -> Fut,
     Fut: std::future::Future<Output = Result<output::Report, exit::CliError>>,
 {
-    let api = node::NodeApi::new(&cli.node, cli.api_key.clone())?;
+    let first = cli.node.split(',').next().unwrap_or_default();
+    let api = node::NodeApi::new(first, cli.api_key.clone())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -137,9 +139,14 @@ fn main() -> ExitCode {
                 }
             };
             let json_out = cli.json;
-            let result = with_node(&cli, |api| async move {
-                channel::tail(&api, channel, since, token.clone(), *count, json_out).await
-            });
+            let nodes: Result<Vec<node::NodeApi>, _> =
+                cli.node.split(',').map(|n| node::NodeApi::new(n.trim(), cli.api_key.clone())).collect();
+            let result = match nodes {
+                Ok(nodes) => with_node(&cli, |_| async move {
+                    channel::tail(&nodes, channel, since, token.clone(), *count, json_out).await
+                }),
+                Err(e) => Err(e),
+            };
             // Messages were printed as they came; only failures are left to report.
             return match result {
                 Ok(_) => ExitCode::SUCCESS,

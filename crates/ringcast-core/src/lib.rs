@@ -21,10 +21,12 @@
 //!   notices.
 //! - [`caps`]: channel capability patterns carried in client tokens.
 //! - [`ratelimit`]: token buckets on an injected clock.
+//! - [`backoff`]: full-jitter reconnect delays with injected randomness.
 //!
 //! What does not live here: encoding (see `ringcast-proto`), networking, configuration
 //! files, and anything that awaits.
 
+pub mod backoff;
 pub mod caps;
 pub mod dedup;
 pub mod log;

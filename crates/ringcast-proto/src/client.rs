@@ -343,6 +343,35 @@ pub fn encode_subscribed(id: u64, channel: &ChannelName, top: StreamPosition, ou
     reply(id, "subscribed", b)
 }
 
+/// The `resubscribed` push: a live subscription's stream restarted in a new epoch (its
+/// state was lost: a crash without a surviving copy), so continuity cannot be proved.
+/// Same fields as a `subscribed` reply with `recovered: false`, without an `id`.
+#[must_use]
+pub fn encode_resubscribed(channel: &ChannelName, top: StreamPosition, oldest: Offset, newest: Offset) -> String {
+    #[derive(Serialize)]
+    struct Push<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        epoch: Epoch,
+        offset: Offset,
+        recovered: bool,
+        reason: &'static str,
+        oldest: Offset,
+        newest: Offset,
+    }
+    to_json(&Push {
+        kind: "resubscribed",
+        channel: channel.as_str(),
+        epoch: top.epoch,
+        offset: top.offset,
+        recovered: false,
+        reason: ringcast_core::NotRecoveredReason::EpochChanged.as_str(),
+        oldest,
+        newest,
+    })
+}
+
 #[must_use]
 pub fn encode_unsubscribed(id: u64, channel: &ChannelName) -> String {
     #[derive(Serialize)]

@@ -13,8 +13,8 @@
 use ringcast_core::{ChannelName, Epoch, NotRecoveredReason, Offset, StreamPosition};
 use ringcast_proto::client::{
     decode_command, encode_ack, encode_connected, encode_error, encode_gap, encode_history, encode_message,
-    encode_pong, encode_refreshed, encode_subscribed, encode_unsubscribed, Ack, Command, Connected, GapReason,
-    HistoryReply, Request, SubscribeOutcome, DEFAULT_HISTORY_LIMIT,
+    encode_pong, encode_refreshed, encode_resubscribed, encode_subscribed, encode_unsubscribed, Ack, Command,
+    Connected, GapReason, HistoryReply, Request, SubscribeOutcome, DEFAULT_HISTORY_LIMIT,
 };
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
@@ -248,6 +248,7 @@ fn server_frames() -> BTreeMap<&'static str, String> {
             ),
         ),
         ("message", message(45, r#"{"text":"hello","from":"alice"}"#)),
+        ("resubscribed", encode_resubscribed(&c, at(0), Offset(1), Offset(0))),
         ("gap", encode_gap(&c, epoch(), Offset(46), Offset(58), GapReason::SlowConsumer)),
         ("gap_unavailable", encode_gap(&c, epoch(), Offset(59), Offset(60), GapReason::Unavailable)),
     ])

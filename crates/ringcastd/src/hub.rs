@@ -37,7 +37,7 @@ use ringcast_core::{
     Offset, Recovery, Slot, StreamPosition,
 };
 use ringcast_proto::client::SubscribeOutcome;
-use ringcast_proto::client::{encode_message, encode_subscribed, Since};
+use ringcast_proto::client::{encode_message, encode_resubscribed, encode_subscribed, Since};
 use ringcast_proto::cluster::{OutcomeWire, PeerFrame};
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
@@ -652,6 +652,41 @@ impl Hub {
         }
     }
 
+    /// Tells every local subscriber that the channel's stream restarted at `top` in a new
+    /// epoch (`resubscribed`, `recovered: false`): what they had is not continued.
+    fn announce_restart(&self, channel: &ChannelName, st: &ChannelState, top: StreamPosition) {
+        if st.subscribers.is_empty() {
+            return;
+        }
+        self.metrics.restarts.fetch_add(1, Ordering::Relaxed);
+        let frame = Utf8Bytes::from(encode_resubscribed(channel, top, top.offset.next(), top.offset));
+        for sub in st.subscribers.values() {
+            // Notices about the old epoch are moot now.
+            sub.outbox.forget(channel);
+            sub.outbox.push_unbounded(std::iter::once(frame.clone()));
+        }
+    }
+
+    /// New owner of `slot` (claimed while vacant): channels this node followed from the
+    /// lost owner and holds no copy of start over here in a new epoch, and their local
+    /// subscribers are told. Returns how many.
+    pub fn adopt_mirrors(&self, slot: Slot, ns_of: impl Fn(&ChannelName) -> Option<NamespaceOptions>) -> usize {
+        let mut n = 0;
+        for (channel, cell) in self.slot_cells(slot) {
+            let mut st = lock(&cell.state);
+            if st.log.is_some() || st.mirror.is_none() {
+                continue;
+            }
+            let Some(ns) = ns_of(&channel) else { continue };
+            st.mirror = None;
+            st.remote_interest = false;
+            let top = self.owned_log(&mut st, &ns).top();
+            self.announce_restart(&channel, &st, top);
+            n += 1;
+        }
+        n
+    }
+
     /// Tells every local subscriber that `from..=to` will not arrive (the node lost the
     /// messages and the owner's history no longer holds them).
     fn announce_lost(&self, channel: &ChannelName, st: &ChannelState, epoch: Epoch, (from, to): (Offset, Offset)) {
@@ -896,9 +931,10 @@ impl Hub {
             st.remote_interest = true;
             let Some(mirror) = st.mirror.as_mut() else { return };
             if mirror.position().epoch != top.epoch {
-                // The owner's stream restarted: follow the new epoch (subscribers see it
-                // in every message's epoch), as for a Deliver in a new epoch.
+                // The owner's stream restarted (state was lost): follow the new epoch
+                // and tell the subscribers.
                 mirror.rebase(top);
+                self.announce_restart(channel, st, top);
                 return;
             }
             let mut ready = Vec::new();
@@ -952,7 +988,11 @@ impl Hub {
                 return Err(ErrorCode::AlreadySubscribed);
             }
             match &mut st.mirror {
-                Some(m) if m.position().epoch != top.epoch => m.rebase(top),
+                Some(m) if m.position().epoch != top.epoch => {
+                    m.rebase(top);
+                    // Existing subscribers were following the old stream.
+                    self.announce_restart(channel, st, top);
+                }
                 Some(_) => {}
                 None => st.mirror = Some(Mirror::new(top, DEFAULT_MAX_PENDING)),
             }
@@ -983,16 +1023,20 @@ impl Hub {
                 return true;
             };
             let mut ready = Vec::new();
+            let mut restarted = None;
             if mirror.offer(position.epoch, position.offset, frame.clone(), now, &mut ready) == Offer::EpochChanged {
-                // The owner's stream restarted (state was lost): follow the new epoch;
-                // subscribers see the change in every message's epoch.
-                mirror.rebase(StreamPosition {
-                    epoch: position.epoch,
-                    offset: Offset(position.offset.0.saturating_sub(1)),
-                });
+                // The owner's stream restarted (state was lost): follow the new epoch
+                // and tell the subscribers.
+                let restart =
+                    StreamPosition { epoch: position.epoch, offset: Offset(position.offset.0.saturating_sub(1)) };
+                mirror.rebase(restart);
                 mirror.offer(position.epoch, position.offset, frame, now, &mut ready);
+                restarted = Some(restart);
             }
             let epoch = mirror.position().epoch;
+            if let Some(restart) = restarted {
+                self.announce_restart(channel, st, restart);
+            }
             self.fan_out_ready(channel, st, epoch, ready);
             true
         })

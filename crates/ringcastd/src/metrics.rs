@@ -49,6 +49,8 @@ pub struct Metrics {
     pub resyncs: AtomicU64,
     /// Slots this node took over from a crashed owner with their durable channels.
     pub promotions: AtomicU64,
+    /// Live subscriptions told their channel restarted in a new epoch (`resubscribed`).
+    pub restarts: AtomicU64,
     /// `Deliver` frames refused because an owner with a newer slot epoch was seen.
     pub fenced_frames: AtomicU64,
     /// Slots this node handed off to another node.
@@ -181,6 +183,12 @@ impl Metrics {
             "ringcast_resyncs_total",
             "Channels re-subscribed by offset after an owner's stream to this node ended.",
             self.resyncs.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_stream_restarts_total",
+            "Channels whose local subscribers were told the stream restarted in a new epoch (resubscribed).",
+            self.restarts.load(Relaxed),
         );
         counter(
             &mut o,

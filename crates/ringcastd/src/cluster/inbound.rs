@@ -103,7 +103,7 @@ impl Runtime {
         let slot = Slot::new(slot).ok_or((Refusal::new(ErrorCode::BadRequest, "slot out of range"), false))?;
         match self.table().route(slot) {
             Route::Claimed { owner, epoch: mine } if owner == self.me && epoch <= mine.0 => {
-                self.check_owner().map_err(|r| (r, true))
+                self.check_owner().map_err(|r| (r, false))
             }
             _ => Err((Refusal::new(ErrorCode::Unavailable, "this node does not own the slot now"), true)),
         }

@@ -308,9 +308,10 @@ impl Runtime {
     pub(crate) fn check_owner(&self) -> Result<(), Refusal> {
         match self.membership.owner_deadline() {
             Some(deadline) if Instant::now() < deadline => Ok(()),
+            // Fail fast: waiting would not help while etcd is unreachable.
             _ => Err(Refusal::new(
-                ErrorCode::Unavailable,
-                "this node cannot confirm its lease with etcd; retry on another node",
+                ErrorCode::CoordinationUnavailable,
+                "the channel's owner cannot confirm its ownership with etcd; retry later",
             )),
         }
     }

@@ -132,7 +132,7 @@ impl Runtime {
         let slot = Slot::of(channel);
         let until = Instant::now() + REPLICA_DEADLINE;
         loop {
-            self.check_owner().map_err(|r| Refusal::new(ErrorCode::CoordinationUnavailable, r.message))?;
+            self.check_owner()?;
             if self.paused[usize::from(slot.get())].load(Ordering::SeqCst) {
                 if Instant::now() >= until {
                     return Err(Refusal::new(ErrorCode::InsufficientReplicas, "the slot's replica is being replaced"));
@@ -368,11 +368,18 @@ impl Runtime {
     /// After claiming a vacant slot: continue the durable channels this node holds copies
     /// of in their epochs, then bring a new replica up for them.
     pub(super) fn promote(self: &Arc<Self>, slot: Slot, epoch: u64) {
-        if lock(&self.replica_slots).remove(&slot).is_none() {
-            return;
-        }
         let namespaces = self.namespaces.clone();
-        let n = self.hub.promote_slot(slot, &self.me, |c| namespaces.get(c.namespace()).cloned(), self.now());
+        let ns_of = |c: &ChannelName| namespaces.get(c.namespace()).cloned();
+        let n = if lock(&self.replica_slots).remove(&slot).is_some() {
+            self.hub.promote_slot(slot, &self.me, ns_of, self.now())
+        } else {
+            0
+        };
+        // Channels followed from the lost owner without a copy here restart.
+        let restarted = self.hub.adopt_mirrors(slot, ns_of);
+        if restarted > 0 {
+            info!(%slot, channels = restarted, "channels of a lost owner restart here in new epochs");
+        }
         if n == 0 {
             return;
         }
