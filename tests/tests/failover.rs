@@ -231,7 +231,11 @@ async fn a_paused_owner_gets_nothing_acknowledged_or_delivered_under_its_old_epo
         }
         let m = sub.next_push().await?;
         if m["type"] == "message" && m["channel"] == durable.as_str() {
-            seen.push((m["epoch"].as_str().unwrap_or_default().to_owned(), m["offset"].as_u64().unwrap_or(0), m["data"].clone()));
+            seen.push((
+                m["epoch"].as_str().unwrap_or_default().to_owned(),
+                m["offset"].as_u64().unwrap_or(0),
+                m["data"].clone(),
+            ));
         }
     }
     let durable_acks: Vec<&(Value, Value)> = acks.iter().filter(|(a, _)| a["channel"] == durable.as_str()).collect();
