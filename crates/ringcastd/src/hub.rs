@@ -156,6 +156,8 @@ pub enum DurableAppend {
     /// Sequenced at `position`, not yet committed. `duplicate`: a retry of a message
     /// still in flight (nothing was sent); `sent`: the `Replicate` was queued.
     Pending { position: StreamPosition, duplicate: bool, sent: bool },
+    /// Nothing was done: the slot's replica is being rebuilt; try again shortly.
+    Paused,
 }
 
 /// Summary of one channel, for operators.
@@ -177,6 +179,10 @@ pub struct Hub {
     /// channel's lock, so the snapshot, which takes the same locks after sealing, holds
     /// every message sequenced before the seal and none after.
     sealed: Vec<std::sync::atomic::AtomicBool>,
+    /// Slots whose replica is being (re)built: durable publishes wait. Checked under
+    /// each channel's lock, so the replica's snapshot (taken after setting it) holds
+    /// every message sequenced before and none after.
+    replica_paused: Vec<std::sync::atomic::AtomicBool>,
 }
 
 /// One channel of a slot being handed off.
@@ -202,6 +208,7 @@ impl Hub {
             metrics,
             peers: OnceLock::new(),
             sealed: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+            replica_paused: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
         }
     }
 
@@ -212,6 +219,11 @@ impl Hub {
     /// Seals or unseals a slot (see the `sealed` field).
     pub fn set_sealed(&self, slot: Slot, sealed: bool) {
         self.sealed[usize::from(slot.get())].store(sealed, Ordering::SeqCst);
+    }
+
+    /// Pauses or resumes `slot`'s durable publishes (see the `replica_paused` field).
+    pub fn set_replica_paused(&self, slot: Slot, paused: bool) {
+        self.replica_paused[usize::from(slot.get())].store(paused, Ordering::SeqCst);
     }
 
     /// The channels of `slot` that have state here.
@@ -406,6 +418,9 @@ impl Hub {
         self.with_channel(channel, |st| {
             if self.is_sealed(channel) {
                 return Err(ErrorCode::Unavailable);
+            }
+            if self.replica_paused[usize::from(Slot::of(channel).get())].load(Ordering::SeqCst) {
+                return Ok(DurableAppend::Paused);
             }
             self.check_client_rate(st, ns, idempotency_key, origin, now)?;
             let log = self.owned_log(st, ns);

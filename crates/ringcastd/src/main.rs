@@ -203,6 +203,9 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
             warn!(addr = %local, "the development config is listening on a non-loopback address");
         }
     }
+    // Signal handlers are installed before the ready record: a supervisor that stops the
+    // node right after it said ready gets a drain, not the default action (exit).
+    let signals = install_signal_handlers();
     let env_note: Vec<&str> = ENV_VARS.iter().map(|(k, _)| *k).collect();
     info!(node = %node.node_id, client_addr = %local, env_overrides = ?env_note, "ringcastd ready");
     // One JSON line on stdout: how scripts and tests learn the bound address.
@@ -219,18 +222,28 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
         let _ = writeln!(out, "{ready}");
         let _ = out.flush();
     }
-    tokio::spawn(wait_for_signal(drain));
+    tokio::spawn(wait_for_signal(signals, drain));
     serve(node, listener).await;
     Ok(())
 }
 
-/// Cancels `drain` on SIGTERM or SIGINT; a second signal exits at once.
-async fn wait_for_signal(drain: CancellationToken) {
+type Signals = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;
+
+/// SIGTERM and SIGINT streams; from here on neither kills the process by default.
+fn install_signal_handlers() -> Signals {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        warn!("cannot install signal handlers; stop the node with SIGKILL");
-        return;
-    };
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => {
+            warn!("cannot install signal handlers; stop the node with SIGKILL");
+            None
+        }
+    }
+}
+
+/// Cancels `drain` on SIGTERM or SIGINT; a second signal exits at once.
+async fn wait_for_signal(signals: Signals, drain: CancellationToken) {
+    let Some((mut term, mut int)) = signals else { return };
     tokio::select! {
         _ = term.recv() => info!(signal = "SIGTERM", "draining"),
         _ = int.recv() => info!(signal = "SIGINT", "draining"),

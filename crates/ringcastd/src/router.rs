@@ -95,6 +95,7 @@ impl Router {
             Route::Claimed { owner, epoch } if owner == self.me => {
                 if let Some(c) = &self.cluster {
                     c.check_owner()?;
+                    return Ok(Target::Local(c.owner_epoch(Slot::of(channel), epoch)));
                 }
                 Ok(Target::Local(epoch))
             }

@@ -180,10 +180,19 @@ impl Runtime {
     }
 
     pub(super) fn my_epoch(&self, channel: &ChannelName) -> SlotEpoch {
-        match self.table().route(Slot::of(channel)) {
-            Route::Claimed { epoch, .. } => epoch,
+        let slot = Slot::of(channel);
+        match self.table().route(slot) {
+            Route::Claimed { epoch, .. } => self.owner_epoch(slot, epoch),
             _ => SlotEpoch(0),
         }
+    }
+
+    /// The epoch this node, as `slot`'s owner, stamps its frames with: the view's, or a
+    /// newer claim this node wrote that the view does not show yet (naming a replica
+    /// moves the epoch on; frames stamped with the older one would be fenced off by
+    /// nodes that already saw the newer).
+    pub(crate) fn owner_epoch(&self, slot: Slot, table_epoch: SlotEpoch) -> SlotEpoch {
+        lock(&self.own_epochs).get(&slot).map_or(table_epoch, |e| (*e).max(table_epoch))
     }
 }
 

@@ -147,8 +147,6 @@ pub struct Runtime {
     own_epochs: Mutex<HashMap<Slot, SlotEpoch>>,
     /// One replica bring-up at a time per slot.
     sync_locks: Vec<tokio::sync::Mutex<()>>,
-    /// Slots whose durable publishes wait while their replica is (re)built.
-    paused: Vec<std::sync::atomic::AtomicBool>,
     /// Replica: slots this node holds copies of, with the newest slot epoch seen for them.
     replica_slots: Mutex<HashMap<Slot, u64>>,
     /// The etcd revision of this process's first membership view. A claim in our name
@@ -263,7 +261,6 @@ impl Runtime {
             replicas: Mutex::new(HashMap::new()),
             own_epochs: Mutex::new(HashMap::new()),
             sync_locks: Slot::all().map(|_| tokio::sync::Mutex::new(())).collect(),
-            paused: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
             replica_slots: Mutex::new(HashMap::new()),
             incarnation: std::sync::OnceLock::new(),
             latest: Mutex::new((Arc::new(View::default()), false)),

@@ -64,10 +64,9 @@ impl Runtime {
         let Some(target) = table.replica_for(slot, &self.me).filter(|n| members.contains_key(*n)).cloned() else {
             return Err(Refusal::new(ErrorCode::InsufficientReplicas, "no other core node can hold a replica"));
         };
-        let paused = &self.paused[usize::from(slot.get())];
-        paused.store(true, Ordering::SeqCst);
+        self.hub.set_replica_paused(slot, true);
         let result = self.sync_replica(slot, epoch, &target).await;
-        paused.store(false, Ordering::SeqCst);
+        self.hub.set_replica_paused(slot, false);
         match &result {
             Ok((_, e)) => info!(%slot, replica = %target, epoch = e.0, "replica up"),
             Err(r) => warn!(%slot, replica = %target, error = %r.message, "could not bring the replica up"),
@@ -133,13 +132,6 @@ impl Runtime {
         let until = Instant::now() + REPLICA_DEADLINE;
         loop {
             self.check_owner()?;
-            if self.paused[usize::from(slot.get())].load(Ordering::SeqCst) {
-                if Instant::now() >= until {
-                    return Err(Refusal::new(ErrorCode::InsufficientReplicas, "the slot's replica is being replaced"));
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            }
             let (replica, replica_epoch) = match self.ready_replica(slot) {
                 Some(r) => r,
                 None => {
@@ -178,6 +170,17 @@ impl Runtime {
                 Ok(DurableAppend::Committed(p)) => {
                     lock(&self.pending).remove(&req);
                     return Ok(p);
+                }
+                Ok(DurableAppend::Paused) => {
+                    lock(&self.pending).remove(&req);
+                    if Instant::now() >= until {
+                        return Err(Refusal::new(
+                            ErrorCode::InsufficientReplicas,
+                            "the slot's replica is being replaced",
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
                 }
                 Ok(DurableAppend::Pending { position, duplicate, sent }) => (position, duplicate, sent),
             };
