@@ -174,7 +174,10 @@ async fn publish_one(
     }
     let p = node
         .router
-        .publish(channel, ns, data, key, crate::hub::Origin::Api, node.now())
+        .publish(
+            &crate::hub::PublishRequest { channel, ns, data, idempotency_key: key, origin: crate::hub::Origin::Api },
+            node.now(),
+        )
         .await
         .map_err(|r| ApiError(r.code, r.message))?;
     node.metrics.publish(crate::metrics::Source::Http);

@@ -132,6 +132,16 @@ struct Subscriber {
     policy: MessagePolicy,
 }
 
+/// One publish, as every layer (session or HTTP, router, cluster, hub) passes it on.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRequest<'a> {
+    pub channel: &'a ChannelName,
+    pub ns: &'a NamespaceOptions,
+    pub data: &'a RawValue,
+    pub idempotency_key: Option<&'a str>,
+    pub origin: Origin,
+}
+
 /// Who asked for a publish: clients are held to the channel's `client_publish_rate`,
 /// the server API is not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,17 +372,8 @@ impl Hub {
     /// interested node (under `slot_epoch`). A client publish beyond the channel's
     /// `client_publish_rate` is refused with `rate_limited` (a retry with the same
     /// idempotency key is answered from the window first, free).
-    #[allow(clippy::too_many_arguments)]
-    pub fn publish(
-        &self,
-        channel: &ChannelName,
-        ns: &NamespaceOptions,
-        data: &RawValue,
-        idempotency_key: Option<&str>,
-        origin: Origin,
-        now: Millis,
-        slot_epoch: SlotEpoch,
-    ) -> Result<Published, ErrorCode> {
+    pub fn publish(&self, p: &PublishRequest<'_>, now: Millis, slot_epoch: SlotEpoch) -> Result<Published, ErrorCode> {
+        let PublishRequest { channel, ns, data, idempotency_key, origin } = *p;
         let digest = payload_digest(data.get().as_bytes());
         self.with_channel(channel, |st| {
             if self.is_sealed(channel) {
@@ -401,19 +402,14 @@ impl Hub {
     /// `Replicate` (request `req`) to `replica` under the channel lock, so replicas
     /// receive a channel's messages in offset order. Readers and subscribers see it
     /// only after [`Hub::commit`].
-    #[allow(clippy::too_many_arguments)]
     pub fn publish_durable(
         &self,
-        channel: &ChannelName,
-        ns: &NamespaceOptions,
-        data: &RawValue,
-        idempotency_key: Option<&str>,
-        origin: Origin,
+        p: &PublishRequest<'_>,
         now: Millis,
-        replica: &NodeId,
-        replica_epoch: SlotEpoch,
+        (replica, replica_epoch): (&NodeId, SlotEpoch),
         req: u64,
     ) -> Result<DurableAppend, ErrorCode> {
+        let PublishRequest { channel, ns, data, idempotency_key, origin } = *p;
         let digest = payload_digest(data.get().as_bytes());
         self.with_channel(channel, |st| {
             if self.is_sealed(channel) {
@@ -1204,13 +1200,29 @@ mod tests {
         let ns = NamespaceOptions::default();
         let c = ch("chat:a");
         for i in 1..=5 {
-            h.publish(&c, &ns, &raw(&i.to_string()), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
+            h.publish(
+                &PublishRequest {
+                    channel: &c,
+                    ns: &ns,
+                    data: &raw(&i.to_string()),
+                    idempotency_key: None,
+                    origin: Origin::Api,
+                },
+                Millis(0),
+                SlotEpoch(1),
+            )
+            .ok();
         }
         let epoch = h.info(&c).top.map(|t| t.epoch);
         let o = Arc::new(Outbox::new(100, 1 << 20));
         let since = Since { epoch, offset: Offset(2) };
         assert_eq!(h.subscribe(&c, &ns, &sub(1, &o, Some(since), 9), Millis(0)), Ok(()));
-        h.publish(&c, &ns, &raw("6"), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
+        h.publish(
+            &PublishRequest { channel: &c, ns: &ns, data: &raw("6"), idempotency_key: None, origin: Origin::Api },
+            Millis(0),
+            SlotEpoch(1),
+        )
+        .ok();
         let got = frames(&o);
         assert_eq!(got[0]["type"], "subscribed");
         assert_eq!(got[0]["recovered"], true);
@@ -1229,11 +1241,34 @@ mod tests {
             ..Default::default()
         };
         let c = ch("chat:b");
-        let first = h.publish(&c, &ns, &raw("1"), Some("k"), Origin::Api, Millis(0), SlotEpoch(1)).map(|p| p.position);
+        let first = h
+            .publish(
+                &PublishRequest {
+                    channel: &c,
+                    ns: &ns,
+                    data: &raw("1"),
+                    idempotency_key: Some("k"),
+                    origin: Origin::Api,
+                },
+                Millis(0),
+                SlotEpoch(1),
+            )
+            .map(|p| p.position);
         assert_eq!(h.sweep(Millis(500)), 0);
         assert_eq!(h.sweep(Millis(1_000)), 1);
-        let second =
-            h.publish(&c, &ns, &raw("1"), Some("k"), Origin::Api, Millis(1_000), SlotEpoch(1)).map(|p| p.position);
+        let second = h
+            .publish(
+                &PublishRequest {
+                    channel: &c,
+                    ns: &ns,
+                    data: &raw("1"),
+                    idempotency_key: Some("k"),
+                    origin: Origin::Api,
+                },
+                Millis(1_000),
+                SlotEpoch(1),
+            )
+            .map(|p| p.position);
         assert_ne!(first.map(|p| p.epoch), second.map(|p| p.epoch));
         assert_eq!(second.map(|p| p.offset), Ok(Offset(1)));
         let _ = DedupPolicy::default();
@@ -1253,7 +1288,18 @@ mod tests {
         h.subscribe(&c, &ns, &sub_in(&ns, 1, &slow), Millis(0)).ok();
         h.subscribe(&c, &ns, &sub_in(&ns, 2, &fast), Millis(0)).ok();
         for i in 0..10 {
-            h.publish(&c, &ns, &raw(&i.to_string()), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
+            h.publish(
+                &PublishRequest {
+                    channel: &c,
+                    ns: &ns,
+                    data: &raw(&i.to_string()),
+                    idempotency_key: None,
+                    origin: Origin::Api,
+                },
+                Millis(0),
+                SlotEpoch(1),
+            )
+            .ok();
         }
         let mut out = Vec::new();
         assert_eq!(slow.drain(&mut out), Some(ringcast_proto::CloseCode::SlowConsumer));
@@ -1269,7 +1315,18 @@ mod tests {
         let slow = Arc::new(Outbox::new(1000, 1 << 20));
         h.subscribe(&c, &ns, &sub_in(&ns, 1, &slow), Millis(0)).ok();
         for i in 1..=10 {
-            h.publish(&c, &ns, &raw(&i.to_string()), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
+            h.publish(
+                &PublishRequest {
+                    channel: &c,
+                    ns: &ns,
+                    data: &raw(&i.to_string()),
+                    idempotency_key: None,
+                    origin: Origin::Api,
+                },
+                Millis(0),
+                SlotEpoch(1),
+            )
+            .ok();
         }
         let got = frames(&slow);
         let kinds: Vec<String> = got
@@ -1290,7 +1347,12 @@ mod tests {
         let ns = NamespaceOptions { client_publish_rate: 10, client_publish_burst: 2, ..Default::default() };
         let (a, b) = (ch("chat:rate-a"), ch("chat:rate-b"));
         let publish = |c: &ChannelName, key: Option<&str>, origin, at: u64| {
-            h.publish(c, &ns, &raw("1"), key, origin, Millis(at), SlotEpoch(1)).map(|p| p.duplicate)
+            h.publish(
+                &PublishRequest { channel: c, ns: &ns, data: &raw("1"), idempotency_key: key, origin },
+                Millis(at),
+                SlotEpoch(1),
+            )
+            .map(|p| p.duplicate)
         };
         assert_eq!(publish(&a, Some("k"), Origin::Client, 0), Ok(false));
         assert_eq!(publish(&a, None, Origin::Client, 0), Ok(false));
@@ -1343,18 +1405,33 @@ mod tests {
         h.set_peers(rec.clone());
         let ns = NamespaceOptions::default();
         let c = ch("chat:remote");
-        h.publish(&c, &ns, &raw("1"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
+        h.publish(
+            &PublishRequest { channel: &c, ns: &ns, data: &raw("1"), idempotency_key: None, origin: Origin::Api },
+            Millis(0),
+            SlotEpoch(5),
+        )
+        .ok();
         let g = node("gw");
         assert!(h.serve_peer_subscribe(&c, &ns, &g, 7, None, true, Millis(0)));
         assert!(h.serve_peer_subscribe(&c, &ns, &g, 8, None, false, Millis(0)));
-        h.publish(&c, &ns, &raw("2"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
+        h.publish(
+            &PublishRequest { channel: &c, ns: &ns, data: &raw("2"), idempotency_key: None, origin: Origin::Api },
+            Millis(0),
+            SlotEpoch(5),
+        )
+        .ok();
         let frames = lock(&rec.0).clone();
         assert!(matches!(&frames[0].1, PeerFrame::Subscribed { req: 7, offset: 1, .. }), "{frames:?}");
         assert!(matches!(&frames[1].1, PeerFrame::Subscribed { req: 8, offset: 1, .. }));
         assert!(matches!(&frames[2].1, PeerFrame::Deliver { offset: 2, slot_epoch: 5, .. }));
         assert_eq!(frames.len(), 3, "one Deliver per node, however many subscribers it has");
         h.drop_interest(&c, &g);
-        h.publish(&c, &ns, &raw("3"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
+        h.publish(
+            &PublishRequest { channel: &c, ns: &ns, data: &raw("3"), idempotency_key: None, origin: Origin::Api },
+            Millis(0),
+            SlotEpoch(5),
+        )
+        .ok();
         assert_eq!(lock(&rec.0).len(), 3);
     }
 

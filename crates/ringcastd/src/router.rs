@@ -8,11 +8,10 @@
 //! frame ever sent.
 
 use crate::cluster::Runtime;
-use crate::hub::{Hub, LocalSubscriber, Origin, Published};
+use crate::hub::{Hub, LocalSubscriber, PublishRequest, Published};
 use ringcast_core::ownership::{Route, RouteTable, SlotEpoch};
 use ringcast_core::{ChannelName, ConnId, Epoch, Millis, NamespaceOptions, NodeId, Offset, Slot};
 use ringcast_proto::ErrorCode;
-use serde_json::value::RawValue;
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -108,21 +107,10 @@ impl Router {
         }
     }
 
-    pub async fn publish(
-        &self,
-        channel: &ChannelName,
-        ns: &NamespaceOptions,
-        data: &RawValue,
-        idempotency_key: Option<&str>,
-        origin: Origin,
-        now: Millis,
-    ) -> Result<Published, Refusal> {
+    pub async fn publish(&self, p: &PublishRequest<'_>, now: Millis) -> Result<Published, Refusal> {
         match &self.cluster {
-            Some(c) => c.publish(self, channel, ns, data, idempotency_key, origin).await,
-            None => self
-                .hub
-                .publish(channel, ns, data, idempotency_key, origin, now, STANDALONE_EPOCH)
-                .map_err(|code| hub_refusal(code, channel)),
+            Some(c) => c.publish(self, p).await,
+            None => self.hub.publish(p, now, STANDALONE_EPOCH).map_err(|code| hub_refusal(code, p.channel)),
         }
     }
 

@@ -12,7 +12,7 @@
 //! close code. On exit the session removes all its subscriptions.
 
 use crate::auth::Identity;
-use crate::hub::Origin;
+use crate::hub::{Origin, PublishRequest};
 use crate::metrics::Source;
 use crate::node::Node;
 use crate::outbox::{Outbox, Pushed};
@@ -362,7 +362,16 @@ impl Session {
                 let p = self
                     .node
                     .router
-                    .publish(&channel, &ns, &data, idempotency_key.as_deref(), Origin::Client, now)
+                    .publish(
+                        &PublishRequest {
+                            channel: &channel,
+                            ns: &ns,
+                            data: &data,
+                            idempotency_key: idempotency_key.as_deref(),
+                            origin: Origin::Client,
+                        },
+                        now,
+                    )
                     .await
                     .map_err(|r| reject(r.code, r.message))?;
                 self.node.metrics.publish(Source::WebSocket);

@@ -65,26 +65,18 @@ impl Runtime {
         }
     }
 
-    pub(crate) async fn publish(
-        &self,
-        router: &Router,
-        channel: &ChannelName,
-        ns: &NamespaceOptions,
-        data: &RawValue,
-        idempotency_key: Option<&str>,
-        origin: Origin,
-    ) -> Result<Published, Refusal> {
+    pub(crate) async fn publish(&self, router: &Router, p: &PublishRequest<'_>) -> Result<Published, Refusal> {
+        let PublishRequest { channel, data, idempotency_key, origin, .. } = *p;
         self.forward(router, channel, |target, until| {
             Box::pin(async move {
                 match target {
-                    Target::Local(_) if ns.durable => match self.hub_arc() {
-                        Some(rt) => rt.publish_durable(channel, ns, data, idempotency_key, origin).await,
+                    Target::Local(_) if p.ns.durable => match self.hub_arc() {
+                        Some(rt) => rt.publish_durable(p).await,
                         None => Err(Refusal::new(ErrorCode::Unavailable, "the node is shutting down")),
                     },
-                    Target::Local(epoch) => self
-                        .hub
-                        .publish(channel, ns, data, idempotency_key, origin, self.now(), epoch)
-                        .map_err(|code| crate::router::hub_refusal(code, channel)),
+                    Target::Local(epoch) => {
+                        self.hub.publish(p, self.now(), epoch).map_err(|code| crate::router::hub_refusal(code, channel))
+                    }
                     Target::Remote { owner, epoch } => {
                         let frame = |req| PeerFrame::Publish {
                             req,

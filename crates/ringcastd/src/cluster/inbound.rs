@@ -168,7 +168,9 @@ impl Runtime {
                     let rt = self.clone();
                     self.tracker.spawn(async move {
                         let key = idempotency_key.as_deref();
-                        let result = rt.publish_durable(&channel, &ns, &data, key, origin).await;
+                        let p =
+                            PublishRequest { channel: &channel, ns: &ns, data: &data, idempotency_key: key, origin };
+                        let result = rt.publish_durable(&p).await;
                         answer(result.map_err(|r| {
                             let retry = r.retry;
                             (r, retry)
@@ -177,9 +179,10 @@ impl Runtime {
                 } else {
                     let epoch = self.my_epoch(&channel);
                     let key = idempotency_key.as_deref();
+                    let p = PublishRequest { channel: &channel, ns: &ns, data: &data, idempotency_key: key, origin };
                     let result = self
                         .hub
-                        .publish(&channel, &ns, &data, key, origin, self.now(), epoch)
+                        .publish(&p, self.now(), epoch)
                         .map_err(|code| (crate::router::hub_refusal(code, &channel), code == ErrorCode::Unavailable));
                     answer(result);
                 }

@@ -44,7 +44,7 @@ mod views;
 
 pub use links::PeerQueueBounds;
 
-use crate::hub::{DurableAppend, Hub, LocalSubscriber, Origin, PeerSink, Published};
+use crate::hub::{DurableAppend, Hub, LocalSubscriber, Origin, PeerSink, PublishRequest, Published};
 use crate::metrics::Metrics;
 use crate::router::{History, Refusal, Router, Target};
 use ringcast_cluster::membership::{ClaimExpect, MemberRecord, Membership, Role, View};

@@ -120,14 +120,8 @@ impl Runtime {
     }
 
     /// Owner: a publish on a durable channel (see the module docs).
-    pub(super) async fn publish_durable(
-        self: &Arc<Self>,
-        channel: &ChannelName,
-        ns: &NamespaceOptions,
-        data: &RawValue,
-        idempotency_key: Option<&str>,
-        origin: Origin,
-    ) -> Result<Published, Refusal> {
+    pub(super) async fn publish_durable(self: &Arc<Self>, p: &PublishRequest<'_>) -> Result<Published, Refusal> {
+        let channel = p.channel;
         let slot = Slot::of(channel);
         let until = Instant::now() + REPLICA_DEADLINE;
         loop {
@@ -151,17 +145,7 @@ impl Runtime {
             };
             let (tx, rx) = oneshot::channel();
             let req = self.register(Pending::Reply(tx));
-            let appended = self.hub.publish_durable(
-                channel,
-                ns,
-                data,
-                idempotency_key,
-                origin,
-                self.now(),
-                &replica,
-                replica_epoch,
-                req,
-            );
+            let appended = self.hub.publish_durable(p, self.now(), (&replica, replica_epoch), req);
             let (position, duplicate, sent) = match appended {
                 Err(code) => {
                     lock(&self.pending).remove(&req);
