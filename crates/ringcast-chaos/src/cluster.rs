@@ -215,12 +215,7 @@ impl Cluster {
                 "--initial-cluster-token".into(),
                 net.tag.clone(),
             ];
-            let mut m = EtcdMember {
-                client_url: client,
-                args,
-                log: dir.join(format!("etcd-{k}.log")),
-                child: None,
-            };
+            let mut m = EtcdMember { client_url: client, args, log: dir.join(format!("etcd-{k}.log")), child: None };
             m.spawn()?;
             etcd.push(m);
         }

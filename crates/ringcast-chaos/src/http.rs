@@ -16,9 +16,8 @@ const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
 /// `GET path` with the API key; returns the status and body text.
 pub async fn get(addr: SocketAddr, path: &str, api_key: &str) -> Result<(u16, String)> {
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {api_key}\r\nConnection: close\r\n\r\n"
-    );
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {api_key}\r\nConnection: close\r\n\r\n");
     let fut = async {
         let mut s = TcpStream::connect(addr).await?;
         s.write_all(req.as_bytes()).await?;

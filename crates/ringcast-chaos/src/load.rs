@@ -133,7 +133,8 @@ pub async fn publisher(n: usize, cfg: LoadConfig, targets: Targets, rec: Recorde
     while !*stop.borrow() {
         seq += 1;
         let key = format!("{name}-{seq}");
-        let channel = if rng.below(4) == 0 { cfg.hot.clone() } else { cfg.channels[rng.below(cfg.channels.len())].clone() };
+        let channel =
+            if rng.below(4) == 0 { cfg.hot.clone() } else { cfg.channels[rng.below(cfg.channels.len())].clone() };
         let mut indeterminate = false;
         let mut last_error = None;
         let mut result = None;

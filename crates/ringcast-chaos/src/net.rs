@@ -100,8 +100,9 @@ impl Net {
         }
         // Probe netem once on node 0's interface.
         let ns0 = self.ns(0);
-        self.netem = run("ip", &["netns", "exec", &ns0, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "1ms"])
-            .is_ok();
+        self.netem =
+            run("ip", &["netns", "exec", &ns0, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "1ms"])
+                .is_ok();
         if self.netem {
             run_quiet("ip", &["netns", "exec", &ns0, "tc", "qdisc", "del", "dev", "eth0", "root"]);
         }

@@ -28,9 +28,7 @@ impl Report {
     pub fn passed(&self) -> bool {
         self.error.is_none()
             && self.findings.final_read_failures == 0
-            && INVARIANTS
-                .iter()
-                .all(|(id, _)| self.exempt.iter().any(|e| e == id) || self.findings.count(id) == 0)
+            && INVARIANTS.iter().all(|(id, _)| self.exempt.iter().any(|e| e == id) || self.findings.count(id) == 0)
     }
 
     /// The human-readable summary.

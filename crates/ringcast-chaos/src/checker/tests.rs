@@ -312,7 +312,14 @@ fn failover_time_is_fault_to_first_ack_on_an_owned_channel() {
             .into_iter()
             .collect();
     h.push(Event::Owners { t: 99, owners });
-    h.push(Event::Fault { t: 100, id: 7, kind: "kill".into(), nodes: vec!["node-2".into()], faulted: 1, detail: "".into() });
+    h.push(Event::Fault {
+        t: 100,
+        id: 7,
+        kind: "kill".into(),
+        nodes: vec!["node-2".into()],
+        faulted: 1,
+        detail: "".into(),
+    });
     h.push(invoke(3000, "p1-5", "durable:a"));
     h.push(Event::PubComplete {
         t: 3100,
