@@ -120,6 +120,9 @@ struct Coverage {
     signalled: Vec<(u64, u64)>,
 }
 
+/// A channel's final history: its epoch and payload key per offset.
+type FinalHistory<'a> = (Option<&'a str>, HashMap<u64, Option<&'a str>>);
+
 fn channel_namespace(channel: &str) -> &str {
     channel.split_once(':').map_or("default", |(ns, _)| ns)
 }
@@ -351,7 +354,7 @@ pub fn check(events: &[Event]) -> Findings {
 
     // I1: every acknowledged durable publish is in the final history, and reached every
     // subscriber whose stream of that epoch spans it.
-    let mut finals: HashMap<&str, Option<(Option<&str>, HashMap<u64, Option<&str>>)>> = HashMap::new();
+    let mut finals: HashMap<&str, Option<FinalHistory<'_>>> = HashMap::new();
     for e in events {
         if let Event::FinalRead { channel, epoch, entries, complete, .. } = e {
             f.final_reads += 1;
@@ -369,17 +372,15 @@ pub fn check(events: &[Event]) -> Findings {
         if !durable(channel) {
             continue;
         }
-        match finals.get(channel.as_str()) {
-            Some(Some((ep, m))) => {
-                let held = *ep == Some(p.epoch.as_str()) && m.get(&p.offset) == Some(&Some(key.as_str()));
-                if !held {
-                    f.violation(
-                        "I1",
-                        format!("{channel}: {key} acked at {}:{} is not in the final history", p.epoch, p.offset),
-                    );
-                }
+        // A channel whose final read failed is unchecked here (and fails the run).
+        if let Some(Some((ep, m))) = finals.get(channel.as_str()) {
+            let held = *ep == Some(p.epoch.as_str()) && m.get(&p.offset) == Some(&Some(key.as_str()));
+            if !held {
+                f.violation(
+                    "I1",
+                    format!("{channel}: {key} acked at {}:{} is not in the final history", p.epoch, p.offset),
+                );
             }
-            Some(None) | None => {}
         }
         for ((sub, c, ep), cov) in &cover {
             if *c != channel || *ep != p.epoch {
