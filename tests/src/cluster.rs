@@ -114,6 +114,30 @@ impl TestCluster {
         Ok(r.json())
     }
 
+    /// The node holding `channel`'s slot, as node 0 reports it.
+    pub async fn owner_of(&self, channel: &str) -> Result<String> {
+        let r = http(
+            self.nodes[0].addr,
+            "GET",
+            &format!("/v1/channels/{channel}"),
+            &[("Authorization", &format!("Bearer {API_KEY}"))],
+            "",
+        )
+        .await?;
+        Ok(r.json()["owner"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// A channel of `namespace` (`{namespace}:c{i}`) whose slot `owner` holds.
+    pub async fn channel_owned_by(&self, namespace: &str, owner: &str) -> Result<String> {
+        for i in 0..10_000 {
+            let channel = format!("{namespace}:c{i}");
+            if self.owner_of(&channel).await? == owner {
+                return Ok(channel);
+            }
+        }
+        bail!("no {namespace} channel owned by {owner}")
+    }
+
     /// Waits until every node sees every node and no slot is vacant.
     pub async fn wait_settled(&self) -> Result<()> {
         let deadline = Instant::now() + WAIT * 3;

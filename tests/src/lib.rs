@@ -528,6 +528,47 @@ impl WsClient {
     }
 }
 
+/// What a reader saw of a channel, by [`WsClient::read_coverage`]: `("m", offset, offset)`
+/// per message and `("gap", from, to)` per `gap` push.
+pub type Coverage = Vec<(String, u64, u64)>;
+
+impl WsClient {
+    /// Reads pushes until offset `upto` is covered by a message or a `gap`; every gap must
+    /// carry `gap_reason`.
+    pub async fn read_coverage(&mut self, upto: u64, gap_reason: &str) -> Result<Coverage> {
+        let mut seen = Vec::new();
+        loop {
+            let f = self.next_push().await?;
+            let entry = match f["type"].as_str() {
+                Some("message") => {
+                    let o = f["offset"].as_u64().unwrap_or(0);
+                    ("m".to_owned(), o, o)
+                }
+                Some("gap") => {
+                    anyhow::ensure!(f["reason"] == gap_reason, "a gap with reason {gap_reason}: {f}");
+                    ("gap".to_owned(), f["from"].as_u64().unwrap_or(0), f["to"].as_u64().unwrap_or(0))
+                }
+                _ => continue,
+            };
+            let end = entry.2;
+            seen.push(entry);
+            if end >= upto {
+                return Ok(seen);
+            }
+        }
+    }
+}
+
+/// Every offset `1..=upto` appears exactly once, in order, as a message or inside a gap.
+pub fn assert_covers(seen: &[(String, u64, u64)], upto: u64) {
+    let mut next = 1;
+    for (kind, from, to) in seen {
+        assert_eq!(*from, next, "{kind} {from}-{to} after {}: {seen:?}", next - 1);
+        next = to + 1;
+    }
+    assert_eq!(next, upto + 1, "{seen:?}");
+}
+
 /// The error code of an `error` frame or HTTP error body (`""` when there is none).
 #[must_use]
 pub fn error_code(v: &Value) -> String {

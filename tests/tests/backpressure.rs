@@ -5,7 +5,7 @@
 
 use anyhow::{ensure, Result};
 use ringcast_tests::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Messages published to the hot channel: about 8 MB, far more than the kernel buffers
 /// for a reader with a small receive buffer.
@@ -53,53 +53,17 @@ async fn hot_channel(policy: &str) -> Result<Hot> {
     Ok(Hot { node, slow, _fast: fast, publisher })
 }
 
-/// What a reader saw of the channel: `("m", offset, offset)` per message and
-/// `("gap", from, to)` per gap notice, read until offset `upto` is covered.
-async fn read_until(c: &mut WsClient, upto: u64) -> Result<Vec<(String, u64, u64)>> {
-    let mut seen = Vec::new();
-    loop {
-        let f: Value = c.next_push().await?;
-        let entry = match f["type"].as_str() {
-            Some("message") => {
-                let o = f["offset"].as_u64().unwrap_or(0);
-                ("m".to_owned(), o, o)
-            }
-            Some("gap") => {
-                assert_eq!(f["channel"], CHANNEL);
-                assert_eq!(f["reason"], "slow_consumer", "{f}");
-                ("gap".to_owned(), f["from"].as_u64().unwrap_or(0), f["to"].as_u64().unwrap_or(0))
-            }
-            _ => continue,
-        };
-        let end = entry.2;
-        seen.push(entry);
-        if end >= upto {
-            return Ok(seen);
-        }
-    }
-}
-
-/// Every offset 1..=upto appears exactly once, in order, as a message or inside a gap.
-fn assert_covers(seen: &[(String, u64, u64)], upto: u64) {
-    let mut next = 1;
-    for (kind, from, to) in seen {
-        assert_eq!(*from, next, "{kind} {from}-{to} after {}: {seen:?}", next - 1);
-        next = to + 1;
-    }
-    assert_eq!(next, upto + 1);
-}
-
 #[tokio::test]
 async fn drop_oldest_keeps_a_slow_reader_on_the_latest_messages_with_a_gap() -> Result<()> {
     let Hot { node, mut slow, mut publisher, _fast } = hot_channel("drop_oldest").await?;
     assert!(node.metric("ringcast_drops_total{policy=\"drop_oldest\"}").await? > 0.0);
-    let seen = read_until(&mut slow, TOTAL).await?;
+    let seen = slow.read_coverage(TOTAL, "slow_consumer").await?;
     assert_covers(&seen, TOTAL);
     assert!(seen.iter().any(|(k, ..)| k == "gap"), "messages were dropped, so a gap was announced");
     assert_eq!(seen.last().map(|e| e.0.as_str()), Some("m"), "the newest message is kept: {seen:?}");
     // Still subscribed: the next message arrives as usual.
     publisher.publish(CHANNEL, json!("after")).await?;
-    assert_eq!(read_until(&mut slow, TOTAL + 1).await?, vec![("m".to_owned(), TOTAL + 1, TOTAL + 1)]);
+    assert_eq!(slow.read_coverage(TOTAL + 1, "slow_consumer").await?, vec![("m".to_owned(), TOTAL + 1, TOTAL + 1)]);
     assert_eq!(node.metric("ringcast_closes_total{code=\"4008\"}").await?, 0.0);
     Ok(())
 }
@@ -108,12 +72,12 @@ async fn drop_oldest_keeps_a_slow_reader_on_the_latest_messages_with_a_gap() -> 
 async fn drop_newest_keeps_what_was_queued_and_announces_the_rest() -> Result<()> {
     let Hot { node, mut slow, mut publisher, _fast } = hot_channel("drop_newest").await?;
     assert!(node.metric("ringcast_drops_total{policy=\"drop_newest\"}").await? > 0.0);
-    let seen = read_until(&mut slow, TOTAL).await?;
+    let seen = slow.read_coverage(TOTAL, "slow_consumer").await?;
     assert_covers(&seen, TOTAL);
     assert_eq!(seen.first().map(|e| (e.0.as_str(), e.1)), Some(("m", 1)), "the oldest message is kept");
     assert_eq!(seen.last().map(|e| e.0.as_str()), Some("gap"), "the newest were dropped: {seen:?}");
     publisher.publish(CHANNEL, json!("after")).await?;
-    assert_eq!(read_until(&mut slow, TOTAL + 1).await?, vec![("m".to_owned(), TOTAL + 1, TOTAL + 1)]);
+    assert_eq!(slow.read_coverage(TOTAL + 1, "slow_consumer").await?, vec![("m".to_owned(), TOTAL + 1, TOTAL + 1)]);
     Ok(())
 }
 

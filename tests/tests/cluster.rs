@@ -6,19 +6,6 @@ use ringcast_tests::cluster::TestCluster;
 use ringcast_tests::*;
 use serde_json::{json, Value};
 
-/// The node holding `channel`'s slot, as node 0 reports it.
-async fn owner_of(c: &TestCluster, channel: &str) -> Result<String> {
-    let r = http(
-        c.nodes[0].addr,
-        "GET",
-        &format!("/v1/channels/{channel}"),
-        &[("Authorization", &format!("Bearer {API_KEY}"))],
-        "",
-    )
-    .await?;
-    Ok(r.json()["owner"].as_str().unwrap_or_default().to_owned())
-}
-
 #[tokio::test]
 async fn slots_are_claimed_once_and_spread_evenly() -> Result<()> {
     let c = TestCluster::start(3, "").await?;
@@ -67,7 +54,7 @@ async fn publish_anywhere_subscribe_anywhere_in_order() -> Result<()> {
         subs.push(s);
     }
     let owners: std::collections::BTreeSet<String> =
-        futures_util::future::try_join_all(channels.iter().map(|ch| owner_of(&c, ch))).await?.into_iter().collect();
+        futures_util::future::try_join_all(channels.iter().map(|ch| c.owner_of(ch))).await?.into_iter().collect();
     assert!(owners.len() >= 2, "the channels span owners: {owners:?}");
     let mut publishers = Vec::new();
     for node in &c.nodes {

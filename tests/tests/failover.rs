@@ -11,25 +11,6 @@ use std::time::{Duration, Instant};
 
 const NAMESPACES: &str = "\n[namespaces.orders]\nanonymous = true\ndurable = true\nclient_publish_rate = 0\n";
 
-/// A channel of `namespace` whose slot node `owner` holds.
-async fn channel_owned_by(c: &TestCluster, namespace: &str, owner: &str) -> Result<String> {
-    for i in 0..10_000 {
-        let channel = format!("{namespace}:c{i}");
-        let r = http(
-            c.nodes[0].addr,
-            "GET",
-            &format!("/v1/channels/{channel}"),
-            &[("Authorization", &format!("Bearer {API_KEY}"))],
-            "",
-        )
-        .await?;
-        if r.json()["owner"] == owner {
-            return Ok(channel);
-        }
-    }
-    bail!("no {namespace} channel owned by {owner}")
-}
-
 /// Publishes with `key` until acknowledged (retrying refusals with the same key), as a
 /// client that sees a failover would.
 async fn publish_until_acked(p: &mut WsClient, channel: &str, data: Value, key: &str) -> Result<Value> {
@@ -49,8 +30,8 @@ async fn publish_until_acked(p: &mut WsClient, channel: &str, data: Value, key: 
 #[tokio::test]
 async fn a_killed_owner_fails_over_to_its_replica_in_the_same_epoch_without_a_gap() -> Result<()> {
     let c = TestCluster::start(3, NAMESPACES).await?;
-    let durable = channel_owned_by(&c, "orders", "node-0").await?;
-    let besteffort = channel_owned_by(&c, "chat", "node-0").await?;
+    let durable = c.channel_owned_by("orders", "node-0").await?;
+    let besteffort = c.channel_owned_by("chat", "node-0").await?;
     let (mut sub, _) = WsClient::connect(&c.nodes[1].ws_url(), None).await?;
     assert_eq!(sub.subscribe(&durable, None).await?["type"], "subscribed");
     let (mut sub_be, _) = WsClient::connect(&c.nodes[1].ws_url(), None).await?;
@@ -137,7 +118,7 @@ async fn a_killed_owner_fails_over_to_its_replica_in_the_same_epoch_without_a_ga
 #[tokio::test]
 async fn durable_publishes_fail_explicitly_without_a_replica_or_without_etcd() -> Result<()> {
     let mut c = TestCluster::start(2, NAMESPACES).await?;
-    let channel = channel_owned_by(&c, "orders", "node-0").await?;
+    let channel = c.channel_owned_by("orders", "node-0").await?;
     let (mut p, _) = WsClient::connect(&c.nodes[0].ws_url(), None).await?;
     assert_eq!(publish_until_acked(&mut p, &channel, json!(1), "a").await?["offset"], 1);
 
@@ -175,8 +156,8 @@ async fn durable_publishes_fail_explicitly_without_a_replica_or_without_etcd() -
 #[tokio::test]
 async fn a_paused_owner_gets_nothing_acknowledged_or_delivered_under_its_old_epoch() -> Result<()> {
     let c = TestCluster::start(3, NAMESPACES).await?;
-    let durable = channel_owned_by(&c, "orders", "node-0").await?;
-    let besteffort = channel_owned_by(&c, "chat", "node-0").await?;
+    let durable = c.channel_owned_by("orders", "node-0").await?;
+    let besteffort = c.channel_owned_by("chat", "node-0").await?;
     let (mut zombie_client, _) = WsClient::connect(&c.nodes[0].ws_url(), None).await?;
     let (mut publisher, _) = WsClient::connect(&c.nodes[1].ws_url(), None).await?;
     let (mut sub, _) = WsClient::connect(&c.nodes[2].ws_url(), None).await?;

@@ -6,34 +6,10 @@
 use anyhow::{ensure, Result};
 use ringcast_tests::cluster::TestCluster;
 use ringcast_tests::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const TOTAL: u64 = 1500;
 const HISTORY: u64 = 200;
-
-/// What a reader saw, `(kind, from, to)`, until offset `upto` is covered.
-async fn read_until(c: &mut WsClient, upto: u64) -> Result<Vec<(String, u64, u64)>> {
-    let mut seen = Vec::new();
-    loop {
-        let f: Value = c.next_push().await?;
-        let entry = match f["type"].as_str() {
-            Some("message") => {
-                let o = f["offset"].as_u64().unwrap_or(0);
-                ("m".to_owned(), o, o)
-            }
-            Some("gap") => {
-                ensure!(f["reason"] == "unavailable", "a gap between nodes says so: {f}");
-                ("gap".to_owned(), f["from"].as_u64().unwrap_or(0), f["to"].as_u64().unwrap_or(0))
-            }
-            _ => continue,
-        };
-        let end = entry.2;
-        seen.push(entry);
-        if end >= upto {
-            return Ok(seen);
-        }
-    }
-}
 
 #[tokio::test]
 async fn a_stalled_node_is_cut_off_without_slowing_the_others_and_resyncs_by_offset() -> Result<()> {
@@ -47,21 +23,7 @@ async fn a_stalled_node_is_cut_off_without_slowing_the_others_and_resyncs_by_off
     )
     .await?;
     // A channel owned by node-0, subscribed on node-1 (healthy) and node-2 (stalled).
-    let mut channel = String::new();
-    for i in 0.. {
-        channel = format!("feed:game{i}");
-        let r = http(
-            c.nodes[0].addr,
-            "GET",
-            &format!("/v1/channels/{channel}"),
-            &[("Authorization", &format!("Bearer {API_KEY}"))],
-            "",
-        )
-        .await?;
-        if r.json()["owner"] == "node-0" {
-            break;
-        }
-    }
+    let channel = c.channel_owned_by("feed", "node-0").await?;
     let (mut healthy, _) = WsClient::connect(&c.nodes[1].ws_url(), None).await?;
     assert_eq!(healthy.subscribe(&channel, None).await?["type"], "subscribed");
     let (mut stalled, _) = WsClient::connect(&c.nodes[2].ws_url(), None).await?;
@@ -86,12 +48,8 @@ async fn a_stalled_node_is_cut_off_without_slowing_the_others_and_resyncs_by_off
 
     // The stalled node resyncs: every offset once, in order, as a message or in a gap
     // announced before anything later; the owner's history comes back as messages.
-    let seen = read_until(&mut stalled, TOTAL).await?;
-    let mut next = 1;
-    for (kind, from, to) in &seen {
-        assert_eq!(*from, next, "{kind} {from}-{to} after {}: {seen:?}", next - 1);
-        next = to + 1;
-    }
+    let seen = stalled.read_coverage(TOTAL, "unavailable").await?;
+    assert_covers(&seen, TOTAL);
     let delivered: Vec<u64> = seen.iter().filter(|e| e.0 == "m").map(|e| e.1).collect();
     assert!(
         delivered.ends_with(&((TOTAL - HISTORY + 1)..=TOTAL).collect::<Vec<u64>>()),
@@ -106,6 +64,6 @@ async fn a_stalled_node_is_cut_off_without_slowing_the_others_and_resyncs_by_off
     // Both stay subscribed.
     publisher.publish(&channel, json!("after")).await?;
     assert_eq!(offsets(&healthy.messages(1).await?), vec![TOTAL + 1]);
-    assert_eq!(read_until(&mut stalled, TOTAL + 1).await?, vec![("m".to_owned(), TOTAL + 1, TOTAL + 1)]);
+    assert_eq!(stalled.read_coverage(TOTAL + 1, "unavailable").await?, vec![("m".to_owned(), TOTAL + 1, TOTAL + 1)]);
     Ok(())
 }

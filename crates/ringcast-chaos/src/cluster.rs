@@ -367,21 +367,6 @@ fn node_config(s: &Settings, id: &str, ip: std::net::Ipv4Addr, membership: &[Str
     )
 }
 
-/// Whether this `ringcastd` accepts `durable = true` on a namespace (`--check-config`).
-pub fn durable_supported(ringcastd: &Path, dir: &Path) -> Result<bool> {
-    let cfg = dir.join("durable-probe.toml");
-    std::fs::write(&cfg, "[namespaces.durable]\nanonymous = true\ndurable = true\n")?;
-    let status = std::process::Command::new(ringcastd)
-        .arg("--check-config")
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("run ringcastd --check-config")?;
-    Ok(status.success())
-}
-
 fn cli(bin: &Path, args: &[&str]) -> Result<()> {
     let out = std::process::Command::new(bin).args(args).output().context("run ringcast")?;
     if !out.status.success() {

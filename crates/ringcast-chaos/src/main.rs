@@ -44,9 +44,9 @@ enum Tier {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Durable {
-    /// `durable = true` when `ringcastd --check-config` accepts it.
-    Auto,
+    /// The `durable` namespace has `durable = true` (RF 2).
     On,
+    /// It runs best-effort (to see what replication buys).
     Off,
 }
 
@@ -76,7 +76,7 @@ enum Cmd {
         /// Lease TTL of every node, in seconds.
         #[arg(long, default_value_t = 3)]
         lease_ttl: u64,
-        #[arg(long, value_enum, default_value_t = Durable::Auto)]
+        #[arg(long, value_enum, default_value_t = Durable::On)]
         durable: Durable,
         /// Channels per namespace (durable, besteffort).
         #[arg(long, default_value_t = 8)]
@@ -222,14 +222,7 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             if !(2..=60).contains(&lease_ttl) {
                 return Ok(usage("--lease-ttl must be 2..=60 seconds"));
             }
-            let durable = match durable {
-                Durable::On => true,
-                Durable::Off => false,
-                Durable::Auto => {
-                    std::fs::create_dir_all(&out_dir)?;
-                    cluster::durable_supported(&ringcastd, &out_dir)?
-                }
-            };
+            let durable = durable == Durable::On;
             let seed = seed.unwrap_or_else(|| {
                 let mut b = [0u8; 8];
                 let _ = getrandom::fill(&mut b);

@@ -42,7 +42,7 @@ impl Report {
             self.scenario,
             self.nodes,
             self.fault_seconds,
-            if self.durable_enforced { "durable = true" } else { "NOT durable: this build has no `durable` option" }
+            if self.durable_enforced { "durable = true" } else { "NOT durable (--durable off)" }
         );
         let _ = writeln!(s, "{:<4} {:<62} {:>7}  held to", "ID", "invariant", "count");
         for (id, name) in INVARIANTS {

@@ -51,8 +51,8 @@ pub async fn scenario(s: Scenario, o: &Opts) -> Result<Report> {
     let mut notes = Vec::new();
     if !o.durable {
         notes.push(
-            "this ringcastd rejects `durable = true`: the durable namespace runs best-effort, so I1/I8 \
-             violations on it are expected until replication and crash failover land"
+            "--durable off: the durable namespace runs best-effort, so I1/I8 violations on it are \
+             expected (its channels restart in a new epoch after a crash)"
                 .to_owned(),
         );
     }

@@ -340,6 +340,20 @@ fn snapshot_to_wire(h: crate::hub::ChannelHandoff) -> ChannelSnapshotWire {
     }
 }
 
+/// A slot number and its channels' snapshots from the wire, checked like any peer input.
+fn slot_snapshots(
+    slot: u16,
+    channels: Vec<ChannelSnapshotWire>,
+) -> Result<(Slot, Vec<crate::hub::ChannelHandoff>), Refusal> {
+    let slot = Slot::new(slot).ok_or_else(|| Refusal::new(ErrorCode::BadRequest, "slot out of range"))?;
+    let parsed = channels
+        .into_iter()
+        .map(|w| snapshot_from_wire(w, slot))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Refusal::new(ErrorCode::BadRequest, "malformed channel snapshot"))?;
+    Ok((slot, parsed))
+}
+
 /// A handed-off channel from the wire, checked like any peer input.
 fn snapshot_from_wire(w: ChannelSnapshotWire, slot: Slot) -> Option<crate::hub::ChannelHandoff> {
     let channel = ChannelName::new(&w.channel).ok().filter(|c| Slot::of(c) == slot)?;

@@ -290,20 +290,13 @@ impl Runtime {
             self.refuse(peer, req, &r, false);
             return;
         }
-        let Some(s) = Slot::new(slot) else {
-            self.refuse(peer, req, &Refusal::new(ErrorCode::BadRequest, "slot out of range"), false);
-            return;
-        };
-        let mut parsed = Vec::with_capacity(channels.len());
-        for w in channels {
-            match snapshot_from_wire(w, s) {
-                Some(h) => parsed.push(h),
-                None => {
-                    self.refuse(peer, req, &Refusal::new(ErrorCode::BadRequest, "malformed channel snapshot"), false);
-                    return;
-                }
+        let (s, parsed) = match slot_snapshots(slot, channels) {
+            Ok(x) => x,
+            Err(r) => {
+                self.refuse(peer, req, &r, false);
+                return;
             }
-        }
+        };
         let count = parsed.len();
         let namespaces = self.namespaces.clone();
         self.hub.install_replica(s, parsed, |c| namespaces.get(c.namespace()).cloned(), self.now());

@@ -237,20 +237,13 @@ impl Runtime {
         from_epoch: u64,
         channels: Vec<ChannelSnapshotWire>,
     ) {
-        let Some(slot) = Slot::new(slot) else {
-            self.refuse(&peer, req, &Refusal::new(ErrorCode::BadRequest, "slot out of range"), false);
-            return;
-        };
-        let mut parsed = Vec::with_capacity(channels.len());
-        for w in channels {
-            match snapshot_from_wire(w, slot) {
-                Some(h) => parsed.push(h),
-                None => {
-                    self.refuse(&peer, req, &Refusal::new(ErrorCode::BadRequest, "malformed channel snapshot"), false);
-                    return;
-                }
+        let (slot, parsed) = match slot_snapshots(slot, channels) {
+            Ok(x) => x,
+            Err(r) => {
+                self.refuse(&peer, req, &r, false);
+                return;
             }
-        }
+        };
         let count = parsed.len();
         // Claim first, sealed, and install only once the claim is ours: requests that
         // reach us meanwhile are refused (retry) rather than served from nothing, and a
