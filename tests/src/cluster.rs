@@ -114,6 +114,19 @@ impl TestCluster {
         Ok(r.json())
     }
 
+    /// The last `n` info-or-louder lines ringcastd logged on each node (for a failing
+    /// test's error).
+    #[must_use]
+    pub fn node_logs(&self, n: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let err = node.stderr();
+            let lines: Vec<&str> = err.lines().filter(|l| l.contains("ringcastd") && !l.contains("DEBUG")).collect();
+            out.push_str(&format!("---- {}\n{}\n", node.node, lines[lines.len().saturating_sub(n)..].join("\n")));
+        }
+        out
+    }
+
     /// The node holding `channel`'s slot, as node 0 reports it.
     pub async fn owner_of(&self, channel: &str) -> Result<String> {
         let r = http(

@@ -229,3 +229,31 @@ async fn a_paused_owner_gets_nothing_acknowledged_or_delivered_under_its_old_epo
     assert!(seen.iter().all(|(e, ..)| e == &seen[0].0), "one epoch: {seen:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_owner_killed_and_restarted_at_once_does_not_take_its_slots_back_empty() -> Result<()> {
+    let mut c = TestCluster::start(3, NAMESPACES).await?;
+    let durable = c.channel_owned_by("orders", "node-0").await?;
+    let (mut publisher, _) = WsClient::connect(&c.nodes[1].ws_url(), None).await?;
+    let mut acks = Vec::new();
+    for i in 1..=10 {
+        acks.push(publish_until_acked(&mut publisher, &durable, json!(i), &format!("r{i}")).await?);
+    }
+    // Killed and back under the same id before its old lease has expired: its first view
+    // still shows its old claims, which name the replica that must continue them.
+    c.nodes[0].signal("KILL")?;
+    c.add_node("node-0", "core")?;
+    for i in 11..=20 {
+        let ack = publish_until_acked(&mut publisher, &durable, json!(i), &format!("r{i}")).await;
+        acks.push(ack.map_err(|e| e.context(c.node_logs(40)))?);
+    }
+    let epoch = acks[0]["epoch"].clone();
+    assert!(
+        acks.iter().enumerate().all(|(i, a)| a["epoch"] == epoch && a["offset"] == json!(i + 1)),
+        "the stream continued in its epoch: {acks:?}"
+    );
+    let (mut reader, _) = WsClient::connect(&c.nodes[2].ws_url(), None).await?;
+    let r = reader.subscribe(&durable, Some(json!({"epoch": epoch, "offset": 0}))).await?;
+    assert_eq!((r["recovered"].clone(), r["replayed"].clone()), (json!(true), json!(20)), "{r}");
+    Ok(())
+}

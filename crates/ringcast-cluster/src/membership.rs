@@ -225,6 +225,8 @@ struct State {
     record: MemberRecord,
     lease: Option<i64>,
     deadline: Option<Instant>,
+    /// The etcd revision of our record's put on the current lease.
+    registered: Option<u64>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -271,7 +273,7 @@ impl Membership {
             client,
             stop: stop.clone(),
             tracker: TaskTracker::new(),
-            state: Mutex::new(State { record: me, lease: None, deadline: None }),
+            state: Mutex::new(State { record: me, lease: None, deadline: None, registered: None }),
             record_write: tokio::sync::Mutex::new(()),
             lease_suspect: Notify::new(),
             span: span.clone(),
@@ -296,6 +298,16 @@ impl Membership {
     #[must_use]
     pub fn owner_deadline(&self) -> Option<Instant> {
         self.inner.lock().deadline
+    }
+
+    /// The etcd revision at which our record was put on the current lease. Every claim
+    /// made under this lease has a later revision; a claim in our name with an earlier one
+    /// was made under a lease that is gone (a previous process, or this one before its
+    /// lease expired) and is void. `None` while no lease is held.
+    #[must_use]
+    pub fn registered_revision(&self) -> Option<u64> {
+        let st = self.inner.lock();
+        st.lease.and(st.registered)
     }
 
     /// Our current lease id, if one is held.
@@ -495,9 +507,11 @@ impl Inner {
         if let Some(prev) = resp.prev_key().filter(|p| p.lease() != 0) {
             tracing::warn!(prev_lease = prev.lease(), "replaced a member record under another lease");
         }
+        let revision = resp.header().map(|h| h.revision()).and_then(|r| u64::try_from(r).ok());
         let mut st = self.lock();
         st.lease = Some(id);
         st.deadline = deadline(sent, grant.ttl());
+        st.registered = revision;
         drop(st);
         tracing::info!(lease = id, ttl = grant.ttl(), "registered member record");
         Ok(id)

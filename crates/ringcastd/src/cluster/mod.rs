@@ -149,11 +149,13 @@ pub struct Runtime {
     sync_locks: Vec<tokio::sync::Mutex<()>>,
     /// Replica: slots this node holds copies of, with the newest slot epoch seen for them.
     replica_slots: Mutex<HashMap<Slot, u64>>,
-    /// The etcd revision of this process's first membership view. A claim in our name
-    /// with an older revision belongs to a previous incarnation of this node (a quick
-    /// restart) and is treated as vacant until its lease expires: this process holds
-    /// none of its state. Claims made by this process are all newer.
-    incarnation: std::sync::OnceLock<u64>,
+    /// The etcd revision of our record's registration on the lease the current route
+    /// table was built under (`u64::MAX` without a lease). A claim in our name with an
+    /// older revision was made under a lease that is gone (a previous process after a
+    /// quick restart, or this one before its lease expired during a pause) and is treated
+    /// as vacant: this node must not act on it. Claims made under the current lease are
+    /// all newer.
+    incarnation: AtomicU64,
     /// The latest raw view and whether claiming has begun; applied (always the newest,
     /// one application at a time) on each view and when a handoff completes.
     latest: Mutex<(Arc<View>, bool)>,
@@ -262,7 +264,7 @@ impl Runtime {
             own_epochs: Mutex::new(HashMap::new()),
             sync_locks: Slot::all().map(|_| tokio::sync::Mutex::new(())).collect(),
             replica_slots: Mutex::new(HashMap::new()),
-            incarnation: std::sync::OnceLock::new(),
+            incarnation: AtomicU64::new(u64::MAX),
             latest: Mutex::new((Arc::new(View::default()), false)),
             apply_lock: Mutex::new(()),
             planned: RwLock::new((Arc::new(ClusterView::default()), false)),
@@ -302,9 +304,13 @@ impl Runtime {
     }
 
     /// Refuses to act as an owner once the lease may have expired (self-fencing).
+    /// Also refuses while the route table predates the current lease: after a pause long
+    /// enough to lose the lease, the node registers again and, until its next view is
+    /// applied, its table still shows claims that died with the old lease.
     pub(crate) fn check_owner(&self) -> Result<(), Refusal> {
+        let fresh = self.membership.registered_revision() == Some(self.incarnation.load(Ordering::Acquire));
         match self.membership.owner_deadline() {
-            Some(deadline) if Instant::now() < deadline => Ok(()),
+            Some(deadline) if fresh && Instant::now() < deadline => Ok(()),
             // Fail fast: waiting would not help while etcd is unreachable.
             _ => Err(Refusal::new(
                 ErrorCode::CoordinationUnavailable,

@@ -15,9 +15,6 @@ impl Runtime {
         let mut may_claim = false;
         loop {
             let view = views.borrow_and_update().clone();
-            // The first view is read after our registration: its revision separates our
-            // claims from a previous incarnation's.
-            let _ = self.incarnation.set(u64::try_from(view.revision).unwrap_or(0));
             *lock(&self.latest) = (view, may_claim);
             self.reapply();
             tokio::select! {
@@ -44,7 +41,7 @@ impl Runtime {
             .iter()
             .map(|(id, r)| MemberInfo { id: id.clone(), core: r.role == Role::Core, draining: r.draining })
             .collect();
-        let incarnation = self.incarnation.get().copied().unwrap_or(u64::MAX);
+        let incarnation = self.membership.registered_revision().unwrap_or(u64::MAX);
         let claims: BTreeMap<Slot, Claim> = view
             .claims
             .iter()
@@ -61,6 +58,16 @@ impl Runtime {
             for (slot, c) in old_claims.iter() {
                 if !claims.contains_key(slot) {
                     if let Some(r) = &c.replica {
+                        v.insert(*slot, r.clone());
+                    }
+                }
+            }
+            // Our own claims from a lease that is gone (a previous process, right after a
+            // restart) are vacant to us, but their replica is known from etcd: it, not this
+            // node with nothing of the slot, continues them once that lease expires.
+            for (slot, c) in &view.claims {
+                if c.owner == self.me && c.epoch <= incarnation {
+                    if let Some(r) = c.replica.as_ref().filter(|r| **r != self.me) {
                         v.insert(*slot, r.clone());
                     }
                 }
@@ -82,6 +89,7 @@ impl Runtime {
             .collect();
         let cv = ClusterView { members, claims, vacated };
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(RouteTable::new(&cv));
+        self.incarnation.store(incarnation, Ordering::Release);
         *self.claims.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(cv.claims.clone());
         self.drop_stale_replicas(&cv.claims);
         // Our replicas that left, or slots we no longer hold: their replica must be
@@ -118,13 +126,23 @@ impl Runtime {
         self.table_changed.send_modify(|n| *n += 1);
         self.resolve_stuck();
 
-        // Peers that left: their links and their interest go.
+        // Peers that left: their links and their interest go. A peer that came back as a
+        // new process (new record) gets a new link: the old one talks to a dead process.
         let old = self.members();
         *self.members.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(view.members.clone());
         for gone in old.keys().filter(|id| !view.members.contains_key(*id)) {
             lock(&self.links).remove(gone);
             self.hub.drop_peer(gone);
             info!(peer = %gone, "peer left the cluster");
+        }
+        for (id, record) in &view.members {
+            let restarted =
+                old.get(id).is_some_and(|o| o.started_at_ms != record.started_at_ms || o.quic_addr != record.quic_addr);
+            if restarted {
+                lock(&self.links).remove(id);
+                self.hub.drop_peer(id);
+                info!(peer = %id, "peer restarted; dropping its old link");
+            }
         }
 
         *self.planned.write().unwrap_or_else(PoisonError::into_inner) = (Arc::new(cv), may_claim);
@@ -176,7 +194,11 @@ impl Runtime {
     }
 
     /// Old owner: seal, snapshot, send; on success the slot's channels become mirrors.
-    pub(super) async fn hand_off(self: Arc<Self>, h: ringcast_core::ownership::Handoff) {
+    pub(super) async fn hand_off(self: Arc<Self>, mut h: ringcast_core::ownership::Handoff) {
+        // Not while the slot's replica is being rebuilt (that rewrites the claim), and on
+        // the newest claim this node wrote, which the view may not show yet.
+        let _one = self.sync_locks[usize::from(h.slot.get())].lock().await;
+        h.from_epoch = self.owner_epoch(h.slot, h.from_epoch);
         let started = Instant::now();
         self.hub.set_sealed(h.slot, true);
         let channels: Vec<ChannelSnapshotWire> =
@@ -215,7 +237,9 @@ impl Runtime {
             _ => true,
         });
         lock(&self.stuck).retain(|slot, epoch| match claims.get(slot) {
-            Some(c) if c.owner == self.me && c.epoch.0 == *epoch => {
+            // Still ours (at the epoch we offered, or a later one we wrote ourselves, e.g.
+            // naming a replica, which also made the target's CAS fail): serve it again.
+            Some(c) if c.owner == self.me && c.epoch.0 >= *epoch => {
                 self.hub.set_sealed(*slot, false);
                 false
             }
