@@ -284,6 +284,7 @@ impl Hub {
                     self.fan_out_ready(&h.channel, st, top.epoch, ready);
                 }
                 st.log = Some(ChannelLog::restore(h.log, ns.history_policy(), ns.dedup_policy(), now));
+                st.uncommitted.clear();
                 st.interest = h.interest.into_iter().filter(|n| n != me).collect();
                 st.remote_interest = false;
             });
@@ -299,6 +300,9 @@ impl Hub {
             let mut st = lock(&cell.state);
             if let Some(log) = st.log.take() {
                 st.interest.clear();
+                // Messages not committed here went with the snapshot; the new owner
+                // delivers them (to this node's subscribers too, through the mirror).
+                st.uncommitted.clear();
                 let local = !st.subscribers.is_empty();
                 st.mirror = local.then(|| Mirror::new(log.top(), DEFAULT_MAX_PENDING));
                 st.remote_interest = local;
@@ -470,11 +474,13 @@ impl Hub {
         slot_epoch: SlotEpoch,
     ) -> Option<StreamPosition> {
         let log = st.log.as_mut()?;
+        let before = log.top();
         log.commit_to(offset);
         let top = log.top();
         while st.uncommitted.front().is_some_and(|(p, _)| p.epoch != top.epoch || p.offset <= top.offset) {
             if let Some((position, frame)) = st.uncommitted.pop_front() {
-                if position.epoch == top.epoch {
+                // Only what this commit made visible: never a message fanned out before.
+                if position.epoch == top.epoch && position.epoch == before.epoch && position.offset > before.offset {
                     self.fan_out(channel, st, position, &frame);
                     self.fan_out_remote(channel, st, position, &frame, slot_epoch);
                 }
@@ -1361,6 +1367,42 @@ mod tests {
         assert_eq!(publish(&a, None, Origin::Api, 0), Ok(false), "the server API is not limited");
         assert_eq!(publish(&b, None, Origin::Client, 0), Ok(false), "each channel has its own budget");
         assert_eq!(publish(&a, None, Origin::Client, 100), Ok(false), "refilled at 10/s");
+    }
+
+    #[test]
+    fn a_durable_message_is_delivered_once_when_committed_even_across_a_demotion() {
+        let h = hub();
+        let rec = Arc::new(Recorder::default());
+        h.set_peers(rec.clone());
+        let ns = NamespaceOptions { durable: true, ..Default::default() };
+        let c = ch("orders:once");
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        h.subscribe(&c, &ns, &sub_in(&ns, 1, &o), Millis(0)).ok();
+        let replica = (&node("r"), SlotEpoch(2));
+        for d in ["1", "2"] {
+            let data = raw(d);
+            let p = PublishRequest { channel: &c, ns: &ns, data: &data, idempotency_key: None, origin: Origin::Api };
+            let out = h.publish_durable(&p, Millis(0), replica, 9);
+            assert!(matches!(out, Ok(DurableAppend::Pending { sent: true, .. })), "{out:?}");
+        }
+        assert_eq!(frames(&o).len(), 1, "only the subscribed reply: nothing is visible before the replica holds it");
+        h.commit(&c, Offset(1), SlotEpoch(2));
+        let got = frames(&o);
+        assert_eq!(got.iter().filter_map(|m| m["offset"].as_u64()).collect::<Vec<_>>(), vec![1]);
+        // Handed off with offset 2 still pending, then owned again (a snapshot back):
+        // offset 2 is not fanned out a second time by a stale pending entry.
+        let slot = Slot::of(&c);
+        let snap = h.snapshot_slot(slot, &node("me"), Millis(0));
+        h.demote_slot(slot);
+        h.install(snap, &node("me"), |_| Some(ns.clone()), Millis(0));
+        let got = frames(&o);
+        assert_eq!(
+            got.iter().filter_map(|m| m["offset"].as_u64()).collect::<Vec<_>>(),
+            vec![2],
+            "once, from the snapshot"
+        );
+        h.commit(&c, Offset(2), SlotEpoch(3));
+        assert!(frames(&o).is_empty(), "nothing delivered twice");
     }
 
     #[test]
