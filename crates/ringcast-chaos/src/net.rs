@@ -84,6 +84,14 @@ impl Net {
 
     fn setup(&mut self) -> Result<()> {
         let br = self.bridge.clone();
+        // Leftovers of an earlier scenario of this run (a namespace whose processes had
+        // not exited yet keeps its veth alive after `ip netns del`): remove them first.
+        for i in 0..self.nodes {
+            run_quiet("ip", &["link", "del", &format!("{}v{i}", self.tag)]);
+            run_quiet("ip", &["netns", "del", &self.ns(i)]);
+        }
+        run_quiet("ip", &["link", "del", &br]);
+        run_quiet("iptables", &["-D", "FORWARD", "-i", &br, "-o", &br, "-j", "ACCEPT"]);
         run("ip", &["link", "add", &br, "type", "bridge"])?;
         run("ip", &["addr", "add", &format!("{}/24", self.host()), "dev", &br])?;
         run("ip", &["link", "set", &br, "up"])?;
