@@ -5,13 +5,16 @@
 //! the client side costs the same for every server; identical payloads carrying their
 //! scheduled send time and sequence number ([`payload`]); an open-loop publisher and
 //! latency from the scheduled time into HDR histograms ([`load`]); server CPU and memory
-//! from `/proc` ([`procfs`]); the Markdown/JSON report and the PNG chart ([`report`]).
+//! from `/proc` ([`procfs`]); the Markdown/JSON report and the PNG chart ([`report`]);
+//! and [`guard`], the deterministic in-process fan-out whose instruction count CI compares
+//! with a baseline.
 //!
 //! What it deliberately does not do: start or pin servers (the script does, with
 //! `taskset`), or use any client library. It is not a correctness test of ringcast,
 //! although every run checks for loss (sequence gaps) and disconnects and is marked
 //! invalid when it sees any.
 
+pub mod guard;
 pub mod load;
 pub mod payload;
 pub mod procfs;

@@ -41,6 +41,15 @@ enum Cmd {
         #[arg(long, default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
         font: PathBuf,
     },
+    /// The fixed in-process fan-out measured under callgrind (`scripts/bench --guard`).
+    Guard {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 200)]
+        messages: u64,
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,6 +122,11 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("cannot open {}", path.display()))?;
                 writeln!(f, "{line}")?;
             }
+            Ok(())
+        }
+        Cmd::Guard { subscribers, messages, payload } => {
+            let drained = ringcast_bench::guard::fan_out(subscribers, messages, payload)?;
+            println!("{{\"subscribers\":{subscribers},\"messages\":{messages},\"frames\":{drained}}}");
             Ok(())
         }
         Cmd::Report { input, markdown, json, chart, font } => {
