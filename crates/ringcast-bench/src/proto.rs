@@ -276,8 +276,12 @@ fn number(s: &[u8]) -> Result<usize, ParseError> {
     std::str::from_utf8(s).ok().and_then(|t| t.parse().ok()).ok_or(ParseError::Malformed("number"))
 }
 
-/// One RESP2 value starting at `at`: a bulk string's bytes, or `None` for other kinds.
-fn resp_value(buf: &[u8], at: usize) -> Result<Option<(Option<&[u8]>, usize)>, ParseError> {
+/// A parsed RESP2 value (a bulk string's bytes, `None` for other kinds) and the index
+/// after it; `None` when incomplete.
+type RespValue<'a> = Option<(Option<&'a [u8]>, usize)>;
+
+/// One RESP2 value starting at `at`.
+fn resp_value(buf: &[u8], at: usize) -> Result<RespValue<'_>, ParseError> {
     let Some((l, next)) = line(buf, at) else { return Ok(None) };
     match l.first() {
         Some(b'$') => {
@@ -302,8 +306,8 @@ fn parse_resp(buf: &[u8]) -> Result<Option<(usize, Event<'_>)>, ParseError> {
             let mut items: [Option<&[u8]>; 3] = [None; 3];
             for i in 0..n {
                 let Some((v, next)) = resp_value(buf, at)? else { return Ok(None) };
-                if i < 3 {
-                    items[i] = v;
+                if let Some(slot) = items.get_mut(i) {
+                    *slot = v;
                 }
                 at = next;
             }
