@@ -211,11 +211,30 @@ fn targets(rows: &[Row]) -> Vec<Target> {
     let burst = rows
         .iter()
         .filter(|r| r.system == System::Ringcast && r.workload == "b" && comparable(r) && r.valid)
-        .max_by_key(|r| (r.subscribers, (r.rate * 1000.0) as u64));
+        // The most subscribers, then the lowest publish rate: one publish in isolation.
+        .max_by_key(|r| (r.subscribers, std::cmp::Reverse((r.rate * 1000.0) as u64)));
+    let peer_burst = |r: &Row| {
+        rows.iter()
+            .filter(|p| {
+                p.system != System::Ringcast
+                    && p.workload == "b"
+                    && comparable(p)
+                    && p.valid
+                    && p.subscribers == r.subscribers
+                    && p.rate == r.rate
+            })
+            .map(|p| p.completion_p99_us)
+            .min()
+    };
     out.push(match burst {
         Some(r) => Target {
             name: format!("fan-out p99 for one publish to {} subscribers <= 100 ms (1 worker thread)", r.subscribers),
-            measured: format!("{:.1} ms at {} publishes/s", r.completion_p99_us as f64 / 1000.0, r.rate),
+            measured: format!(
+                "{:.1} ms at {} publish/s (better peer in the same run: {})",
+                r.completion_p99_us as f64 / 1000.0,
+                r.rate,
+                peer_burst(r).map_or_else(|| "–".into(), |p| format!("{:.1} ms", p as f64 / 1000.0))
+            ),
             ratio: Some(r.completion_p99_us as f64 / SLO_P99_US as f64),
             met: Some(r.completion_p99_us <= SLO_P99_US && r.subscribers >= 15_000),
         },
@@ -309,16 +328,17 @@ pub fn markdown(summary: &Summary) -> String {
         }
         let _ = writeln!(
             s,
-            "### {title}\n\n| System | Config | Subs | Pub/s | Payload B | Offered/s | Achieved/s | Server CPU | CPU-s/1M (min–max) | p50 ms | p99 ms | p99.9 ms | max ms | Wire B/deliv | Sends/deliv | Gen CPU | Reps | Valid |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "### {title}\n\n| System | Config | Subs | Stalled | Pub/s | Payload B | Offered/s | Achieved/s | Server CPU | CPU-s/1M (min–max) | p50 ms | p99 ms | p99.9 ms | max ms | Wire B/deliv | Sends/deliv | Gen CPU | Reps | Valid |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for r in rows {
             let range = r.cpu_per_million_range.map_or_else(String::new, |(lo, hi)| format!(" ({lo:.2}–{hi:.2})"));
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {}{range} | {} | {} | {} | {} | {} | {} | {:.0} % | {} | {} |",
+                "| {} | {} | {} | {:.0} % | {} | {} | {:.0} | {:.0} | {} | {}{range} | {} | {} | {} | {} | {} | {} | {:.0} % | {} | {} |",
                 r.system.name(),
                 r.config,
                 r.subscribers,
+                r.stall_fraction * 100.0,
                 r.rate,
                 r.payload,
                 r.offered,
@@ -541,7 +561,7 @@ mod tests {
         assert!(t.ratio.is_some_and(|r| (r - 0.6 / 0.9).abs() < 1e-9));
         assert_eq!(t.met, Some(true));
         assert_eq!(s.targets[3].met, Some(true), "equal capacity meets the target");
-        assert!(markdown(&s).contains("| ringcast | 1 thread | 1000 | 1000 |"));
+        assert!(markdown(&s).contains("| ringcast | 1 thread | 1000 | 0 % | 1000 |"));
     }
 
     #[test]
