@@ -1,0 +1,22 @@
+//! `ringcast-bench`: one load generator for ringcast, Redis pub/sub and NATS core.
+//!
+//! What it is for: the side-by-side benchmark of issue 7 (`scripts/bench`,
+//! `docs/benchmarks.md`). Three protocol drivers over raw `TcpStream`s ([`proto`]) so
+//! the client side costs the same for every server; identical payloads carrying their
+//! scheduled send time and sequence number ([`payload`]); an open-loop publisher and
+//! latency from the scheduled time into HDR histograms ([`load`]); server CPU and memory
+//! from `/proc` ([`procfs`]); the Markdown/JSON report and the PNG chart ([`report`]);
+//! and [`guard`], the deterministic in-process fan-out whose instruction count CI compares
+//! with a baseline.
+//!
+//! What it deliberately does not do: start or pin servers (the script does, with
+//! `taskset`), or use any client library. It is not a correctness test of ringcast,
+//! although every run checks for loss (sequence gaps) and disconnects and is marked
+//! invalid when it sees any.
+
+pub mod guard;
+pub mod load;
+pub mod payload;
+pub mod procfs;
+pub mod proto;
+pub mod report;

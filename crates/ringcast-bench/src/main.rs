@@ -1,0 +1,145 @@
+//! `ringcast-bench run ...` measures one load point and appends one JSON line to
+//! `--out`; `ringcast-bench report ...` turns those lines into the Markdown table, the
+//! JSON summary and the PNG chart. `scripts/bench` starts and pins the servers.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ringcast_bench::load::{self, Spec};
+use ringcast_bench::proto::System;
+use ringcast_bench::report;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "ringcast-bench", about = "Load generator: ringcast vs Redis pub/sub vs NATS core")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run one load point against a running server.
+    Run(RunArgs),
+    /// Build the report from the JSON lines of `run`.
+    Report {
+        /// JSON lines written by `run --out`.
+        #[arg(long)]
+        input: PathBuf,
+        /// Markdown tables (results section of docs/benchmarks.md).
+        #[arg(long)]
+        markdown: PathBuf,
+        /// Aggregated results and targets as JSON.
+        #[arg(long)]
+        json: PathBuf,
+        /// PNG chart of workload (a).
+        #[arg(long)]
+        chart: Option<PathBuf>,
+        /// A TTF font for the chart's text.
+        #[arg(long, default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
+        font: PathBuf,
+    },
+    /// The fixed in-process fan-out measured under callgrind (`scripts/bench --guard`).
+    Guard {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 200)]
+        messages: u64,
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[arg(long, value_enum)]
+    system: System,
+    #[arg(long)]
+    addr: SocketAddr,
+    /// The server's process id, for CPU and memory from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[arg(long, default_value = "1 thread")]
+    config: String,
+    #[arg(long, default_value = "a")]
+    workload: String,
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    #[arg(long, default_value_t = 1)]
+    channels_per_conn: usize,
+    /// Publishes per second on channel 0; 0 measures idle memory.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 5.0)]
+    measure: f64,
+    #[arg(long, default_value_t = 12.0)]
+    settle: f64,
+    #[arg(long, default_value_t = 0.0)]
+    stall_fraction: f64,
+    #[arg(long)]
+    perf: bool,
+    #[arg(long, default_value_t = 1)]
+    repetition: u32,
+    /// Append the result as one JSON line here (and print it on stdout).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Args::parse().cmd {
+        Cmd::Run(a) => {
+            let spec = Spec {
+                system: a.system,
+                config: a.config,
+                workload: a.workload,
+                addr: a.addr,
+                server_pid: a.server_pid,
+                subscribers: a.subscribers,
+                channels_per_conn: a.channels_per_conn,
+                rate: a.rate,
+                payload: a.payload.max(ringcast_bench::payload::HEADER_BYTES),
+                warmup: Duration::from_secs_f64(a.warmup),
+                measure: Duration::from_secs_f64(a.measure),
+                settle: Duration::from_secs_f64(a.settle),
+                stall_fraction: a.stall_fraction,
+                perf: a.perf,
+                repetition: a.repetition,
+            };
+            let outcome = load::run(spec)?;
+            let line = serde_json::to_string(&outcome)?;
+            println!("{line}");
+            if let Some(path) = a.out {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                writeln!(f, "{line}")?;
+            }
+            Ok(())
+        }
+        Cmd::Guard { subscribers, messages, payload } => {
+            let drained = ringcast_bench::guard::fan_out(subscribers, messages, payload)?;
+            println!("{{\"subscribers\":{subscribers},\"messages\":{messages},\"frames\":{drained}}}");
+            Ok(())
+        }
+        Cmd::Report { input, markdown, json, chart, font } => {
+            let text = std::fs::read_to_string(&input).with_context(|| format!("cannot read {}", input.display()))?;
+            let outcomes = report::parse_lines(&text)?;
+            let summary = report::summarise(&outcomes);
+            std::fs::write(&markdown, report::markdown(&summary))?;
+            std::fs::write(&json, serde_json::to_string_pretty(&summary)?)?;
+            if let Some(chart) = chart {
+                report::chart(&summary, &chart, &font)?;
+            }
+            println!("{}", report::targets_markdown(&summary.targets));
+            Ok(())
+        }
+    }
+}

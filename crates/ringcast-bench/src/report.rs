@@ -1,0 +1,576 @@
+//! From run outcomes to the report: rows (the median of repetitions, with the range of
+//! the headline metric), the targets of issue 7 as ratios measured in the same run,
+//! Markdown tables and a PNG chart of workload (a).
+
+use crate::load::{Outcome, MAX_GENERATOR_CPU};
+use crate::proto::System;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Fan-out capacity counts a load point when its p99 is at most this (100 ms).
+pub const SLO_P99_US: u64 = 100_000;
+/// Target: ringcast's CPU-s per 1M deliveries at most this share of the better peer's.
+pub const CPU_TARGET_RATIO: f64 = 0.8;
+/// Target: idle RSS per subscribed connection, KiB.
+pub const IDLE_TARGET_KIB: f64 = 4.0;
+
+/// Parses the JSON lines of `run --out`.
+pub fn parse_lines(text: &str) -> anyhow::Result<Vec<Outcome>> {
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
+/// One load point: the median of its repetitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub workload: String,
+    pub system: System,
+    pub config: String,
+    pub subscribers: usize,
+    pub channels_per_conn: usize,
+    pub rate: f64,
+    pub payload: usize,
+    pub stall_fraction: f64,
+    pub repetitions: usize,
+    pub offered: f64,
+    pub achieved: f64,
+    pub server_cpu: Option<f64>,
+    pub cpu_per_million: Option<f64>,
+    pub cpu_per_million_range: Option<(f64, f64)>,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub completion_p50_us: u64,
+    pub completion_p99_us: u64,
+    pub completion_max_us: u64,
+    pub rss_per_conn_kib: Option<f64>,
+    pub wire_bytes: Option<f64>,
+    pub sends_per_delivery: Option<f64>,
+    pub generator_cpu: f64,
+    pub valid: bool,
+    pub invalid_because: Vec<String>,
+}
+
+/// One target of issue 7.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    pub name: String,
+    pub measured: String,
+    /// Measured over the target's threshold (or ringcast over the peer); lower is
+    /// better except for capacity.
+    pub ratio: Option<f64>,
+    pub met: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub rows: Vec<Row>,
+    pub targets: Vec<Target>,
+}
+
+fn median_f(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+fn median_u(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+type Key = (String, &'static str, String, usize, usize, u64, usize, u64);
+
+fn key(o: &Outcome) -> Key {
+    let s = &o.spec;
+    (
+        s.workload.clone(),
+        s.system.name(),
+        s.config.clone(),
+        s.subscribers,
+        s.channels_per_conn,
+        (s.rate * 1000.0) as u64,
+        s.payload,
+        (s.stall_fraction * 1e6) as u64,
+    )
+}
+
+/// Groups repetitions into rows and derives the targets.
+#[must_use]
+pub fn summarise(outcomes: &[Outcome]) -> Summary {
+    let mut groups: BTreeMap<Key, Vec<&Outcome>> = BTreeMap::new();
+    for o in outcomes {
+        groups.entry(key(o)).or_default().push(o);
+    }
+    let rows: Vec<Row> = groups.values().map(|g| row(g)).collect();
+    let targets = targets(&rows);
+    Summary { rows, targets }
+}
+
+fn row(g: &[&Outcome]) -> Row {
+    let s = &g[0].spec;
+    let fs = |f: &dyn Fn(&Outcome) -> Option<f64>| median_f(g.iter().filter_map(|o| f(o)).collect());
+    let us = |f: &dyn Fn(&Outcome) -> u64| median_u(g.iter().map(|o| f(o)).collect());
+    let cpus: Vec<f64> = g.iter().filter_map(|o| o.server_cpu_s_per_million).collect();
+    let range = cpus.iter().copied().fold(None, |acc: Option<(f64, f64)>, c| match acc {
+        None => Some((c, c)),
+        Some((lo, hi)) => Some((lo.min(c), hi.max(c))),
+    });
+    let mut invalid: Vec<String> = Vec::new();
+    for o in g {
+        for r in &o.invalid_because {
+            let tagged = format!("rep {}: {r}", o.spec.repetition);
+            invalid.push(tagged);
+        }
+    }
+    Row {
+        workload: s.workload.clone(),
+        system: s.system,
+        config: s.config.clone(),
+        subscribers: s.subscribers,
+        channels_per_conn: s.channels_per_conn,
+        rate: s.rate,
+        payload: s.payload,
+        stall_fraction: s.stall_fraction,
+        repetitions: g.len(),
+        offered: fs(&|o| Some(o.offered_deliveries_per_s)).unwrap_or(0.0),
+        achieved: fs(&|o| Some(o.achieved_deliveries_per_s)).unwrap_or(0.0),
+        server_cpu: fs(&|o| o.server_cpu),
+        cpu_per_million: median_f(cpus),
+        cpu_per_million_range: range,
+        p50_us: us(&|o| o.latency_us.p50),
+        p99_us: us(&|o| o.latency_us.p99),
+        p999_us: us(&|o| o.latency_us.p999),
+        max_us: us(&|o| o.latency_us.max),
+        completion_p50_us: us(&|o| o.completion_us.p50),
+        completion_p99_us: us(&|o| o.completion_us.p99),
+        completion_max_us: us(&|o| o.completion_us.max),
+        rss_per_conn_kib: fs(&|o| o.rss_per_conn_kib),
+        wire_bytes: fs(&|o| o.wire_bytes_per_delivery),
+        sends_per_delivery: fs(&|o| o.send_syscalls_per_delivery),
+        generator_cpu: fs(&|o| Some(o.generator_cpu)).unwrap_or(0.0),
+        valid: g.iter().all(|o| o.valid),
+        invalid_because: invalid,
+    }
+}
+
+fn comparable(r: &Row) -> bool {
+    r.config == "1 thread" && r.payload == 100 && r.stall_fraction == 0.0
+}
+
+fn targets(rows: &[Row]) -> Vec<Target> {
+    let mut out = Vec::new();
+    let find = |sys: System, f: &dyn Fn(&Row) -> bool| rows.iter().find(|r| r.system == sys && comparable(r) && f(r));
+
+    // 1. CPU-s per 1M deliveries, (a) at 1k subscribers x 1k publishes/s.
+    let at = |r: &Row| r.workload == "a" && r.subscribers == 1000 && (r.rate - 1000.0).abs() < 0.5;
+    let cpu = |s| find(s, &at).filter(|r| r.valid).and_then(|r| r.cpu_per_million);
+    let peer = [cpu(System::Redis), cpu(System::Nats)].into_iter().flatten().min_by(f64::total_cmp);
+    out.push(match (cpu(System::Ringcast), peer) {
+        (Some(rc), Some(p)) => Target {
+            name: format!(
+                "CPU-s per 1M deliveries at 1k subscribers x 1k publishes/s <= {CPU_TARGET_RATIO}x the better peer"
+            ),
+            measured: format!("ringcast {rc:.2}, better peer {p:.2}"),
+            ratio: Some(rc / p),
+            met: Some(rc / p <= CPU_TARGET_RATIO),
+        },
+        _ => Target {
+            name: "CPU-s per 1M deliveries at 1k x 1k/s".into(),
+            measured: "not measured (no valid run of every system at this point)".into(),
+            ratio: None,
+            met: None,
+        },
+    });
+
+    // 2. Idle memory per subscribed connection (largest N with 1 subscription).
+    let idle = rows
+        .iter()
+        .filter(|r| r.system == System::Ringcast && r.workload == "d" && r.channels_per_conn == 1 && r.valid)
+        .max_by_key(|r| r.subscribers);
+    out.push(match idle.and_then(|r| r.rss_per_conn_kib.map(|k| (r.subscribers, k))) {
+        Some((n, kib)) => Target {
+            name: format!("idle RSS per subscribed connection <= {IDLE_TARGET_KIB} KiB"),
+            measured: format!("{kib:.2} KiB at {n} connections"),
+            ratio: Some(kib / IDLE_TARGET_KIB),
+            met: Some(kib <= IDLE_TARGET_KIB),
+        },
+        None => Target {
+            name: "idle RSS per subscribed connection".into(),
+            measured: "not measured".into(),
+            ratio: None,
+            met: None,
+        },
+    });
+
+    // 3. Fan-out completion p99, one publish to the most subscribers measured.
+    let burst = rows
+        .iter()
+        .filter(|r| r.system == System::Ringcast && r.workload == "b" && comparable(r) && r.valid)
+        // The most subscribers, then the lowest publish rate: one publish in isolation.
+        .max_by_key(|r| (r.subscribers, std::cmp::Reverse((r.rate * 1000.0) as u64)));
+    let peer_burst = |r: &Row| {
+        rows.iter()
+            .filter(|p| {
+                p.system != System::Ringcast
+                    && p.workload == "b"
+                    && comparable(p)
+                    && p.valid
+                    && p.subscribers == r.subscribers
+                    && p.rate == r.rate
+            })
+            .map(|p| p.completion_p99_us)
+            .min()
+    };
+    out.push(match burst {
+        Some(r) => Target {
+            name: format!("fan-out p99 for one publish to {} subscribers <= 100 ms (1 worker thread)", r.subscribers),
+            measured: format!(
+                "{:.1} ms at {} publish/s (better peer in the same run: {})",
+                r.completion_p99_us as f64 / 1000.0,
+                r.rate,
+                peer_burst(r).map_or_else(|| "–".into(), |p| format!("{:.1} ms", p as f64 / 1000.0))
+            ),
+            ratio: Some(r.completion_p99_us as f64 / SLO_P99_US as f64),
+            met: Some(r.completion_p99_us <= SLO_P99_US && r.subscribers >= 15_000),
+        },
+        None => Target { name: "fan-out p99 to 15k".into(), measured: "not measured".into(), ratio: None, met: None },
+    });
+
+    // 4. Capacity at SLO in (a): highest achieved deliveries/s with p99 <= 100 ms.
+    let capacity = |s: System| {
+        rows.iter()
+            .filter(|r| r.system == s && r.workload == "a" && comparable(r) && r.valid && r.p99_us <= SLO_P99_US)
+            .map(|r| r.achieved)
+            .max_by(f64::total_cmp)
+    };
+    let peer = [capacity(System::Redis), capacity(System::Nats)].into_iter().flatten().max_by(f64::total_cmp);
+    let swept = rows.iter().any(|r| r.system == System::Ringcast && r.workload == "a" && comparable(r));
+    let name = "capacity at SLO (highest valid point of the (a) sweep with p99 <= 100 ms) >= the better peer";
+    out.push(match (capacity(System::Ringcast), peer) {
+        (Some(rc), Some(p)) => Target {
+            name: name.into(),
+            measured: format!("ringcast {:.0}k/s, better peer {:.0}k/s", rc / 1e3, p / 1e3),
+            ratio: Some(rc / p),
+            met: Some(rc >= p),
+        },
+        (None, Some(p)) if swept => Target {
+            name: name.into(),
+            measured: format!("ringcast: no point of the sweep within the SLO; better peer {:.0}k/s", p / 1e3),
+            ratio: Some(0.0),
+            met: Some(false),
+        },
+        (Some(rc), None) => Target {
+            name: name.into(),
+            measured: format!("ringcast {:.0}k/s; no peer point within the SLO", rc / 1e3),
+            ratio: None,
+            met: Some(true),
+        },
+        _ => Target {
+            name: name.into(),
+            measured: "no system had a point of the sweep within the SLO".into(),
+            ratio: None,
+            met: None,
+        },
+    });
+    out
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".into(), |x| format!("{x:.digits$}"))
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1}", us as f64 / 1000.0)
+}
+
+fn validity(r: &Row) -> String {
+    if r.valid {
+        "yes".into()
+    } else {
+        format!("**no**: {}", r.invalid_because.join("; "))
+    }
+}
+
+/// The targets as a Markdown table.
+#[must_use]
+pub fn targets_markdown(targets: &[Target]) -> String {
+    let mut s = String::from("| Target | Measured | Ratio | Met |\n|---|---|---|---|\n");
+    for t in targets {
+        let met = match t.met {
+            Some(true) => "met",
+            Some(false) => "**not met**",
+            None => "not measured",
+        };
+        let _ = writeln!(s, "| {} | {} | {} | {met} |", t.name, t.measured, opt(t.ratio, 2));
+    }
+    s
+}
+
+/// Every row, as Markdown tables per workload.
+#[must_use]
+pub fn markdown(summary: &Summary) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "### Targets\n\n{}", targets_markdown(&summary.targets));
+    let rate_rows = |w: &str| summary.rows.iter().filter(move |r| r.workload == w).collect::<Vec<_>>();
+    for (w, title) in [
+        ("a", "(a) Fan-out capacity"),
+        ("e", "(e) Latency at fixed load"),
+        ("f", "(f) Slow consumers (1 % stop reading; stalled excluded from latency and loss)"),
+    ] {
+        let rows = rate_rows(w);
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "### {title}\n\n| System | Config | Subs | Stalled | Pub/s | Payload B | Offered/s | Achieved/s | Server CPU | CPU-s/1M (min–max) | p50 ms | p99 ms | p99.9 ms | max ms | Wire B/deliv | Sends/deliv | Gen CPU | Reps | Valid |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for r in rows {
+            let range = r.cpu_per_million_range.map_or_else(String::new, |(lo, hi)| format!(" ({lo:.2}–{hi:.2})"));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.0} % | {} | {} | {:.0} | {:.0} | {} | {}{range} | {} | {} | {} | {} | {} | {} | {:.0} % | {} | {} |",
+                r.system.name(),
+                r.config,
+                r.subscribers,
+                r.stall_fraction * 100.0,
+                r.rate,
+                r.payload,
+                r.offered,
+                r.achieved,
+                r.server_cpu.map_or_else(|| "–".into(), |c| format!("{:.0} %", c * 100.0)),
+                opt(r.cpu_per_million, 2),
+                ms(r.p50_us),
+                ms(r.p99_us),
+                ms(r.p999_us),
+                ms(r.max_us),
+                opt(r.wire_bytes, 1),
+                opt(r.sends_per_delivery, 3),
+                r.generator_cpu * 100.0,
+                r.repetitions,
+                validity(r),
+            );
+        }
+        s.push('\n');
+    }
+    let rows = rate_rows("b");
+    if !rows.is_empty() {
+        let _ = writeln!(
+            s,
+            "### (b) Scoreboard burst: time for one publish to reach the last subscriber\n\n| System | Config | Subs | Pub/s | Payload B | Completion p50 ms | p99 ms | max ms | Delivery p99 ms | Server CPU | Gen CPU | Reps | Valid |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for r in rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} % | {} | {} |",
+                r.system.name(),
+                r.config,
+                r.subscribers,
+                r.rate,
+                r.payload,
+                ms(r.completion_p50_us),
+                ms(r.completion_p99_us),
+                ms(r.completion_max_us),
+                ms(r.p99_us),
+                r.server_cpu.map_or_else(|| "–".into(), |c| format!("{:.0} %", c * 100.0)),
+                r.generator_cpu * 100.0,
+                r.repetitions,
+                validity(r),
+            );
+        }
+        s.push('\n');
+    }
+    let rows = rate_rows("d");
+    if !rows.is_empty() {
+        let _ = writeln!(
+            s,
+            "### (d) Idle memory (server RSS growth per connection)\n\n| System | Config | Connections | Subscriptions each | RSS per connection KiB | Reps | Valid |\n|---|---|---|---|---|---|---|"
+        );
+        for r in rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                r.system.name(),
+                r.config,
+                r.subscribers,
+                r.channels_per_conn,
+                opt(r.rss_per_conn_kib, 2),
+                r.repetitions,
+                validity(r),
+            );
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(
+        s,
+        "A row is valid when every repetition had zero loss (sequence gaps or missing messages), no disconnects, \
+         no errors, no connect failures and a load generator below {:.0} % of its core.",
+        MAX_GENERATOR_CPU * 100.0
+    );
+    s
+}
+
+/// Draws workload (a): CPU-s per 1M deliveries and p99 latency against offered load.
+pub fn chart(summary: &Summary, path: &Path, font: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let bytes = std::fs::read(font).map_err(|e| anyhow::anyhow!("cannot read font {}: {e}", font.display()))?;
+    // The font registry wants 'static bytes; one chart per process, so leaking is fine.
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| anyhow::anyhow!("cannot load font {}", font.display()))?;
+
+    let rows: Vec<&Row> = summary.rows.iter().filter(|r| r.workload == "a" && comparable(r)).collect();
+    let mut series: BTreeMap<(&'static str, usize), Vec<&Row>> = BTreeMap::new();
+    for r in &rows {
+        series.entry((r.system.name(), r.subscribers)).or_default().push(r);
+    }
+    for v in series.values_mut() {
+        v.sort_by(|a, b| a.offered.total_cmp(&b.offered));
+    }
+    let xmax = rows.iter().map(|r| r.offered).fold(1e4, f64::max) * 1.5;
+    let xmin = rows.iter().map(|r| r.offered).fold(xmax, f64::min) * 0.7;
+    let cpu_max = rows.iter().filter_map(|r| r.cpu_per_million).fold(1.0, f64::max) * 1.5;
+    let cpu_min = rows.iter().filter_map(|r| r.cpu_per_million).fold(cpu_max, f64::min).min(1.0) * 0.7;
+    let lat_max = rows.iter().map(|r| r.p99_us as f64 / 1000.0).fold(200.0, f64::max) * 1.5;
+    let lat_min = rows.iter().map(|r| r.p99_us as f64 / 1000.0).fold(lat_max, f64::min).min(50.0) * 0.5;
+    let thousands = |x: &f64| format!("{:.0}k", x / 1e3);
+
+    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(700);
+    let colour = |sys: &str, n: usize| {
+        let base = match sys {
+            "ringcast" => (200, 40, 40),
+            "redis" => (40, 90, 200),
+            _ => (30, 150, 60),
+        };
+        let fade = if n > 1000 { 0.6 } else { 1.0 };
+        RGBColor((base.0 as f64 * fade) as u8, (base.1 as f64 * fade) as u8, (base.2 as f64 * fade) as u8)
+    };
+    let mut c = ChartBuilder::on(&left)
+        .caption("(a) server CPU-s per 1M deliveries (lower is better)", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d((xmin..xmax).log_scale(), (cpu_min..cpu_max).log_scale())?;
+    c.configure_mesh().x_desc("offered deliveries/s").x_label_formatter(&thousands).y_desc("CPU-s / 1M").draw()?;
+    for ((sys, n), pts) in &series {
+        let col = colour(sys, *n);
+        let data: Vec<(f64, f64)> = pts.iter().filter_map(|r| Some((r.offered, r.cpu_per_million?))).collect();
+        c.draw_series(LineSeries::new(data.clone(), col.stroke_width(2)))?
+            .label(format!("{sys}, {n} subs"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
+        c.draw_series(data.iter().map(|p| Circle::new(*p, 3, col.filled())))?;
+    }
+    c.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+
+    let mut c = ChartBuilder::on(&right)
+        .caption("(a) p99 latency from scheduled send, ms", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d((xmin..xmax).log_scale(), (lat_min..lat_max).log_scale())?;
+    c.configure_mesh().x_desc("offered deliveries/s").x_label_formatter(&thousands).y_desc("p99 ms").draw()?;
+    for ((sys, n), pts) in &series {
+        let col = colour(sys, *n);
+        let data: Vec<(f64, f64)> = pts.iter().map(|r| (r.offered, (r.p99_us as f64 / 1000.0).max(0.05))).collect();
+        c.draw_series(LineSeries::new(data.clone(), col.stroke_width(2)))?
+            .label(format!("{sys}, {n} subs"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
+        c.draw_series(data.iter().map(|p| Circle::new(*p, 3, col.filled())))?;
+    }
+    let slo = BLACK.mix(0.6);
+    c.draw_series(LineSeries::new(vec![(xmin, 100.0), (xmax, 100.0)], slo.stroke_width(2)))?
+        .label("SLO: p99 100 ms")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], slo.stroke_width(2)));
+    c.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{Quantiles, Spec};
+    use std::time::Duration;
+
+    fn outcome(system: System, rate: f64, cpu: f64, rep: u32) -> Outcome {
+        Outcome {
+            spec: Spec {
+                system,
+                config: "1 thread".into(),
+                workload: "a".into(),
+                addr: ([127, 0, 0, 1], 1).into(),
+                server_pid: None,
+                subscribers: 1000,
+                channels_per_conn: 1,
+                rate,
+                payload: 100,
+                warmup: Duration::from_secs(1),
+                measure: Duration::from_secs(1),
+                settle: Duration::from_secs(1),
+                stall_fraction: 0.0,
+                perf: false,
+                repetition: rep,
+            },
+            connected: 1000,
+            connect_failures: 0,
+            stalled: 0,
+            published: 10,
+            offered_deliveries_per_s: rate * 1000.0,
+            achieved_deliveries_per_s: rate * 1000.0,
+            lost: 0,
+            disconnects: 0,
+            errors: 0,
+            first_error: None,
+            server_cpu: Some(0.5),
+            server_cpu_s_per_million: Some(cpu),
+            generator_cpu: 0.3,
+            latency_us: Quantiles { count: 1, p50: 100, p90: 200, p99: 1000, p999: 2000, max: 3000 },
+            completion_us: Quantiles::default(),
+            server_rss_before_kib: None,
+            server_rss_after_kib: None,
+            rss_per_conn_kib: None,
+            wire_bytes_per_delivery: Some(130.0),
+            send_syscalls_per_delivery: None,
+            valid: true,
+            invalid_because: vec![],
+        }
+    }
+
+    #[test]
+    fn medians_and_cpu_target_ratio() {
+        let runs = vec![
+            outcome(System::Ringcast, 1000.0, 0.5, 1),
+            outcome(System::Ringcast, 1000.0, 0.7, 2),
+            outcome(System::Ringcast, 1000.0, 0.6, 3),
+            outcome(System::Redis, 1000.0, 0.9, 1),
+            outcome(System::Nats, 1000.0, 1.2, 1),
+        ];
+        let s = summarise(&runs);
+        assert_eq!(s.rows.len(), 3);
+        let rc = s.rows.iter().find(|r| r.system == System::Ringcast).unwrap_or_else(|| panic!());
+        assert_eq!(rc.cpu_per_million, Some(0.6));
+        assert_eq!(rc.cpu_per_million_range, Some((0.5, 0.7)));
+        let t = &s.targets[0];
+        assert!(t.ratio.is_some_and(|r| (r - 0.6 / 0.9).abs() < 1e-9));
+        assert_eq!(t.met, Some(true));
+        assert_eq!(s.targets[3].met, Some(true), "equal capacity meets the target");
+        assert!(markdown(&s).contains("| ringcast | 1 thread | 1000 | 0 % | 1000 |"));
+    }
+
+    #[test]
+    fn invalid_peer_runs_do_not_count() {
+        let mut bad = outcome(System::Redis, 1000.0, 0.1, 1);
+        bad.valid = false;
+        bad.invalid_because = vec!["3 disconnects".into()];
+        let s = summarise(&[outcome(System::Ringcast, 1000.0, 0.5, 1), bad, outcome(System::Nats, 1000.0, 1.0, 1)]);
+        assert!(s.targets[0].ratio.is_some_and(|r| (r - 0.5).abs() < 1e-9));
+        assert!(markdown(&s).contains("rep 1: 3 disconnects"));
+    }
+}
