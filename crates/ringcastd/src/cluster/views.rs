@@ -123,6 +123,18 @@ impl Runtime {
             let rt = self.clone();
             self.tracker.spawn(async move { rt.resync_slots(moved).await });
         }
+        // Slots that went from vacant to ours: continue what we hold copies of. Usually
+        // the claim task does this when its CAS returns; this catches a claim whose
+        // outcome it could not learn (etcd answered too late) but that took effect.
+        let claimed_from_vacant: Vec<(Slot, u64)> = cv
+            .claims
+            .iter()
+            .filter(|(slot, c)| c.owner == self.me && !old_claims.contains_key(slot))
+            .map(|(slot, c)| (*slot, c.epoch.0))
+            .collect();
+        for (slot, epoch) in claimed_from_vacant {
+            self.promote(slot, epoch);
+        }
         self.table_changed.send_modify(|n| *n += 1);
         self.resolve_stuck();
 
