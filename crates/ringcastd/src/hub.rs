@@ -1182,6 +1182,21 @@ mod tests {
         LocalSubscriber { conn: ConnId(conn), outbox: outbox.clone(), policy, since, reply_id }
     }
 
+    /// `Hub::publish` with the request spelled out.
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        h: &Hub,
+        channel: &ChannelName,
+        ns: &NamespaceOptions,
+        data: &RawValue,
+        idempotency_key: Option<&str>,
+        origin: Origin,
+        now: Millis,
+        epoch: SlotEpoch,
+    ) -> Result<Published, ErrorCode> {
+        h.publish(&PublishRequest { channel, ns, data, idempotency_key, origin }, now, epoch)
+    }
+
     fn hub() -> Hub {
         Hub::new(EpochSource::new(1000), Arc::new(Metrics::default()))
     }
@@ -1206,29 +1221,13 @@ mod tests {
         let ns = NamespaceOptions::default();
         let c = ch("chat:a");
         for i in 1..=5 {
-            h.publish(
-                &PublishRequest {
-                    channel: &c,
-                    ns: &ns,
-                    data: &raw(&i.to_string()),
-                    idempotency_key: None,
-                    origin: Origin::Api,
-                },
-                Millis(0),
-                SlotEpoch(1),
-            )
-            .ok();
+            publish(&h, &c, &ns, &raw(&i.to_string()), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
         }
         let epoch = h.info(&c).top.map(|t| t.epoch);
         let o = Arc::new(Outbox::new(100, 1 << 20));
         let since = Since { epoch, offset: Offset(2) };
         assert_eq!(h.subscribe(&c, &ns, &sub(1, &o, Some(since), 9), Millis(0)), Ok(()));
-        h.publish(
-            &PublishRequest { channel: &c, ns: &ns, data: &raw("6"), idempotency_key: None, origin: Origin::Api },
-            Millis(0),
-            SlotEpoch(1),
-        )
-        .ok();
+        publish(&h, &c, &ns, &raw("6"), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
         let got = frames(&o);
         assert_eq!(got[0]["type"], "subscribed");
         assert_eq!(got[0]["recovered"], true);
@@ -1247,34 +1246,12 @@ mod tests {
             ..Default::default()
         };
         let c = ch("chat:b");
-        let first = h
-            .publish(
-                &PublishRequest {
-                    channel: &c,
-                    ns: &ns,
-                    data: &raw("1"),
-                    idempotency_key: Some("k"),
-                    origin: Origin::Api,
-                },
-                Millis(0),
-                SlotEpoch(1),
-            )
-            .map(|p| p.position);
+        let first =
+            publish(&h, &c, &ns, &raw("1"), Some("k"), Origin::Api, Millis(0), SlotEpoch(1)).map(|p| p.position);
         assert_eq!(h.sweep(Millis(500)), 0);
         assert_eq!(h.sweep(Millis(1_000)), 1);
-        let second = h
-            .publish(
-                &PublishRequest {
-                    channel: &c,
-                    ns: &ns,
-                    data: &raw("1"),
-                    idempotency_key: Some("k"),
-                    origin: Origin::Api,
-                },
-                Millis(1_000),
-                SlotEpoch(1),
-            )
-            .map(|p| p.position);
+        let second =
+            publish(&h, &c, &ns, &raw("1"), Some("k"), Origin::Api, Millis(1_000), SlotEpoch(1)).map(|p| p.position);
         assert_ne!(first.map(|p| p.epoch), second.map(|p| p.epoch));
         assert_eq!(second.map(|p| p.offset), Ok(Offset(1)));
         let _ = DedupPolicy::default();
@@ -1294,18 +1271,7 @@ mod tests {
         h.subscribe(&c, &ns, &sub_in(&ns, 1, &slow), Millis(0)).ok();
         h.subscribe(&c, &ns, &sub_in(&ns, 2, &fast), Millis(0)).ok();
         for i in 0..10 {
-            h.publish(
-                &PublishRequest {
-                    channel: &c,
-                    ns: &ns,
-                    data: &raw(&i.to_string()),
-                    idempotency_key: None,
-                    origin: Origin::Api,
-                },
-                Millis(0),
-                SlotEpoch(1),
-            )
-            .ok();
+            publish(&h, &c, &ns, &raw(&i.to_string()), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
         }
         let mut out = Vec::new();
         assert_eq!(slow.drain(&mut out), Some(ringcast_proto::CloseCode::SlowConsumer));
@@ -1321,18 +1287,7 @@ mod tests {
         let slow = Arc::new(Outbox::new(1000, 1 << 20));
         h.subscribe(&c, &ns, &sub_in(&ns, 1, &slow), Millis(0)).ok();
         for i in 1..=10 {
-            h.publish(
-                &PublishRequest {
-                    channel: &c,
-                    ns: &ns,
-                    data: &raw(&i.to_string()),
-                    idempotency_key: None,
-                    origin: Origin::Api,
-                },
-                Millis(0),
-                SlotEpoch(1),
-            )
-            .ok();
+            publish(&h, &c, &ns, &raw(&i.to_string()), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
         }
         let got = frames(&slow);
         let kinds: Vec<String> = got
@@ -1447,33 +1402,18 @@ mod tests {
         h.set_peers(rec.clone());
         let ns = NamespaceOptions::default();
         let c = ch("chat:remote");
-        h.publish(
-            &PublishRequest { channel: &c, ns: &ns, data: &raw("1"), idempotency_key: None, origin: Origin::Api },
-            Millis(0),
-            SlotEpoch(5),
-        )
-        .ok();
+        publish(&h, &c, &ns, &raw("1"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
         let g = node("gw");
         assert!(h.serve_peer_subscribe(&c, &ns, &g, 7, None, true, Millis(0)));
         assert!(h.serve_peer_subscribe(&c, &ns, &g, 8, None, false, Millis(0)));
-        h.publish(
-            &PublishRequest { channel: &c, ns: &ns, data: &raw("2"), idempotency_key: None, origin: Origin::Api },
-            Millis(0),
-            SlotEpoch(5),
-        )
-        .ok();
+        publish(&h, &c, &ns, &raw("2"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
         let frames = lock(&rec.0).clone();
         assert!(matches!(&frames[0].1, PeerFrame::Subscribed { req: 7, offset: 1, .. }), "{frames:?}");
         assert!(matches!(&frames[1].1, PeerFrame::Subscribed { req: 8, offset: 1, .. }));
         assert!(matches!(&frames[2].1, PeerFrame::Deliver { offset: 2, slot_epoch: 5, .. }));
         assert_eq!(frames.len(), 3, "one Deliver per node, however many subscribers it has");
         h.drop_interest(&c, &g);
-        h.publish(
-            &PublishRequest { channel: &c, ns: &ns, data: &raw("3"), idempotency_key: None, origin: Origin::Api },
-            Millis(0),
-            SlotEpoch(5),
-        )
-        .ok();
+        publish(&h, &c, &ns, &raw("3"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
         assert_eq!(lock(&rec.0).len(), 3);
     }
 
