@@ -87,6 +87,27 @@ impl Runtime {
             .filter(|(slot, c)| old_claims.get(slot).is_none_or(|o| o.owner != c.owner) && c.owner != self.me)
             .map(|(slot, _)| *slot)
             .collect();
+        // Slots another node now holds though we never handed them off (our lease was
+        // lost: paused, or cut off from etcd): what we sequenced is stale. Our channels
+        // become mirrors at their committed tops, and the resync below re-subscribes them
+        // at the new owner, so local subscribers continue without a silent gap.
+        let lost: Vec<Slot> = old_claims
+            .iter()
+            .filter(|(slot, o)| {
+                o.owner == self.me
+                    && claims.get(slot).is_some_and(|c| c.owner != self.me)
+                    && !lock(&self.handing).contains(slot)
+                    && !lock(&self.moved).contains_key(slot)
+            })
+            .map(|(slot, _)| *slot)
+            .collect();
+        for slot in &lost {
+            self.hub.demote_slot(*slot);
+            lock(&self.replicas).remove(slot);
+        }
+        if !lost.is_empty() {
+            warn!(slots = lost.len(), "slots were taken over by other nodes without a handoff (our lease was lost)");
+        }
         let cv = ClusterView { members, claims, vacated };
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(RouteTable::new(&cv));
         self.incarnation.store(incarnation, Ordering::Release);
