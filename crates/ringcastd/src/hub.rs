@@ -580,6 +580,11 @@ impl Hub {
         }
     }
 
+    /// Whether this node sequences (owns the log of) any channel of `slot`.
+    pub fn sequences_any(&self, slot: Slot) -> bool {
+        self.slot_cells(slot).iter().any(|(_, cell)| lock(&cell.state).log.is_some())
+    }
+
     /// Whether this node holds replica copies of any channel of `slot`.
     pub fn holds_replicas(&self, slot: Slot) -> bool {
         self.slot_cells(slot).iter().any(|(_, cell)| lock(&cell.state).replica.is_some())

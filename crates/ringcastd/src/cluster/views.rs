@@ -91,15 +91,16 @@ impl Runtime {
         // lost: paused, or cut off from etcd): what we sequenced is stale. Our channels
         // become mirrors at their committed tops, and the resync below re-subscribes them
         // at the new owner, so local subscribers continue without a silent gap.
-        let lost: Vec<Slot> = old_claims
+        // (Also after a lost lease made our old claims vacant to us first: any slot now
+        // held elsewhere whose channels we still sequence.)
+        let lost: Vec<Slot> = moved
             .iter()
-            .filter(|(slot, o)| {
-                o.owner == self.me
-                    && claims.get(slot).is_some_and(|c| c.owner != self.me)
-                    && !lock(&self.handing).contains(slot)
+            .copied()
+            .filter(|slot| {
+                !lock(&self.handing).contains(slot)
                     && !lock(&self.moved).contains_key(slot)
+                    && self.hub.sequences_any(*slot)
             })
-            .map(|(slot, _)| *slot)
             .collect();
         for slot in &lost {
             self.hub.demote_slot(*slot);
