@@ -267,14 +267,9 @@ impl Runtime {
         offset: u64,
         frame: String,
     ) {
-        let Some(fence) = self.fences.get(usize::from(slot)) else {
-            warn!(slot, "Deliver for a slot out of range dropped");
-            return;
-        };
         // Fencing: never accept a message from an owner older than one already seen.
-        if fence.fetch_max(slot_epoch, Ordering::AcqRel) > slot_epoch {
-            self.metrics.fenced_frames.fetch_add(1, Ordering::Relaxed);
-            debug!(slot, slot_epoch, "stale Deliver fenced off");
+        if let Err(r) = self.fence(slot, slot_epoch) {
+            debug!(slot, slot_epoch, reason = %r.message, "Deliver dropped");
             return;
         }
         let (Ok(channel), Some(epoch)) = (ChannelName::new(channel), Epoch::new(epoch)) else {
