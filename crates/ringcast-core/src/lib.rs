@@ -19,6 +19,8 @@
 //!   the owner's messages arrive in (gaps are buffered, then filled from history).
 //! - [`send_queue`]: a connection's bounded send queue, backpressure policies and gap
 //!   notices.
+//! - [`presence`]: who is in a channel (debounced join/leave per user), the typing
+//!   rate limit and the last-seen table of the connection registry.
 //! - [`caps`]: channel capability patterns carried in client tokens.
 //! - [`ratelimit`]: token buckets on an injected clock.
 //! - [`backoff`]: full-jitter reconnect delays with injected randomness.
@@ -35,6 +37,7 @@ pub mod name;
 pub mod namespace;
 pub mod ownership;
 pub mod position;
+pub mod presence;
 pub mod ratelimit;
 pub mod ring;
 pub mod send_queue;

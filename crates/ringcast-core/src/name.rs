@@ -16,6 +16,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// The reserved namespace of user registry channels (`#user:{id}`).
+pub const USER_NAMESPACE: &str = "#user";
 /// Longest channel name, in bytes.
 pub const MAX_CHANNEL_BYTES: usize = 255;
 /// Longest namespace name, in bytes.
@@ -107,9 +109,10 @@ impl ChannelName {
             Some(0) => return Err(NameError::EmptyNamespace),
             Some(i) => {
                 let ns = &s[..i];
-                if ns.starts_with('#') {
+                if ns.starts_with('#') && ns != USER_NAMESPACE {
                     return Err(NameError::Reserved);
                 }
+                let ns = ns.strip_prefix('#').unwrap_or(ns);
                 if ns.len() > MAX_NAMESPACE_BYTES {
                     return Err(NameError::TooLong { len: ns.len(), max: MAX_NAMESPACE_BYTES });
                 }
@@ -122,6 +125,25 @@ impl ChannelName {
             None => first_bad(s, rest_char_ok, 0)?,
         }
         Ok(ChannelName(s.into()))
+    }
+
+    /// The registry channel of user `id` (`#user:{id}`): direct messages to the user,
+    /// and the owner's record of which nodes hold the user's connections.
+    pub fn user(id: &str) -> Result<ChannelName, NameError> {
+        ChannelName::new(&format!("{USER_NAMESPACE}:{id}"))
+    }
+
+    /// Whether the channel is in a server-owned namespace (`#user:`): clients cannot
+    /// name it in commands; the server subscribes their own one for them.
+    #[must_use]
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with('#')
+    }
+
+    /// The user of a registry channel (`alice` for `#user:alice`).
+    #[must_use]
+    pub fn registry_user(&self) -> Option<&str> {
+        self.0.strip_prefix(USER_NAMESPACE).and_then(|r| r.strip_prefix(':'))
     }
 
     #[must_use]
@@ -223,7 +245,12 @@ mod tests {
         assert_eq!(ChannelName::new(""), Err(NameError::Empty));
         assert_eq!(ChannelName::new(":x"), Err(NameError::EmptyNamespace));
         assert_eq!(ChannelName::new("chat:"), Err(NameError::EmptyRest));
-        assert_eq!(ChannelName::new("#user:1"), Err(NameError::Reserved));
+        assert_eq!(ChannelName::new("#admin:1"), Err(NameError::Reserved));
+        let user = ChannelName::user("alice@example.com").expect("registry channel");
+        assert_eq!((user.as_str(), user.namespace()), ("#user:alice@example.com", "#user"));
+        assert!(user.is_reserved() && !ChannelName::new("chat:x").expect("valid").is_reserved());
+        assert_eq!(user.registry_user(), Some("alice@example.com"));
+        assert!(ChannelName::user("a b").is_err() && ChannelName::user("").is_err());
         assert_eq!(ChannelName::new("chat:a b"), Err(NameError::InvalidChar { ch: ' ', at: 6 }));
         assert_eq!(ChannelName::new("chat:a*"), Err(NameError::InvalidChar { ch: '*', at: 6 }));
         assert_eq!(ChannelName::new("chat:>"), Err(NameError::InvalidChar { ch: '>', at: 5 }));

@@ -86,6 +86,18 @@ pub struct NamespaceOptions {
     /// How long an idempotency key is remembered (default `"2m"`).
     #[serde(with = "crate::time::serde_duration")]
     pub dedup_window: Duration,
+    /// Presence (default false): the channel's owner knows which clients are
+    /// subscribed (user, connection, node, token `info`), answered by `presence` and
+    /// `presence_stats` and `GET /v1/channels/{channel}/presence`.
+    pub presence: bool,
+    /// Join and leave pushes to the channel's subscribers (default false; needs
+    /// `presence`). One `join` when a user arrives, one `leave` when the user's last
+    /// client has been gone for `presence_grace`.
+    pub join_leave: bool,
+    /// How long a user whose last client left may come back before `leave` is sent
+    /// (default `"30s"`; at most `"1h"`).
+    #[serde(with = "crate::time::serde_duration")]
+    pub presence_grace: Duration,
 }
 
 impl Default for NamespaceOptions {
@@ -103,6 +115,9 @@ impl Default for NamespaceOptions {
             client_publish_rate: 100,
             client_publish_burst: 200,
             dedup_window: Duration::from_secs(120),
+            presence: false,
+            join_leave: false,
+            presence_grace: crate::presence::DEFAULT_LEAVE_GRACE,
         }
     }
 }
@@ -142,6 +157,12 @@ impl NamespaceOptions {
                 "backpressure",
                 "keep_latest is not implemented yet; use drop_oldest, drop_newest or disconnect".into(),
             );
+        }
+        if self.join_leave && !self.presence {
+            return err("join_leave", "needs presence = true (joins and leaves come from the presence state)".into());
+        }
+        if self.presence_grace > Duration::from_secs(3600) {
+            return err("presence_grace", "must be at most 1h".into());
         }
         if self.send_queue_messages == Some(0) {
             return err("send_queue_messages", "must be at least 1".into());
@@ -202,6 +223,10 @@ mod tests {
         assert_eq!(bad.validate().map_err(|e| e.field), Err("history_size"));
         let bad = NamespaceOptions { history_ttl: Duration::ZERO, ..Default::default() };
         assert_eq!(bad.validate().map_err(|e| e.field), Err("history_ttl"));
+        let bad = NamespaceOptions { join_leave: true, ..Default::default() };
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("join_leave"));
+        let bad = NamespaceOptions { presence: true, presence_grace: Duration::from_secs(7200), ..Default::default() };
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("presence_grace"));
     }
 
     #[test]
