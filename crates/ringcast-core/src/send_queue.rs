@@ -98,7 +98,15 @@ pub enum Drained<F> {
 enum Entry<F> {
     Control(F),
     Exempt(F),
-    Message { frame: F, len: usize, channel: ChannelName, position: StreamPosition },
+    /// A `join`, `leave` or `typing` push: counted with messages, dropped (never
+    /// noticed) when they are at their bound.
+    Ephemeral(F),
+    Message {
+        frame: F,
+        len: usize,
+        channel: ChannelName,
+        position: StreamPosition,
+    },
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -259,6 +267,21 @@ impl<F> SendQueue<F> {
         Pushed::Queued { dropped }
     }
 
+    /// Queues an ephemeral push (best effort: no position, so nothing to recover). It
+    /// shares the connection's message bound; when that is full the push is dropped
+    /// without a notice and without disturbing anything queued.
+    pub fn push_ephemeral(&mut self, frame: F, len: usize) -> Pushed {
+        if self.closed {
+            return Pushed::Closed;
+        }
+        if self.messages.frames >= self.bounds.messages || self.messages.bytes + len > self.bounds.bytes {
+            return Pushed::Dropped { dropped: 1 };
+        }
+        self.messages.add(len);
+        self.entries.push_back(Entry::Ephemeral(frame));
+        Pushed::Queued { dropped: 0 }
+    }
+
     /// Index of the oldest queued message of `channel`.
     fn oldest_of(&self, channel: &ChannelName) -> Option<usize> {
         self.entries.iter().position(|e| matches!(e, Entry::Message { channel: c, .. } if c == channel))
@@ -298,13 +321,16 @@ impl<F> SendQueue<F> {
         self.control = Usage::default();
         if self.gaps.is_empty() {
             out.extend(self.entries.drain(..).map(|e| match e {
-                Entry::Control(frame) | Entry::Exempt(frame) | Entry::Message { frame, .. } => Drained::Frame(frame),
+                Entry::Control(frame)
+                | Entry::Exempt(frame)
+                | Entry::Ephemeral(frame)
+                | Entry::Message { frame, .. } => Drained::Frame(frame),
             }));
             return;
         }
         for e in self.entries.drain(..) {
             let frame = match e {
-                Entry::Control(frame) | Entry::Exempt(frame) => frame,
+                Entry::Control(frame) | Entry::Exempt(frame) | Entry::Ephemeral(frame) => frame,
                 Entry::Message { frame, channel, position, .. } => {
                     let mut i = 0;
                     while i < self.gaps.len() {
@@ -329,6 +355,19 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn ephemeral_pushes_share_the_bound_and_drop_silently() {
+        let mut q: SendQueue<&str> = SendQueue::new(Bounds { messages: 2, bytes: 1 << 20 });
+        assert_eq!(q.push_ephemeral("typing-1", 8), Pushed::Queued { dropped: 0 });
+        assert_eq!(q.push_ephemeral("typing-2", 8), Pushed::Queued { dropped: 0 });
+        assert_eq!(q.push_ephemeral("typing-3", 8), Pushed::Dropped { dropped: 1 });
+        assert!(!q.is_closed(), "a dropped ephemeral push never closes the connection");
+        let mut out = Vec::new();
+        q.drain(&mut out);
+        assert_eq!(out, vec![Drained::Frame("typing-1"), Drained::Frame("typing-2")]);
+        assert_eq!(q.push_ephemeral("typing-4", 8), Pushed::Queued { dropped: 0 }, "draining frees the bound");
+    }
 
     fn ch(s: &str) -> ChannelName {
         ChannelName::new(s).unwrap_or_else(|e| panic!("{e}"))

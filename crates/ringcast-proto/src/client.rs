@@ -39,12 +39,44 @@ pub struct Since {
 /// Client commands. See `proto/client.md` for each one's reply.
 #[derive(Debug, Clone)]
 pub enum Command {
-    Connect { token: Option<String> },
-    Refresh { token: String },
-    Subscribe { channel: ChannelName, since: Option<Since> },
-    Unsubscribe { channel: ChannelName },
-    Publish { channel: ChannelName, data: Box<RawValue>, idempotency_key: Option<String> },
-    History { channel: ChannelName, before: Option<Offset>, limit: u32 },
+    /// `since`: where the client was in its registry channel `#user:{sub}` (direct
+    /// messages), resumed like a `subscribe` with `since`.
+    Connect {
+        token: Option<String>,
+        since: Option<Since>,
+    },
+    Refresh {
+        token: String,
+    },
+    Subscribe {
+        channel: ChannelName,
+        since: Option<Since>,
+    },
+    Unsubscribe {
+        channel: ChannelName,
+    },
+    Publish {
+        channel: ChannelName,
+        data: Box<RawValue>,
+        idempotency_key: Option<String>,
+    },
+    History {
+        channel: ChannelName,
+        before: Option<Offset>,
+        limit: u32,
+    },
+    /// Who is in a presence channel (members and counts).
+    Presence {
+        channel: ChannelName,
+    },
+    /// Counts only (cheap for huge channels).
+    PresenceStats {
+        channel: ChannelName,
+    },
+    /// An ephemeral "user is typing" notice to the channel's subscribers.
+    Typing {
+        channel: ChannelName,
+    },
     Ping,
 }
 
@@ -119,10 +151,22 @@ pub fn decode_command(text: &str) -> Result<Request, DecodeError> {
         let raw = c
             .as_deref()
             .ok_or_else(|| err(some, ErrorCode::BadRequest, format!("`{}` needs a `channel`", env.kind)))?;
-        ChannelName::new(raw).map_err(|e| err(some, ErrorCode::InvalidChannel, format!("invalid channel: {e}")))
+        let name =
+            ChannelName::new(raw).map_err(|e| err(some, ErrorCode::InvalidChannel, format!("invalid channel: {e}")))?;
+        if name.is_reserved() {
+            // The server subscribes a connection to its own registry channel.
+            return Err(err(
+                some,
+                ErrorCode::InvalidChannel,
+                "invalid channel: namespaces starting with '#' are reserved for the server",
+            ));
+        }
+        Ok(name)
     };
     let command = match env.kind.as_ref() {
-        "connect" => Command::Connect { token: env.token },
+        "connect" => {
+            Command::Connect { token: env.token, since: env.since.map(|raw| decode_since(raw, id)).transpose()? }
+        }
         "refresh" => Command::Refresh {
             token: env.token.ok_or_else(|| err(some, ErrorCode::BadRequest, "`refresh` needs a `token`"))?,
         },
@@ -144,6 +188,9 @@ pub fn decode_command(text: &str) -> Result<Request, DecodeError> {
             before: env.before.map(Offset),
             limit: check_history_limit(env.limit).map_err(|m| err(some, ErrorCode::BadRequest, m))?,
         },
+        "presence" => Command::Presence { channel: channel(&env.channel)? },
+        "presence_stats" => Command::PresenceStats { channel: channel(&env.channel)? },
+        "typing" => Command::Typing { channel: channel(&env.channel)? },
         "ping" => Command::Ping,
         other => {
             return Err(err(
@@ -439,6 +486,103 @@ pub fn encode_history<M: AsRef<str>>(id: Option<u64>, h: &HistoryReply<'_, M>) -
     }
     out.push_str("]}");
     out
+}
+
+/// One client in a `presence` reply (and the HTTP presence body).
+#[derive(Debug, Serialize)]
+pub struct PresenceMember<'a> {
+    /// The connection id, unique on its node.
+    pub client: String,
+    pub node: &'a str,
+    /// The token's `sub`; empty for an anonymous client.
+    pub user: &'a str,
+    /// The token's `info` claim, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<&'a RawValue>,
+}
+
+/// A channel's presence: counts and up to a page of members.
+#[derive(Debug, Serialize)]
+pub struct PresenceReply<'a> {
+    pub channel: &'a str,
+    /// Subscribed clients, anonymous ones included.
+    pub clients: u64,
+    /// Distinct users with at least one client.
+    pub users: u64,
+    pub members: Vec<PresenceMember<'a>>,
+    /// True when `members` holds only the first [`MAX_PRESENCE_MEMBERS`] clients.
+    pub truncated: bool,
+}
+
+/// Most members one `presence` answer lists; `presence_stats` counts them all.
+pub const MAX_PRESENCE_MEMBERS: usize = 1000;
+
+/// With `id`, the WebSocket `presence` reply; without, the HTTP body.
+#[must_use]
+pub fn encode_presence(id: Option<u64>, p: &PresenceReply<'_>) -> String {
+    match id {
+        Some(id) => reply(id, "presence", p),
+        None => to_json(p),
+    }
+}
+
+/// Counts of a channel's presence.
+#[derive(Debug, Serialize)]
+pub struct PresenceStatsReply<'a> {
+    pub channel: &'a str,
+    pub clients: u64,
+    pub users: u64,
+}
+
+#[must_use]
+pub fn encode_presence_stats(id: u64, p: &PresenceStatsReply<'_>) -> String {
+    reply(id, "presence_stats", p)
+}
+
+/// The reply to `typing`: the notice went to the channel's owner (which drops it when
+/// the user typed less than a second ago).
+#[must_use]
+pub fn encode_typing_sent(id: u64, channel: &ChannelName) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+    }
+    reply(id, "typing_sent", Body { channel: channel.as_str() })
+}
+
+/// Which ephemeral push an [`encode_ephemeral`] frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EphemeralKind {
+    Join,
+    Leave,
+    Typing,
+}
+
+impl EphemeralKind {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EphemeralKind::Join => "join",
+            EphemeralKind::Leave => "leave",
+            EphemeralKind::Typing => "typing",
+        }
+    }
+}
+
+/// A `join`, `leave` or `typing` push: no position, never stored or replayed. `info`
+/// is the user's token `info` claim (JSON text), when it has one.
+#[must_use]
+pub fn encode_ephemeral(kind: EphemeralKind, channel: &ChannelName, user: &str, info: Option<&RawValue>) -> String {
+    #[derive(Serialize)]
+    struct Push<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        user: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a RawValue>,
+    }
+    to_json(&Push { kind: kind.as_str(), channel: channel.as_str(), user, info })
 }
 
 #[must_use]

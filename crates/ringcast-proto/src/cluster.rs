@@ -18,7 +18,7 @@
 use bincode::{Decode, Encode};
 
 /// Version of this frame catalogue, sent in `Hello`.
-pub const FRAMES_VERSION: u16 = 3;
+pub const FRAMES_VERSION: u16 = 4;
 
 /// A resume position as sent between nodes (`epoch` absent when the client sent none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -135,6 +135,42 @@ pub enum PeerFrame {
     ReplicaSync { req: u64, slot: u16, slot_epoch: u64, channels: Vec<ChannelSnapshotWire> },
     /// Replica -> owner: the snapshot is installed.
     ReplicaSynced { req: u64, slot: u16 },
+
+    /// Gateway -> owner: this node's clients that subscribed to (`joins`) or left
+    /// (`leaves`, connection ids) a presence channel. With `sync`, `joins` is the
+    /// node's complete list for the channel (a re-announcement; the owner replaces what
+    /// it held for this node and announces no joins).
+    Presence { slot: u16, slot_epoch: u64, channel: String, joins: Vec<MemberWire>, leaves: Vec<u64>, sync: bool },
+    /// Gateway -> owner: a user is typing (the owner rate-limits and fans it out).
+    Typing { slot: u16, slot_epoch: u64, channel: String, user: String, info: Option<String> },
+    /// Owner -> interested node: a `join`, `leave` or `typing` push for the channel's
+    /// local subscribers (`join_leave`: only those that receive joins and leaves).
+    Ephemeral { slot: u16, slot_epoch: u64, channel: String, frame: String, join_leave: bool },
+    /// Gateway -> owner: a presence query: counts and up to `limit` members, and with
+    /// `registry` (a `#user:` channel) the user's last-seen time.
+    PresenceQuery { req: u64, slot: u16, slot_epoch: u64, channel: String, limit: u32 },
+    /// Owner -> gateway: the answer to `PresenceQuery`.
+    PresenceReply { req: u64, clients: u64, users: u64, members: Vec<PresentWire>, last_seen: Option<u64> },
+}
+
+/// A client announced to a channel's owner.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct MemberWire {
+    pub conn: u64,
+    pub user: String,
+    /// The token's `info` claim as JSON text.
+    pub info: Option<String>,
+}
+
+/// A client in a presence answer.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct PresentWire {
+    pub node: String,
+    pub conn: u64,
+    pub user: String,
+    pub info: Option<String>,
 }
 
 /// Fixed overhead counted per frame by [`PeerFrame::size_hint`] (ids, numbers, lengths).
@@ -153,6 +189,19 @@ impl PeerFrame {
             PeerFrame::Subscribe { channel, .. }
             | PeerFrame::Unsubscribe { channel, .. }
             | PeerFrame::History { channel, .. } => channel.len(),
+            PeerFrame::Presence { channel, joins, leaves, .. } => {
+                channel.len()
+                    + joins.iter().map(|m| m.user.len() + m.info.as_ref().map_or(0, String::len) + 16).sum::<usize>()
+                    + leaves.len() * 8
+            }
+            PeerFrame::Typing { channel, user, info, .. } => {
+                channel.len() + user.len() + info.as_ref().map_or(0, String::len)
+            }
+            PeerFrame::Ephemeral { channel, frame, .. } => channel.len() + frame.len(),
+            PeerFrame::PresenceQuery { channel, .. } => channel.len(),
+            PeerFrame::PresenceReply { members, .. } => {
+                members.iter().map(|m| m.node.len() + m.user.len() + m.info.as_ref().map_or(0, String::len) + 16).sum()
+            }
             PeerFrame::Acked { .. }
             | PeerFrame::HandedOff { .. }
             | PeerFrame::Replicated { .. }

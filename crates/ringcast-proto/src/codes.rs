@@ -21,6 +21,7 @@ pub enum ErrorCode {
     TooManyChannels,
     AlreadySubscribed,
     NotSubscribed,
+    NotEnabled,
     RateLimited,
     Conflict,
     NotFound,
@@ -33,7 +34,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownCommand,
         ErrorCode::NotConnected,
@@ -49,6 +50,7 @@ impl ErrorCode {
         ErrorCode::TooManyChannels,
         ErrorCode::AlreadySubscribed,
         ErrorCode::NotSubscribed,
+        ErrorCode::NotEnabled,
         ErrorCode::RateLimited,
         ErrorCode::Conflict,
         ErrorCode::NotFound,
@@ -78,6 +80,7 @@ impl ErrorCode {
             ErrorCode::TooManyChannels => "too_many_channels",
             ErrorCode::AlreadySubscribed => "already_subscribed",
             ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::NotEnabled => "not_enabled",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Conflict => "conflict",
             ErrorCode::NotFound => "not_found",
@@ -102,6 +105,7 @@ impl ErrorCode {
             | ErrorCode::AlreadyConnected
             | ErrorCode::AlreadySubscribed
             | ErrorCode::NotSubscribed
+            | ErrorCode::NotEnabled
             | ErrorCode::TooManyChannels => 400,
             ErrorCode::Unauthorized | ErrorCode::TokenExpired => 401,
             ErrorCode::PermissionDenied => 403,

@@ -128,14 +128,15 @@ fn all_lists_every_variant() {
             ErrorCode::TooManyChannels => 12,
             ErrorCode::AlreadySubscribed => 13,
             ErrorCode::NotSubscribed => 14,
-            ErrorCode::RateLimited => 15,
-            ErrorCode::Conflict => 16,
-            ErrorCode::NotFound => 17,
-            ErrorCode::MethodNotAllowed => 18,
-            ErrorCode::Unavailable => 19,
-            ErrorCode::InsufficientReplicas => 20,
-            ErrorCode::CoordinationUnavailable => 21,
-            ErrorCode::Internal => 22,
+            ErrorCode::NotEnabled => 15,
+            ErrorCode::RateLimited => 16,
+            ErrorCode::Conflict => 17,
+            ErrorCode::NotFound => 18,
+            ErrorCode::MethodNotAllowed => 19,
+            ErrorCode::Unavailable => 20,
+            ErrorCode::InsufficientReplicas => 21,
+            ErrorCode::CoordinationUnavailable => 22,
+            ErrorCode::Internal => 23,
         }
     }
     fn close_index(c: CloseCode) -> usize {
@@ -154,7 +155,7 @@ fn all_lists_every_variant() {
             CloseCode::HeartbeatTimeout => 11,
         }
     }
-    const ERROR_VARIANTS: usize = 23;
+    const ERROR_VARIANTS: usize = 24;
     const CLOSE_VARIANTS: usize = 12;
     assert_eq!(ErrorCode::ALL.len(), ERROR_VARIANTS, "ErrorCode::ALL vs the variants listed in this test");
     assert_eq!(CloseCode::ALL.len(), CLOSE_VARIANTS, "CloseCode::ALL vs the variants listed in this test");

@@ -12,9 +12,10 @@
 
 use ringcast_core::{ChannelName, Epoch, NotRecoveredReason, Offset, StreamPosition};
 use ringcast_proto::client::{
-    decode_command, encode_ack, encode_connected, encode_error, encode_gap, encode_history, encode_message,
-    encode_pong, encode_refreshed, encode_resubscribed, encode_subscribed, encode_unsubscribed, Ack, Command,
-    Connected, GapReason, HistoryReply, Request, SubscribeOutcome, DEFAULT_HISTORY_LIMIT,
+    decode_command, encode_ack, encode_connected, encode_ephemeral, encode_error, encode_gap, encode_history,
+    encode_message, encode_pong, encode_presence, encode_presence_stats, encode_refreshed, encode_resubscribed,
+    encode_subscribed, encode_typing_sent, encode_unsubscribed, Ack, Command, Connected, EphemeralKind, GapReason,
+    HistoryReply, PresenceMember, PresenceReply, PresenceStatsReply, Request, SubscribeOutcome, DEFAULT_HISTORY_LIMIT,
 };
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
@@ -71,6 +72,9 @@ fn kind(command: &Command) -> &'static str {
         Command::Unsubscribe { .. } => "unsubscribe",
         Command::Publish { .. } => "publish",
         Command::History { .. } => "history",
+        Command::Presence { .. } => "presence",
+        Command::PresenceStats { .. } => "presence_stats",
+        Command::Typing { .. } => "typing",
         Command::Ping => "ping",
     }
 }
@@ -78,8 +82,9 @@ fn kind(command: &Command) -> &'static str {
 /// What the variant files add to their command beyond its kind.
 fn check_variant(name: &str, request: &Request) {
     let ok = match (stem(name), &request.command) {
-        ("connect", Command::Connect { token }) => token.is_some(),
-        ("connect_anonymous", Command::Connect { token }) => token.is_none(),
+        ("connect", Command::Connect { token, since }) => token.is_some() && since.is_none(),
+        ("connect_anonymous", Command::Connect { token, .. }) => token.is_none(),
+        ("connect_since", Command::Connect { token, since }) => token.is_some() && since.is_some(),
         ("subscribe", Command::Subscribe { since, .. }) => since.is_none(),
         ("subscribe_since", Command::Subscribe { since, .. }) => since.is_some_and(|s| s.epoch.is_some()),
         ("subscribe_since_no_epoch", Command::Subscribe { since, .. }) => since.is_some_and(|s| s.epoch.is_none()),
@@ -97,10 +102,12 @@ fn every_command_golden_decodes_as_its_named_kind() {
     for (name, text) in json_files("commands") {
         let request = decode_command(&text)
             .unwrap_or_else(|e| panic!("commands/{name} must decode but was refused: {e:?}\n{text}"));
-        let prefix = stem(&name).split('_').next().unwrap_or_default();
-        assert_eq!(kind(&request.command), prefix, "commands/{name}: decoded command kind vs file name prefix");
+        // The file name is the command's kind, optionally followed by `_variant`.
+        let prefix = kind(&request.command);
+        let named = stem(&name) == prefix || stem(&name).starts_with(&format!("{prefix}_"));
+        assert!(named, "commands/{name}: decoded as {prefix}, which the file name does not start with");
         let frame: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("commands/{name}: {e}"));
-        assert_eq!(frame["type"], prefix, "commands/{name}: `type` field vs file name prefix");
+        assert_eq!(frame["type"], prefix, "commands/{name}: `type` field vs decoded kind");
         assert_eq!(frame["id"].as_u64(), Some(request.id), "commands/{name}: decoded id");
         check_variant(&name, &request);
     }
@@ -168,6 +175,7 @@ fn server_frames() -> BTreeMap<&'static str, String> {
     let c = channel();
     let ack = |offset, duplicate| Ack { channel: CHANNEL, epoch: epoch(), offset: Offset(offset), duplicate };
     let history = [message(36, r#"{"text":"hi","from":"bob"}"#), message(37, r#"{"text":"hey","from":"alice"}"#)];
+    let alice = raw(r#"{"name":"Alice"}"#);
     BTreeMap::from([
         (
             "connected",
@@ -251,6 +259,28 @@ fn server_frames() -> BTreeMap<&'static str, String> {
         ("resubscribed", encode_resubscribed(&c, at(0), Offset(1), Offset(0))),
         ("gap", encode_gap(&c, epoch(), Offset(46), Offset(58), GapReason::SlowConsumer)),
         ("gap_unavailable", encode_gap(&c, epoch(), Offset(59), Offset(60), GapReason::Unavailable)),
+        (
+            "presence",
+            encode_presence(
+                Some(30),
+                &PresenceReply {
+                    channel: CHANNEL,
+                    clients: 3,
+                    users: 2,
+                    members: vec![
+                        PresenceMember { client: "17".into(), node: "node-0", user: "alice", info: Some(&alice) },
+                        PresenceMember { client: "4".into(), node: "node-1", user: "alice", info: Some(&alice) },
+                        PresenceMember { client: "9".into(), node: "node-1", user: "bob", info: None },
+                    ],
+                    truncated: false,
+                },
+            ),
+        ),
+        ("presence_stats", encode_presence_stats(31, &PresenceStatsReply { channel: CHANNEL, clients: 3, users: 2 })),
+        ("typing_sent", encode_typing_sent(32, &c)),
+        ("join", encode_ephemeral(EphemeralKind::Join, &c, "alice", Some(&alice))),
+        ("leave", encode_ephemeral(EphemeralKind::Leave, &c, "bob", None)),
+        ("typing", encode_ephemeral(EphemeralKind::Typing, &c, "alice", Some(&alice))),
     ])
 }
 
@@ -268,7 +298,9 @@ fn every_server_golden_is_what_the_encoder_produces() {
         let ours: Value =
             serde_json::from_str(encoded).unwrap_or_else(|e| panic!("server/{name}: encoder output is not JSON: {e}"));
         assert_eq!(ours, golden, "server/{name}: the encoder produced\n{encoded}\nbut the golden file holds\n{text}");
-        let prefix = stem(name).split('_').next().unwrap_or_default();
-        assert_eq!(golden["type"], prefix, "server/{name}: `type` field vs file name prefix");
+        // The file name is the frame's type, optionally followed by `_variant`.
+        let kind = golden["type"].as_str().unwrap_or_else(|| panic!("server/{name}: `type` must be a string"));
+        let named = stem(name) == kind || stem(name).starts_with(&format!("{kind}_"));
+        assert!(named, "server/{name}: `type` {kind:?} vs the file name");
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! ```json
 //! {"sub": "alice", "exp": 1767225600,
-//!  "caps": {"subscribe": ["chat:*"], "publish": ["chat:*"]}}
+//!  "caps": {"subscribe": ["chat:*"], "publish": ["chat:*"], "presence": ["chat:*"]},
+//!  "info": {"name": "Alice"}}
 //! ```
 //!
 //! `sub` and `exp` are required; `nbf` is checked when present; `iss` and `aud` are
@@ -15,7 +16,9 @@
 //! otherwise. `auth.leeway` applies in whole seconds, to `exp` and `nbf` alike and to
 //! the session's expiry deadline. Capabilities are deny-by-default: a channel
 //! needs a matching `caps` pattern unless its namespace is `anonymous`. History reads
-//! follow `subscribe`. Rejections never say more than `unauthorized` or `token_expired`.
+//! follow `subscribe`; `presence` queries and receiving `join`/`leave` need a
+//! `caps.presence` pattern (or an `anonymous` namespace). `info` (any JSON, at most
+//! [`MAX_INFO_BYTES`]) is shown to others in presence answers and join/leave pushes. Rejections never say more than `unauthorized` or `token_expired`.
 
 use crate::config::AuthConfig;
 use jsonwebtoken::errors::ErrorKind;
@@ -26,6 +29,8 @@ use serde::Deserialize;
 
 /// Most patterns a token may carry per capability.
 pub const MAX_PATTERNS_PER_CAP: usize = 256;
+/// Largest `info` claim, in bytes of its JSON text.
+pub const MAX_INFO_BYTES: usize = 4096;
 
 /// What an authenticated (or anonymous) session may do.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +41,9 @@ pub struct Identity {
     pub expires_at: Option<u64>,
     pub subscribe: Vec<ChannelPattern>,
     pub publish: Vec<ChannelPattern>,
+    pub presence: Vec<ChannelPattern>,
+    /// The token's `info` claim as JSON text.
+    pub info: Option<std::sync::Arc<str>>,
 }
 
 impl Identity {
@@ -53,6 +61,11 @@ impl Identity {
     pub fn may_publish(&self, channel: &ChannelName) -> bool {
         self.publish.iter().any(|p| p.matches(channel))
     }
+
+    #[must_use]
+    pub fn may_see_presence(&self, channel: &ChannelName) -> bool {
+        self.presence.iter().any(|p| p.matches(channel))
+    }
 }
 
 #[derive(Deserialize)]
@@ -62,6 +75,8 @@ struct Claims {
     exp: Option<u64>,
     #[serde(default)]
     caps: Caps,
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -69,6 +84,7 @@ struct Claims {
 struct Caps {
     subscribe: Vec<String>,
     publish: Vec<String>,
+    presence: Vec<String>,
 }
 
 /// A token rejection: the code the client sees, and a reason for the server log only.
@@ -186,9 +202,19 @@ impl Verifier {
                 .map(|p| ChannelPattern::new(p).map_err(|e| unauthorized(format!("{what} pattern {p:?}: {e}"))))
                 .collect()
         };
+        let info = match c.info {
+            Some(raw) if raw.get().len() > MAX_INFO_BYTES => {
+                return Err(unauthorized(format!("info is above {MAX_INFO_BYTES} bytes")));
+            }
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) => Some(std::sync::Arc::from(raw.get())),
+            None => None,
+        };
         Ok(Identity {
             subscribe: patterns(c.caps.subscribe, "subscribe")?,
             publish: patterns(c.caps.publish, "publish")?,
+            presence: patterns(c.caps.presence, "presence")?,
+            info,
             user: Some(c.sub),
             expires_at: c.exp,
         })

@@ -36,6 +36,61 @@ pub struct Config {
     /// `[namespaces.NAME]` tables. A channel whose namespace is not listed is refused
     /// with `unknown_namespace`.
     pub namespaces: BTreeMap<String, NamespaceOptions>,
+    /// `[registry]`: the user registry channels `#user:{id}`.
+    pub registry: RegistryConfig,
+}
+
+/// `[registry]`: every connection with a token is subscribed to its user's registry
+/// channel `#user:{sub}`. The channel's owner knows which nodes hold the user's
+/// connections (`GET /v1/users/{id}`), and publishes to it (server API) are direct
+/// messages to every connection of the user, recovered like any channel's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Whether connections are registered and subscribed (default true).
+    pub enabled: bool,
+    /// Direct messages kept per user for reconnects (default 100).
+    pub history_size: usize,
+    /// How long they are kept (default `"5m"`).
+    #[serde(with = "ringcast_core::time::serde_duration")]
+    pub history_ttl: Duration,
+    /// Replicated registry channels (default false; see `namespaces.*.durable`).
+    pub durable: bool,
+    /// Largest direct message, in bytes of its JSON text (default 65536).
+    pub max_message_bytes: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            enabled: true,
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            durable: false,
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// The namespace options of `#user:` channels: presence without join/leave pushes
+    /// and without a grace (a user is online while a connection is open; last seen is
+    /// when the last one closed), published to by the server API only.
+    #[must_use]
+    pub fn namespace(&self) -> NamespaceOptions {
+        NamespaceOptions {
+            history_size: self.history_size,
+            history_ttl: self.history_ttl,
+            presence_grace: Duration::ZERO,
+            durable: self.durable,
+            max_message_bytes: self.max_message_bytes,
+            presence: true,
+            join_leave: false,
+            client_publish: false,
+            anonymous: false,
+            ..NamespaceOptions::default()
+        }
+    }
 }
 
 /// `[node]`: identity and addresses.
@@ -474,22 +529,30 @@ impl Config {
                 return invalid("cluster.keepalive", "must be above zero and at most a third of lease_ttl".into());
             }
         }
-        for (name, ns) in &self.namespaces {
+        for name in self.namespaces.keys() {
             if let Err(e) = NamespaceName::new(name) {
                 return invalid(&format!("namespaces.{name}"), e.to_string());
             }
+        }
+        let registry = self.registry.namespace();
+        let all = self
+            .namespaces
+            .iter()
+            .map(|(name, ns)| (format!("namespaces.{name}"), ns))
+            .chain(std::iter::once(("registry".to_owned(), &registry)));
+        for (name, ns) in all {
             if let Err(e) = ns.validate() {
-                return invalid(&format!("namespaces.{name}.{}", e.field), e.problem);
+                return invalid(&format!("{name}.{}", e.field), e.problem);
             }
             if ns.durable && self.cluster.is_none() {
                 return invalid(
-                    &format!("namespaces.{name}.durable"),
+                    &format!("{name}.durable"),
                     "needs a cluster: a standalone node has no replica to hold a second copy".into(),
                 );
             }
             if ns.send_queue_bytes.is_some_and(|b| b < ns.max_message_bytes + ENVELOPE_ALLOWANCE_BYTES) {
                 return invalid(
-                    &format!("namespaces.{name}.send_queue_bytes"),
+                    &format!("{name}.send_queue_bytes"),
                     format!(
                         "must be at least max_message_bytes + {ENVELOPE_ALLOWANCE_BYTES} ({}): room for one message",
                         ns.max_message_bytes + ENVELOPE_ALLOWANCE_BYTES
@@ -498,7 +561,7 @@ impl Config {
             }
             if ns.max_message_bytes + ENVELOPE_ALLOWANCE_BYTES > l.max_frame_bytes {
                 return invalid(
-                    &format!("namespaces.{name}.max_message_bytes"),
+                    &format!("{name}.max_message_bytes"),
                     format!(
                         "must be at least {ENVELOPE_ALLOWANCE_BYTES} bytes below limits.max_frame_bytes ({}), \
                          room for the command around the data",

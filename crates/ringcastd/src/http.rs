@@ -19,7 +19,10 @@ use axum::Router;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use ringcast_core::{ChannelName, NamespaceOptions, Offset, Slot};
-use ringcast_proto::client::{check_history_limit, check_idempotency_key, encode_history, encode_http_error, Ack};
+use ringcast_proto::client::{
+    check_history_limit, check_idempotency_key, encode_history, encode_http_error, encode_presence, Ack,
+    MAX_PRESENCE_MEMBERS,
+};
 use ringcast_proto::ErrorCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -53,6 +56,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/admin/drain", post(admin_drain))
         .route("/v1/channels/{channel}", get(channel_info))
         .route("/v1/channels/{channel}/history", get(history))
+        .route("/v1/channels/{channel}/presence", get(presence))
+        .route("/v1/users/{user}", get(user_info))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -282,6 +287,93 @@ async fn history(
     let page =
         node.router.history(&channel, before, limit, node.now()).await.map_err(|r| ApiError(r.code, r.message))?;
     Ok(json(StatusCode::OK, encode_history(None, &session::history_reply(&channel, &page))))
+}
+
+/// Reads `limit` (members listed, 0..=1000, default 1000) from a query string.
+fn parse_presence_query(q: Option<&str>) -> Result<usize, ApiError> {
+    let mut limit = MAX_PRESENCE_MEMBERS;
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("limit", v)) => {
+                limit = v.parse::<usize>().ok().filter(|n| *n <= MAX_PRESENCE_MEMBERS).ok_or_else(|| {
+                    api_err(ErrorCode::BadRequest, format!("limit must be 0..={MAX_PRESENCE_MEMBERS}"))
+                })?;
+            }
+            _ => return Err(api_err(ErrorCode::BadRequest, format!("unknown query parameter {pair:?}; use limit"))),
+        }
+    }
+    Ok(limit)
+}
+
+/// Who is in a presence channel: with the API key, a client token with a matching
+/// `caps.presence` pattern, or nothing on anonymous namespaces. `limit=0` gives counts
+/// only.
+async fn presence(
+    State(node): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
+    let channel = parse_channel(&raw)?;
+    let limit = parse_presence_query(query.as_deref())?;
+    let api_key = has_api_key(&node, &headers);
+    let ns = match node.namespace(&channel) {
+        Some(ns) => ns,
+        None if api_key => {
+            let message = format!("namespace {:?} is not configured", channel.namespace());
+            return Err(api_err(ErrorCode::UnknownNamespace, message));
+        }
+        None => {
+            return Err(api_err(ErrorCode::Unauthorized, "send the API key or a client token as Authorization: Bearer"))
+        }
+    };
+    if !ns.anonymous && !api_key {
+        let token = bearer(&headers).ok_or_else(|| {
+            api_err(ErrorCode::Unauthorized, "send the API key or a client token as Authorization: Bearer")
+        })?;
+        let id = node.verifier.verify(token).map_err(|e| api_err(e.code, "invalid token"))?;
+        if !id.may_see_presence(&channel) {
+            return Err(api_err(ErrorCode::PermissionDenied, format!("no presence capability for {channel}")));
+        }
+    }
+    if !ns.presence {
+        let message = format!("presence is not enabled in namespace {:?}", channel.namespace());
+        return Err(api_err(ErrorCode::NotEnabled, message));
+    }
+    let p = node.router.presence(&channel, limit).await.map_err(|r| ApiError(r.code, r.message))?;
+    let mut reply = session::presence_reply(&channel, &p);
+    reply.truncated = reply.members.len() < p.stats.clients;
+    Ok(json(StatusCode::OK, encode_presence(None, &reply)))
+}
+
+/// A user's presence from the registry (lazy: computed when asked): online, the
+/// number of connections and the nodes holding them, and when last seen (API key).
+async fn user_info(
+    State(node): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_api_key(&node, &headers)?;
+    let Path(user) = path.map_err(|e| api_err(ErrorCode::BadRequest, format!("bad user in path: {e}")))?;
+    if !node.config.registry.enabled {
+        return Err(api_err(ErrorCode::NotEnabled, "the user registry is disabled (registry.enabled = false)"));
+    }
+    let channel = ChannelName::user(&user)
+        .map_err(|e| api_err(ErrorCode::BadRequest, format!("user id cannot have a registry channel: {e}")))?;
+    let p = node.router.presence(&channel, MAX_PRESENCE_MEMBERS).await.map_err(|r| ApiError(r.code, r.message))?;
+    let mut nodes: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for m in &p.members {
+        *nodes.entry(m.node.as_str()).or_insert(0) += 1;
+    }
+    let body = serde_json::json!({
+        "user": user,
+        "online": p.stats.clients > 0,
+        "connections": p.stats.clients,
+        "nodes": nodes.iter().map(|(n, c)| serde_json::json!({"node": n, "connections": c})).collect::<Vec<_>>(),
+        "last_seen": p.last_seen,
+    });
+    Ok(json(StatusCode::OK, body.to_string()))
 }
 
 /// Where a channel lives and what this node holds for it (operators; API key).

@@ -29,6 +29,9 @@ use ringcast_core::dedup::payload_digest;
 use ringcast_core::log::AppendError;
 use ringcast_core::mirror::{Mirror, Offer, DEFAULT_MAX_PENDING};
 use ringcast_core::ownership::SlotEpoch;
+use ringcast_core::presence::{
+    ChannelPresence, LastSeen, Member, PresenceEvent, PresenceStats, TypingGate, TYPING_INTERVAL,
+};
 use ringcast_core::send_queue::{GapCause, GapNotice, MessagePolicy};
 use ringcast_core::NodeId;
 use ringcast_core::TokenBucket;
@@ -37,7 +40,9 @@ use ringcast_core::{
     Offset, Recovery, Slot, StreamPosition,
 };
 use ringcast_proto::client::SubscribeOutcome;
-use ringcast_proto::client::{encode_message, encode_resubscribed, encode_subscribed, Since};
+use ringcast_proto::client::{
+    encode_ephemeral, encode_message, encode_resubscribed, encode_subscribed, EphemeralKind, Since,
+};
 use ringcast_proto::cluster::{OutcomeWire, PeerFrame};
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
@@ -78,7 +83,14 @@ impl EpochSource {
 /// not queued (no link, or its bounded queue is full) and the caller must degrade.
 pub trait PeerSink: Send + Sync + 'static {
     fn send(&self, node: &NodeId, frame: PeerFrame) -> bool;
+    /// The slot epoch this node, as the slot's owner, stamps its frames with.
+    fn slot_epoch(&self, slot: Slot) -> SlotEpoch;
 }
+
+/// Users one node remembers the last-seen time of (the registry channels it owns).
+pub const LAST_SEEN_CAPACITY: usize = 100_000;
+/// Users a channel's typing gate tracks at once (those who typed in the last second).
+const TYPING_GATE_CAPACITY: usize = 10_000;
 
 struct ChannelState {
     /// Owner role: the stream. `None` when another node owns the channel.
@@ -98,9 +110,34 @@ struct ChannelState {
     /// Owner role: the channel's budget for client publishes (namespace
     /// `client_publish_rate`); `None` until a client first publishes.
     client_publishes: Option<TokenBucket>,
+    /// Owner role, presence namespaces: every client subscribed anywhere.
+    presence: Option<ChannelPresence>,
+    /// Owner role: the typing rate limit; `None` until someone types.
+    typing: Option<TypingGate>,
+    /// Owner role: whether presence changes are pushed as `join`/`leave` (namespace
+    /// `join_leave`, noted when the presence was created).
+    join_leave: bool,
     /// Set by the sweeper when it drops the channel from its shard; a caller holding a
     /// stale handle retries with a fresh one.
     removed: bool,
+}
+
+impl ChannelState {
+    /// The channel's presence, created under the namespace's options.
+    fn presence_mut(&mut self, ns: &NamespaceOptions) -> &mut ChannelPresence {
+        self.join_leave = ns.join_leave;
+        let p = self.presence.get_or_insert_with(|| ChannelPresence::new(ns.presence_grace));
+        p.set_grace(ns.presence_grace);
+        p
+    }
+
+    /// Local subscribers that are presence members, as `(connection, user, info)`.
+    fn local_members(&self) -> Vec<(ConnId, Arc<str>, Option<Arc<str>>)> {
+        self.subscribers
+            .iter()
+            .filter_map(|(conn, s)| s.member.as_ref().map(|m| (*conn, m.user.clone(), m.info.clone())))
+            .collect()
+    }
 }
 
 struct Channel {
@@ -123,6 +160,19 @@ pub struct LocalSubscriber {
     pub policy: MessagePolicy,
     pub since: Option<Since>,
     pub reply_id: u64,
+    /// Presence namespaces: who the subscriber is, for the channel's presence.
+    pub member: Option<MemberTag>,
+    /// Whether it receives `join` and `leave` pushes.
+    pub join_leave: bool,
+}
+
+/// A local client as presence shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberTag {
+    /// The token's `sub`; empty for anonymous clients.
+    pub user: Arc<str>,
+    /// The token's `info` claim (JSON text).
+    pub info: Option<Arc<str>>,
 }
 
 /// A subscriber in a channel's fan-out.
@@ -130,6 +180,26 @@ pub struct LocalSubscriber {
 struct Subscriber {
     outbox: Arc<Outbox>,
     policy: MessagePolicy,
+    member: Option<MemberTag>,
+    join_leave: bool,
+}
+
+impl Subscriber {
+    fn of(sub: &LocalSubscriber) -> Subscriber {
+        Subscriber {
+            outbox: sub.outbox.clone(),
+            policy: sub.policy,
+            member: sub.member.clone(),
+            join_leave: sub.join_leave,
+        }
+    }
+}
+
+/// A channel's presence as its owner holds it.
+#[derive(Debug, Clone)]
+pub struct PresenceView {
+    pub stats: PresenceStats,
+    pub members: Vec<Member>,
 }
 
 /// One publish, as every layer (session or HTTP, router, cluster, hub) passes it on.
@@ -170,6 +240,17 @@ pub enum DurableAppend {
     Paused,
 }
 
+/// What [`Hub::unsubscribe`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Unsubscribed {
+    /// The connection was subscribed.
+    pub removed: bool,
+    /// It was this node's last subscriber of a remote channel: tell the owner.
+    pub release: bool,
+    /// It was a presence member of a channel owned elsewhere: tell the owner it left.
+    pub member_elsewhere: bool,
+}
+
 /// Summary of one channel, for operators.
 #[derive(Debug, Clone)]
 pub struct ChannelInfo {
@@ -180,7 +261,10 @@ pub struct ChannelInfo {
 
 /// This node's channels.
 pub struct Hub {
+    me: NodeId,
     shards: Vec<Mutex<HashMap<ChannelName, Arc<Channel>>>>,
+    /// When users were last online, for the registry channels this node owns.
+    last_seen: Mutex<LastSeen>,
     epochs: EpochSource,
     metrics: Arc<Metrics>,
     peers: OnceLock<Arc<dyn PeerSink>>,
@@ -211,9 +295,11 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     #[must_use]
-    pub fn new(epochs: EpochSource, metrics: Arc<Metrics>) -> Hub {
+    pub fn new(me: NodeId, epochs: EpochSource, metrics: Arc<Metrics>) -> Hub {
         Hub {
+            me,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            last_seen: Mutex::new(LastSeen::new(LAST_SEEN_CAPACITY)),
             epochs,
             metrics,
             peers: OnceLock::new(),
@@ -287,6 +373,9 @@ impl Hub {
                 st.uncommitted.clear();
                 st.interest = h.interest.into_iter().filter(|n| n != me).collect();
                 st.remote_interest = false;
+                // Presence is rebuilt here: our own clients now, the other nodes' from
+                // their re-announcements when they see the slot move.
+                self.sync_own_presence(&h.channel, st, &ns, now);
             });
         }
     }
@@ -300,6 +389,8 @@ impl Hub {
             let mut st = lock(&cell.state);
             if let Some(log) = st.log.take() {
                 st.interest.clear();
+                st.presence = None;
+                st.typing = None;
                 // Messages not committed here went with the snapshot; the new owner
                 // delivers them (to this node's subscribers too, through the mirror).
                 st.uncommitted.clear();
@@ -343,6 +434,9 @@ impl Hub {
                                 uncommitted: VecDeque::new(),
                                 replica: None,
                                 client_publishes: None,
+                                presence: None,
+                                typing: None,
+                                join_leave: false,
                                 removed: false,
                             }),
                         })
@@ -692,7 +786,12 @@ impl Hub {
     /// New owner of `slot` (claimed while vacant): channels this node followed from the
     /// lost owner and holds no copy of start over here in a new epoch, and their local
     /// subscribers are told. Returns how many.
-    pub fn adopt_mirrors(&self, slot: Slot, ns_of: impl Fn(&ChannelName) -> Option<NamespaceOptions>) -> usize {
+    pub fn adopt_mirrors(
+        &self,
+        slot: Slot,
+        ns_of: impl Fn(&ChannelName) -> Option<NamespaceOptions>,
+        now: Millis,
+    ) -> usize {
         let mut n = 0;
         for (channel, cell) in self.slot_cells(slot) {
             let mut st = lock(&cell.state);
@@ -704,6 +803,7 @@ impl Hub {
             st.remote_interest = false;
             let top = self.owned_log(&mut st, &ns).top();
             self.announce_restart(&channel, &st, top);
+            self.sync_own_presence(&channel, &mut st, &ns, now);
             n += 1;
         }
         n
@@ -774,8 +874,12 @@ impl Hub {
             let (outcome, replay) = recover(log, sub.since, now);
             let reply = Utf8Bytes::from(encode_subscribed(sub.reply_id, channel, top, outcome));
             sub.outbox.push_unbounded(std::iter::once(reply).chain(replay));
-            st.subscribers.insert(sub.conn, Subscriber { outbox: sub.outbox.clone(), policy: sub.policy });
+            st.subscribers.insert(sub.conn, Subscriber::of(sub));
             self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &sub.member {
+                let events = st.presence_mut(ns).join(&self.me, sub.conn, &m.user, m.info.clone(), now);
+                self.emit_presence(channel, st, events.into_iter().collect(), now);
+            }
             Ok(())
         })
     }
@@ -1020,7 +1124,7 @@ impl Hub {
             }
             let reply = Utf8Bytes::from(encode_subscribed(sub.reply_id, channel, top, outcome));
             sub.outbox.push_unbounded(std::iter::once(reply).chain(replay));
-            st.subscribers.insert(sub.conn, Subscriber { outbox: sub.outbox.clone(), policy: sub.policy });
+            st.subscribers.insert(sub.conn, Subscriber::of(sub));
             self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
@@ -1067,28 +1171,33 @@ impl Hub {
 
     /// Removes `conn` from the channel's subscribers. Returns whether it was subscribed
     /// and whether the remote owner must now be told this node lost interest.
-    pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId) -> (bool, bool) {
-        let (removed, release) = self
+    pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId, now: Millis) -> Unsubscribed {
+        let out = self
             .with_existing(channel, |st| {
-                let removed = match st.subscribers.remove(&conn) {
-                    Some(sub) => {
-                        sub.outbox.forget(channel);
-                        true
+                let Some(sub) = st.subscribers.remove(&conn) else { return Unsubscribed::default() };
+                sub.outbox.forget(channel);
+                let mut member_elsewhere = false;
+                if sub.member.is_some() {
+                    if st.log.is_some() {
+                        // Owner: the leave is ours to record (debounced by the grace).
+                        let events = st.presence.as_mut().and_then(|p| p.leave(&self.me, conn, now));
+                        self.emit_presence(channel, st, events.into_iter().collect(), now);
+                    } else {
+                        member_elsewhere = true;
                     }
-                    None => false,
-                };
-                let release = removed && st.subscribers.is_empty() && st.remote_interest;
+                }
+                let release = st.subscribers.is_empty() && st.remote_interest;
                 if release {
                     st.remote_interest = false;
                     st.mirror = None;
                 }
-                (removed, release)
+                Unsubscribed { removed: true, release, member_elsewhere }
             })
-            .unwrap_or((false, false));
-        if removed {
+            .unwrap_or_default();
+        if out.removed {
             self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
-        (removed, release)
+        out
     }
 
     /// Owner: a page of history (oldest first) of pre-encoded `message` frames; `None`
@@ -1113,8 +1222,202 @@ impl Hub {
         .unwrap_or(ChannelInfo { top: None, history_len: 0, local_subscribers: 0 })
     }
 
+    // ---------------------------------------------------------------------------------
+    // Presence, typing and the registry.
+
+    /// Owner: pushes presence events to the channel: `join`/`leave` to local subscribers
+    /// that receive them and once to each interested node (namespace `join_leave`),
+    /// and, for a registry channel, notes when its user went offline.
+    fn emit_presence(&self, channel: &ChannelName, st: &mut ChannelState, events: Vec<PresenceEvent>, now: Millis) {
+        for event in events {
+            let (kind, user, info) = match &event {
+                PresenceEvent::Join { user, info } => (EphemeralKind::Join, user, info),
+                PresenceEvent::Leave { user, info, left_at } => {
+                    if channel.registry_user() == Some(&**user) {
+                        let ago = now.0.saturating_sub(left_at.0);
+                        lock(&self.last_seen).record(user, unix_ms().saturating_sub(ago));
+                    }
+                    (EphemeralKind::Leave, user, info)
+                }
+            };
+            self.metrics.presence_events.fetch_add(1, Ordering::Relaxed);
+            if st.join_leave {
+                let info = info.as_deref().and_then(|i| serde_json::from_str::<&RawValue>(i).ok());
+                let frame = Utf8Bytes::from(encode_ephemeral(kind, channel, user, info));
+                self.fan_out_ephemeral(channel, st, &frame, true);
+            }
+        }
+    }
+
+    /// Owner: an ephemeral push to local subscribers (all of them, or with `join_leave`
+    /// only those that receive joins and leaves) and once to each interested node.
+    fn fan_out_ephemeral(&self, channel: &ChannelName, st: &mut ChannelState, frame: &Utf8Bytes, join_leave: bool) {
+        self.push_ephemeral_local(st, frame, join_leave);
+        if st.interest.is_empty() {
+            return;
+        }
+        let slot = Slot::of(channel);
+        let slot_epoch = self.peers.get().map_or(0, |p| p.slot_epoch(slot).0);
+        for node in &st.interest {
+            let sent = self.send_peer(
+                node,
+                PeerFrame::Ephemeral {
+                    slot: slot.get(),
+                    slot_epoch,
+                    channel: channel.as_str().to_owned(),
+                    frame: frame.as_str().to_owned(),
+                    join_leave,
+                },
+            );
+            if !sent {
+                self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn push_ephemeral_local(&self, st: &ChannelState, frame: &Utf8Bytes, join_leave: bool) {
+        for sub in st.subscribers.values().filter(|s| !join_leave || s.join_leave) {
+            if let Pushed::Dropped { .. } = sub.outbox.push_ephemeral(frame.clone()) {
+                self.metrics.ephemeral_drops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Gateway: an ephemeral push from the channel's owner, for local subscribers.
+    pub fn deliver_ephemeral(&self, channel: &ChannelName, frame: Utf8Bytes, join_leave: bool) {
+        self.with_existing(channel, |st| self.push_ephemeral_local(st, &frame, join_leave));
+    }
+
+    /// Owner: this node's own subscribers become the whole of its part of the channel's
+    /// presence (after it took the channel over).
+    fn sync_own_presence(&self, channel: &ChannelName, st: &mut ChannelState, ns: &NamespaceOptions, now: Millis) {
+        if !ns.presence {
+            return;
+        }
+        let mine = st.local_members();
+        let events = st.presence_mut(ns).sync_node(&self.me, mine, now);
+        self.emit_presence(channel, st, events, now);
+    }
+
+    /// Owner: a node's announcement of its clients in a presence channel: `joins` and
+    /// `leaves`, or with `sync` its complete list. Ignored unless this node sequences
+    /// the channel (the caller checked the slot) and the namespace has presence.
+    #[allow(clippy::too_many_arguments)]
+    pub fn presence_update(
+        &self,
+        channel: &ChannelName,
+        ns: &NamespaceOptions,
+        node: &NodeId,
+        joins: Vec<(ConnId, Arc<str>, Option<Arc<str>>)>,
+        leaves: &[ConnId],
+        sync: bool,
+        now: Millis,
+    ) {
+        if !ns.presence {
+            return;
+        }
+        self.with_channel(channel, |st| {
+            if self.is_sealed(channel) {
+                // The node re-announces to the new owner when it sees the slot move.
+                return;
+            }
+            self.owned_log(st, ns);
+            let p = st.presence_mut(ns);
+            let mut events = Vec::new();
+            if sync {
+                events = p.sync_node(node, joins, now);
+            } else {
+                for conn in leaves {
+                    events.extend(p.leave(node, *conn, now));
+                }
+                for (conn, user, info) in joins {
+                    events.extend(p.join(node, conn, &user, info, now));
+                }
+            }
+            self.emit_presence(channel, st, events, now);
+        });
+    }
+
+    /// Owner: `node` is gone (left the cluster or restarted): its clients leave every
+    /// presence channel here, after the grace.
+    pub fn presence_node_gone(&self, node: &NodeId, now: Millis) {
+        for shard in &self.shards {
+            let cells: Vec<(ChannelName, Arc<Channel>)> =
+                lock(shard).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            for (name, cell) in cells {
+                let mut st = lock(&cell.state);
+                if let Some(p) = st.presence.as_mut() {
+                    let events = p.drop_node(node, now);
+                    self.emit_presence(&name, &mut st, events, now);
+                }
+            }
+        }
+    }
+
+    /// Gateway: this node's presence members of `channel` (for a re-announcement to its
+    /// owner). Empty when the channel has no member here.
+    pub fn local_members(&self, channel: &ChannelName) -> Vec<(ConnId, Arc<str>, Option<Arc<str>>)> {
+        self.with_existing(channel, |st| st.local_members()).unwrap_or_default()
+    }
+
+    /// Owner: a channel's presence: counts and up to `limit` members. `None` when this
+    /// node holds no presence for it (nobody is in it).
+    pub fn presence(&self, channel: &ChannelName, limit: usize) -> Option<PresenceView> {
+        self.with_existing(channel, |st| {
+            st.presence.as_ref().map(|p| PresenceView { stats: p.stats(), members: p.members(limit) })
+        })
+        .flatten()
+    }
+
+    /// Owner of `#user:{user}`: when the user was last online (UNIX ms), if remembered.
+    pub fn last_seen(&self, user: &str) -> Option<u64> {
+        lock(&self.last_seen).get(user)
+    }
+
+    /// Owner: a typing notice. Dropped (false) when the user typed in this channel less
+    /// than a second ago; otherwise fanned out to every subscriber, never stored.
+    pub fn typing(&self, channel: &ChannelName, user: &Arc<str>, info: Option<&str>, now: Millis) -> bool {
+        self.with_channel(channel, |st| {
+            if self.is_sealed(channel) {
+                return false;
+            }
+            let gate = st.typing.get_or_insert_with(|| TypingGate::new(TYPING_INTERVAL, TYPING_GATE_CAPACITY));
+            if !gate.allow(user, now) {
+                self.metrics.typing_limited.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            let info = info.and_then(|i| serde_json::from_str::<&RawValue>(i).ok());
+            let frame = Utf8Bytes::from(encode_ephemeral(EphemeralKind::Typing, channel, user, info));
+            self.fan_out_ephemeral(channel, st, &frame, false);
+            true
+        })
+    }
+
+    /// Sends the leaves whose grace has passed and prunes typing gates. Runs with the
+    /// sweep.
+    fn presence_tick(&self, now: Millis) {
+        for shard in &self.shards {
+            let cells: Vec<(ChannelName, Arc<Channel>)> =
+                lock(shard).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            for (name, cell) in cells {
+                let mut st = lock(&cell.state);
+                if let Some(g) = st.typing.as_mut() {
+                    g.prune(now);
+                }
+                if let Some(p) = st.presence.as_mut() {
+                    let events = p.tick(now);
+                    if p.is_empty() {
+                        st.presence = None;
+                    }
+                    self.emit_presence(&name, &mut st, events, now);
+                }
+            }
+        }
+    }
+
     /// Expires history and forgets idle channels. Returns how many were forgotten.
     pub fn sweep(&self, now: Millis) -> usize {
+        self.presence_tick(now);
         let mut forgotten = 0;
         for shard in &self.shards {
             let mut map = lock(shard);
@@ -1128,6 +1431,8 @@ impl Hub {
                     && log_idle
                     && replica_idle
                     && st.uncommitted.is_empty()
+                    && st.presence.as_ref().is_none_or(ChannelPresence::is_empty)
+                    && st.typing.as_ref().is_none_or(TypingGate::is_empty)
                 {
                     st.removed = true;
                     forgotten += 1;
@@ -1140,6 +1445,13 @@ impl Hub {
         self.metrics.channels.fetch_sub(forgotten as i64, Ordering::Relaxed);
         forgotten
     }
+}
+
+/// Wall-clock time in UNIX milliseconds (for last-seen answers only).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The client error for a refused append.
@@ -1184,7 +1496,15 @@ mod tests {
 
     fn sub(conn: u64, outbox: &Arc<Outbox>, since: Option<Since>, reply_id: u64) -> LocalSubscriber {
         let policy = NamespaceOptions::default().message_policy(outbox.bounds());
-        LocalSubscriber { conn: ConnId(conn), outbox: outbox.clone(), policy, since, reply_id }
+        LocalSubscriber {
+            conn: ConnId(conn),
+            outbox: outbox.clone(),
+            policy,
+            since,
+            reply_id,
+            member: None,
+            join_leave: false,
+        }
     }
 
     /// `Hub::publish` with the request spelled out.
@@ -1203,7 +1523,7 @@ mod tests {
     }
 
     fn hub() -> Hub {
-        Hub::new(EpochSource::new(1000), Arc::new(Metrics::default()))
+        Hub::new(node("me"), EpochSource::new(1000), Arc::new(Metrics::default()))
     }
 
     fn ch(s: &str) -> ChannelName {
@@ -1394,6 +1714,10 @@ mod tests {
             lock(&self.0).push((node.clone(), frame));
             true
         }
+
+        fn slot_epoch(&self, _: Slot) -> SlotEpoch {
+            SlotEpoch(5)
+        }
     }
 
     fn node(s: &str) -> NodeId {
@@ -1444,7 +1768,8 @@ mod tests {
         let offsets: Vec<u64> = got.iter().filter_map(|m| m["offset"].as_u64()).collect();
         assert_eq!(offsets, vec![10, 11, 12, 13], "the subscribed reply (at 10), then 11..=13 once each");
         // The last local subscriber leaving releases the remote interest.
-        assert_eq!(h.unsubscribe(&c, ConnId(1)), (true, false), "no interest was requested in this test");
+        let out = h.unsubscribe(&c, ConnId(1), Millis(0));
+        assert_eq!((out.removed, out.release), (true, false), "no interest was requested in this test");
         let _ = ns;
     }
 
@@ -1472,7 +1797,106 @@ mod tests {
             vec![],
         )
         .ok();
-        assert_eq!(h.unsubscribe(&c, ConnId(1)), (true, true), "the last subscriber releases the interest");
+        let out = h.unsubscribe(&c, ConnId(1), Millis(0));
+        assert_eq!((out.removed, out.release), (true, true), "the last subscriber releases the interest");
         assert_eq!(h.send_subscribe(&c, &owner, mk), (true, true), "and the next one asks again");
+    }
+
+    fn member(conn: u64, outbox: &Arc<Outbox>, user: &str, join_leave: bool) -> LocalSubscriber {
+        LocalSubscriber {
+            member: Some(MemberTag { user: Arc::from(user), info: Some(Arc::from(r#"{"n":1}"#)) }),
+            join_leave,
+            ..sub(conn, outbox, None, conn)
+        }
+    }
+
+    fn types(o: &Outbox) -> Vec<String> {
+        frames(o).iter().map(|f| f["type"].as_str().unwrap_or_default().to_owned()).collect()
+    }
+
+    #[test]
+    fn joins_and_leaves_go_once_to_the_channel_debounced() {
+        let h = hub();
+        let rec = Arc::new(Recorder::default());
+        h.set_peers(rec.clone());
+        let ns = NamespaceOptions { presence: true, join_leave: true, ..NamespaceOptions::default() };
+        let c = ch("chat:room");
+        let watcher = Arc::new(Outbox::new(100, 1 << 20));
+        h.subscribe(&c, &ns, &member(1, &watcher, "w", true), Millis(0)).ok();
+        // A peer with subscribers: events go to it once, as one frame.
+        h.serve_peer_subscribe(&c, &ns, &node("b"), 1, None, true, Millis(0));
+        let quiet = Arc::new(Outbox::new(100, 1 << 20));
+        h.subscribe(&c, &ns, &member(2, &quiet, "q", false), Millis(0)).ok();
+        // alice joins on node b twice (two tabs), flaps, and comes back within the grace.
+        let alice = || vec![(ConnId(7), Arc::<str>::from("alice"), None)];
+        h.presence_update(&c, &ns, &node("b"), alice(), &[], false, Millis(10));
+        h.presence_update(&c, &ns, &node("b"), vec![(ConnId(8), Arc::from("alice"), None)], &[], false, Millis(11));
+        h.presence_update(&c, &ns, &node("b"), vec![], &[ConnId(7), ConnId(8)], false, Millis(20));
+        h.sweep(Millis(20_000));
+        h.presence_update(&c, &ns, &node("b"), alice(), &[], false, Millis(25_000));
+        h.sweep(Millis(100_000));
+        assert_eq!(types(&watcher), ["subscribed", "join", "join", "join"], "w, q and alice joined once each");
+        assert!(types(&quiet).iter().all(|t| t != "join"), "no join/leave for a subscriber without them");
+        let p = h.presence(&c, 10).map(|v| v.stats);
+        assert_eq!(p, Some(PresenceStats { clients: 3, users: 3 }));
+        // Node b dies: alice leaves once, after the grace.
+        h.presence_node_gone(&node("b"), Millis(200_000));
+        h.sweep(Millis(229_999));
+        assert!(types(&watcher).is_empty());
+        h.sweep(Millis(230_000));
+        let pushed = frames(&watcher);
+        assert_eq!(pushed.len(), 1);
+        assert_eq!((pushed[0]["type"].as_str(), pushed[0]["user"].as_str()), (Some("leave"), Some("alice")));
+        h.sweep(Millis(300_000));
+        assert!(types(&watcher).is_empty(), "a leave is sent once");
+        let ephemeral: Vec<String> = lock(&rec.0)
+            .iter()
+            .filter_map(|(_, f)| match f {
+                PeerFrame::Ephemeral { frame, join_leave: true, .. } => Some(frame.clone()),
+                _ => None,
+            })
+            .collect();
+        // w joined before node b registered interest; q, alice and alice's leave reach b.
+        assert_eq!(ephemeral.len(), 3, "each event once to node b: {ephemeral:?}");
+    }
+
+    #[test]
+    fn typing_is_ephemeral_and_limited_per_user() {
+        let h = hub();
+        let ns = NamespaceOptions::default();
+        let c = ch("chat:room");
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        h.subscribe(&c, &ns, &sub(1, &o, None, 1), Millis(0)).ok();
+        let alice: Arc<str> = Arc::from("alice");
+        assert!(h.typing(&c, &alice, None, Millis(10)));
+        assert!(!h.typing(&c, &alice, None, Millis(500)), "one per second");
+        assert!(h.typing(&c, &Arc::from("bob"), None, Millis(600)));
+        assert!(h.typing(&c, &alice, None, Millis(1010)));
+        assert_eq!(types(&o), ["subscribed", "typing", "typing", "typing"]);
+        let page = h.history(&c, None, 100, Millis(2000));
+        assert_eq!(page.map(|p| p.entries.len()), Some(0), "typing is never stored");
+    }
+
+    #[test]
+    fn presence_state_stays_bounded_over_many_cycles() {
+        let h = hub();
+        let ns = NamespaceOptions {
+            presence: true,
+            join_leave: true,
+            presence_grace: Duration::from_secs(1),
+            ..NamespaceOptions::default()
+        };
+        let c = ch("chat:busy");
+        for i in 0..2000u64 {
+            let o = Arc::new(Outbox::new(100, 1 << 20));
+            let now = Millis(i * 10);
+            h.subscribe(&c, &ns, &member(i, &o, &format!("user-{i}"), true), now).ok();
+            h.unsubscribe(&c, ConnId(i), now);
+            h.sweep(now);
+        }
+        assert!(h.presence(&c, 10).is_some(), "the last users are still inside their grace");
+        let forgotten = h.sweep(Millis(21_000)) + h.sweep(Millis(1_000_000));
+        assert!(h.presence(&c, 10).is_none(), "every user left and nothing is held");
+        assert_eq!(forgotten, 1, "the channel itself is forgotten once idle");
     }
 }

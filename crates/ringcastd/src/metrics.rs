@@ -45,6 +45,12 @@ pub struct Metrics {
     pub peer_drops: AtomicU64,
     /// Peer links dropped because their queue overflowed.
     pub peer_overflows: AtomicU64,
+    /// `join` and `leave` events this node, as owner, produced (after debouncing).
+    pub presence_events: AtomicU64,
+    /// Ephemeral pushes (`join`, `leave`, `typing`) dropped on full send queues.
+    pub ephemeral_drops: AtomicU64,
+    /// Typing notices dropped by the one-per-second limit.
+    pub typing_limited: AtomicU64,
     /// Channels this node re-subscribed to after an owner's stream ended.
     pub resyncs: AtomicU64,
     /// Slots this node took over from a crashed owner with their durable channels.
@@ -171,6 +177,24 @@ impl Metrics {
             "ringcast_peer_drops_total",
             "Deliver frames dropped because a peer link was full or gone (the peer resyncs by offset).",
             self.peer_drops.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_presence_events_total",
+            "Join and leave events produced by this node as channel owner, after debouncing.",
+            self.presence_events.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_ephemeral_drops_total",
+            "Join, leave and typing pushes dropped because a connection's send queue was full.",
+            self.ephemeral_drops.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_typing_limited_total",
+            "Typing notices dropped by the one-per-second-per-user-and-channel limit.",
+            self.typing_limited.load(Relaxed),
         );
         counter(
             &mut o,

@@ -81,8 +81,12 @@ impl Node {
         let node_id = NodeId::new(&config.node.id).map_err(|e| StartError::NodeId(e.to_string()))?;
         let verifier = Verifier::from_config(&config.auth)?;
         let metrics = Arc::new(Metrics::default());
-        let namespaces: Arc<HashMap<String, NamespaceOptions>> =
-            Arc::new(config.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+        let mut namespaces: HashMap<String, NamespaceOptions> =
+            config.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if config.registry.enabled {
+            namespaces.insert(ringcast_core::name::USER_NAMESPACE.to_owned(), config.registry.namespace());
+        }
+        let namespaces = Arc::new(namespaces);
         let any_anonymous = namespaces.values().any(|n| n.anonymous);
         let origin = Instant::now();
         let handshakes = TokenBucket::new(
@@ -90,7 +94,7 @@ impl Node {
             config.limits.handshakes_per_second.max(1),
             Millis(0),
         );
-        let hub = Arc::new(Hub::new(EpochSource::new(epoch_seed), metrics.clone()));
+        let hub = Arc::new(Hub::new(node_id.clone(), EpochSource::new(epoch_seed), metrics.clone()));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let cluster = match &config.cluster {

@@ -105,6 +105,18 @@ impl Outbox {
         self.after_push(s, pushed)
     }
 
+    /// Queues a `join`, `leave` or `typing` push: best effort, dropped silently when the
+    /// connection's message bound is full.
+    pub fn push_ephemeral(&self, frame: Utf8Bytes) -> Pushed {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return Pushed::Closed;
+        }
+        let len = frame.len();
+        let pushed = s.queue.push_ephemeral(frame, len);
+        self.after_push(s, pushed)
+    }
+
     /// Queues frames outside the bounds, and without counting them against the bounds
     /// for later pushes. Only for a `subscribed` reply and its replay, which are bounded
     /// by the namespace's `history_size` and share their bytes with history, so they

@@ -40,6 +40,15 @@ impl Refusal {
     }
 }
 
+/// A channel's presence wherever it came from.
+#[derive(Debug, Clone, Default)]
+pub struct Presence {
+    pub stats: ringcast_core::presence::PresenceStats,
+    pub members: Vec<ringcast_core::presence::Member>,
+    /// Registry channels: when the user was last online (UNIX ms), while offline.
+    pub last_seen: Option<u64>,
+}
+
 /// A page of history wherever it came from.
 #[derive(Debug, Clone)]
 pub struct History {
@@ -130,16 +139,45 @@ impl Router {
         }
     }
 
-    /// Removes a local subscription; tells the remote owner when this node's last
-    /// subscriber on the channel left.
-    pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId) -> bool {
-        let (removed, release) = self.hub.unsubscribe(channel, conn);
-        if release {
-            if let Some(c) = &self.cluster {
+    /// Removes a local subscription; tells the remote owner when a presence member left
+    /// and when this node's last subscriber on the channel left.
+    pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId, now: Millis) -> bool {
+        let out = self.hub.unsubscribe(channel, conn, now);
+        if let Some(c) = &self.cluster {
+            if out.member_elsewhere {
+                c.presence_leave(self, channel, conn);
+            }
+            if out.release {
                 c.release_interest(self, channel);
             }
         }
-        removed
+        out.removed
+    }
+
+    /// A channel's presence from its owner: counts and up to `limit` members, and for a
+    /// registry channel (`#user:{id}`) when the user was last online.
+    pub async fn presence(&self, channel: &ChannelName, limit: usize) -> Result<Presence, Refusal> {
+        match &self.cluster {
+            Some(c) => c.presence(self, channel, limit).await,
+            None => Ok(local_presence(&self.hub, channel, limit)),
+        }
+    }
+
+    /// A typing notice, to the channel's owner (best effort, never stored).
+    pub fn typing(
+        &self,
+        channel: &ChannelName,
+        user: &Arc<str>,
+        info: Option<&str>,
+        now: Millis,
+    ) -> Result<(), Refusal> {
+        match &self.cluster {
+            Some(c) => c.typing(self, channel, user, info),
+            None => {
+                self.hub.typing(channel, user, info, now);
+                Ok(())
+            }
+        }
     }
 
     pub async fn history(
@@ -165,6 +203,15 @@ pub(crate) fn hub_refusal(code: ErrorCode, channel: &ChannelName) -> Refusal {
         _ => format!("cannot complete the operation on {channel}"),
     };
     Refusal::new(code, message)
+}
+
+/// The local hub's presence of a channel (empty when nobody is in it).
+pub(crate) fn local_presence(hub: &Hub, channel: &ChannelName, limit: usize) -> Presence {
+    let view = hub.presence(channel, limit);
+    let stats = view.as_ref().map(|v| v.stats).unwrap_or_default();
+    // Last seen is for users who are offline now.
+    let last_seen = channel.registry_user().filter(|_| stats.users == 0).and_then(|u| hub.last_seen(u));
+    Presence { stats, members: view.map(|v| v.members).unwrap_or_default(), last_seen }
 }
 
 /// A page of the local hub's history, or the empty answer for a channel with no stream.

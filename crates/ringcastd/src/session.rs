@@ -20,8 +20,9 @@ use futures_util::stream::FusedStream;
 use futures_util::{SinkExt, StreamExt};
 use ringcast_core::{ChannelName, ConnId, NamespaceOptions, TokenBucket};
 use ringcast_proto::client::{
-    decode_command, encode_ack, encode_connected, encode_error, encode_history, encode_pong, encode_refreshed,
-    encode_unsubscribed, Ack, Command, Connected, HistoryReply,
+    decode_command, encode_ack, encode_connected, encode_error, encode_history, encode_pong, encode_presence,
+    encode_presence_stats, encode_refreshed, encode_typing_sent, encode_unsubscribed, Ack, Command, Connected,
+    HistoryReply, PresenceMember, PresenceReply, PresenceStatsReply, MAX_PRESENCE_MEMBERS,
 };
 use ringcast_proto::{CloseCode, ErrorCode};
 use std::collections::HashSet;
@@ -90,8 +91,9 @@ where
         };
         let code = s.run(ws).await;
         debug!(close = code.map(|c| c.code()), "session ended");
+        let now = node.now();
         for channel in s.subscriptions.drain() {
-            node.router.unsubscribe(&channel, conn);
+            node.router.unsubscribe(&channel, conn, now);
         }
         node.metrics.connections.fetch_sub(1, Ordering::Relaxed);
     }
@@ -247,17 +249,65 @@ impl Session {
 
     fn subscriber(
         &self,
+        channel: &ChannelName,
         ns: &NamespaceOptions,
         since: Option<ringcast_proto::client::Since>,
         reply_id: u64,
     ) -> crate::hub::LocalSubscriber {
+        let identity = self.identity.as_ref();
         crate::hub::LocalSubscriber {
             conn: self.conn,
             outbox: self.outbox.clone(),
             policy: ns.message_policy(self.outbox.bounds()),
             since,
             reply_id,
+            member: ns.presence.then(|| crate::hub::MemberTag {
+                user: Arc::from(identity.and_then(|i| i.user.as_deref()).unwrap_or_default()),
+                info: identity.and_then(|i| i.info.clone()),
+            }),
+            join_leave: ns.join_leave && self.may_see_presence(channel, ns),
         }
+    }
+
+    fn may_see_presence(&self, channel: &ChannelName, ns: &NamespaceOptions) -> bool {
+        ns.anonymous || self.identity.as_ref().is_some_and(|i| i.may_see_presence(channel))
+    }
+
+    /// Subscribes a connection with a token to its user's registry channel (direct
+    /// messages; the registry counts it online). The `subscribed` reply, or an `error`,
+    /// echoes the `connect` id and follows the `connected` reply.
+    async fn join_registry(&mut self, id: u64, since: Option<ringcast_proto::client::Since>) {
+        let Some(user) = self.identity.as_ref().and_then(|i| i.user.clone()) else { return };
+        let Ok(channel) = ChannelName::user(&user) else {
+            debug!(user, "user id does not fit a channel name; no registry channel");
+            return;
+        };
+        let Some(ns) = self.node.namespace(&channel).cloned() else { return };
+        let now = self.node.now();
+        match self.node.router.subscribe(&channel, &ns, &self.subscriber(&channel, &ns, since, id), now).await {
+            Ok(()) => {
+                self.subscriptions.insert(channel);
+            }
+            Err(r) => {
+                debug!(code = %r.code, "registry subscription failed");
+                self.reply_error(Some(id), r.code, &format!("{channel}: {}", r.message));
+            }
+        }
+    }
+
+    /// Checks a presence query: the namespace has presence and the token may see it.
+    fn check_presence(&self, channel: &ChannelName) -> Result<NamespaceOptions, Reject> {
+        let ns = self.namespace(channel)?;
+        if !ns.presence {
+            return Err(reject(
+                ErrorCode::NotEnabled,
+                format!("presence is not enabled in namespace {:?}", channel.namespace()),
+            ));
+        }
+        if !self.may_see_presence(channel, &ns) {
+            return Err(reject(ErrorCode::PermissionDenied, format!("no presence capability for {channel}")));
+        }
+        Ok(ns)
     }
 
     fn reply(&self, frame: String) {
@@ -313,8 +363,11 @@ impl Session {
             self.reply(encode_pong(id));
             return Ok(None);
         }
-        if let Command::Connect { token } = command {
+        if let Command::Connect { token, since } = command {
             self.connect(id, token)?;
+            if self.node.config.registry.enabled {
+                self.join_registry(id, since).await;
+            }
             return Ok(None);
         }
         if self.identity.is_none() {
@@ -337,7 +390,7 @@ impl Session {
                 let now = self.node.now();
                 self.node
                     .router
-                    .subscribe(&channel, &ns, &self.subscriber(&ns, since, id), now)
+                    .subscribe(&channel, &ns, &self.subscriber(&channel, &ns, since, id), now)
                     .await
                     .map_err(|r| reject(r.code, r.message))?;
                 self.subscriptions.insert(channel);
@@ -346,7 +399,7 @@ impl Session {
                 if !self.subscriptions.remove(&channel) {
                     return Err(reject(ErrorCode::NotSubscribed, format!("not subscribed to {channel}")));
                 }
-                self.node.router.unsubscribe(&channel, self.conn);
+                self.node.router.unsubscribe(&channel, self.conn, self.node.now());
                 self.reply(encode_unsubscribed(id, &channel));
             }
             Command::Publish { channel, data, idempotency_key } => {
@@ -394,6 +447,45 @@ impl Session {
                     .await
                     .map_err(|r| reject(r.code, r.message))?;
                 self.reply(encode_history(Some(id), &history_reply(&channel, &page)));
+            }
+            Command::Presence { channel } => {
+                self.check_presence(&channel)?;
+                let p = self
+                    .node
+                    .router
+                    .presence(&channel, MAX_PRESENCE_MEMBERS)
+                    .await
+                    .map_err(|r| reject(r.code, r.message))?;
+                self.reply(encode_presence(Some(id), &presence_reply(&channel, &p)));
+            }
+            Command::PresenceStats { channel } => {
+                self.check_presence(&channel)?;
+                let p = self.node.router.presence(&channel, 0).await.map_err(|r| reject(r.code, r.message))?;
+                let stats = PresenceStatsReply {
+                    channel: channel.as_str(),
+                    clients: p.stats.clients as u64,
+                    users: p.stats.users as u64,
+                };
+                self.reply(encode_presence_stats(id, &stats));
+            }
+            Command::Typing { channel } => {
+                self.check_publish(&channel)?;
+                if !self.subscriptions.contains(&channel) {
+                    return Err(reject(
+                        ErrorCode::NotSubscribed,
+                        format!("subscribe to {channel} before typing in it"),
+                    ));
+                }
+                let identity = self.identity.as_ref();
+                let Some(user) = identity.and_then(|i| i.user.as_deref()) else {
+                    return Err(reject(ErrorCode::PermissionDenied, "anonymous clients cannot send typing notices"));
+                };
+                let info = identity.and_then(|i| i.info.clone());
+                self.node
+                    .router
+                    .typing(&channel, &Arc::from(user), info.as_deref(), self.node.now())
+                    .map_err(|r| reject(r.code, r.message))?;
+                self.reply(encode_typing_sent(id, &channel));
             }
             Command::Ping | Command::Connect { .. } => {}
         }
@@ -487,6 +579,27 @@ pub(crate) fn history_reply<'a>(
         newest: page.newest,
         next_before: page.next_before,
         messages: &page.messages,
+    }
+}
+
+/// The wire form of a channel's presence.
+pub(crate) fn presence_reply<'a>(channel: &'a ChannelName, p: &'a crate::router::Presence) -> PresenceReply<'a> {
+    let members: Vec<PresenceMember<'a>> = p
+        .members
+        .iter()
+        .map(|m| PresenceMember {
+            client: m.conn.to_string(),
+            node: m.node.as_str(),
+            user: &m.user,
+            info: m.info.as_deref().and_then(|i| serde_json::from_str(i).ok()),
+        })
+        .collect();
+    PresenceReply {
+        channel: channel.as_str(),
+        clients: p.stats.clients as u64,
+        users: p.stats.users as u64,
+        truncated: members.len() < p.stats.clients,
+        members,
     }
 }
 

@@ -151,6 +151,18 @@ impl Runtime {
                         if outcome.is_err() && interest {
                             self.hub.release_remote_interest(channel);
                         }
+                        if outcome.is_ok() {
+                            if let Some(m) = &sub.member {
+                                // Presence: the owner learns of the new member (after
+                                // the subscribe, before any leave of it, on one stream).
+                                let join = MemberWire {
+                                    conn: sub.conn.0,
+                                    user: m.user.to_string(),
+                                    info: m.info.as_deref().map(str::to_owned),
+                                };
+                                self.send_presence(&owner, epoch, channel, vec![join], Vec::new(), false);
+                            }
+                        }
                         outcome
                     }
                 }
@@ -199,6 +211,138 @@ impl Runtime {
             })
         })
         .await
+    }
+
+    /// Queues a `Presence` frame for `channel` on the owner's stream.
+    pub(super) fn send_presence(
+        &self,
+        owner: &NodeId,
+        epoch: SlotEpoch,
+        channel: &ChannelName,
+        joins: Vec<MemberWire>,
+        leaves: Vec<u64>,
+        sync: bool,
+    ) {
+        let frame = PeerFrame::Presence {
+            slot: Slot::of(channel).get(),
+            slot_epoch: epoch.0,
+            channel: channel.as_str().to_owned(),
+            joins,
+            leaves,
+            sync,
+        };
+        if !self.send(owner, frame) {
+            // The owner learns this node's members again when the link or route changes.
+            debug!(%channel, %owner, "presence update not sent; it is re-announced on resync");
+        }
+    }
+
+    /// A local presence member of a remote channel left: tell the owner.
+    pub(crate) fn presence_leave(&self, router: &Router, channel: &ChannelName, conn: ringcast_core::ConnId) {
+        if let Ok(Target::Remote { owner, epoch }) = router.target(channel) {
+            self.send_presence(&owner, epoch, channel, Vec::new(), vec![conn.0], false);
+        }
+    }
+
+    /// Re-announces this node's presence members of `channel` to its owner `owner`
+    /// (the complete list, replacing what the owner held for this node).
+    pub(super) fn announce_members(&self, owner: &NodeId, epoch: SlotEpoch, channel: &ChannelName) {
+        let members = self.hub.local_members(channel);
+        if members.is_empty() {
+            return;
+        }
+        let joins = members
+            .into_iter()
+            .map(|(conn, user, info)| MemberWire {
+                conn: conn.0,
+                user: user.to_string(),
+                info: info.as_deref().map(str::to_owned),
+            })
+            .collect();
+        self.send_presence(owner, epoch, channel, joins, Vec::new(), true);
+    }
+
+    /// A channel's presence from its owner.
+    pub(crate) async fn presence(
+        &self,
+        router: &Router,
+        channel: &ChannelName,
+        limit: usize,
+    ) -> Result<crate::router::Presence, Refusal> {
+        self.forward(router, channel, |target, until| {
+            Box::pin(async move {
+                match target {
+                    Target::Local(_) => Ok(crate::router::local_presence(&self.hub, channel, limit)),
+                    Target::Remote { owner, epoch } => {
+                        let frame = |req| PeerFrame::PresenceQuery {
+                            req,
+                            slot: Slot::of(channel).get(),
+                            slot_epoch: epoch.0,
+                            channel: channel.as_str().to_owned(),
+                            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                        };
+                        match self.request(&owner, frame, until).await? {
+                            PeerFrame::PresenceReply { clients, users, members, last_seen, .. } => {
+                                Ok(crate::router::Presence {
+                                    stats: ringcast_core::presence::PresenceStats {
+                                        clients: usize::try_from(clients).unwrap_or(usize::MAX),
+                                        users: usize::try_from(users).unwrap_or(usize::MAX),
+                                    },
+                                    members: members
+                                        .into_iter()
+                                        .take(limit)
+                                        .filter_map(|m| {
+                                            Some(ringcast_core::presence::Member {
+                                                node: NodeId::new(&m.node).ok()?,
+                                                conn: ringcast_core::ConnId(m.conn),
+                                                user: m.user.into(),
+                                                info: m.info.map(Into::into),
+                                            })
+                                        })
+                                        .collect(),
+                                    last_seen,
+                                })
+                            }
+                            PeerFrame::Refused { code, message, retry, .. } => {
+                                Err(refusal_from_wire(&code, message, retry))
+                            }
+                            _ => Err(Refusal::new(ErrorCode::Internal, "unexpected reply to presence")),
+                        }
+                    }
+                }
+            })
+        })
+        .await
+    }
+
+    /// A typing notice, to the channel's owner. Best effort: not retried.
+    pub(crate) fn typing(
+        &self,
+        router: &Router,
+        channel: &ChannelName,
+        user: &Arc<str>,
+        info: Option<&str>,
+    ) -> Result<(), Refusal> {
+        match router.target(channel)? {
+            Target::Local(_) => {
+                self.hub.typing(channel, user, info, self.now());
+                Ok(())
+            }
+            Target::Remote { owner, epoch } => {
+                let frame = PeerFrame::Typing {
+                    slot: Slot::of(channel).get(),
+                    slot_epoch: epoch.0,
+                    channel: channel.as_str().to_owned(),
+                    user: user.to_string(),
+                    info: info.map(str::to_owned),
+                };
+                if self.send(&owner, frame) {
+                    Ok(())
+                } else {
+                    Err(Refusal::new(ErrorCode::Unavailable, format!("no link to {owner}; retry")))
+                }
+            }
+        }
     }
 
     /// This node's last subscriber on a remote channel left: tell the owner.
@@ -251,9 +395,11 @@ impl Runtime {
         let until = Instant::now() + FORWARD_DEADLINE;
         loop {
             let retry = match self.table().route(Slot::of(channel)) {
-                // This node owns the channel now: the handoff installed it.
+                // This node owns the channel now: the handoff installed it (with our own
+                // presence members).
                 Route::Claimed { owner, .. } if owner == self.me => return,
                 Route::Claimed { owner, epoch } => {
+                    let epoch_of_route = epoch;
                     let frame = |req| PeerFrame::Subscribe {
                         req,
                         slot: Slot::of(channel).get(),
@@ -278,6 +424,9 @@ impl Runtime {
                                 .collect();
                             self.hub.resynced(channel, top, lost_before, replay, self.now());
                             self.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+                            // The owner may not know our presence members (a new owner,
+                            // or frames lost with the stream): announce them all.
+                            self.announce_members(&owner, epoch_of_route, channel);
                             return;
                         }
                         Ok(PeerFrame::Refused { retry, code, message, .. }) => {

@@ -1,6 +1,15 @@
 //! Inbound peer links: accepting them and dispatching their frames.
 
 use super::*;
+use crate::auth::MAX_INFO_BYTES;
+use ringcast_proto::client::MAX_PRESENCE_MEMBERS;
+use ringcast_proto::cluster::PresentWire;
+
+/// Most clients one `Presence` frame may announce or retire (a node's members of one
+/// channel; beyond this the frame is refused as malformed).
+const MAX_PRESENCE_BATCH: usize = 100_000;
+/// Longest user id a peer may announce (tokens allow 256 bytes).
+const MAX_USER_BYTES: usize = 256;
 
 impl Runtime {
     // ---------------------------------------------------------------------------------
@@ -246,13 +255,83 @@ impl Runtime {
             PeerFrame::ReplicaSync { req, slot, slot_epoch, channels } => {
                 self.on_replica_sync(peer, req, slot, slot_epoch, channels);
             }
+            PeerFrame::Presence { slot, slot_epoch, channel, joins, leaves, sync } => {
+                // Not the owner (any more): the node re-announces when it sees the move.
+                let Ok((channel, ns)) = self
+                    .serve_slot(slot, slot_epoch)
+                    .map_err(|(r, _)| r)
+                    .and_then(|()| self.parse_channel(&channel, slot))
+                else {
+                    debug!(%peer, "presence update for a slot not served here dropped");
+                    return;
+                };
+                if joins.len() > MAX_PRESENCE_BATCH || leaves.len() > MAX_PRESENCE_BATCH {
+                    warn!(%peer, %channel, "oversized presence update dropped");
+                    return;
+                }
+                let joins = joins
+                    .into_iter()
+                    .filter(|m| {
+                        m.user.len() <= MAX_USER_BYTES && m.info.as_ref().is_none_or(|i| i.len() <= MAX_INFO_BYTES)
+                    })
+                    .map(|m| (ringcast_core::ConnId(m.conn), Arc::<str>::from(m.user), m.info.map(Arc::<str>::from)))
+                    .collect();
+                let leaves: Vec<ringcast_core::ConnId> = leaves.into_iter().map(ringcast_core::ConnId).collect();
+                self.hub.presence_update(&channel, &ns, peer, joins, &leaves, sync, self.now());
+            }
+            PeerFrame::Typing { slot, slot_epoch, channel, user, info } => {
+                let served = self.serve_slot(slot, slot_epoch).map_err(|(r, _)| r);
+                if let Ok((channel, _)) = served.and_then(|()| self.parse_channel(&channel, slot)) {
+                    if user.len() <= MAX_USER_BYTES && info.as_ref().is_none_or(|i| i.len() <= MAX_INFO_BYTES) {
+                        self.hub.typing(&channel, &Arc::from(user), info.as_deref(), self.now());
+                    }
+                }
+            }
+            PeerFrame::Ephemeral { slot, slot_epoch, channel, frame, join_leave } => {
+                if self.fence(slot, slot_epoch).is_err() {
+                    return;
+                }
+                if let Ok(channel) = ChannelName::new(&channel) {
+                    self.hub.deliver_ephemeral(&channel, Utf8Bytes::from(frame), join_leave);
+                }
+            }
+            PeerFrame::PresenceQuery { req, slot, slot_epoch, channel, limit } => {
+                let result = self
+                    .serve_slot(slot, slot_epoch)
+                    .and_then(|()| self.parse_channel(&channel, slot).map_err(|r| (r, false)));
+                match result {
+                    Ok((channel, _)) => {
+                        let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_PRESENCE_MEMBERS);
+                        let p = crate::router::local_presence(&self.hub, &channel, limit);
+                        let frame = PeerFrame::PresenceReply {
+                            req,
+                            clients: p.stats.clients as u64,
+                            users: p.stats.users as u64,
+                            members: p
+                                .members
+                                .into_iter()
+                                .map(|m| PresentWire {
+                                    node: m.node.to_string(),
+                                    conn: m.conn.0,
+                                    user: m.user.to_string(),
+                                    info: m.info.as_deref().map(str::to_owned),
+                                })
+                                .collect(),
+                            last_seen: p.last_seen,
+                        };
+                        self.send(peer, frame);
+                    }
+                    Err((r, retry)) => self.refuse(peer, req, &r, retry),
+                }
+            }
             reply @ (PeerFrame::Acked { .. }
             | PeerFrame::HistoryPage { .. }
             | PeerFrame::Refused { .. }
             | PeerFrame::Subscribed { .. }
             | PeerFrame::HandedOff { .. }
             | PeerFrame::Replicated { .. }
-            | PeerFrame::ReplicaSynced { .. }) => self.on_reply(reply),
+            | PeerFrame::ReplicaSynced { .. }
+            | PeerFrame::PresenceReply { .. }) => self.on_reply(reply),
         }
     }
 
@@ -291,7 +370,8 @@ impl Runtime {
             | PeerFrame::Subscribed { req, .. }
             | PeerFrame::HandedOff { req, .. }
             | PeerFrame::Replicated { req, .. }
-            | PeerFrame::ReplicaSynced { req, .. } => *req,
+            | PeerFrame::ReplicaSynced { req, .. }
+            | PeerFrame::PresenceReply { req, .. } => *req,
             _ => return,
         };
         let Some(pending) = lock(&self.pending).remove(&req) else {

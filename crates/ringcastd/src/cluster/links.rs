@@ -180,7 +180,11 @@ impl Runtime {
     }
 
     pub(super) fn my_epoch(&self, channel: &ChannelName) -> SlotEpoch {
-        let slot = Slot::of(channel);
+        self.my_slot_epoch(Slot::of(channel))
+    }
+
+    /// [`Runtime::my_epoch`] for a slot.
+    pub(super) fn my_slot_epoch(&self, slot: Slot) -> SlotEpoch {
         match self.table().route(slot) {
             Route::Claimed { epoch, .. } => self.owner_epoch(slot, epoch),
             _ => SlotEpoch(0),

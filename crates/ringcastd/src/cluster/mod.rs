@@ -52,7 +52,7 @@ use ringcast_cluster::transport::{read_frame, write_frame, FrameCodecConfig, Tra
 use ringcast_core::ownership::{plan, Claim, ClusterView, MemberInfo, Route, RouteTable, SlotEpoch};
 use ringcast_core::{ChannelName, Epoch, Millis, NamespaceOptions, NodeId, NotRecoveredReason, Offset, Slot};
 use ringcast_proto::client::{check_history_limit, check_idempotency_key, Since, SubscribeOutcome};
-use ringcast_proto::cluster::{ChannelSnapshotWire, OutcomeWire, PeerFrame, SinceWire, FRAMES_VERSION};
+use ringcast_proto::cluster::{ChannelSnapshotWire, MemberWire, OutcomeWire, PeerFrame, SinceWire, FRAMES_VERSION};
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -331,6 +331,10 @@ impl Runtime {
 impl PeerSink for Runtime {
     fn send(&self, node: &NodeId, frame: PeerFrame) -> bool {
         Runtime::send(self, node, frame)
+    }
+
+    fn slot_epoch(&self, slot: Slot) -> SlotEpoch {
+        self.my_slot_epoch(slot)
     }
 }
 

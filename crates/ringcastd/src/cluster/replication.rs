@@ -356,7 +356,7 @@ impl Runtime {
             0
         };
         // Channels followed from the lost owner without a copy here restart.
-        let restarted = self.hub.adopt_mirrors(slot, ns_of);
+        let restarted = self.hub.adopt_mirrors(slot, ns_of, self.now());
         if restarted > 0 {
             info!(%slot, channels = restarted, "channels of a lost owner restart here in new epochs");
         }

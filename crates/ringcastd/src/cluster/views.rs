@@ -167,6 +167,7 @@ impl Runtime {
         for gone in old.keys().filter(|id| !view.members.contains_key(*id)) {
             lock(&self.links).remove(gone);
             self.hub.drop_peer(gone);
+            self.hub.presence_node_gone(gone, self.now());
             info!(peer = %gone, "peer left the cluster");
         }
         for (id, record) in &view.members {
@@ -175,6 +176,8 @@ impl Runtime {
             if restarted {
                 lock(&self.links).remove(id);
                 self.hub.drop_peer(id);
+                // The old process's clients are gone with it.
+                self.hub.presence_node_gone(id, self.now());
                 info!(peer = %id, "peer restarted; dropping its old link");
             }
         }
