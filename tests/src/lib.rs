@@ -375,6 +375,9 @@ pub struct WsClient {
     next_id: u64,
     /// Frames received while waiting for something else.
     pending: VecDeque<Value>,
+    /// The `subscribed` (or `error`) push for the registry channel, after `connect`
+    /// with a token.
+    pub registry: Option<Value>,
 }
 
 /// How a connection ended.
@@ -388,7 +391,7 @@ impl WsClient {
     pub async fn open(url: &str) -> Result<WsClient> {
         let (ws, _) =
             tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await.context("connect timed out")??;
-        Ok(WsClient { ws, next_id: 1, pending: VecDeque::new() })
+        Ok(WsClient { ws, next_id: 1, pending: VecDeque::new(), registry: None })
     }
 
     /// Opens a connection whose socket receive buffer is `bytes` (a reader the kernel
@@ -403,18 +406,38 @@ impl WsClient {
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)))
             .await
             .context("handshake timed out")??;
-        Ok(WsClient { ws, next_id: 1, pending: VecDeque::new() })
+        Ok(WsClient { ws, next_id: 1, pending: VecDeque::new(), registry: None })
     }
 
-    /// Opens and sends `connect` (with `token`, or anonymous); returns the reply.
+    /// Opens and sends `connect` (with `token`, or anonymous); returns the reply. With a
+    /// token, the server subscribes the connection to its registry channel: the
+    /// `subscribed` push that reports it is read here and kept in [`WsClient::registry`].
     pub async fn connect(url: &str, token: Option<&str>) -> Result<(WsClient, Value)> {
         let mut c = WsClient::open(url).await?;
-        let cmd = match token {
+        let reply = c.connect_with(token, None).await?;
+        Ok((c, reply))
+    }
+
+    /// Sends `connect` on an open client, with `since` for the registry channel.
+    pub async fn connect_with(&mut self, token: Option<&str>, since: Option<Value>) -> Result<Value> {
+        let mut cmd = match token {
             Some(t) => json!({"type": "connect", "token": t}),
             None => json!({"type": "connect"}),
         };
-        let reply = c.request(cmd).await?;
-        Ok((c, reply))
+        if let Some(s) = since {
+            cmd["since"] = s;
+        }
+        let reply = self.request(cmd).await?;
+        if let Some(channel) = reply["user_channel"].as_str() {
+            let push = self.next_push().await?;
+            let named = push["channel"] == json!(channel)
+                || push["error"]["message"].as_str().is_some_and(|m| m.contains(channel));
+            if !named {
+                bail!("expected the registry subscription of {channel} after `connected`, got {push}");
+            }
+            self.registry = Some(push);
+        }
+        Ok(reply)
     }
 
     pub async fn send_text(&mut self, text: &str) -> Result<()> {

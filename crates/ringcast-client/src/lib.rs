@@ -91,13 +91,18 @@ pub enum Event {
     Disconnected { node: String, reason: String },
 }
 
-/// Opens a connection to `url` and sends `connect`; returns the socket.
-async fn open(url: &str, token: Option<&str>) -> Result<Ws, String> {
+/// Opens a connection to `url` and sends `connect` (with `since` for the user's
+/// registry channel, `#user:{sub}`, which the server subscribes a token's connection
+/// to); returns the socket.
+async fn open(url: &str, token: Option<&str>, since: Option<&Position>) -> Result<Ws, String> {
     let attempt = async {
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| e.to_string())?;
         let mut cmd = json!({"id": 0, "type": "connect"});
         if let Some(t) = token {
             cmd["token"] = json!(t);
+        }
+        if let Some(p) = since {
+            cmd["since"] = json!({"epoch": p.epoch, "offset": p.offset});
         }
         ws.send(Message::text(cmd.to_string())).await.map_err(|e| e.to_string())?;
         loop {
@@ -148,7 +153,7 @@ struct Dialer {
 impl Dialer {
     /// Connects to the next node that answers, waiting the backoff before each retry
     /// (`first`: this is the first connection, no wait).
-    async fn dial(&mut self, first: bool) -> Result<(Ws, String), ClientError> {
+    async fn dial(&mut self, first: bool, since: Option<&Position>) -> Result<(Ws, String), ClientError> {
         if self.config.nodes.is_empty() {
             return Err(ClientError::NoNodes);
         }
@@ -159,7 +164,7 @@ impl Dialer {
             }
             let node = self.config.nodes[self.next % self.config.nodes.len()].clone();
             self.next = self.next.wrapping_add(1);
-            match open(&node, self.config.token.as_deref()).await {
+            match open(&node, self.config.token.as_deref(), since).await {
                 Ok(ws) => {
                     self.attempt = 0;
                     return Ok((ws, node));
@@ -180,6 +185,9 @@ pub struct Subscriber {
     ws: Option<(Ws, String)>,
     /// Channels with the last position delivered (None before the first message).
     channels: BTreeMap<String, Option<Position>>,
+    /// The last position delivered on the user's registry channel (`#user:{sub}`, direct
+    /// messages), which the server subscribes for us and `connect` resumes.
+    registry: Option<Position>,
     queued: VecDeque<Event>,
     connected_once: bool,
 }
@@ -192,6 +200,7 @@ impl Subscriber {
             dialer: Dialer { config, next: 0, attempt: 0 },
             ws: None,
             channels: channels.iter().map(|c| ((*c).to_owned(), None)).collect(),
+            registry: None,
             queued: VecDeque::new(),
             connected_once: false,
         }
@@ -240,7 +249,7 @@ impl Subscriber {
     /// Connects to some node and subscribes to every channel from its last position.
     async fn connect(&mut self) -> Result<(), ClientError> {
         loop {
-            let (mut ws, node) = self.dialer.dial(!self.connected_once).await?;
+            let (mut ws, node) = self.dialer.dial(!self.connected_once, self.registry.as_ref()).await?;
             self.connected_once = true;
             let mut events = vec![Event::Connected { node: node.clone() }];
             let mut ok = true;
@@ -300,6 +309,23 @@ impl Subscriber {
         }
     }
 
+    /// Records the last position delivered on `channel`.
+    fn note(&mut self, channel: &str, at: Position) {
+        if channel.starts_with('#') {
+            self.registry = Some(at);
+        } else {
+            self.channels.insert(channel.to_owned(), Some(at));
+        }
+    }
+
+    fn last(&self, channel: &str) -> Option<&Position> {
+        if channel.starts_with('#') {
+            self.registry.as_ref()
+        } else {
+            self.channels.get(channel).and_then(Option::as_ref)
+        }
+    }
+
     /// Turns a frame into an event, dropping duplicates.
     fn on_frame(&mut self, v: &Value) -> Result<Option<Event>, ClientError> {
         let channel = v["channel"].as_str().unwrap_or("").to_owned();
@@ -313,22 +339,21 @@ impl Subscriber {
                 let at = at();
                 if recovered != Some(true) {
                     // Fresh or not recovered: continue from the reply's position.
-                    self.channels.insert(channel.clone(), Some(at.clone()));
+                    self.note(&channel, at.clone());
                 }
                 Some(Event::Subscribed { channel, at, recovered, reason: v["reason"].as_str().map(str::to_owned) })
             }
             Some("message") => {
                 let at = at();
-                let last = self.channels.get(&channel).cloned().flatten();
-                if last.as_ref().is_some_and(|l| l.epoch == at.epoch && l.offset >= at.offset) {
+                if self.last(&channel).is_some_and(|l| l.epoch == at.epoch && l.offset >= at.offset) {
                     return Ok(None); // a replay of something already delivered
                 }
-                self.channels.insert(channel.clone(), Some(at.clone()));
+                self.note(&channel, at.clone());
                 Some(Event::Message { channel, at, data: v["data"].clone() })
             }
             Some("gap") => {
                 let (epoch, to) = (v["epoch"].as_str().unwrap_or("").to_owned(), v["to"].as_u64().unwrap_or(0));
-                self.channels.insert(channel.clone(), Some(Position { epoch: epoch.clone(), offset: to }));
+                self.note(&channel, Position { epoch: epoch.clone(), offset: to });
                 Some(Event::Gap {
                     channel,
                     epoch,
@@ -339,7 +364,7 @@ impl Subscriber {
             }
             Some("resubscribed") => {
                 let at = at();
-                self.channels.insert(channel.clone(), Some(at.clone()));
+                self.note(&channel, at.clone());
                 Some(Event::Restarted { channel, at })
             }
             _ => None,
@@ -388,8 +413,11 @@ impl Publisher {
             }
             attempt = attempt.saturating_add(1);
             if self.ws.is_none() {
-                match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.dialer.dial(true))
-                    .await
+                match tokio::time::timeout(
+                    deadline.saturating_duration_since(Instant::now()),
+                    self.dialer.dial(true, None),
+                )
+                .await
                 {
                     Ok(Ok((ws, _))) => self.ws = Some(ws),
                     Ok(Err(e)) => return Err(e),

@@ -305,6 +305,10 @@ pub struct Connected<'a> {
     /// Token expiry (unix seconds); absent when the token does not expire.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// The user's registry channel (`#user:{sub}`) the server subscribes this
+    /// connection to; a `subscribed` push (or an `error` push) for it follows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_channel: Option<&'a str>,
     pub ping_interval_ms: u64,
     pub version: &'a str,
 }
@@ -335,6 +339,21 @@ fn reply<T: Serialize>(id: u64, kind: &'static str, body: T) -> String {
     to_json(&Reply { id, kind, body, _p: std::marker::PhantomData })
 }
 
+/// A reply to command `id`, or with `None` the same frame as a push (no `id`).
+fn reply_or_push<T: Serialize>(id: Option<u64>, kind: &'static str, body: T) -> String {
+    #[derive(Serialize)]
+    struct Push<T: Serialize> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(flatten)]
+        body: T,
+    }
+    match id {
+        Some(id) => reply(id, kind, body),
+        None => to_json(&Push { kind, body }),
+    }
+}
+
 fn to_json<T: Serialize>(v: &T) -> String {
     // Invariant: these types serialise to JSON without fail (no maps with non-string
     // keys, no failing Serialize impls); an empty object is a safe fallback.
@@ -347,7 +366,14 @@ pub fn encode_connected(id: u64, c: &Connected<'_>) -> String {
 }
 
 #[must_use]
-pub fn encode_subscribed(id: u64, channel: &ChannelName, top: StreamPosition, outcome: SubscribeOutcome) -> String {
+/// The `subscribed` reply to command `id`; without an id, the push that reports the
+/// server's own subscription of a connection to its registry channel (`#user:{sub}`).
+pub fn encode_subscribed(
+    id: Option<u64>,
+    channel: &ChannelName,
+    top: StreamPosition,
+    outcome: SubscribeOutcome,
+) -> String {
     #[derive(Serialize)]
     struct Body<'a> {
         channel: &'a str,
@@ -387,7 +413,7 @@ pub fn encode_subscribed(id: u64, channel: &ChannelName, top: StreamPosition, ou
             b.newest = Some(newest);
         }
     }
-    reply(id, "subscribed", b)
+    reply_or_push(id, "subscribed", b)
 }
 
 /// The `resubscribed` push: a live subscription's stream restarted in a new epoch (its

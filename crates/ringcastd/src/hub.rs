@@ -159,7 +159,9 @@ pub struct LocalSubscriber {
     pub outbox: Arc<Outbox>,
     pub policy: MessagePolicy,
     pub since: Option<Since>,
-    pub reply_id: u64,
+    /// The command its `subscribed` reply echoes; `None` for the server's own
+    /// subscription of a connection to its registry channel (a push).
+    pub reply_id: Option<u64>,
     /// Presence namespaces: who the subscriber is, for the channel's presence.
     pub member: Option<MemberTag>,
     /// Whether it receives `join` and `leave` pushes.
@@ -1495,6 +1497,7 @@ mod tests {
     use std::time::Duration;
 
     fn sub(conn: u64, outbox: &Arc<Outbox>, since: Option<Since>, reply_id: u64) -> LocalSubscriber {
+        let reply_id = Some(reply_id);
         let policy = NamespaceOptions::default().message_policy(outbox.bounds());
         LocalSubscriber {
             conn: ConnId(conn),

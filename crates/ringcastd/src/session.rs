@@ -252,7 +252,7 @@ impl Session {
         channel: &ChannelName,
         ns: &NamespaceOptions,
         since: Option<ringcast_proto::client::Since>,
-        reply_id: u64,
+        reply_id: Option<u64>,
     ) -> crate::hub::LocalSubscriber {
         let identity = self.identity.as_ref();
         crate::hub::LocalSubscriber {
@@ -273,24 +273,30 @@ impl Session {
         ns.anonymous || self.identity.as_ref().is_some_and(|i| i.may_see_presence(channel))
     }
 
+    /// The registry channel of a connection with a token, when the registry is on and
+    /// the user id fits a channel name.
+    fn registry_channel(&self) -> Option<ChannelName> {
+        let user = self.identity.as_ref()?.user.as_deref()?;
+        if !self.node.config.registry.enabled {
+            return None;
+        }
+        ChannelName::user(user).ok()
+    }
+
     /// Subscribes a connection with a token to its user's registry channel (direct
-    /// messages; the registry counts it online). The `subscribed` reply, or an `error`,
-    /// echoes the `connect` id and follows the `connected` reply.
-    async fn join_registry(&mut self, id: u64, since: Option<ringcast_proto::client::Since>) {
-        let Some(user) = self.identity.as_ref().and_then(|i| i.user.clone()) else { return };
-        let Ok(channel) = ChannelName::user(&user) else {
-            debug!(user, "user id does not fit a channel name; no registry channel");
-            return;
-        };
+    /// messages; the registry counts it online). A `subscribed` push, or an `error`
+    /// push naming the channel, follows the `connected` reply.
+    async fn join_registry(&mut self, since: Option<ringcast_proto::client::Since>) {
+        let Some(channel) = self.registry_channel() else { return };
         let Some(ns) = self.node.namespace(&channel).cloned() else { return };
         let now = self.node.now();
-        match self.node.router.subscribe(&channel, &ns, &self.subscriber(&channel, &ns, since, id), now).await {
+        match self.node.router.subscribe(&channel, &ns, &self.subscriber(&channel, &ns, since, None), now).await {
             Ok(()) => {
                 self.subscriptions.insert(channel);
             }
             Err(r) => {
                 debug!(code = %r.code, "registry subscription failed");
-                self.reply_error(Some(id), r.code, &format!("{channel}: {}", r.message));
+                self.reply_error(None, r.code, &format!("{channel}: {}", r.message));
             }
         }
     }
@@ -365,9 +371,7 @@ impl Session {
         }
         if let Command::Connect { token, since } = command {
             self.connect(id, token)?;
-            if self.node.config.registry.enabled {
-                self.join_registry(id, since).await;
-            }
+            self.join_registry(since).await;
             return Ok(None);
         }
         if self.identity.is_none() {
@@ -390,7 +394,7 @@ impl Session {
                 let now = self.node.now();
                 self.node
                     .router
-                    .subscribe(&channel, &ns, &self.subscriber(&channel, &ns, since, id), now)
+                    .subscribe(&channel, &ns, &self.subscriber(&channel, &ns, since, Some(id)), now)
                     .await
                     .map_err(|r| reject(r.code, r.message))?;
                 self.subscriptions.insert(channel);
@@ -505,6 +509,9 @@ impl Session {
             None => return Err(reject(ErrorCode::Unauthorized, "a token is required")),
         };
         self.auth_deadline = expiry_instant(identity.expires_at, self.node.config.auth.leeway_secs());
+        self.identity = Some(identity);
+        let user_channel = self.registry_channel();
+        let Some(identity) = self.identity.as_ref() else { return Ok(()) };
         self.reply(encode_connected(
             id,
             &Connected {
@@ -512,12 +519,12 @@ impl Session {
                 node: self.node.node_id.as_str(),
                 user: identity.user.as_deref(),
                 expires_at: identity.expires_at,
+                user_channel: user_channel.as_ref().map(ChannelName::as_str),
                 ping_interval_ms: u64::try_from(self.node.config.heartbeat.ping_interval.as_millis())
                     .unwrap_or(u64::MAX),
                 version: env!("CARGO_PKG_VERSION"),
             },
         ));
-        self.identity = Some(identity);
         Ok(())
     }
 
