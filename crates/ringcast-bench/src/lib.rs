@@ -6,8 +6,9 @@
 //! scheduled send time and sequence number ([`payload`]); an open-loop publisher and
 //! latency from the scheduled time into HDR histograms ([`load`]); server CPU and memory
 //! from `/proc` ([`procfs`]); the Markdown/JSON report and the PNG chart ([`report`]);
-//! and [`guard`], the deterministic in-process fan-out whose instruction count CI compares
-//! with a baseline.
+//! [`guard`], the deterministic in-process fan-out whose instruction count CI compares
+//! with a baseline; and [`storm`], the presence storm (a network blip that drops and
+//! reconnects every user of many presence channels) counted against the naive cost.
 //!
 //! What it deliberately does not do: start or pin servers (the script does, with
 //! `taskset`), or use any client library. It is not a correctness test of ringcast,
@@ -20,3 +21,4 @@ pub mod payload;
 pub mod procfs;
 pub mod proto;
 pub mod report;
+pub mod storm;

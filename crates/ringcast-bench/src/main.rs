@@ -41,6 +41,42 @@ enum Cmd {
         #[arg(long, default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
         font: PathBuf,
     },
+    /// The presence storm against a running ringcastd (`scripts/bench --presence`).
+    PresenceStorm {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// The HS256 secret of the node's `auth.hmac_secret`.
+        #[arg(long)]
+        secret: String,
+        /// A namespace with `presence` and `join_leave`.
+        #[arg(long, default_value = "room")]
+        namespace: String,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 20)]
+        channels_per_user: usize,
+        #[arg(long, default_value_t = 200)]
+        rooms: usize,
+        /// Seconds every connection stays down.
+        #[arg(long, default_value_t = 0.5)]
+        blip: f64,
+        /// Seconds over which the reconnects are spread (full jitter).
+        #[arg(long, default_value_t = 2.0)]
+        jitter: f64,
+        /// Seconds to keep counting once everyone is back.
+        #[arg(long, default_value_t = 5.0)]
+        settle: f64,
+        #[arg(long, default_value = "storm")]
+        label: String,
+        /// Append the outcome as one JSON line here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Markdown table of presence storm outcomes (JSON lines of `presence-storm --out`).
+    StormReport {
+        #[arg(long)]
+        input: PathBuf,
+    },
     /// The fixed in-process fan-out measured under callgrind (`scripts/bench --guard`).
     Guard {
         #[arg(long, default_value_t = 1000)]
@@ -122,6 +158,55 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("cannot open {}", path.display()))?;
                 writeln!(f, "{line}")?;
             }
+            Ok(())
+        }
+        Cmd::PresenceStorm {
+            addr,
+            secret,
+            namespace,
+            users,
+            channels_per_user,
+            rooms,
+            blip,
+            jitter,
+            settle,
+            label,
+            out,
+        } => {
+            let spec = ringcast_bench::storm::StormSpec {
+                addr,
+                secret,
+                namespace,
+                users,
+                channels_per_user,
+                rooms,
+                blip: Duration::from_secs_f64(blip),
+                backoff_cap: Duration::from_secs_f64(jitter),
+                settle: Duration::from_secs_f64(settle),
+                label,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let outcome = rt.block_on(ringcast_bench::storm::run(spec))?;
+            let line = serde_json::to_string(&outcome)?;
+            println!("{line}");
+            if let Some(path) = out {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                writeln!(f, "{line}")?;
+            }
+            Ok(())
+        }
+        Cmd::StormReport { input } => {
+            let text = std::fs::read_to_string(&input).with_context(|| format!("cannot read {}", input.display()))?;
+            let outcomes = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(serde_json::from_str)
+                .collect::<Result<Vec<ringcast_bench::storm::StormOutcome>, _>>()?;
+            print!("{}", ringcast_bench::storm::markdown(&outcomes));
             Ok(())
         }
         Cmd::Guard { subscribers, messages, payload } => {

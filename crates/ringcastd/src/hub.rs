@@ -1242,8 +1242,8 @@ impl Hub {
                     (EphemeralKind::Leave, user, info)
                 }
             };
-            self.metrics.presence_events.fetch_add(1, Ordering::Relaxed);
             if st.join_leave {
+                self.metrics.presence_events.fetch_add(1, Ordering::Relaxed);
                 let info = info.as_deref().and_then(|i| serde_json::from_str::<&RawValue>(i).ok());
                 let frame = Utf8Bytes::from(encode_ephemeral(kind, channel, user, info));
                 self.fan_out_ephemeral(channel, st, &frame, true);

@@ -45,7 +45,8 @@ pub struct Metrics {
     pub peer_drops: AtomicU64,
     /// Peer links dropped because their queue overflowed.
     pub peer_overflows: AtomicU64,
-    /// `join` and `leave` events this node, as owner, produced (after debouncing).
+    /// `join` and `leave` events this node, as owner, pushed to channels (after
+    /// debouncing; namespaces with `join_leave`).
     pub presence_events: AtomicU64,
     /// Ephemeral pushes (`join`, `leave`, `typing`) dropped on full send queues.
     pub ephemeral_drops: AtomicU64,
@@ -181,7 +182,7 @@ impl Metrics {
         counter(
             &mut o,
             "ringcast_presence_events_total",
-            "Join and leave events produced by this node as channel owner, after debouncing.",
+            "Join and leave events this node, as channel owner, pushed to channels (after debouncing).",
             self.presence_events.load(Relaxed),
         );
         counter(
