@@ -6,8 +6,8 @@
 //! subscribe through one node's published port and publish through another's; `docker
 //! kill` the channel's owner and check the subscriber goes on with no gap in the same
 //! epoch (a durable namespace); bring the node back and rolling-restart the cluster under
-//! load with zero `recovered: false`; bring it down and check that no container, network
-//! or volume is left. A [`Compose`] guard runs `docker-compose down -v` on every exit,
+//! load with zero `recovered: false`; scale to 5 nodes and back; bring it down and check
+//! that no container, network or volume is left. A [`Compose`] guard runs `docker-compose down -v` on every exit,
 //! failures included.
 //!
 //! The Docker engine is part of this project's test machine, so this test is required:
@@ -335,6 +335,14 @@ async fn compose_cluster_survives_a_killed_owner_and_a_rolling_restart_under_loa
         assert_eq!(offsets, (1..=a.len() as u64).collect::<Vec<u64>>(), "{ch}: acked offsets contiguous");
         assert_eq!(&seen[ch][..a.len()], &a[..], "{ch}: the subscriber saw every acked message, in order");
     }
+
+    // Scale to 5 nodes and back to 3, without editing a file.
+    let five = compose.cluster_json(&["up", "5"])?;
+    assert_eq!((five["members"].as_array().map(Vec::len), five["vacant"].clone()), (Some(5), json!(0)), "{five}");
+    assert_eq!(compose.nodes()?.len(), 5);
+    let three = compose.cluster_json(&["up", "3"])?;
+    assert_eq!((three["members"].as_array().map(Vec::len), three["vacant"].clone()), (Some(3), json!(0)), "{three}");
+    assert_eq!(compose.nodes()?.len(), 3, "scaling down removed the extra containers");
 
     // Down, and nothing left behind.
     compose.cluster(&["down"])?;
