@@ -11,6 +11,7 @@
 
 mod checker;
 mod cluster;
+mod docker;
 mod history;
 mod http;
 mod load;
@@ -64,6 +65,16 @@ enum Cmd {
         ringcastd: PathBuf,
         #[arg(long, default_value = "target/debug/ringcast")]
         ringcast: PathBuf,
+        /// Run against the compose cluster (docker/compose.yaml) with Docker as the
+        /// nemesis; scenarios are the docker-* ones (see `list`).
+        #[arg(long)]
+        docker: bool,
+        /// Image tag for --docker (images from scripts/docker-build).
+        #[arg(long, default_value = "local")]
+        image_tag: String,
+        /// The compose file for --docker.
+        #[arg(long, default_value = "docker/compose.yaml")]
+        compose_file: PathBuf,
         /// Nodes (default: 3 for quick, 5 for full).
         #[arg(long)]
         nodes: Option<usize>,
@@ -105,6 +116,9 @@ enum Cmd {
     Cleanup {
         #[arg(long)]
         all: bool,
+        /// The compose file, to take down compose projects of dead --docker runs.
+        #[arg(long, default_value = "docker/compose.yaml")]
+        compose_file: PathBuf,
     },
     /// List the scenarios.
     List,
@@ -145,12 +159,17 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
         Cmd::List => {
             for s in nemesis::ALL {
-                out(&format!("{:<20} {}\n", s.name(), s.describe()));
+                out(&format!("{:<24} {}\n", s.name(), s.describe()));
+            }
+            for s in docker::ALL {
+                out(&format!("{:<24} {} (--docker)\n", s.name(), s.describe()));
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Cleanup { all } => {
-            for r in net::cleanup_stale(all) {
+        Cmd::Cleanup { all, compose_file } => {
+            let docker_removed =
+                if compose_file.exists() { docker::cleanup_stale(all, &compose_file) } else { Vec::new() };
+            for r in net::cleanup_stale(all).into_iter().chain(docker_removed) {
                 out(&format!("removed {r}\n"));
             }
             Ok(ExitCode::SUCCESS)
@@ -188,6 +207,9 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             scenarios,
             ringcastd,
             ringcast,
+            docker: on_docker,
+            image_tag,
+            compose_file,
             nodes,
             duration,
             drain,
@@ -201,10 +223,15 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             out: out_dir,
         } => {
             let mut list = Vec::new();
+            let mut docker_list = Vec::new();
             for name in &scenarios {
-                match Scenario::parse(name) {
-                    Some(s) => list.push(s),
-                    None => return Ok(usage(&format!("unknown scenario '{name}' (see `ringcast-chaos list`)"))),
+                match (on_docker, Scenario::parse(name), docker::DockerScenario::parse(name)) {
+                    (false, Some(s), _) => list.push(s),
+                    (true, _, Some(s)) => docker_list.push(s),
+                    _ => {
+                        let which = if on_docker { "--docker scenario" } else { "scenario" };
+                        return Ok(usage(&format!("unknown {which} '{name}' (see `ringcast-chaos list`)")));
+                    }
                 }
             }
             let tier = tier.unwrap_or(Tier::Quick);
@@ -213,6 +240,9 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                     Tier::Quick => nemesis::QUICK.to_vec(),
                     Tier::Full => nemesis::ALL.to_vec(),
                 };
+            }
+            if docker_list.is_empty() {
+                docker_list = docker::ALL.to_vec();
             }
             let full = matches!(tier, Tier::Full);
             let nodes = nodes.unwrap_or(if full { 5 } else { 3 });
@@ -228,11 +258,16 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 let _ = getrandom::fill(&mut b);
                 u64::from_le_bytes(b)
             });
+            let default_faults = match (on_docker, full) {
+                (true, _) => 45,
+                (false, true) => 150,
+                (false, false) => 60,
+            };
             let opts = run::Opts {
                 ringcastd,
                 ringcast,
                 nodes,
-                faults: Duration::from_secs(duration.unwrap_or(if full { 150 } else { 60 })),
+                faults: Duration::from_secs(duration.unwrap_or(default_faults)),
                 drain: Duration::from_secs(drain),
                 lease_ttl_s: lease_ttl,
                 durable,
@@ -243,25 +278,39 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 seed,
                 out: out_dir.clone(),
             };
+            let count = if on_docker { docker_list.len() } else { list.len() };
             out(&format!(
-                "ringcast-chaos: {} scenario(s), {nodes} nodes, seed {seed}, output in {}\n",
-                list.len(),
+                "ringcast-chaos: {count} scenario(s), {nodes} nodes{}, seed {seed}, output in {}\n",
+                if on_docker { " (docker)" } else { "" },
                 out_dir.display()
             ));
+            let d = docker::DockerOpts { compose_file, tag: image_tag };
             let mut reports = Vec::new();
-            for s in list {
-                out(&format!("-- {}: {}\n", s.name(), s.describe()));
+            let runs: Vec<(&'static str, &'static str)> = if on_docker {
+                docker_list.iter().map(|s| (s.name(), s.describe())).collect()
+            } else {
+                list.iter().map(|s| (s.name(), s.describe())).collect()
+            };
+            for (k, (name, describe)) in runs.into_iter().enumerate() {
+                out(&format!("-- {name}: {describe}\n"));
+                let one = async {
+                    if on_docker {
+                        docker::scenario(docker_list[k], &opts, &d).await
+                    } else {
+                        run::scenario(list[k], &opts).await
+                    }
+                };
                 let r = tokio::select! {
-                    r = run::scenario(s, &opts) => r?,
+                    r = one => r?,
                     _ = tokio::signal::ctrl_c() => {
                         // Dropping the scenario future dropped its cluster and network:
-                        // processes are killed and namespaces removed.
+                        // processes are killed, namespaces and compose projects removed.
                         let _ = writeln!(std::io::stderr(), "ringcast-chaos: interrupted; cleaned up");
                         return Ok(ExitCode::from(130));
                     }
                 };
                 out(&r.table());
-                std::fs::write(out_dir.join(s.name()).join("report.json"), serde_json::to_string_pretty(&r)?)?;
+                std::fs::write(out_dir.join(name).join("report.json"), serde_json::to_string_pretty(&r)?)?;
                 reports.push(r);
             }
             let failed: Vec<&str> = reports.iter().filter(|r| !r.passed()).map(|r| r.scenario.as_str()).collect();

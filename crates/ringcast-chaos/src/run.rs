@@ -94,13 +94,7 @@ async fn drive(s: Scenario, o: &Opts, dir: &Path, rec: &Recorder, notes: &mut Ve
         durable_enforced: o.durable,
         fault_grace_ms: (o.lease_ttl_s * 1000) * 2 + 5000,
     });
-    let mut channels = vec!["durable:hot".to_owned()];
-    for i in 1..o.channels_per_namespace {
-        channels.push(format!("durable:c{i}"));
-    }
-    for i in 0..o.channels_per_namespace {
-        channels.push(format!("besteffort:c{i}"));
-    }
+    let channels = channel_list(o.channels_per_namespace);
     let cfg = LoadConfig {
         publishers: o.publishers,
         subscribers: o.subscribers,
@@ -153,8 +147,32 @@ async fn drive(s: Scenario, o: &Opts, dir: &Path, rec: &Recorder, notes: &mut Ve
     Ok(())
 }
 
+/// The load's channels: `durable:hot`, `durable:c1..`, `besteffort:c0..`, `per_namespace`
+/// of each namespace.
+pub fn channel_list(per_namespace: usize) -> Vec<String> {
+    let mut channels = vec!["durable:hot".to_owned()];
+    for i in 1..per_namespace {
+        channels.push(format!("durable:c{i}"));
+    }
+    for i in 0..per_namespace {
+        channels.push(format!("besteffort:c{i}"));
+    }
+    channels
+}
+
+/// A cluster whose node API can be asked (any live node answers).
+pub trait Api {
+    fn get(&self, path: &str) -> impl std::future::Future<Output = Result<Value>>;
+}
+
+impl Api for Cluster {
+    fn get(&self, path: &str) -> impl std::future::Future<Output = Result<Value>> {
+        self.api(path)
+    }
+}
+
 /// Reads `channel`'s whole history, newest page first, and records it oldest first.
-async fn final_read(cluster: &Cluster, rec: &Recorder, channel: &str) {
+pub async fn final_read(cluster: &impl Api, rec: &Recorder, channel: &str) {
     let mut entries = Vec::new();
     let mut epoch: Option<String> = None;
     let mut before: Option<u64> = None;
@@ -164,7 +182,7 @@ async fn final_read(cluster: &Cluster, rec: &Recorder, channel: &str) {
             Some(b) => format!("/v1/channels/{channel}/history?limit=1000&before={b}"),
             None => format!("/v1/channels/{channel}/history?limit=1000"),
         };
-        let page: Value = match cluster.api(&path).await {
+        let page: Value = match cluster.get(&path).await {
             Ok(v) => v,
             Err(_) => {
                 complete = false;

@@ -23,8 +23,12 @@ pub enum CaCommand {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DIR)]
         dir: PathBuf,
         /// Replace an existing CA; every node certificate it issued stops being trusted.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "if_missing")]
         force: bool,
+        /// Succeed without writing anything when DIR already holds a CA (for a
+        /// container that creates the CA on a cluster's first start only).
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Issue a node certificate: OUT/NODE_ID.pem (1 year) and OUT/NODE_ID.key (0600).
     Issue {
@@ -46,9 +50,19 @@ pub enum CaCommand {
 
 pub fn run(cmd: CaCommand) -> Result<Report, CliError> {
     match cmd {
-        CaCommand::Init { dir, force } => init(&dir, force),
+        CaCommand::Init { dir, if_missing: true, .. } if existing(&dir) => Ok(Report {
+            human: format!("kept the existing cluster CA in {}", dir.display()),
+            json: json!({ "ca_cert": text(&tls::CaPaths::in_dir(&dir).cert), "created": false }),
+        }),
+        CaCommand::Init { dir, force, .. } => init(&dir, force),
         CaCommand::Issue { node_id, ca_dir, out, force } => issue(&node_id, &ca_dir, &out, force),
     }
+}
+
+/// Whether `dir` holds both CA files.
+fn existing(dir: &Path) -> bool {
+    let paths = tls::CaPaths::in_dir(dir);
+    paths.cert.is_file() && paths.key.is_file()
 }
 
 fn init(dir: &Path, force: bool) -> Result<Report, CliError> {
@@ -61,7 +75,7 @@ fn init(dir: &Path, force: bool) -> Result<Report, CliError> {
             paths.key.display(),
             dir.display()
         ),
-        json: json!({ "ca_cert": text(&paths.cert), "ca_key": text(&paths.key) }),
+        json: json!({ "ca_cert": text(&paths.cert), "ca_key": text(&paths.key), "created": true }),
     })
 }
 

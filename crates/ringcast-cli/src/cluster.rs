@@ -1,4 +1,4 @@
-//! `members`, `ring`, `owner`, `drain`: the cluster as one node sees it.
+//! `members`, `ring`, `owner`, `drain`, `health`: the cluster as one node sees it.
 
 use crate::exit::CliError;
 use crate::node::{path_segment, NodeApi};
@@ -94,4 +94,16 @@ pub async fn drain(api: &NodeApi, node_id: &str, wait: Duration) -> Result<Repor
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Whether the node answers `GET path` with a 2xx status (the readiness check).
+pub async fn health(api: &NodeApi, path: &str) -> Result<Report, CliError> {
+    if !path.starts_with('/') {
+        return Err(CliError::Usage(format!("--path {path:?} must start with /")));
+    }
+    let v = api.get(path).await?;
+    Ok(Report {
+        human: format!("{} {path}: ready", api.addr),
+        json: json!({"node": api.addr, "ready": true, "body": v}),
+    })
 }

@@ -38,3 +38,9 @@ impl fmt::Display for CliError {
 pub fn report(err: &CliError) {
     eprintln!("ringcast: error: {err}");
 }
+
+/// Prints a progress note on stderr (stdout is kept for reports).
+#[allow(clippy::print_stderr)]
+pub fn note(msg: &str) {
+    eprintln!("{msg}");
+}

@@ -9,12 +9,16 @@
 //! Output: human-readable text on stdout by default; with `--json`, exactly one line
 //! holding one JSON object, for scripts. Errors go to stderr as text in both modes.
 //!
+//! `container-node` is the odd one out: the entrypoint of the container image, it
+//! replaces itself with `ringcastd` (see [`container`]).
+//!
 //! Exit status: 0 on success, 64 for a bad command line or bad input (an invalid node
 //! id, for instance), 1 for any other failure (a file that exists, a missing CA, I/O).
 
 mod ca;
 mod channel;
 mod cluster;
+mod container;
 mod exit;
 mod node;
 mod output;
@@ -80,6 +84,16 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Whether a node is ready: GET PATH on --node; exit 0 when it answers 200, else 1.
+    /// The container images' healthcheck (no shell or curl in them).
+    Health {
+        /// The path to ask (`/readyz` for ringcastd, `/health` for etcd).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
+    /// Container entrypoint: derive the node id and address, issue the node's
+    /// certificate from the mounted CA, write its config, exec ringcastd (docs/docker.md).
+    ContainerNode(container::ContainerNode),
     /// Drain a node: it hands its slots to the others, closes its clients and exits.
     Drain {
         node_id: String,
@@ -118,6 +132,12 @@ fn main() -> ExitCode {
     let out = Output { json: cli.json };
     let result = match &cli.command {
         Command::Ca(cmd) => ca::run(cmd.clone()),
+        Command::Health { path } => with_node(&cli, |api| async move { cluster::health(&api, path).await }),
+        Command::ContainerNode(args) => {
+            let err = container::run(args);
+            exit::report(&err);
+            return ExitCode::from(err.exit_code());
+        }
         Command::Members => with_node(&cli, |api| async move { cluster::members(&api).await }),
         Command::Ring => with_node(&cli, |api| async move { cluster::ring(&api).await }),
         Command::Owner { channel } => with_node(&cli, |api| async move { cluster::owner(&api, channel).await }),

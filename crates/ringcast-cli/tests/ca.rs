@@ -137,3 +137,29 @@ fn bad_command_lines_exit_64_and_help_exits_0() {
     assert_eq!(code(&help), 0);
     assert!(stdout(&help).contains("issue"), "{}", stdout(&help));
 }
+
+#[test]
+fn init_if_missing_keeps_an_existing_ca_and_creates_a_missing_one() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let first = ringcast(dir, &["--json", "ca", "init", "--dir", "ca", "--if-missing"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    assert!(stdout(&first).contains("\"created\":true"), "{}", stdout(&first));
+    let before = std::fs::read(dir.join("ca/ca.key")).unwrap_or_else(|e| panic!("{e}"));
+    let again = ringcast(dir, &["--json", "ca", "init", "--dir", "ca", "--if-missing"]);
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert!(stdout(&again).contains("\"created\":false"), "{}", stdout(&again));
+    let after = std::fs::read(dir.join("ca/ca.key")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(before, after, "--if-missing must not replace the CA");
+    let plain = ringcast(dir, &["ca", "init", "--dir", "ca"]);
+    assert_eq!(code(&plain), 1, "without --if-missing an existing CA is an error");
+}
+
+#[test]
+fn health_fails_with_status_1_when_nothing_listens() {
+    let tmp = tempdir();
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    let out = ringcast(tmp.path(), &["health", "--node", "http://127.0.0.1:1"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot reach node"), "{}", stderr(&out));
+}

@@ -1,0 +1,373 @@
+//! The compose cluster (docker/compose.yaml) end to end, driven the way an operator
+//! drives it: images from `scripts/docker-build`, the cluster from `scripts/cluster
+//! --docker`, clients from the host.
+//!
+//! One test, because each step needs the cluster the previous one left: bring it up;
+//! subscribe through one node's published port and publish through another's; `docker
+//! kill` the channel's owner and check the subscriber goes on with no gap in the same
+//! epoch (a durable namespace); bring the node back and rolling-restart the cluster under
+//! load with zero `recovered: false`; scale to 5 nodes and back; bring it down and check
+//! that no container, network or volume is left. A [`Compose`] guard runs `docker-compose down -v` on every exit,
+//! failures included.
+//!
+//! The Docker engine is part of this project's test machine, so this test is required:
+//! without Docker it fails, it does not skip.
+
+use anyhow::{bail, ensure, Context, Result};
+use ringcast_client::{Config, Event, Publisher, Subscriber};
+use ringcast_tests::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The API key of the compose cluster under test.
+const KEY: &str = "docker-test-api-key";
+/// How long publishes may keep retrying through a failover or a restart.
+const PUBLISH_WITHIN: Duration = Duration::from_secs(30);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// A compose project of our own: its name, host ports and subnet are unique to this
+/// process.
+#[derive(Debug, Clone)]
+struct Project {
+    project: String,
+    env: Vec<(String, String)>,
+}
+
+/// Owns a [`Project`]: dropping it removes everything the project made.
+struct Compose(Project);
+
+impl std::ops::Deref for Compose {
+    type Target = Project;
+    fn deref(&self) -> &Project {
+        &self.0
+    }
+}
+
+impl Project {
+    fn new(tag: &str) -> Project {
+        let pid = std::process::id();
+        let base = 20_000 + (pid % 4_000) * 10;
+        let project = format!("rctest{pid}");
+        let env = vec![
+            ("RINGCAST_TAG".to_owned(), tag.to_owned()),
+            ("RINGCAST_API_KEY".to_owned(), KEY.to_owned()),
+            ("RINGCAST_HOST_PORTS".to_owned(), format!("{base}-{}", base + 9)),
+            ("RINGCAST_SUBNET".to_owned(), format!("10.{}.{}.0/24", 200 + pid % 50, (pid / 50) % 250)),
+        ];
+        Project { project, env }
+    }
+
+    /// Runs `scripts/cluster --docker --project P ARGS...`; returns stdout, or fails with
+    /// stderr.
+    fn cluster(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(repo().join("scripts/cluster"))
+            .args(["--docker", "--project", &self.project])
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .context("run scripts/cluster")?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.success(),
+            "scripts/cluster {args:?} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(stdout)
+    }
+
+    /// `cluster ... --json ARGS`, parsed.
+    fn cluster_json(&self, args: &[&str]) -> Result<Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cluster(&all)?;
+        serde_json::from_str(out.trim()).with_context(|| format!("not one JSON object: {out}"))
+    }
+
+    /// The running node containers: name, node id, host client address, network address.
+    fn nodes(&self) -> Result<Vec<DockerNode>> {
+        let names = docker(&[
+            "ps",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.project),
+            "--filter",
+            "label=com.docker.compose.service=node",
+            "--format",
+            "{{.Names}}",
+        ])?;
+        let mut out = Vec::new();
+        for name in names.lines().filter(|l| !l.is_empty()) {
+            let host = docker(&["inspect", "-f", "{{.Config.Hostname}}", name])?;
+            let port = docker(&["port", name, "7400/tcp"])?;
+            let port = port.lines().next().and_then(|l| l.rsplit(':').next()).context("no published port")?;
+            let ip = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name])?;
+            out.push(DockerNode {
+                container: name.to_owned(),
+                id: format!("node-{}", host.trim()),
+                host_addr: format!("127.0.0.1:{}", port.trim()).parse()?,
+                ip: ip.trim().to_owned(),
+            });
+        }
+        out.sort_by(|a, b| a.container.cmp(&b.container));
+        Ok(out)
+    }
+
+    /// Everything of the project that still exists (containers, networks, volumes).
+    fn leftovers(&self) -> Result<String> {
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        let mut left = docker(&["ps", "-a", "--filter", &label, "--format", "container {{.Names}}"])?;
+        left += &docker(&["network", "ls", "--filter", &label, "--format", "network {{.Name}}"])?;
+        left += &docker(&["volume", "ls", "--filter", &label, "--format", "volume {{.Name}}"])?;
+        Ok(left.trim().to_owned())
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        // Paused containers cannot be removed gracefully; unpause whatever is paused.
+        if let Ok(paused) = docker(&["ps", "-q", "--filter", &label, "--filter", "status=paused"]) {
+            for id in paused.lines().filter(|l| !l.is_empty()) {
+                let _ = docker(&["unpause", id]);
+            }
+        }
+        let _ = compose_command()
+            .args(["-p", &self.project, "-f"])
+            .arg(repo().join("docker/compose.yaml"))
+            .args(["down", "-v", "--remove-orphans", "--timeout", "5"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DockerNode {
+    container: String,
+    id: String,
+    /// The node's client port as published on the host.
+    host_addr: SocketAddr,
+    /// Its address on the compose network (reachable from the host on Linux).
+    ip: String,
+}
+
+impl DockerNode {
+    fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.host_addr)
+    }
+}
+
+/// `docker compose` (v2) when the engine has it, else `docker-compose` (v1, Debian's).
+fn compose_command() -> Command {
+    let v2 = Command::new("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success());
+    if v2 {
+        let mut c = Command::new("docker");
+        c.arg("compose");
+        c
+    } else {
+        Command::new("docker-compose")
+    }
+}
+
+fn docker(args: &[&str]) -> Result<String> {
+    let out = Command::new("docker").args(args).stdin(Stdio::null()).output().context("run docker")?;
+    ensure!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn api(addr: SocketAddr, path: &str) -> Result<Value> {
+    let r = http(addr, "GET", path, &[("Authorization", &format!("Bearer {KEY}"))], "").await?;
+    ensure!(r.status == 200, "GET {path} on {addr}: {} {}", r.status, r.body);
+    Ok(r.json())
+}
+
+/// A channel of `namespace` owned by `owner`, as `via` sees it.
+async fn channel_owned_by(via: SocketAddr, namespace: &str, owner: &str) -> Result<String> {
+    for i in 0..2000 {
+        let ch = format!("{namespace}:c{i}");
+        if api(via, &format!("/v1/channels/{ch}")).await?["owner"] == owner {
+            return Ok(ch);
+        }
+    }
+    bail!("no {namespace} channel owned by {owner}")
+}
+
+#[tokio::test]
+async fn compose_cluster_survives_a_killed_owner_and_a_rolling_restart_under_load() -> Result<()> {
+    let started = Instant::now();
+    // Images from the binaries the tests run (no second build): scripts/docker-build.
+    let ringcastd = workspace_binary("ringcastd", "RINGCASTD_BIN")?;
+    let ringcast = workspace_binary("ringcast", "RINGCAST_BIN")?;
+    let bin_dir = ringcastd.parent().context("binary directory")?;
+    ensure!(ringcast.parent() == Some(bin_dir), "ringcastd and ringcast must be in one directory");
+    let tag = "test";
+    let build = Command::new(repo().join("scripts/docker-build"))
+        .args(["--tag", tag, "--bin-dir"])
+        .arg(bin_dir)
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(build.status.success(), "scripts/docker-build failed: {}", String::from_utf8_lossy(&build.stderr));
+    note(&format!(
+        "images built in {:.1}s:\n{}",
+        started.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&build.stdout)
+    ));
+
+    let compose = Compose(Project::new(tag));
+    let t = Instant::now();
+    let up = compose.cluster_json(&["up", "3"])?;
+    note(&format!("cluster up in {:.1}s", t.elapsed().as_secs_f64()));
+    assert_eq!(up["members"].as_array().map(Vec::len), Some(3), "{up}");
+    assert_eq!(up["vacant"], 0, "{up}");
+    let nodes = compose.nodes()?;
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    for n in &nodes {
+        let h = docker(&["inspect", "-f", "{{.State.Health.Status}} {{.Config.User}}", &n.container])?;
+        assert_eq!(h.trim(), "healthy 65532:65532", "{}: healthcheck and non-root user", n.container);
+    }
+
+    // Subscribe through node 0 and publish through node 1, from the host; node 2 owns
+    // the (durable) channel and is killed halfway.
+    let (sub_node, pub_node, victim) = (&nodes[0], &nodes[1], &nodes[2]);
+    let channel = channel_owned_by(sub_node.host_addr, "orders", &victim.id).await?;
+    let (mut sub, _) = WsClient::connect(&sub_node.ws_url(), None).await?;
+    assert_eq!(sub.subscribe(&channel, None).await?["type"], "subscribed");
+    let mut publisher = Publisher::new(Config::new(vec![pub_node.ws_url()]));
+    let mut acks = Vec::new();
+    for i in 1..=20 {
+        acks.push(publisher.publish(&channel, &json!(i), &format!("k{i}"), PUBLISH_WITHIN).await?);
+    }
+    compose.cluster(&["kill", &victim.id])?;
+    let killed = docker(&["inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", &victim.container])?;
+    assert_eq!(killed.trim(), "false 137", "docker kill left {} down", victim.container);
+    for i in 21..=40 {
+        acks.push(publisher.publish(&channel, &json!(i), &format!("k{i}"), PUBLISH_WITHIN).await?);
+    }
+    let epoch = acks[0].at.epoch.clone();
+    for (i, a) in acks.iter().enumerate() {
+        assert_eq!((a.at.epoch.as_str(), a.at.offset), (epoch.as_str(), i as u64 + 1), "acks in one epoch: {acks:?}");
+    }
+    let got = sub.messages(40).await?;
+    assert!(got.iter().all(|m| m["epoch"] == json!(epoch)), "one epoch across the failover: {got:?}");
+    assert_eq!(offsets(&got), (1..=40).collect::<Vec<u64>>(), "no gap across the failover");
+    let owner = api(sub_node.host_addr, &format!("/v1/channels/{channel}")).await?["owner"].clone();
+    assert_ne!(owner, json!(victim.id), "the channel moved off the killed node");
+    drop(sub);
+
+    // The killed node comes back (heal restarts containers that did not exit cleanly).
+    compose.cluster(&["heal"])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = compose.cluster_json(&["status"])?;
+        if s["members"].as_array().map(Vec::len) == Some(3) && s["vacant"] == 0 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the killed node did not rejoin: {s}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Rolling restart under load. Clients dial the nodes' network addresses: a container
+    // restarted from a published port range may get a different host port.
+    let urls: Vec<String> = compose.nodes()?.iter().map(|n| format!("ws://{}:7400/ws", n.ip)).collect();
+    let channels: Vec<String> = (0..4).map(|i| format!("orders:rr{i}")).collect();
+    let refs: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let mut subscriber = Subscriber::new(Config::new(urls.clone()), &refs);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let load_channels = channels.clone();
+    let load = tokio::spawn(async move {
+        let mut p = Publisher::new(Config::new(urls));
+        let mut acked: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+        let mut n = 0u64;
+        while !*stop_rx.borrow() {
+            let ch = &load_channels[usize::try_from(n % 4).unwrap_or(0)];
+            let ack = p.publish(ch, &json!(n), &format!("rr{n}"), PUBLISH_WITHIN).await?;
+            acked.entry(ch.clone()).or_default().push((ack.at.epoch, ack.at.offset));
+            n += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = stop_rx.changed() => {}
+            }
+        }
+        anyhow::Ok(acked)
+    });
+    let mut seen: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    let mut not_recovered = Vec::new();
+    let project = compose.0.clone();
+    let restart = tokio::task::spawn_blocking(move || project.cluster_json(&["rolling-restart"]));
+    tokio::pin!(restart);
+    let restarted = loop {
+        tokio::select! {
+            r = &mut restart => break r??,
+            e = subscriber.next() => record(e?, &mut seen, &mut not_recovered),
+        }
+    };
+    let _ = stop_tx.send(true);
+    let acked = load.await??;
+    note(&format!("rolling restart of 3 nodes: {restarted}"));
+    assert_eq!(restarted["rolling_restart"], "ok", "{restarted}");
+    // Everything acknowledged reaches the subscriber, in order, in one epoch per channel.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.iter().any(|(ch, a)| seen.get(ch).map_or(0, Vec::len) < a.len()) {
+        ensure!(Instant::now() < deadline, "the subscriber fell short: acked {acked:?}, seen {seen:?}");
+        let e = tokio::time::timeout(Duration::from_secs(10), subscriber.next()).await.context("subscriber")??;
+        record(e, &mut seen, &mut not_recovered);
+    }
+    assert!(
+        not_recovered.is_empty(),
+        "recovered: false, gaps or restarts during the rolling restart: {not_recovered:?}"
+    );
+    let total: usize = acked.values().map(Vec::len).sum();
+    assert!(total > 50, "the load ran during the restart ({total} publishes)");
+    for (ch, a) in &acked {
+        let epoch = &a[0].0;
+        assert!(a.iter().all(|(e, _)| e == epoch), "{ch}: acks in one epoch: {a:?}");
+        let offsets: Vec<u64> = a.iter().map(|(_, o)| *o).collect();
+        assert_eq!(offsets, (1..=a.len() as u64).collect::<Vec<u64>>(), "{ch}: acked offsets contiguous");
+        assert_eq!(&seen[ch][..a.len()], &a[..], "{ch}: the subscriber saw every acked message, in order");
+    }
+
+    // Scale to 5 nodes and back to 3, without editing a file.
+    let five = compose.cluster_json(&["up", "5"])?;
+    assert_eq!((five["members"].as_array().map(Vec::len), five["vacant"].clone()), (Some(5), json!(0)), "{five}");
+    assert_eq!(compose.nodes()?.len(), 5);
+    let three = compose.cluster_json(&["up", "3"])?;
+    assert_eq!((three["members"].as_array().map(Vec::len), three["vacant"].clone()), (Some(3), json!(0)), "{three}");
+    assert_eq!(compose.nodes()?.len(), 3, "scaling down removed the extra containers");
+
+    // Down, and nothing left behind.
+    compose.cluster(&["down"])?;
+    let left = compose.leftovers()?;
+    assert!(left.is_empty(), "left behind after down: {left}");
+    note(&format!("docker test done in {:.1}s", started.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+/// Records a subscriber event: messages by channel, and anything that is not a lossless
+/// resume (`recovered: false`, a gap, a restarted stream).
+fn record(e: Event, seen: &mut BTreeMap<String, Vec<(String, u64)>>, bad: &mut Vec<String>) {
+    match e {
+        Event::Message { channel, at, .. } => seen.entry(channel).or_default().push((at.epoch, at.offset)),
+        Event::Subscribed { recovered: Some(false), channel, reason, .. } => {
+            bad.push(format!("{channel}: recovered false ({reason:?})"));
+        }
+        Event::Gap { channel, from, to, reason, .. } => bad.push(format!("{channel}: gap {from}..={to} ({reason})")),
+        Event::Restarted { channel, at } => bad.push(format!("{channel}: restarted at {at:?}")),
+        Event::Connected { .. } | Event::Disconnected { .. } | Event::Subscribed { .. } => {}
+    }
+}
+
+/// Timings on stderr (shown by `cargo nextest run --no-capture`, and on failure).
+#[allow(clippy::print_stderr)]
+fn note(s: &str) {
+    eprintln!("{s}");
+}
