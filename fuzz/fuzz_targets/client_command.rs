@@ -69,14 +69,18 @@ fn check_fields(req: &Request) {
         assert_eq!(&back, c);
     };
     match &req.command {
-        Command::Subscribe { channel, .. } | Command::Unsubscribe { channel } => channel_ok(channel),
+        Command::Subscribe { channel, .. }
+        | Command::Unsubscribe { channel }
+        | Command::Presence { channel }
+        | Command::PresenceStats { channel }
+        | Command::Typing { channel } => channel_ok(channel),
         Command::History { channel, limit, .. } => {
             channel_ok(channel);
             assert!((1..=MAX_HISTORY_LIMIT).contains(limit), "limit {limit}");
         }
-        Command::Publish { channel, data, idempotency_key } => {
+        Command::Publish { channel, data, idempotency_key, key: state_key } => {
             channel_ok(channel);
-            if let Some(key) = idempotency_key {
+            for key in [idempotency_key, state_key].into_iter().flatten() {
                 assert!((1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()), "key {key:?}");
             }
             // The push frame every subscriber receives carries the data verbatim.
@@ -120,6 +124,10 @@ struct Wire<'a> {
     before: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -140,31 +148,50 @@ fn encode(req: &Request) -> String {
         idempotency_key: None,
         before: None,
         limit: None,
+        key: None,
+        snapshot: None,
+    };
+    let since_wire = |s: &Option<Since>| {
+        s.map(|Since { epoch, offset }| SinceWire { epoch: epoch.map(|e| e.to_string()), offset: offset.0 })
     };
     match &req.command {
-        Command::Connect { token } => {
+        Command::Connect { token, since } => {
             w.kind = "connect";
             w.token = token.as_deref();
+            w.since = since_wire(since);
         }
         Command::Refresh { token } => {
             w.kind = "refresh";
             w.token = Some(token);
         }
-        Command::Subscribe { channel, since } => {
+        Command::Subscribe { channel, since, snapshot } => {
             w.kind = "subscribe";
             w.channel = Some(channel.as_str());
-            w.since = since
-                .map(|Since { epoch, offset }| SinceWire { epoch: epoch.map(|e| e.to_string()), offset: offset.0 });
+            w.since = since_wire(since);
+            w.snapshot = *snapshot;
         }
         Command::Unsubscribe { channel } => {
             w.kind = "unsubscribe";
             w.channel = Some(channel.as_str());
         }
-        Command::Publish { channel, data, idempotency_key } => {
+        Command::Publish { channel, data, idempotency_key, key } => {
             w.kind = "publish";
             w.channel = Some(channel.as_str());
             w.data = Some(data);
             w.idempotency_key = idempotency_key.as_deref();
+            w.key = key.as_deref();
+        }
+        Command::Presence { channel } => {
+            w.kind = "presence";
+            w.channel = Some(channel.as_str());
+        }
+        Command::PresenceStats { channel } => {
+            w.kind = "presence_stats";
+            w.channel = Some(channel.as_str());
+        }
+        Command::Typing { channel } => {
+            w.kind = "typing";
+            w.channel = Some(channel.as_str());
         }
         Command::History { channel, before, limit } => {
             w.kind = "history";

@@ -155,6 +155,7 @@ fn check_log(input: &Input<'_>) {
                         age: Duration::from_millis(age.into()),
                     })
                     .collect(),
+                latest: Vec::new(),
             };
             now = Millis(now.0 + u64::from(input.restore.as_ref().map_or(0, |s| s.now)));
             ChannelLog::restore(snap, history_policy, dedup_policy, now)

@@ -62,6 +62,8 @@ async fn every_error_code_is_returned_for_its_documented_cause() -> Result<()> {
     note(&mut seen, &error_code(&r), "already_subscribed", &r.to_string());
     let r = c.request(json!({"type": "unsubscribe", "channel": "chat:9"})).await?;
     note(&mut seen, &error_code(&r), "not_subscribed", &r.to_string());
+    let r = c.request(json!({"type": "presence", "channel": "chat:1"})).await?;
+    note(&mut seen, &error_code(&r), "not_enabled", &r.to_string());
     let key = json!({"type": "publish", "channel": "chat:1", "data": 1, "idempotency_key": "k"});
     c.request(key.clone()).await?;
     let mut clash = key;

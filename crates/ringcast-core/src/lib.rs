@@ -15,6 +15,7 @@
 //! - [`namespace`]: per-namespace options (history, limits, policies) and their validation.
 //! - [`log`]: one channel's stream: `(epoch, offset)` sequencing, the history window,
 //!   idempotency dedup ([`dedup`]), recovery decisions and history pages.
+//! - [`latest`]: keep-latest state, the newest message per key (scoreboards).
 //! - [`mirror`]: exactly-once, in-order delivery at a subscriber node whatever order
 //!   the owner's messages arrive in (gaps are buffered, then filled from history).
 //! - [`send_queue`]: a connection's bounded send queue, backpressure policies and gap
@@ -31,6 +32,7 @@
 pub mod backoff;
 pub mod caps;
 pub mod dedup;
+pub mod latest;
 pub mod log;
 pub mod mirror;
 pub mod name;

@@ -23,6 +23,7 @@
 //! - an idempotency key inside the window maps to exactly one position.
 
 use crate::dedup::{DedupCheck, DedupPolicy, DedupWindow};
+use crate::latest::{LatestEntry, LatestPolicy, LatestState};
 use crate::position::{Epoch, Offset, StreamPosition};
 use crate::time::Millis;
 use std::collections::VecDeque;
@@ -129,6 +130,9 @@ pub struct LogSnapshot<P> {
     /// `(offset, age, payload)`, oldest first, contiguous and ending at `top`.
     pub history: Vec<(Offset, Duration, P)>,
     pub dedup: Vec<crate::dedup::DedupEntry>,
+    /// Keep-latest state (`crate::latest`): `(key, offset, age, payload)`; empty when the
+    /// channel keeps none.
+    pub latest: Vec<LatestEntry<P>>,
 }
 
 /// One channel's sequenced stream. See the module docs for its invariants.
@@ -143,6 +147,8 @@ pub struct ChannelLog<P> {
     dedup: DedupWindow,
     history_policy: HistoryPolicy,
     dedup_policy: DedupPolicy,
+    /// Keep-latest channels: the newest committed message per key.
+    latest: Option<LatestState<P>>,
 }
 
 impl<P: Clone> ChannelLog<P> {
@@ -157,6 +163,27 @@ impl<P: Clone> ChannelLog<P> {
             dedup: DedupWindow::default(),
             history_policy,
             dedup_policy,
+            latest: None,
+        }
+    }
+
+    /// Keeps (with `Some`) or drops the newest message per key (`crate::latest`).
+    pub fn set_latest(&mut self, policy: Option<LatestPolicy>) {
+        match (policy, self.latest.as_mut()) {
+            (None, _) => self.latest = None,
+            (Some(p), Some(l)) => l.set_policy(p),
+            (Some(p), None) => self.latest = Some(LatestState::new(p)),
+        }
+    }
+
+    /// The keep-latest state readers may see, in offset order; empty without it.
+    pub fn latest(&mut self, now: Millis) -> Vec<(std::sync::Arc<str>, Offset, P)> {
+        self.latest.as_mut().map(|l| l.entries(now)).unwrap_or_default()
+    }
+
+    fn note_latest(&mut self, key: Option<&str>, offset: Offset, now: Millis, payload: &P, committed: bool) {
+        if let (Some(l), Some(k)) = (self.latest.as_mut(), key) {
+            l.note(k, offset, now, payload.clone(), committed);
         }
     }
 
@@ -176,6 +203,9 @@ impl<P: Clone> ChannelLog<P> {
     /// Makes everything up to `offset` visible to readers (at most what was sequenced).
     pub fn commit_to(&mut self, offset: Offset) {
         self.committed = self.committed.max(offset.min(self.top));
+        if let Some(l) = self.latest.as_mut() {
+            l.commit_to(self.committed);
+        }
     }
 
     /// Sequences a message visible at once (best-effort channels). See
@@ -187,8 +217,20 @@ impl<P: Clone> ChannelLog<P> {
         digest: u64,
         encode: impl FnOnce(StreamPosition) -> P,
     ) -> Result<Appended<P>, AppendError> {
-        let appended = self.append_pending(now, idempotency_key, digest, encode)?;
-        self.committed = self.top;
+        self.append_keyed(now, idempotency_key, digest, None, encode)
+    }
+
+    /// [`ChannelLog::append`] of a message with a keep-latest `key`.
+    pub fn append_keyed(
+        &mut self,
+        now: Millis,
+        idempotency_key: Option<&str>,
+        digest: u64,
+        key: Option<&str>,
+        encode: impl FnOnce(StreamPosition) -> P,
+    ) -> Result<Appended<P>, AppendError> {
+        let appended = self.append_pending_keyed(now, idempotency_key, digest, key, encode)?;
+        self.commit_to(self.top);
         Ok(appended)
     }
 
@@ -203,6 +245,19 @@ impl<P: Clone> ChannelLog<P> {
         digest: u64,
         payload: P,
     ) -> Result<(), OutOfStep> {
+        self.append_replicated_keyed(position, now, idempotency_key, digest, None, payload)
+    }
+
+    /// [`ChannelLog::append_replicated`] of a message with a keep-latest `key`.
+    pub fn append_replicated_keyed(
+        &mut self,
+        position: StreamPosition,
+        now: Millis,
+        idempotency_key: Option<&str>,
+        digest: u64,
+        key: Option<&str>,
+        payload: P,
+    ) -> Result<(), OutOfStep> {
         if position.epoch != self.epoch || position.offset > self.top.next() {
             return Err(OutOfStep { held: self.sequenced() });
         }
@@ -212,6 +267,7 @@ impl<P: Clone> ChannelLog<P> {
         self.prune(now);
         self.top = position.offset;
         self.committed = self.top;
+        self.note_latest(key, position.offset, now, &payload, true);
         self.store(now, payload);
         if let Some(key) = idempotency_key {
             self.dedup.record(key, digest, position, &self.dedup_policy, now);
@@ -244,6 +300,19 @@ impl<P: Clone> ChannelLog<P> {
         digest: u64,
         encode: impl FnOnce(StreamPosition) -> P,
     ) -> Result<Appended<P>, AppendError> {
+        self.append_pending_keyed(now, idempotency_key, digest, None, encode)
+    }
+
+    /// [`ChannelLog::append_pending`] of a message with a keep-latest `key` (part of the
+    /// state once committed).
+    pub fn append_pending_keyed(
+        &mut self,
+        now: Millis,
+        idempotency_key: Option<&str>,
+        digest: u64,
+        key: Option<&str>,
+        encode: impl FnOnce(StreamPosition) -> P,
+    ) -> Result<Appended<P>, AppendError> {
         self.prune(now);
         if let Some(key) = idempotency_key {
             match self.dedup.check(key, digest, &self.dedup_policy, now) {
@@ -258,6 +327,7 @@ impl<P: Clone> ChannelLog<P> {
         self.top = self.top.next();
         let position = self.sequenced();
         let payload = encode(position);
+        self.note_latest(key, position.offset, now, &payload, false);
         self.store(now, payload.clone());
         if let Some(key) = idempotency_key {
             self.dedup.record(key, digest, position, &self.dedup_policy, now);
@@ -332,7 +402,11 @@ impl<P: Clone> ChannelLog<P> {
     /// again it starts a new epoch, so no reader can mistake it for the old stream.
     pub fn is_idle(&mut self, now: Millis) -> bool {
         self.prune(now);
-        self.history.is_empty() && self.dedup.is_empty()
+        let latest = self.latest.as_mut().is_none_or(|l| {
+            l.prune(now);
+            l.is_empty()
+        });
+        self.history.is_empty() && self.dedup.is_empty() && latest
     }
 
     /// Everything needed to continue this stream elsewhere, as of `now`: every message
@@ -345,6 +419,7 @@ impl<P: Clone> ChannelLog<P> {
             top: self.top,
             history: self.history.iter().map(|e| (e.offset, now.since(e.at), e.payload.clone())).collect(),
             dedup: self.dedup.export(now),
+            latest: self.latest.as_mut().map(|l| l.export(now)).unwrap_or_default(),
         }
     }
 
@@ -376,6 +451,10 @@ impl<P: Clone> ChannelLog<P> {
             e.position.epoch == snap.epoch && e.position.offset != Offset::ZERO && e.position.offset <= snap.top
         };
         let dedup = DedupWindow::import(snap.dedup.into_iter().filter(sequenced).collect(), &dedup_policy, now);
+        // Keep-latest state comes back under the default policy; the driver sets the
+        // namespace's with `set_latest` (or drops it).
+        let latest =
+            (!snap.latest.is_empty()).then(|| LatestState::import(snap.latest, snap.top, LatestPolicy::default(), now));
         let mut log = ChannelLog {
             epoch: snap.epoch,
             top: snap.top,
@@ -384,6 +463,7 @@ impl<P: Clone> ChannelLog<P> {
             dedup,
             history_policy,
             dedup_policy,
+            latest,
         };
         log.prune(now);
         log
@@ -398,6 +478,30 @@ impl<P: Clone> ChannelLog<P> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keep_latest_follows_commits_and_snapshots() {
+        let policy = HistoryPolicy { size: 2, ttl: Duration::from_secs(60) };
+        let mut l: ChannelLog<u64> = ChannelLog::new(epoch(3), policy, DedupPolicy::default());
+        l.set_latest(Some(LatestPolicy::default()));
+        for (i, key) in ["g1", "g2", "g1", "g3", "g1"].iter().enumerate() {
+            l.append_keyed(Millis(0), None, 0, Some(key), |p| p.offset.0 * 10 + i as u64).ok();
+        }
+        let held = |l: &mut ChannelLog<u64>| -> Vec<(String, u64)> {
+            l.latest(Millis(0)).into_iter().map(|(k, o, _)| (k.to_string(), o.0)).collect()
+        };
+        // History keeps 2 messages, the state every key's newest.
+        assert_eq!(held(&mut l), [("g2".into(), 2), ("g3".into(), 4), ("g1".into(), 5)]);
+        // Durable: pending until committed, and carried by snapshots.
+        l.append_pending_keyed(Millis(0), None, 0, Some("g2"), |_| 60).ok();
+        assert_eq!(held(&mut l)[0], ("g2".into(), 2));
+        let snap = l.snapshot(Millis(0));
+        let mut moved = ChannelLog::restore(snap, policy, DedupPolicy::default(), Millis(0));
+        assert_eq!(held(&mut moved), [("g3".into(), 4), ("g1".into(), 5), ("g2".into(), 6)]);
+        l.commit_to(Offset(6));
+        assert_eq!(held(&mut l), held(&mut moved), "the same state once committed");
+        assert!(!l.is_idle(Millis(1_000_000)), "state keeps the channel after its history expires");
+    }
+
     use super::*;
     use proptest::prelude::*;
 
@@ -587,6 +691,7 @@ mod tests {
                 (Offset(10), Duration::ZERO, 10),
             ],
             dedup: vec![],
+            latest: vec![],
         };
         let l = ChannelLog::restore(
             snap,
@@ -613,6 +718,7 @@ mod tests {
             top: Offset(5),
             history: vec![],
             dedup: vec![entry("ahead", 7, u64::MAX), entry("zero", 7, 0), entry("other", 8, 3), entry("ok", 7, 5)],
+            latest: vec![],
         };
         let policy = HistoryPolicy { size: 10, ttl: Duration::from_secs(60) };
         let mut l = ChannelLog::restore(snap, policy, DedupPolicy::default(), Millis(65_281));
@@ -630,7 +736,7 @@ mod tests {
     fn a_snapshot_at_the_last_offset_never_reuses_it_nor_skips_it_in_replay() {
         let top = Offset(u64::MAX);
         let policy = HistoryPolicy { size: 255, ttl: Duration::from_millis(65_536) };
-        let snap = |history| LogSnapshot { epoch: epoch(u64::MAX), top, history, dedup: vec![] };
+        let snap = |history| LogSnapshot { epoch: epoch(u64::MAX), top, history, dedup: vec![], latest: vec![] };
         let full = snap(vec![(top, Duration::from_millis(65_535), u64::MAX)]);
         let mut l = ChannelLog::restore(full, policy, DedupPolicy::default(), Millis(1_055_255));
         assert_eq!(l.append(Millis(1_055_255), None, 0, |p| p.offset.0), Err(AppendError::OffsetsExhausted));

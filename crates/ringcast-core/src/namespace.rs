@@ -98,6 +98,18 @@ pub struct NamespaceOptions {
     /// (default `"30s"`; at most `"1h"`).
     #[serde(with = "crate::time::serde_duration")]
     pub presence_grace: Duration,
+    /// Keep the newest message of each `key` (default false): scoreboards. A new
+    /// subscriber first gets a `snapshot` of that state, then live messages;
+    /// `GET /v1/channels/{channel}/state` returns it. Publishes may carry a `key` (a
+    /// publish without one uses the empty key: the channel's single latest message).
+    pub keep_latest: bool,
+    /// Keys a keep-latest channel holds (default 1000, at most 100000); a new key beyond
+    /// it evicts the key updated longest ago.
+    pub max_keys: usize,
+    /// How long a key's latest message is kept without an update (default `"24h"`, at
+    /// most `"168h"`).
+    #[serde(with = "crate::time::serde_duration")]
+    pub state_ttl: Duration,
 }
 
 impl Default for NamespaceOptions {
@@ -118,6 +130,9 @@ impl Default for NamespaceOptions {
             presence: false,
             join_leave: false,
             presence_grace: crate::presence::DEFAULT_LEAVE_GRACE,
+            keep_latest: false,
+            max_keys: crate::latest::LatestPolicy::default().max_keys,
+            state_ttl: crate::latest::LatestPolicy::default().ttl,
         }
     }
 }
@@ -161,6 +176,12 @@ impl NamespaceOptions {
         if self.join_leave && !self.presence {
             return err("join_leave", "needs presence = true (joins and leaves come from the presence state)".into());
         }
+        if self.max_keys == 0 || self.max_keys > 100_000 {
+            return err("max_keys", format!("{} is outside 1..=100000", self.max_keys));
+        }
+        if self.state_ttl.is_zero() || self.state_ttl > Duration::from_secs(7 * 24 * 3600) {
+            return err("state_ttl", "must be between 1ms and 168h (7 days)".into());
+        }
         if self.presence_grace > Duration::from_secs(3600) {
             return err("presence_grace", "must be at most 1h".into());
         }
@@ -196,6 +217,12 @@ impl NamespaceOptions {
                 bytes: self.send_queue_bytes.map_or(connection.bytes, |b| b.min(connection.bytes)),
             },
         }
+    }
+
+    /// The keep-latest state channels keep, if any.
+    #[must_use]
+    pub fn latest_policy(&self) -> Option<crate::latest::LatestPolicy> {
+        self.keep_latest.then_some(crate::latest::LatestPolicy { max_keys: self.max_keys, ttl: self.state_ttl })
     }
 
     #[must_use]

@@ -48,9 +48,12 @@ pub enum Command {
     Refresh {
         token: String,
     },
+    /// `snapshot`: with `Some(true)`, a keep-latest channel's state follows the reply
+    /// even when resuming; `Some(false)` declines it on a fresh subscribe.
     Subscribe {
         channel: ChannelName,
         since: Option<Since>,
+        snapshot: Option<bool>,
     },
     Unsubscribe {
         channel: ChannelName,
@@ -59,6 +62,8 @@ pub enum Command {
         channel: ChannelName,
         data: Box<RawValue>,
         idempotency_key: Option<String>,
+        /// The keep-latest key the message updates (`ringcast_core::latest`).
+        key: Option<String>,
     },
     History {
         channel: ChannelName,
@@ -110,6 +115,10 @@ struct Envelope<'a> {
     before: Option<u64>,
     #[serde(default)]
     limit: Option<u32>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    snapshot: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -173,6 +182,7 @@ pub fn decode_command(text: &str) -> Result<Request, DecodeError> {
         "subscribe" => Command::Subscribe {
             channel: channel(&env.channel)?,
             since: env.since.map(|raw| decode_since(raw, id)).transpose()?,
+            snapshot: env.snapshot,
         },
         "unsubscribe" => Command::Unsubscribe { channel: channel(&env.channel)? },
         "publish" => {
@@ -181,7 +191,10 @@ pub fn decode_command(text: &str) -> Result<Request, DecodeError> {
             if let Some(key) = &env.idempotency_key {
                 check_idempotency_key(key).map_err(|m| err(some, ErrorCode::InvalidIdempotencyKey, m))?;
             }
-            Command::Publish { channel, data, idempotency_key: env.idempotency_key }
+            if let Some(key) = &env.key {
+                ringcast_core::latest::check_key(key).map_err(|m| err(some, ErrorCode::BadRequest, m))?;
+            }
+            Command::Publish { channel, data, idempotency_key: env.idempotency_key, key: env.key }
         }
         "history" => Command::History {
             channel: channel(&env.channel)?,
@@ -241,19 +254,66 @@ struct MessagePush<'a> {
     channel: &'a str,
     epoch: Epoch,
     offset: Offset,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
     data: &'a RawValue,
 }
 
 /// The `message` push for one sequenced publish. Encoded once, shared by every reader.
 #[must_use]
 pub fn encode_message(channel: &ChannelName, position: StreamPosition, data: &RawValue) -> String {
+    encode_keyed_message(channel, position, None, data)
+}
+
+/// [`encode_message`] of a publish that named a keep-latest `key` (shown in the frame).
+#[must_use]
+pub fn encode_keyed_message(
+    channel: &ChannelName,
+    position: StreamPosition,
+    key: Option<&str>,
+    data: &RawValue,
+) -> String {
     to_json(&MessagePush {
         kind: "message",
         channel: channel.as_str(),
         epoch: position.epoch,
         offset: position.offset,
+        key: key.filter(|k| !k.is_empty()),
         data,
     })
+}
+
+/// A keep-latest channel's state at `top`: `entries` are `message` frames (the newest
+/// per key, in offset order). As a push (`id: None`), the `snapshot` that follows a
+/// `subscribed` reply; with `http`, the body of `GET /v1/channels/{channel}/state`.
+#[must_use]
+pub fn encode_snapshot<M: AsRef<str>>(channel: &ChannelName, top: StreamPosition, entries: &[M], http: bool) -> String {
+    #[derive(Serialize)]
+    struct Head<'a> {
+        #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+        kind: Option<&'static str>,
+        channel: &'a str,
+        epoch: Epoch,
+        offset: Offset,
+    }
+    let head = to_json(&Head {
+        kind: (!http).then_some("snapshot"),
+        channel: channel.as_str(),
+        epoch: top.epoch,
+        offset: top.offset,
+    });
+    let body_len: usize = entries.iter().map(|m| m.as_ref().len() + 1).sum();
+    let mut out = String::with_capacity(head.len() + body_len + 16);
+    out.push_str(head.strip_suffix('}').unwrap_or(&head));
+    out.push_str(",\"entries\":[");
+    for (i, m) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(m.as_ref());
+    }
+    out.push_str("]}");
+    out
 }
 
 #[derive(Serialize)]

@@ -55,6 +55,8 @@ pub struct ChannelSnapshotWire {
     pub dedup: Vec<(String, u64, u64, u64)>,
     /// Nodes with subscribers on the channel, the old owner included if it has some.
     pub interest: Vec<String>,
+    /// Keep-latest state: `(key, offset, age in ms, message frame)`.
+    pub latest: Vec<(String, u64, u64, String)>,
 }
 
 /// Every frame of the cluster protocol.
@@ -75,10 +77,21 @@ pub enum PeerFrame {
         data: String,
         idempotency_key: Option<String>,
         client: bool,
+        /// The keep-latest key the message updates.
+        key: Option<String>,
     },
     /// Gateway -> owner: answer a subscribe (recovery from `since`), and with `interest`
     /// start sending this node every message of the channel.
-    Subscribe { req: u64, slot: u16, slot_epoch: u64, channel: String, since: Option<SinceWire>, interest: bool },
+    /// `snapshot`: also answer with the keep-latest state at the reply's position.
+    Subscribe {
+        req: u64,
+        slot: u16,
+        slot_epoch: u64,
+        channel: String,
+        since: Option<SinceWire>,
+        interest: bool,
+        snapshot: bool,
+    },
     /// Gateway -> owner: this node has no subscribers on the channel any more.
     Unsubscribe { slot: u16, slot_epoch: u64, channel: String },
     /// Gateway -> owner: a page of history.
@@ -88,7 +101,15 @@ pub enum PeerFrame {
     Acked { req: u64, epoch: u64, offset: u64, duplicate: bool },
     /// Owner -> gateway: the channel's position when the subscribe was served, and the
     /// replay (message frames) when `since` was honoured.
-    Subscribed { req: u64, epoch: u64, offset: u64, outcome: OutcomeWire, replay: Vec<String> },
+    /// `snapshot`: the keep-latest state (message frames) when asked for.
+    Subscribed {
+        req: u64,
+        epoch: u64,
+        offset: u64,
+        outcome: OutcomeWire,
+        replay: Vec<String>,
+        snapshot: Option<Vec<String>>,
+    },
     /// Owner -> gateway: a history page (message frames, oldest first).
     HistoryPage {
         req: u64,
@@ -127,6 +148,7 @@ pub enum PeerFrame {
         frame: String,
         idempotency_key: Option<String>,
         digest: u64,
+        key: Option<String>,
     },
     /// Replica -> owner: the message at `offset` (and everything before it) is held.
     Replicated { req: u64, offset: u64 },
@@ -151,6 +173,11 @@ pub enum PeerFrame {
     PresenceQuery { req: u64, slot: u16, slot_epoch: u64, channel: String, limit: u32 },
     /// Owner -> gateway: the answer to `PresenceQuery`.
     PresenceReply { req: u64, clients: u64, users: u64, members: Vec<PresentWire>, last_seen: Option<u64> },
+    /// Gateway -> owner: a keep-latest channel's state.
+    State { req: u64, slot: u16, slot_epoch: u64, channel: String },
+    /// Owner -> gateway: the state at (`epoch`, `offset`): message frames, newest per key
+    /// (`epoch` is `None` for a channel with no stream).
+    StateReply { req: u64, epoch: Option<u64>, offset: u64, entries: Vec<String> },
 }
 
 /// A client announced to a channel's owner.
@@ -183,8 +210,11 @@ impl PeerFrame {
     pub fn size_hint(&self) -> usize {
         let strings: usize = match self {
             PeerFrame::Hello { node, .. } => node.len(),
-            PeerFrame::Publish { channel, data, idempotency_key, .. } => {
-                channel.len() + data.len() + idempotency_key.as_ref().map_or(0, String::len)
+            PeerFrame::Publish { channel, data, idempotency_key, key, .. } => {
+                channel.len()
+                    + data.len()
+                    + idempotency_key.as_ref().map_or(0, String::len)
+                    + key.as_ref().map_or(0, String::len)
             }
             PeerFrame::Subscribe { channel, .. }
             | PeerFrame::Unsubscribe { channel, .. }
@@ -198,7 +228,8 @@ impl PeerFrame {
                 channel.len() + user.len() + info.as_ref().map_or(0, String::len)
             }
             PeerFrame::Ephemeral { channel, frame, .. } => channel.len() + frame.len(),
-            PeerFrame::PresenceQuery { channel, .. } => channel.len(),
+            PeerFrame::PresenceQuery { channel, .. } | PeerFrame::State { channel, .. } => channel.len(),
+            PeerFrame::StateReply { entries, .. } => entries.iter().map(|m| m.len() + 8).sum(),
             PeerFrame::PresenceReply { members, .. } => {
                 members.iter().map(|m| m.node.len() + m.user.len() + m.info.as_ref().map_or(0, String::len) + 16).sum()
             }
@@ -206,10 +237,15 @@ impl PeerFrame {
             | PeerFrame::HandedOff { .. }
             | PeerFrame::Replicated { .. }
             | PeerFrame::ReplicaSynced { .. } => 0,
-            PeerFrame::Replicate { channel, frame, idempotency_key, .. } => {
-                channel.len() + frame.len() + idempotency_key.as_ref().map_or(0, String::len)
+            PeerFrame::Replicate { channel, frame, idempotency_key, key, .. } => {
+                channel.len()
+                    + frame.len()
+                    + idempotency_key.as_ref().map_or(0, String::len)
+                    + key.as_ref().map_or(0, String::len)
             }
-            PeerFrame::Subscribed { replay, .. } => replay.iter().map(|m| m.len() + 8).sum(),
+            PeerFrame::Subscribed { replay, snapshot, .. } => {
+                replay.iter().chain(snapshot.iter().flatten()).map(|m| m.len() + 8).sum()
+            }
             PeerFrame::HistoryPage { messages, .. } => messages.iter().map(|m| m.len() + 8).sum(),
             PeerFrame::Refused { code, message, .. } => code.len() + message.len(),
             PeerFrame::Deliver { channel, frame, .. } => channel.len() + frame.len(),
@@ -220,6 +256,7 @@ impl PeerFrame {
                         + c.history.iter().map(|(_, _, m)| m.len() + 24).sum::<usize>()
                         + c.dedup.iter().map(|(k, ..)| k.len() + 32).sum::<usize>()
                         + c.interest.iter().map(String::len).sum::<usize>()
+                        + c.latest.iter().map(|(k, _, _, m)| k.len() + m.len() + 24).sum::<usize>()
                 })
                 .sum(),
         };

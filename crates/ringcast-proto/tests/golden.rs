@@ -13,9 +13,10 @@
 use ringcast_core::{ChannelName, Epoch, NotRecoveredReason, Offset, StreamPosition};
 use ringcast_proto::client::{
     decode_command, encode_ack, encode_connected, encode_ephemeral, encode_error, encode_gap, encode_history,
-    encode_message, encode_pong, encode_presence, encode_presence_stats, encode_refreshed, encode_resubscribed,
-    encode_subscribed, encode_typing_sent, encode_unsubscribed, Ack, Command, Connected, EphemeralKind, GapReason,
-    HistoryReply, PresenceMember, PresenceReply, PresenceStatsReply, Request, SubscribeOutcome, DEFAULT_HISTORY_LIMIT,
+    encode_keyed_message, encode_message, encode_pong, encode_presence, encode_presence_stats, encode_refreshed,
+    encode_resubscribed, encode_snapshot, encode_subscribed, encode_typing_sent, encode_unsubscribed, Ack, Command,
+    Connected, EphemeralKind, GapReason, HistoryReply, PresenceMember, PresenceReply, PresenceStatsReply, Request,
+    SubscribeOutcome, DEFAULT_HISTORY_LIMIT,
 };
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
@@ -88,7 +89,11 @@ fn check_variant(name: &str, request: &Request) {
         ("subscribe", Command::Subscribe { since, .. }) => since.is_none(),
         ("subscribe_since", Command::Subscribe { since, .. }) => since.is_some_and(|s| s.epoch.is_some()),
         ("subscribe_since_no_epoch", Command::Subscribe { since, .. }) => since.is_some_and(|s| s.epoch.is_none()),
-        ("publish", Command::Publish { idempotency_key, .. }) => idempotency_key.is_none(),
+        ("publish", Command::Publish { idempotency_key, key, .. }) => idempotency_key.is_none() && key.is_none(),
+        ("publish_keyed", Command::Publish { key, .. }) => key.as_deref() == Some("game-17"),
+        ("subscribe_snapshot", Command::Subscribe { since, snapshot, .. }) => {
+            since.is_some() && *snapshot == Some(true)
+        }
         ("publish_idempotent", Command::Publish { idempotency_key, .. }) => idempotency_key.is_some(),
         ("history", Command::History { before, limit, .. }) => before.is_none() && *limit == DEFAULT_HISTORY_LIMIT,
         ("history_page", Command::History { before, limit, .. }) => before.is_some() && *limit != DEFAULT_HISTORY_LIMIT,
@@ -168,6 +173,10 @@ fn raw(json: &str) -> Box<RawValue> {
 
 fn message(offset: u64, data: &str) -> String {
     encode_message(&channel(), at(offset), &raw(data))
+}
+
+fn keyed(offset: u64, key: &str, data: &str) -> String {
+    encode_keyed_message(&channel(), at(offset), Some(key), &raw(data))
 }
 
 /// The frame each `server/<name>.json` must equal, built with the encoder.
@@ -258,6 +267,16 @@ fn server_frames() -> BTreeMap<&'static str, String> {
             ),
         ),
         ("message", message(45, r#"{"text":"hello","from":"alice"}"#)),
+        ("message_keyed", keyed(45, "game-18", r#"{"home":7,"away":3}"#)),
+        (
+            "snapshot",
+            encode_snapshot(
+                &c,
+                at(45),
+                &[keyed(44, "game-17", r#"{"home":101,"away":99}"#), keyed(45, "game-18", r#"{"home":7,"away":3}"#)],
+                false,
+            ),
+        ),
         ("resubscribed", encode_resubscribed(&c, at(0), Offset(1), Offset(0))),
         ("gap", encode_gap(&c, epoch(), Offset(46), Offset(58), GapReason::SlowConsumer)),
         ("gap_unavailable", encode_gap(&c, epoch(), Offset(59), Offset(60), GapReason::Unavailable)),

@@ -20,8 +20,8 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use ringcast_core::{ChannelName, NamespaceOptions, Offset, Slot};
 use ringcast_proto::client::{
-    check_history_limit, check_idempotency_key, encode_history, encode_http_error, encode_presence, Ack,
-    MAX_PRESENCE_MEMBERS,
+    check_history_limit, check_idempotency_key, encode_history, encode_http_error, encode_presence, encode_snapshot,
+    Ack, MAX_PRESENCE_MEMBERS,
 };
 use ringcast_proto::ErrorCode;
 use serde::Deserialize;
@@ -57,6 +57,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/channels/{channel}", get(channel_info))
         .route("/v1/channels/{channel}/history", get(history))
         .route("/v1/channels/{channel}/presence", get(presence))
+        .route("/v1/channels/{channel}/state", get(state))
         .route("/v1/users/{user}", get(user_info))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -149,6 +150,9 @@ struct PublishBody<'a> {
     data: &'a RawValue,
     #[serde(default)]
     idempotency_key: Option<String>,
+    /// The keep-latest key the message updates.
+    #[serde(default)]
+    key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -167,7 +171,7 @@ async fn publish_one(
     node: &Node,
     channel: &ChannelName,
     data: &RawValue,
-    key: Option<&str>,
+    (idempotency_key, key): (Option<&str>, Option<&str>),
 ) -> Result<serde_json::Value, ApiError> {
     let started = Instant::now();
     let ns = namespace(node, channel)?;
@@ -180,7 +184,7 @@ async fn publish_one(
     let p = node
         .router
         .publish(
-            &crate::hub::PublishRequest { channel, ns, data, idempotency_key: key, origin: crate::hub::Origin::Api },
+            &crate::hub::PublishRequest { channel, ns, data, idempotency_key, origin: crate::hub::Origin::Api, key },
             node.now(),
         )
         .await
@@ -204,8 +208,11 @@ async fn publish(State(node): State<AppState>, headers: HeaderMap, body: Body) -
     let bytes = read_body(&node, body).await?;
     let b: PublishBody<'_> = parse_json(&bytes)?;
     check_key(b.idempotency_key.as_deref())?;
+    if let Some(k) = &b.key {
+        ringcast_core::latest::check_key(k).map_err(|m| api_err(ErrorCode::BadRequest, m))?;
+    }
     let channel = parse_channel(&b.channel)?;
-    let ack = publish_one(&node, &channel, b.data, b.idempotency_key.as_deref()).await?;
+    let ack = publish_one(&node, &channel, b.data, (b.idempotency_key.as_deref(), b.key.as_deref())).await?;
     Ok(json(StatusCode::OK, ack.to_string()))
 }
 
@@ -221,7 +228,7 @@ async fn broadcast(State(node): State<AppState>, headers: HeaderMap, body: Body)
     let channels = b.channels.iter().map(|c| parse_channel(c)).collect::<Result<Vec<_>, _>>()?;
     let mut results: Vec<serde_json::Value> = Vec::with_capacity(channels.len());
     for c in &channels {
-        results.push(match publish_one(&node, c, b.data, b.idempotency_key.as_deref()).await {
+        results.push(match publish_one(&node, c, b.data, (b.idempotency_key.as_deref(), None)).await {
             Ok(ack) => ack,
             Err(ApiError(code, message)) => {
                 serde_json::json!({"channel": c.as_str(), "error": {"code": code.as_str(), "message": message}})
@@ -262,10 +269,48 @@ async fn history(
     let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
     let channel = parse_channel(&raw)?;
     let (before, limit) = parse_history_query(query.as_deref())?;
-    let api_key = has_api_key(&node, &headers);
-    // Without credentials an unknown namespace answers like a private one, so callers
-    // cannot probe which namespaces exist.
-    let ns = match node.namespace(&channel) {
+    read_access(&node, &channel, &headers, |id, c| id.may_subscribe(c), "subscribe")?;
+    let page =
+        node.router.history(&channel, before, limit, node.now()).await.map_err(|r| ApiError(r.code, r.message))?;
+    Ok(json(StatusCode::OK, encode_history(None, &session::history_reply(&channel, &page))))
+}
+
+/// A keep-latest channel's state: the newest message per key, in offset order, at the
+/// position live messages continue from. Read like history: the API key, a client token
+/// allowed to subscribe, or nothing on anonymous namespaces.
+async fn state(
+    State(node): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
+    let channel = parse_channel(&raw)?;
+    let ns = read_access(&node, &channel, &headers, |id, c| id.may_subscribe(c), "subscribe")?;
+    if !ns.keep_latest {
+        let message = format!("keep_latest is not enabled in namespace {:?}", channel.namespace());
+        return Err(api_err(ErrorCode::NotEnabled, message));
+    }
+    let st = node.router.state(&channel, node.now()).await.map_err(|r| ApiError(r.code, r.message))?;
+    let body = match st.top {
+        Some(top) => encode_snapshot(&channel, top, &st.entries, true),
+        None => serde_json::json!({"channel": channel.as_str(), "epoch": null, "offset": 0, "entries": []}).to_string(),
+    };
+    Ok(json(StatusCode::OK, body))
+}
+
+/// The namespace of a read (history, state, presence) after its access check: the API
+/// key, a client token whose capability `allowed` accepts, or an anonymous namespace.
+/// Without credentials an unknown namespace answers like a private one, so callers
+/// cannot probe which namespaces exist.
+fn read_access<'n>(
+    node: &'n Node,
+    channel: &ChannelName,
+    headers: &HeaderMap,
+    allowed: impl Fn(&crate::auth::Identity, &ChannelName) -> bool,
+    capability: &str,
+) -> Result<&'n NamespaceOptions, ApiError> {
+    let api_key = has_api_key(node, headers);
+    let ns = match node.namespace(channel) {
         Some(ns) => ns,
         None if api_key => {
             let message = format!("namespace {:?} is not configured", channel.namespace());
@@ -276,17 +321,15 @@ async fn history(
         }
     };
     if !ns.anonymous && !api_key {
-        let token = bearer(&headers).ok_or_else(|| {
+        let token = bearer(headers).ok_or_else(|| {
             api_err(ErrorCode::Unauthorized, "send the API key or a client token as Authorization: Bearer")
         })?;
         let id = node.verifier.verify(token).map_err(|e| api_err(e.code, "invalid token"))?;
-        if !id.may_subscribe(&channel) {
-            return Err(api_err(ErrorCode::PermissionDenied, format!("no subscribe capability for {channel}")));
+        if !allowed(&id, channel) {
+            return Err(api_err(ErrorCode::PermissionDenied, format!("no {capability} capability for {channel}")));
         }
     }
-    let page =
-        node.router.history(&channel, before, limit, node.now()).await.map_err(|r| ApiError(r.code, r.message))?;
-    Ok(json(StatusCode::OK, encode_history(None, &session::history_reply(&channel, &page))))
+    Ok(ns)
 }
 
 /// Reads `limit` (members listed, 0..=1000, default 1000) from a query string.
@@ -317,26 +360,7 @@ async fn presence(
     let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
     let channel = parse_channel(&raw)?;
     let limit = parse_presence_query(query.as_deref())?;
-    let api_key = has_api_key(&node, &headers);
-    let ns = match node.namespace(&channel) {
-        Some(ns) => ns,
-        None if api_key => {
-            let message = format!("namespace {:?} is not configured", channel.namespace());
-            return Err(api_err(ErrorCode::UnknownNamespace, message));
-        }
-        None => {
-            return Err(api_err(ErrorCode::Unauthorized, "send the API key or a client token as Authorization: Bearer"))
-        }
-    };
-    if !ns.anonymous && !api_key {
-        let token = bearer(&headers).ok_or_else(|| {
-            api_err(ErrorCode::Unauthorized, "send the API key or a client token as Authorization: Bearer")
-        })?;
-        let id = node.verifier.verify(token).map_err(|e| api_err(e.code, "invalid token"))?;
-        if !id.may_see_presence(&channel) {
-            return Err(api_err(ErrorCode::PermissionDenied, format!("no presence capability for {channel}")));
-        }
-    }
+    let ns = read_access(&node, &channel, &headers, |id, c| id.may_see_presence(c), "presence")?;
     if !ns.presence {
         let message = format!("presence is not enabled in namespace {:?}", channel.namespace());
         return Err(api_err(ErrorCode::NotEnabled, message));

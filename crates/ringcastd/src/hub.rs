@@ -41,7 +41,8 @@ use ringcast_core::{
 };
 use ringcast_proto::client::SubscribeOutcome;
 use ringcast_proto::client::{
-    encode_ephemeral, encode_message, encode_resubscribed, encode_subscribed, EphemeralKind, Since,
+    encode_ephemeral, encode_keyed_message, encode_resubscribed, encode_snapshot, encode_subscribed, EphemeralKind,
+    Since,
 };
 use ringcast_proto::cluster::{OutcomeWire, PeerFrame};
 use ringcast_proto::ErrorCode;
@@ -166,6 +167,8 @@ pub struct LocalSubscriber {
     pub member: Option<MemberTag>,
     /// Whether it receives `join` and `leave` pushes.
     pub join_leave: bool,
+    /// Keep-latest channels: send the state (`snapshot`) after the reply and replay.
+    pub snapshot: bool,
 }
 
 /// A local client as presence shows it.
@@ -212,6 +215,16 @@ pub struct PublishRequest<'a> {
     pub data: &'a RawValue,
     pub idempotency_key: Option<&'a str>,
     pub origin: Origin,
+    /// The keep-latest key the message updates.
+    pub key: Option<&'a str>,
+}
+
+impl PublishRequest<'_> {
+    /// The key the log records: the given one, or in a keep-latest namespace the empty
+    /// key (the channel's single latest message).
+    fn state_key(&self) -> Option<&str> {
+        self.key.or(self.ns.keep_latest.then_some(""))
+    }
 }
 
 /// Who asked for a publish: clients are held to the channel's `client_publish_rate`,
@@ -371,7 +384,7 @@ impl Hub {
                     }
                     self.fan_out_ready(&h.channel, st, top.epoch, ready);
                 }
-                st.log = Some(ChannelLog::restore(h.log, ns.history_policy(), ns.dedup_policy(), now));
+                st.log = Some(restored_log(h.log, &ns, now));
                 st.uncommitted.clear();
                 st.interest = h.interest.into_iter().filter(|n| n != me).collect();
                 st.remote_interest = false;
@@ -465,7 +478,7 @@ impl Hub {
 
     /// The channel's log, created in a fresh epoch if this node did not own it yet.
     fn owned_log<'a>(&self, st: &'a mut ChannelState, ns: &NamespaceOptions) -> &'a mut ChannelLog<Utf8Bytes> {
-        st.log.get_or_insert_with(|| ChannelLog::new(self.epochs.next(), ns.history_policy(), ns.dedup_policy()))
+        st.log.get_or_insert_with(|| new_log(self.epochs.next(), ns))
     }
 
     /// Owner: sequences a publish and fans it out to local subscribers and to every
@@ -473,7 +486,7 @@ impl Hub {
     /// `client_publish_rate` is refused with `rate_limited` (a retry with the same
     /// idempotency key is answered from the window first, free).
     pub fn publish(&self, p: &PublishRequest<'_>, now: Millis, slot_epoch: SlotEpoch) -> Result<Published, ErrorCode> {
-        let PublishRequest { channel, ns, data, idempotency_key, origin } = *p;
+        let PublishRequest { channel, ns, data, idempotency_key, origin, key } = *p;
         let digest = payload_digest(data.get().as_bytes());
         self.with_channel(channel, |st| {
             if self.is_sealed(channel) {
@@ -482,7 +495,9 @@ impl Hub {
             self.check_client_rate(st, ns, idempotency_key, origin, now)?;
             let appended = self
                 .owned_log(st, ns)
-                .append(now, idempotency_key, digest, |pos| Utf8Bytes::from(encode_message(channel, pos, data)))
+                .append_keyed(now, idempotency_key, digest, p.state_key(), |pos| {
+                    Utf8Bytes::from(encode_keyed_message(channel, pos, key, data))
+                })
                 .map_err(append_error)?;
             match appended {
                 Appended::Duplicate { position } => {
@@ -509,7 +524,7 @@ impl Hub {
         (replica, replica_epoch): (&NodeId, SlotEpoch),
         req: u64,
     ) -> Result<DurableAppend, ErrorCode> {
-        let PublishRequest { channel, ns, data, idempotency_key, origin } = *p;
+        let PublishRequest { channel, ns, data, idempotency_key, origin, key } = *p;
         let digest = payload_digest(data.get().as_bytes());
         self.with_channel(channel, |st| {
             if self.is_sealed(channel) {
@@ -522,7 +537,9 @@ impl Hub {
             let log = self.owned_log(st, ns);
             let committed = log.top().offset;
             let appended = log
-                .append_pending(now, idempotency_key, digest, |pos| Utf8Bytes::from(encode_message(channel, pos, data)))
+                .append_pending_keyed(now, idempotency_key, digest, p.state_key(), |pos| {
+                    Utf8Bytes::from(encode_keyed_message(channel, pos, key, data))
+                })
                 .map_err(append_error)?;
             match appended {
                 Appended::Duplicate { position } if position.offset <= committed => {
@@ -546,6 +563,7 @@ impl Hub {
                             frame: payload.as_str().to_owned(),
                             idempotency_key: idempotency_key.map(str::to_owned),
                             digest,
+                            key: p.state_key().map(str::to_owned),
                         },
                     );
                     st.uncommitted.push_back((position, payload));
@@ -634,17 +652,17 @@ impl Hub {
         channel: &ChannelName,
         ns: &NamespaceOptions,
         position: StreamPosition,
-        idempotency_key: Option<&str>,
-        digest: u64,
+        (idempotency_key, digest): (Option<&str>, u64),
+        key: Option<&str>,
         frame: Utf8Bytes,
         now: Millis,
     ) -> Result<(), ringcast_core::log::OutOfStep> {
         self.with_channel(channel, |st| {
             if st.replica.is_none() && position.offset == Offset(1) {
-                st.replica = Some(ChannelLog::new(position.epoch, ns.history_policy(), ns.dedup_policy()));
+                st.replica = Some(new_log(position.epoch, ns));
             }
             match st.replica.as_mut() {
-                Some(r) => r.append_replicated(position, now, idempotency_key, digest, frame),
+                Some(r) => r.append_replicated_keyed(position, now, idempotency_key, digest, key, frame),
                 None => Err(ringcast_core::log::OutOfStep {
                     held: StreamPosition { epoch: position.epoch, offset: Offset::ZERO },
                 }),
@@ -664,7 +682,7 @@ impl Hub {
         for h in channels {
             let Some(ns) = ns_of(&h.channel) else { continue };
             self.with_channel(&h.channel, |st| {
-                st.replica = Some(ChannelLog::restore(h.log, ns.history_policy(), ns.dedup_policy(), now));
+                st.replica = Some(restored_log(h.log, &ns, now));
             });
         }
     }
@@ -875,7 +893,11 @@ impl Hub {
             let top = log.top();
             let (outcome, replay) = recover(log, sub.since, now);
             let reply = Utf8Bytes::from(encode_subscribed(sub.reply_id, channel, top, outcome));
-            sub.outbox.push_unbounded(std::iter::once(reply).chain(replay));
+            let snapshot = sub.snapshot.then(|| {
+                let entries: Vec<Utf8Bytes> = log.latest(now).into_iter().map(|(_, _, f)| f).collect();
+                Utf8Bytes::from(encode_snapshot(channel, top, &entries, false))
+            });
+            sub.outbox.push_unbounded(std::iter::once(reply).chain(replay).chain(snapshot));
             st.subscribers.insert(sub.conn, Subscriber::of(sub));
             self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             if let Some(m) = &sub.member {
@@ -896,7 +918,7 @@ impl Hub {
         ns: &NamespaceOptions,
         peer: &NodeId,
         req: u64,
-        since: Option<Since>,
+        (since, snapshot): (Option<Since>, bool),
         interest: bool,
         now: Millis,
     ) -> bool {
@@ -920,12 +942,15 @@ impl Hub {
                     OutcomeWire::NotRecovered { reason: reason.as_str().to_owned(), oldest: oldest.0, newest: newest.0 }
                 }
             };
+            let snapshot =
+                snapshot.then(|| log.latest(now).into_iter().map(|(_, _, f)| f.as_str().to_owned()).collect());
             let reply = PeerFrame::Subscribed {
                 req,
                 epoch: top.epoch.get(),
                 offset: top.offset.0,
                 outcome,
                 replay: replay.iter().map(|f| f.as_str().to_owned()).collect(),
+                snapshot,
             };
             let sent = self.send_peer(peer, reply);
             if sent && interest {
@@ -1110,6 +1135,7 @@ impl Hub {
         top: StreamPosition,
         outcome: SubscribeOutcome,
         replay: Vec<Utf8Bytes>,
+        snapshot: Option<Vec<String>>,
     ) -> Result<(), ErrorCode> {
         self.with_channel(channel, |st| {
             if st.subscribers.contains_key(&sub.conn) {
@@ -1125,11 +1151,22 @@ impl Hub {
                 None => st.mirror = Some(Mirror::new(top, DEFAULT_MAX_PENDING)),
             }
             let reply = Utf8Bytes::from(encode_subscribed(sub.reply_id, channel, top, outcome));
-            sub.outbox.push_unbounded(std::iter::once(reply).chain(replay));
+            let snapshot =
+                snapshot.filter(|_| sub.snapshot).map(|e| Utf8Bytes::from(encode_snapshot(channel, top, &e, false)));
+            sub.outbox.push_unbounded(std::iter::once(reply).chain(replay).chain(snapshot));
             st.subscribers.insert(sub.conn, Subscriber::of(sub));
             self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
+    }
+
+    /// Owner: a keep-latest channel's state (message frames, newest per key, in offset
+    /// order) at its committed top; `None` when the channel has no stream here.
+    pub fn state(&self, channel: &ChannelName, now: Millis) -> Option<(StreamPosition, Vec<Utf8Bytes>)> {
+        self.with_existing(channel, |st| {
+            st.log.as_mut().map(|l| (l.top(), l.latest(now).into_iter().map(|(_, _, f)| f).collect()))
+        })
+        .flatten()
     }
 
     /// Gateway: a message from the remote owner. Returns false when nobody here wants
@@ -1449,6 +1486,24 @@ impl Hub {
     }
 }
 
+/// An empty stream in `epoch` under the namespace's policies.
+fn new_log(epoch: Epoch, ns: &NamespaceOptions) -> ChannelLog<Utf8Bytes> {
+    let mut log = ChannelLog::new(epoch, ns.history_policy(), ns.dedup_policy());
+    log.set_latest(ns.latest_policy());
+    log
+}
+
+/// A stream continued from a snapshot under the namespace's policies.
+fn restored_log(
+    snap: ringcast_core::log::LogSnapshot<Utf8Bytes>,
+    ns: &NamespaceOptions,
+    now: Millis,
+) -> ChannelLog<Utf8Bytes> {
+    let mut log = ChannelLog::restore(snap, ns.history_policy(), ns.dedup_policy(), now);
+    log.set_latest(ns.latest_policy());
+    log
+}
+
 /// Wall-clock time in UNIX milliseconds (for last-seen answers only).
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -1507,6 +1562,7 @@ mod tests {
             reply_id,
             member: None,
             join_leave: false,
+            snapshot: false,
         }
     }
 
@@ -1522,7 +1578,7 @@ mod tests {
         now: Millis,
         epoch: SlotEpoch,
     ) -> Result<Published, ErrorCode> {
-        h.publish(&PublishRequest { channel, ns, data, idempotency_key, origin }, now, epoch)
+        h.publish(&PublishRequest { channel, ns, data, idempotency_key, origin, key: None }, now, epoch)
     }
 
     fn hub() -> Hub {
@@ -1637,7 +1693,7 @@ mod tests {
         let (a, b) = (ch("chat:rate-a"), ch("chat:rate-b"));
         let publish = |c: &ChannelName, key: Option<&str>, origin, at: u64| {
             h.publish(
-                &PublishRequest { channel: c, ns: &ns, data: &raw("1"), idempotency_key: key, origin },
+                &PublishRequest { channel: c, ns: &ns, data: &raw("1"), idempotency_key: key, origin, key: None },
                 Millis(at),
                 SlotEpoch(1),
             )
@@ -1664,7 +1720,14 @@ mod tests {
         let replica = (&node("r"), SlotEpoch(2));
         for d in ["1", "2"] {
             let data = raw(d);
-            let p = PublishRequest { channel: &c, ns: &ns, data: &data, idempotency_key: None, origin: Origin::Api };
+            let p = PublishRequest {
+                channel: &c,
+                ns: &ns,
+                data: &data,
+                idempotency_key: None,
+                origin: Origin::Api,
+                key: None,
+            };
             let out = h.publish_durable(&p, Millis(0), replica, 9);
             assert!(matches!(out, Ok(DurableAppend::Pending { sent: true, .. })), "{out:?}");
         }
@@ -1694,9 +1757,9 @@ mod tests {
         let c = ch("chat:lost");
         let epoch = Epoch::new(9).unwrap_or_else(|| unreachable!());
         let at = |o: u64| StreamPosition { epoch, offset: Offset(o) };
-        let frame = |o: u64| Utf8Bytes::from(encode_message(&c, at(o), &raw(&o.to_string())));
+        let frame = |o: u64| Utf8Bytes::from(ringcast_proto::client::encode_message(&c, at(o), &raw(&o.to_string())));
         let o = Arc::new(Outbox::new(100, 1 << 20));
-        h.attach_remote(&c, &sub(1, &o, None, 3), at(10), SubscribeOutcome::Fresh, vec![]).ok();
+        h.attach_remote(&c, &sub(1, &o, None, 3), at(10), SubscribeOutcome::Fresh, vec![], None).ok();
         h.deliver_remote(&c, at(40), frame(40), Millis(0));
         // The owner's history now starts at 30: 11..=29 are gone, 30..=39 come with the page.
         h.offer_fill(&c, Some(epoch), Offset(30), (30..40).map(|o| (at(o), frame(o))).collect(), Millis(600));
@@ -1736,8 +1799,8 @@ mod tests {
         let c = ch("chat:remote");
         publish(&h, &c, &ns, &raw("1"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
         let g = node("gw");
-        assert!(h.serve_peer_subscribe(&c, &ns, &g, 7, None, true, Millis(0)));
-        assert!(h.serve_peer_subscribe(&c, &ns, &g, 8, None, false, Millis(0)));
+        assert!(h.serve_peer_subscribe(&c, &ns, &g, 7, (None, false), true, Millis(0)));
+        assert!(h.serve_peer_subscribe(&c, &ns, &g, 8, (None, false), false, Millis(0)));
         publish(&h, &c, &ns, &raw("2"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
         let frames = lock(&rec.0).clone();
         assert!(matches!(&frames[0].1, PeerFrame::Subscribed { req: 7, offset: 1, .. }), "{frames:?}");
@@ -1756,9 +1819,9 @@ mod tests {
         let c = ch("chat:mirror");
         let epoch = Epoch::new(9).unwrap_or_else(|| unreachable!());
         let at = |o: u64| StreamPosition { epoch, offset: Offset(o) };
-        let frame = |o: u64| Utf8Bytes::from(encode_message(&c, at(o), &raw(&o.to_string())));
+        let frame = |o: u64| Utf8Bytes::from(ringcast_proto::client::encode_message(&c, at(o), &raw(&o.to_string())));
         let o = Arc::new(Outbox::new(100, 1 << 20));
-        h.attach_remote(&c, &sub(1, &o, None, 3), at(10), SubscribeOutcome::Fresh, vec![]).ok();
+        h.attach_remote(&c, &sub(1, &o, None, 3), at(10), SubscribeOutcome::Fresh, vec![], None).ok();
         assert!(h.deliver_remote(&c, at(11), frame(11), Millis(0)));
         assert!(h.deliver_remote(&c, at(11), frame(11), Millis(0)), "a duplicate is dropped");
         assert!(h.deliver_remote(&c, at(13), frame(13), Millis(0)), "a gap is buffered");
@@ -1798,6 +1861,7 @@ mod tests {
             StreamPosition { epoch, offset: Offset(0) },
             SubscribeOutcome::Fresh,
             vec![],
+            None,
         )
         .ok();
         let out = h.unsubscribe(&c, ConnId(1), Millis(0));
@@ -1827,7 +1891,7 @@ mod tests {
         let watcher = Arc::new(Outbox::new(100, 1 << 20));
         h.subscribe(&c, &ns, &member(1, &watcher, "w", true), Millis(0)).ok();
         // A peer with subscribers: events go to it once, as one frame.
-        h.serve_peer_subscribe(&c, &ns, &node("b"), 1, None, true, Millis(0));
+        h.serve_peer_subscribe(&c, &ns, &node("b"), 1, (None, false), true, Millis(0));
         let quiet = Arc::new(Outbox::new(100, 1 << 20));
         h.subscribe(&c, &ns, &member(2, &quiet, "q", false), Millis(0)).ok();
         // alice joins on node b twice (two tabs), flaps, and comes back within the grace.
@@ -1901,5 +1965,47 @@ mod tests {
         let forgotten = h.sweep(Millis(21_000)) + h.sweep(Millis(1_000_000));
         assert!(h.presence(&c, 10).is_none(), "every user left and nothing is held");
         assert_eq!(forgotten, 1, "the channel itself is forgotten once idle");
+    }
+
+    #[test]
+    fn a_keep_latest_subscriber_gets_the_state_at_its_position_then_the_stream() {
+        let h = hub();
+        let ns = NamespaceOptions { keep_latest: true, history_size: 2, ..NamespaceOptions::default() };
+        let c = ch("scores:nba");
+        for (i, game) in ["g1", "g2", "g1", "g3", "g2"].iter().enumerate() {
+            let p = PublishRequest {
+                channel: &c,
+                ns: &ns,
+                data: &raw(&i.to_string()),
+                idempotency_key: None,
+                origin: Origin::Api,
+                key: Some(game),
+            };
+            h.publish(&p, Millis(0), SlotEpoch(1)).ok();
+        }
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        h.subscribe(&c, &ns, &LocalSubscriber { snapshot: true, ..sub(1, &o, None, 1) }, Millis(0)).ok();
+        let p = PublishRequest {
+            channel: &c,
+            ns: &ns,
+            data: &raw("9"),
+            idempotency_key: None,
+            origin: Origin::Api,
+            key: Some("g9"),
+        };
+        h.publish(&p, Millis(0), SlotEpoch(1)).ok();
+        let f = frames(&o);
+        assert_eq!(f[0]["offset"], 5, "subscribed at the top");
+        assert_eq!((f[1]["type"].as_str(), f[1]["offset"].as_u64()), (Some("snapshot"), Some(5)));
+        let entries: Vec<(String, u64)> = f[1]["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| (e["key"].as_str().unwrap_or_default().to_owned(), e["offset"].as_u64().unwrap_or(0)))
+            .collect();
+        assert_eq!(entries, [("g1".to_owned(), 3), ("g3".to_owned(), 4), ("g2".to_owned(), 5)]);
+        assert_eq!((f[2]["offset"].as_u64(), f[2]["key"].as_str()), (Some(6), Some("g9")), "then live, no gap");
+        let (top, state) = h.state(&c, Millis(0)).unwrap_or_else(|| panic!("state"));
+        assert_eq!((top.offset, state.len()), (Offset(6), 4));
     }
 }

@@ -40,6 +40,15 @@ impl Refusal {
     }
 }
 
+/// A keep-latest channel's state wherever it came from: the position it holds at, and
+/// the newest `message` frame per key in offset order (`top` is `None` for a channel
+/// with no stream).
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub top: Option<ringcast_core::StreamPosition>,
+    pub entries: Vec<Utf8Bytes>,
+}
+
 /// A channel's presence wherever it came from.
 #[derive(Debug, Clone, Default)]
 pub struct Presence {
@@ -163,6 +172,14 @@ impl Router {
         }
     }
 
+    /// A keep-latest channel's state from its owner.
+    pub async fn state(&self, channel: &ChannelName, now: Millis) -> Result<State, Refusal> {
+        match &self.cluster {
+            Some(c) => c.state(self, channel).await,
+            None => Ok(local_state(&self.hub, channel, now)),
+        }
+    }
+
     /// A typing notice, to the channel's owner (best effort, never stored).
     pub fn typing(
         &self,
@@ -203,6 +220,14 @@ pub(crate) fn hub_refusal(code: ErrorCode, channel: &ChannelName) -> Refusal {
         _ => format!("cannot complete the operation on {channel}"),
     };
     Refusal::new(code, message)
+}
+
+/// The local hub's keep-latest state of a channel.
+pub(crate) fn local_state(hub: &Hub, channel: &ChannelName, now: Millis) -> State {
+    match hub.state(channel, now) {
+        Some((top, entries)) => State { top: Some(top), entries },
+        None => State::default(),
+    }
 }
 
 /// The local hub's presence of a channel (empty when nobody is in it).

@@ -266,6 +266,7 @@ impl Session {
                 info: identity.and_then(|i| i.info.clone()),
             }),
             join_leave: ns.join_leave && self.may_see_presence(channel, ns),
+            snapshot: false,
         }
     }
 
@@ -379,7 +380,7 @@ impl Session {
         }
         match command {
             Command::Refresh { token } => self.refresh(id, &token)?,
-            Command::Subscribe { channel, since } => {
+            Command::Subscribe { channel, since, snapshot } => {
                 let ns = self.check_subscribe(&channel)?;
                 if self.subscriptions.contains(&channel) {
                     return Err(reject(ErrorCode::AlreadySubscribed, format!("already subscribed to {channel}")));
@@ -394,7 +395,17 @@ impl Session {
                 let now = self.node.now();
                 self.node
                     .router
-                    .subscribe(&channel, &ns, &self.subscriber(&channel, &ns, since, Some(id)), now)
+                    .subscribe(
+                        &channel,
+                        &ns,
+                        &crate::hub::LocalSubscriber {
+                            // The state first, unless resuming (the replay continues
+                            // the client's own) or declined.
+                            snapshot: ns.keep_latest && snapshot.unwrap_or(since.is_none()),
+                            ..self.subscriber(&channel, &ns, since, Some(id))
+                        },
+                        now,
+                    )
                     .await
                     .map_err(|r| reject(r.code, r.message))?;
                 self.subscriptions.insert(channel);
@@ -406,7 +417,7 @@ impl Session {
                 self.node.router.unsubscribe(&channel, self.conn, self.node.now());
                 self.reply(encode_unsubscribed(id, &channel));
             }
-            Command::Publish { channel, data, idempotency_key } => {
+            Command::Publish { channel, data, idempotency_key, key } => {
                 let started = Instant::now();
                 let ns = self.check_publish(&channel)?;
                 if data.get().len() > ns.max_message_bytes {
@@ -426,6 +437,7 @@ impl Session {
                             data: &data,
                             idempotency_key: idempotency_key.as_deref(),
                             origin: Origin::Client,
+                            key: key.as_deref(),
                         },
                         now,
                     )

@@ -66,7 +66,7 @@ impl Runtime {
     }
 
     pub(crate) async fn publish(&self, router: &Router, p: &PublishRequest<'_>) -> Result<Published, Refusal> {
-        let PublishRequest { channel, data, idempotency_key, origin, .. } = *p;
+        let PublishRequest { channel, data, idempotency_key, origin, key, .. } = *p;
         self.forward(router, channel, |target, until| {
             Box::pin(async move {
                 match target {
@@ -86,6 +86,7 @@ impl Runtime {
                             data: data.get().to_owned(),
                             idempotency_key: idempotency_key.map(str::to_owned),
                             client: origin == Origin::Client,
+                            key: key.map(str::to_owned),
                         };
                         match self.request(&owner, frame, until).await? {
                             PeerFrame::Acked { epoch, offset, duplicate, .. } => {
@@ -136,6 +137,7 @@ impl Runtime {
                                     .since
                                     .map(|s| SinceWire { epoch: s.epoch.map(Epoch::get), offset: s.offset.0 }),
                                 interest,
+                                snapshot: sub.snapshot,
                             });
                         let outcome = if sent {
                             match tokio::time::timeout(until.saturating_duration_since(Instant::now()), rx).await {
@@ -315,6 +317,38 @@ impl Runtime {
         .await
     }
 
+    /// A keep-latest channel's state from its owner.
+    pub(crate) async fn state(&self, router: &Router, channel: &ChannelName) -> Result<crate::router::State, Refusal> {
+        self.forward(router, channel, |target, until| {
+            Box::pin(async move {
+                match target {
+                    Target::Local(_) => Ok(crate::router::local_state(&self.hub, channel, self.now())),
+                    Target::Remote { owner, epoch } => {
+                        let frame = |req| PeerFrame::State {
+                            req,
+                            slot: Slot::of(channel).get(),
+                            slot_epoch: epoch.0,
+                            channel: channel.as_str().to_owned(),
+                        };
+                        match self.request(&owner, frame, until).await? {
+                            PeerFrame::StateReply { epoch, offset, entries, .. } => Ok(crate::router::State {
+                                top: epoch
+                                    .and_then(Epoch::new)
+                                    .map(|epoch| ringcast_core::StreamPosition { epoch, offset: Offset(offset) }),
+                                entries: entries.into_iter().map(Utf8Bytes::from).collect(),
+                            }),
+                            PeerFrame::Refused { code, message, retry, .. } => {
+                                Err(refusal_from_wire(&code, message, retry))
+                            }
+                            _ => Err(Refusal::new(ErrorCode::Internal, "unexpected reply to state")),
+                        }
+                    }
+                }
+            })
+        })
+        .await
+    }
+
     /// A typing notice, to the channel's owner. Best effort: not retried.
     pub(crate) fn typing(
         &self,
@@ -407,6 +441,7 @@ impl Runtime {
                         channel: channel.as_str().to_owned(),
                         since: Some(SinceWire { epoch: Some(position.epoch.get()), offset: position.offset.0 }),
                         interest: true,
+                        snapshot: false,
                     };
                     match self.request(&owner, frame, until).await {
                         Ok(PeerFrame::Subscribed { epoch, offset, outcome, replay, .. }) => {

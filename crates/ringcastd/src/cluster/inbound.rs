@@ -134,7 +134,7 @@ impl Runtime {
     pub(super) fn on_frame(self: &Arc<Self>, peer: &NodeId, frame: PeerFrame) {
         match frame {
             PeerFrame::Hello { .. } => warn!("duplicate Hello ignored"),
-            PeerFrame::Publish { req, slot, slot_epoch, channel, data, idempotency_key, client } => {
+            PeerFrame::Publish { req, slot, slot_epoch, channel, data, idempotency_key, client, key } => {
                 let checked = self
                     .serve_slot(slot, slot_epoch)
                     .and_then(|()| self.parse_channel(&channel, slot).map_err(|r| (r, false)))
@@ -147,6 +147,10 @@ impl Runtime {
                         if let Some(k) = &idempotency_key {
                             check_idempotency_key(k)
                                 .map_err(|m| (Refusal::new(ErrorCode::InvalidIdempotencyKey, m), false))?;
+                        }
+                        if let Some(k) = key.as_deref().filter(|k| !k.is_empty()) {
+                            ringcast_core::latest::check_key(k)
+                                .map_err(|m| (Refusal::new(ErrorCode::BadRequest, m), false))?;
                         }
                         Ok((channel, ns, data))
                     });
@@ -176,9 +180,15 @@ impl Runtime {
                     // Waits for the replica: off the reader task.
                     let rt = self.clone();
                     self.tracker.spawn(async move {
-                        let key = idempotency_key.as_deref();
-                        let p =
-                            PublishRequest { channel: &channel, ns: &ns, data: &data, idempotency_key: key, origin };
+                        let idem = idempotency_key.as_deref();
+                        let p = PublishRequest {
+                            channel: &channel,
+                            ns: &ns,
+                            data: &data,
+                            idempotency_key: idem,
+                            origin,
+                            key: key.as_deref(),
+                        };
                         let result = rt.publish_durable(&p).await;
                         answer(result.map_err(|r| {
                             let retry = r.retry;
@@ -187,8 +197,15 @@ impl Runtime {
                     });
                 } else {
                     let epoch = self.my_epoch(&channel);
-                    let key = idempotency_key.as_deref();
-                    let p = PublishRequest { channel: &channel, ns: &ns, data: &data, idempotency_key: key, origin };
+                    let idem = idempotency_key.as_deref();
+                    let p = PublishRequest {
+                        channel: &channel,
+                        ns: &ns,
+                        data: &data,
+                        idempotency_key: idem,
+                        origin,
+                        key: key.as_deref(),
+                    };
                     let result = self
                         .hub
                         .publish(&p, self.now(), epoch)
@@ -196,7 +213,7 @@ impl Runtime {
                     answer(result);
                 }
             }
-            PeerFrame::Subscribe { req, slot, slot_epoch, channel, since, interest } => {
+            PeerFrame::Subscribe { req, slot, slot_epoch, channel, since, interest, snapshot } => {
                 let checked = self
                     .serve_slot(slot, slot_epoch)
                     .and_then(|()| self.parse_channel(&channel, slot).map_err(|r| (r, false)));
@@ -204,7 +221,8 @@ impl Runtime {
                     Ok((channel, ns)) => {
                         let since =
                             since.map(|s| Since { epoch: s.epoch.and_then(Epoch::new), offset: Offset(s.offset) });
-                        if !self.hub.serve_peer_subscribe(&channel, &ns, peer, req, since, interest, self.now()) {
+                        let now = self.now();
+                        if !self.hub.serve_peer_subscribe(&channel, &ns, peer, req, (since, snapshot), interest, now) {
                             self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -248,9 +266,20 @@ impl Runtime {
                 let peer = peer.clone();
                 self.tracker.spawn(async move { rt.take_over(peer, req, slot, from_epoch, channels).await });
             }
-            PeerFrame::Replicate { req, slot, slot_epoch, channel, epoch, offset, frame, idempotency_key, digest } => {
-                let key = idempotency_key.as_deref();
-                self.on_replicate(peer, req, slot, slot_epoch, &channel, epoch, offset, frame, key, digest);
+            PeerFrame::Replicate {
+                req,
+                slot,
+                slot_epoch,
+                channel,
+                epoch,
+                offset,
+                frame,
+                idempotency_key,
+                digest,
+                key,
+            } => {
+                let idem = (idempotency_key.as_deref(), digest);
+                self.on_replicate(peer, req, slot, slot_epoch, &channel, epoch, offset, frame, idem, key.as_deref());
             }
             PeerFrame::ReplicaSync { req, slot, slot_epoch, channels } => {
                 self.on_replica_sync(peer, req, slot, slot_epoch, channels);
@@ -324,6 +353,25 @@ impl Runtime {
                     Err((r, retry)) => self.refuse(peer, req, &r, retry),
                 }
             }
+            PeerFrame::State { req, slot, slot_epoch, channel } => {
+                let result = self
+                    .serve_slot(slot, slot_epoch)
+                    .and_then(|()| self.parse_channel(&channel, slot).map_err(|r| (r, false)));
+                match result {
+                    Ok((channel, _)) => {
+                        let (epoch, offset, entries) = match self.hub.state(&channel, self.now()) {
+                            Some((top, entries)) => (
+                                Some(top.epoch.get()),
+                                top.offset.0,
+                                entries.iter().map(|f| f.as_str().to_owned()).collect(),
+                            ),
+                            None => (None, 0, Vec::new()),
+                        };
+                        self.send(peer, PeerFrame::StateReply { req, epoch, offset, entries });
+                    }
+                    Err((r, retry)) => self.refuse(peer, req, &r, retry),
+                }
+            }
             reply @ (PeerFrame::Acked { .. }
             | PeerFrame::HistoryPage { .. }
             | PeerFrame::Refused { .. }
@@ -331,7 +379,8 @@ impl Runtime {
             | PeerFrame::HandedOff { .. }
             | PeerFrame::Replicated { .. }
             | PeerFrame::ReplicaSynced { .. }
-            | PeerFrame::PresenceReply { .. }) => self.on_reply(reply),
+            | PeerFrame::PresenceReply { .. }
+            | PeerFrame::StateReply { .. }) => self.on_reply(reply),
         }
     }
 
@@ -371,7 +420,8 @@ impl Runtime {
             | PeerFrame::HandedOff { req, .. }
             | PeerFrame::Replicated { req, .. }
             | PeerFrame::ReplicaSynced { req, .. }
-            | PeerFrame::PresenceReply { req, .. } => *req,
+            | PeerFrame::PresenceReply { req, .. }
+            | PeerFrame::StateReply { req, .. } => *req,
             _ => return,
         };
         let Some(pending) = lock(&self.pending).remove(&req) else {
@@ -393,13 +443,13 @@ impl Runtime {
             }
             Pending::Subscribe { channel, sub, done } => {
                 let result = match reply {
-                    PeerFrame::Subscribed { epoch, offset, outcome, replay, .. } => match Epoch::new(epoch) {
+                    PeerFrame::Subscribed { epoch, offset, outcome, replay, snapshot, .. } => match Epoch::new(epoch) {
                         Some(epoch) => {
                             let top = ringcast_core::StreamPosition { epoch, offset: Offset(offset) };
                             let outcome = outcome_from_wire(outcome, replay.len());
                             let replay = replay.into_iter().map(Utf8Bytes::from).collect();
                             self.hub
-                                .attach_remote(&channel, &sub, top, outcome, replay)
+                                .attach_remote(&channel, &sub, top, outcome, replay, snapshot)
                                 .map_err(|code| Refusal::new(code, format!("cannot subscribe to {channel}")))
                         }
                         None => Err(Refusal::new(ErrorCode::Internal, "owner answered with epoch 0")),

@@ -347,6 +347,7 @@ fn snapshot_to_wire(h: crate::hub::ChannelHandoff) -> ChannelSnapshotWire {
         history: h.log.history.into_iter().map(|(o, age, f)| (o.0, ms(age), f.as_str().to_owned())).collect(),
         dedup: h.log.dedup.into_iter().map(|d| (d.key, d.digest, d.position.offset.0, ms(d.age))).collect(),
         interest: h.interest.iter().map(ToString::to_string).collect(),
+        latest: h.log.latest.into_iter().map(|(k, o, age, f)| (k, o.0, ms(age), f.as_str().to_owned())).collect(),
     }
 }
 
@@ -381,9 +382,15 @@ fn snapshot_from_wire(w: ChannelSnapshotWire, slot: Slot) -> Option<crate::hub::
         })
         .collect();
     let interest = w.interest.iter().filter_map(|n| NodeId::new(n).ok()).collect();
+    // Keys and offsets are checked again by `LatestState::import`.
+    let latest = w
+        .latest
+        .into_iter()
+        .map(|(k, o, age, f)| (k, Offset(o), Duration::from_millis(age), Utf8Bytes::from(f)))
+        .collect();
     Some(crate::hub::ChannelHandoff {
         channel,
-        log: ringcast_core::log::LogSnapshot { epoch, top: Offset(w.top), history, dedup },
+        log: ringcast_core::log::LogSnapshot { epoch, top: Offset(w.top), history, dedup, latest },
         interest,
     })
 }

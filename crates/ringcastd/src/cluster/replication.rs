@@ -245,8 +245,8 @@ impl Runtime {
         epoch: u64,
         offset: u64,
         frame: String,
-        idempotency_key: Option<&str>,
-        digest: u64,
+        (idempotency_key, digest): (Option<&str>, u64),
+        state_key: Option<&str>,
     ) {
         if let Err(r) = self.fence(slot, slot_epoch) {
             self.refuse(peer, req, &r, false);
@@ -254,6 +254,9 @@ impl Runtime {
         }
         let parsed = self.parse_channel(channel, slot).and_then(|(c, ns)| {
             let epoch = Epoch::new(epoch).ok_or_else(|| Refusal::new(ErrorCode::BadRequest, "epoch 0"))?;
+            if let Some(k) = state_key.filter(|k| !k.is_empty()) {
+                ringcast_core::latest::check_key(k).map_err(|m| Refusal::new(ErrorCode::BadRequest, m))?;
+            }
             Ok((c, ns, epoch))
         });
         let (channel, ns, epoch) = match parsed {
@@ -267,7 +270,8 @@ impl Runtime {
             self.note_replica(s, slot_epoch);
         }
         let position = ringcast_core::StreamPosition { epoch, offset: Offset(offset) };
-        match self.hub.replicate(&channel, &ns, position, idempotency_key, digest, Utf8Bytes::from(frame), self.now()) {
+        let frame = Utf8Bytes::from(frame);
+        match self.hub.replicate(&channel, &ns, position, (idempotency_key, digest), state_key, frame, self.now()) {
             Ok(()) => {
                 self.send(peer, PeerFrame::Replicated { req, offset });
             }

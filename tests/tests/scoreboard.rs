@@ -1,0 +1,135 @@
+//! Keep-latest state on a real 3-node cluster: a late viewer starts from the current
+//! scores (a `snapshot` consistent with the stream) and continues with no gap; the state
+//! moves with a drain and survives an owner crash (durable namespace).
+
+use anyhow::{Context, Result};
+use ringcast_tests::cluster::TestCluster;
+use ringcast_tests::{http, WsClient, API_KEY};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const BOARD: &str = r#"
+[namespaces.board]
+anonymous = true
+client_publish = false
+keep_latest = true
+durable = true
+history_size = 5
+"#;
+
+async fn publish(c: &TestCluster, node: usize, channel: &str, key: &str, score: u64) -> Result<Value> {
+    let body = json!({"channel": channel, "key": key, "data": {"game": key, "score": score}}).to_string();
+    let r = http(c.nodes[node].addr, "POST", "/v1/publish", &[("Authorization", &format!("Bearer {API_KEY}"))], &body)
+        .await?;
+    anyhow::ensure!(r.status == 200, "publish: {} {}", r.status, r.body);
+    Ok(r.json())
+}
+
+/// `GET /v1/channels/{channel}/state` on node `i`, as game -> score, with its offset.
+async fn state_on(c: &TestCluster, i: usize, channel: &str) -> Result<(u64, BTreeMap<String, u64>)> {
+    let r = http(c.nodes[i].addr, "GET", &format!("/v1/channels/{channel}/state"), &[], "").await?;
+    anyhow::ensure!(r.status == 200, "state on node {i}: {} {}", r.status, r.body);
+    let v = r.json();
+    Ok((v["offset"].as_u64().context("offset")?, scores(&v["entries"])))
+}
+
+fn scores(entries: &Value) -> BTreeMap<String, u64> {
+    entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| (e["key"].as_str().unwrap_or_default().to_owned(), e["data"]["score"].as_u64().unwrap_or(0)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_viewer_gets_the_current_scores_then_every_update() -> Result<()> {
+    let c = TestCluster::start(3, BOARD).await?;
+    let ch = c.channel_owned_by("board", "node-0").await?;
+    let mut want = BTreeMap::new();
+    for round in 1..=4u64 {
+        for g in 1..=5 {
+            let key = format!("g{g}");
+            publish(&c, 1, &ch, &key, round * 10 + g).await?;
+            want.insert(key, round * 10 + g);
+        }
+    }
+    // 20 updates, history keeps 5: the state still has every game.
+    let (mut viewer, _) = WsClient::connect(&c.nodes[2].ws_url(), None).await?;
+    let reply = viewer.subscribe(&ch, None).await?;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let snap = viewer.next_push().await?;
+    assert_eq!(snap["type"], "snapshot", "{snap}");
+    assert_eq!(snap["offset"], reply["offset"], "the snapshot is at the reply's position");
+    assert_eq!(snap["epoch"], reply["epoch"]);
+    assert_eq!(scores(&snap["entries"]), want, "{snap}");
+    let at = snap["offset"].as_u64().context("offset")?;
+    assert_eq!(at, 20);
+
+    // Live updates continue right after the snapshot's offset.
+    publish(&c, 0, &ch, "g3", 999).await?;
+    publish(&c, 2, &ch, "g6", 1).await?;
+    let live = viewer.messages(2).await?;
+    assert_eq!(live.iter().map(|m| m["offset"].as_u64()).collect::<Vec<_>>(), [Some(at + 1), Some(at + 2)]);
+    assert_eq!((live[0]["key"].as_str(), live[0]["data"]["score"].as_u64()), (Some("g3"), Some(999)));
+
+    // Resuming with `since` replays instead; `snapshot: true` asks for the state too.
+    let (mut again, _) = WsClient::connect(&c.nodes[1].ws_url(), None).await?;
+    let since = json!({"epoch": reply["epoch"], "offset": at});
+    let r = again.request(json!({"type": "subscribe", "channel": ch, "since": since, "snapshot": true})).await?;
+    assert_eq!(r["recovered"], true, "{r}");
+    let replayed = again.messages(2).await?;
+    assert_eq!(replayed[1]["offset"].as_u64(), Some(at + 2));
+    let snap = again.next_push().await?;
+    assert_eq!((snap["type"].as_str(), snap["offset"].as_u64()), (Some("snapshot"), Some(at + 2)));
+    assert_eq!(scores(&snap["entries"]).len(), 6);
+
+    // Over HTTP from any node: the same state.
+    want.insert("g3".into(), 999);
+    want.insert("g6".into(), 1);
+    for i in 0..3 {
+        assert_eq!(state_on(&c, i, &ch).await?, (at + 2, want.clone()), "state on node {i}");
+    }
+    let r = http(c.nodes[0].addr, "GET", "/v1/channels/chat:x/state", &[], "").await?;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (400, json!("not_enabled")), "{}", r.body);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_moves_with_a_drain_and_survives_an_owner_crash() -> Result<()> {
+    let c = TestCluster::start(3, BOARD).await?;
+    let ch = c.channel_owned_by("board", "node-2").await?;
+    let mut want = BTreeMap::new();
+    for g in 1..=8u64 {
+        publish(&c, 0, &ch, &format!("g{g}"), g).await?;
+        want.insert(format!("g{g}"), g);
+    }
+    let auth = format!("Bearer {API_KEY}");
+    let r = http(c.nodes[2].addr, "POST", "/v1/admin/drain", &[("Authorization", &auth)], "").await?;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ["node-2", ""].contains(&c.owner_of(&ch).await?.as_str()) {
+        anyhow::ensure!(Instant::now() < deadline, "the slot never moved off node-2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state_on(&c, 0, &ch).await?, (8, want.clone()), "after the drain");
+    publish(&c, 1, &ch, "g1", 100).await?;
+    want.insert("g1".into(), 100);
+
+    // The new owner crashes: its replica continues the channel with the state.
+    let owner = c.owner_of(&ch).await?;
+    let (dead, alive) = if owner == "node-0" { (0, 1) } else { (1, 0) };
+    c.nodes[dead].signal("KILL")?;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        match state_on(&c, alive, &ch).await {
+            Ok(s) if s == (9, want.clone()) => break,
+            other => {
+                anyhow::ensure!(Instant::now() < deadline, "state after the crash: {other:?}\n{}", c.node_logs(20));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
