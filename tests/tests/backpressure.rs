@@ -111,3 +111,57 @@ async fn client_publishes_are_rate_limited_per_channel() -> Result<()> {
     assert!(node.metric("ringcast_channel_rate_limited_total").await? >= 1.0);
     Ok(())
 }
+
+#[tokio::test]
+async fn keep_latest_gives_a_slow_reader_the_newest_of_each_key_with_conflated_gaps() -> Result<()> {
+    let node = Ringcastd::start(&config("keep_latest"))?;
+    let url = node.ws_url();
+    let mut slow = WsClient::open_with_recv_buffer(&url, 4096).await?;
+    assert_eq!(slow.request(json!({"type": "connect"})).await?["type"], "connected");
+    assert_eq!(slow.subscribe(CHANNEL, None).await?["type"], "subscribed");
+    let (mut fast, _) = WsClient::connect(&url, None).await?;
+    fast.subscribe(CHANNEL, None).await?;
+    let (mut publisher, _) = WsClient::connect(&url, None).await?;
+    let pad = "p".repeat(8000);
+    let publish = async {
+        for i in 1..=TOTAL {
+            let cmd = json!({"type": "publish", "channel": CHANNEL, "key": format!("g{}", i % 5), "data": {"i": i, "pad": pad}});
+            let ack = publisher.request(cmd).await?;
+            ensure!(ack["type"] == "ack", "publish {i}: {ack}");
+        }
+        anyhow::Ok(())
+    };
+    let (published, got) = tokio::join!(publish, fast.messages(TOTAL as usize));
+    published?;
+    assert_eq!(offsets(&got?), (1..=TOTAL).collect::<Vec<u64>>(), "the fast reader lost nothing");
+    assert!(node.metric("ringcast_drops_total{policy=\"keep_latest\"}").await? > 0.0);
+
+    // The slow reader: every offset once, in order, as a message or a conflated gap, and
+    // the newest value of every key, like the fast reader.
+    let mut seen = Vec::new();
+    let mut latest = std::collections::BTreeMap::new();
+    let mut messages = 0;
+    while seen.last().is_none_or(|(_, _, to): &(String, u64, u64)| *to < TOTAL) {
+        let f = slow.next_push().await?;
+        match f["type"].as_str() {
+            Some("message") => {
+                let o = f["offset"].as_u64().unwrap_or(0);
+                latest.insert(f["key"].as_str().unwrap_or_default().to_owned(), f["data"]["i"].as_u64().unwrap_or(0));
+                messages += 1;
+                seen.push(("m".to_owned(), o, o));
+            }
+            Some("gap") => {
+                assert_eq!(f["reason"], "conflated", "{f}");
+                seen.push(("gap".to_owned(), f["from"].as_u64().unwrap_or(0), f["to"].as_u64().unwrap_or(0)));
+            }
+            _ => {}
+        }
+    }
+    assert_covers(&seen, TOTAL);
+    let want: std::collections::BTreeMap<String, u64> =
+        (TOTAL - 4..=TOTAL).map(|i| (format!("g{}", i % 5), i)).collect();
+    assert_eq!(latest, want, "the slow reader ends with the same newest value per key");
+    assert!(messages < TOTAL, "and received fewer messages ({messages})");
+    assert_eq!(node.metric("ringcast_closes_total{code=\"4008\"}").await?, 0.0, "nobody was disconnected");
+    Ok(())
+}

@@ -38,13 +38,14 @@ impl Default for LatestPolicy {
     }
 }
 
-/// Checks a publish's `key`: 1..=128 bytes of printable ASCII.
+/// Checks a publish's `key`: 1..=128 bytes of printable ASCII other than `"` and `\`
+/// (so it never needs escaping in a frame).
 pub fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(format!("key must be 1..={MAX_KEY_BYTES} bytes"));
     }
-    if let Some(c) = key.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(format!("key: character {c:?} is not allowed (printable ASCII only)"));
+    if let Some(c) = key.chars().find(|c| !c.is_ascii_graphic() || *c == '"' || *c == '\\') {
+        return Err(format!("key: character {c:?} is not allowed (printable ASCII but '\"' and '\\')"));
     }
     Ok(())
 }
@@ -230,5 +231,6 @@ mod tests {
         let mut s = LatestState::import(entries, Offset(5), POLICY, Millis(10_000));
         assert_eq!(keys(&mut s, 10_000), vec![("g1".into(), 4, "ok")]);
         assert!(check_key("game-1").is_ok() && check_key("").is_err() && check_key("a b").is_err());
+        assert!(check_key("a\"b").is_err() && check_key("a\\b").is_err(), "keys never need escaping");
     }
 }

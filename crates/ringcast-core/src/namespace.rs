@@ -30,8 +30,9 @@ pub enum BackpressurePolicy {
     DropNewest,
     /// Close the connection with `slow_consumer`; the client resumes from history.
     Disconnect,
-    /// Replace a queued message with a newer one for the same key (scoreboards). Not
-    /// implemented yet: refused by [`NamespaceOptions::validate`].
+    /// Replace a queued message with a newer one for the same key, then tell the client
+    /// with a `gap` marked `conflated` (scoreboards: a slow viewer gets fewer, current
+    /// updates); without a queued message of that key, drop the channel's oldest.
     KeepLatest,
 }
 
@@ -167,12 +168,6 @@ impl NamespaceOptions {
         if self.dedup_window.is_zero() || self.dedup_window > Duration::from_secs(3600) {
             return err("dedup_window", "must be between 1ms and 1h".into());
         }
-        if self.backpressure == BackpressurePolicy::KeepLatest {
-            return err(
-                "backpressure",
-                "keep_latest is not implemented yet; use drop_oldest, drop_newest or disconnect".into(),
-            );
-        }
         if self.join_leave && !self.presence {
             return err("join_leave", "needs presence = true (joins and leaves come from the presence state)".into());
         }
@@ -269,7 +264,7 @@ mod tests {
         }
         assert!(serde_json::from_str::<BackpressurePolicy>("\"drop_all\"").is_err());
         let keep = NamespaceOptions { backpressure: BackpressurePolicy::KeepLatest, ..Default::default() };
-        assert_eq!(keep.validate().map_err(|e| e.field), Err("backpressure"), "not implemented yet");
+        assert_eq!(keep.validate(), Ok(()));
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub enum GapCause {
     /// The node lost them on their way from the channel's owner, and the owner's history
     /// no longer holds them.
     Unavailable,
+    /// `keep_latest`: a newer queued message for the same key replaced each of them.
+    Conflated,
 }
 
 /// Messages a client did not receive: `from..=to` of `channel` in `epoch`.
@@ -106,6 +108,8 @@ enum Entry<F> {
         len: usize,
         channel: ChannelName,
         position: StreamPosition,
+        /// `keep_latest` only: the message's key.
+        key: Option<Box<str>>,
     },
 }
 
@@ -227,6 +231,22 @@ impl<F> SendQueue<F> {
         position: StreamPosition,
         policy: MessagePolicy,
     ) -> Pushed {
+        self.push_keyed_message(frame, len, channel, position, policy, None)
+    }
+
+    /// [`SendQueue::push_message`] of a message with a keep-latest `key`: under the
+    /// `keep_latest` policy a full queue makes room by dropping the queued message of the
+    /// same channel and key (noticed as `Conflated`), then, if that is not enough (or
+    /// there is none), the channel's oldest, like `drop_oldest`.
+    pub fn push_keyed_message(
+        &mut self,
+        frame: F,
+        len: usize,
+        channel: &ChannelName,
+        position: StreamPosition,
+        policy: MessagePolicy,
+        key: Option<&str>,
+    ) -> Pushed {
         if self.closed {
             return Pushed::Closed;
         }
@@ -237,10 +257,20 @@ impl<F> SendQueue<F> {
         let fits = |u: &Usage| u.frames < limit.messages && u.bytes + len <= limit.bytes;
         let mut dropped = 0;
         if !fits(&self.messages) {
+            if policy.policy == BackpressurePolicy::KeepLatest {
+                let same = self.entries.iter().position(|e| {
+                    matches!(e, Entry::Message { channel: c, key: Some(k), .. } if c == channel && Some(&**k) == key)
+                });
+                if let Some(Entry::Message { len, channel, position, .. }) = same.and_then(|i| self.entries.remove(i)) {
+                    self.messages.sub(len);
+                    self.note_gap(&channel, position.epoch, position.offset, position.offset, GapCause::Conflated);
+                    dropped += 1;
+                }
+            }
             match policy.policy {
-                BackpressurePolicy::Disconnect | BackpressurePolicy::KeepLatest => return self.overflow(),
+                BackpressurePolicy::Disconnect => return self.overflow(),
                 BackpressurePolicy::DropNewest => {}
-                BackpressurePolicy::DropOldest => {
+                BackpressurePolicy::DropOldest | BackpressurePolicy::KeepLatest => {
                     while !fits(&self.messages) {
                         let Some(i) = self.oldest_of(channel) else { break };
                         if let Some(Entry::Message { len, channel, position, .. }) = self.entries.remove(i) {
@@ -263,7 +293,8 @@ impl<F> SendQueue<F> {
             }
         }
         self.messages.add(len);
-        self.entries.push_back(Entry::Message { frame, len, channel: channel.clone(), position });
+        let key = (policy.policy == BackpressurePolicy::KeepLatest).then(|| key.map(Box::from)).flatten();
+        self.entries.push_back(Entry::Message { frame, len, channel: channel.clone(), position, key });
         Pushed::Queued { dropped }
     }
 
@@ -355,6 +386,40 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn keep_latest_replaces_the_queued_message_of_the_same_key() {
+        let mut q: SendQueue<u64> = SendQueue::new(Bounds { messages: 100, bytes: 1 << 20 });
+        let c = ch("scores:nba");
+        let policy =
+            MessagePolicy { policy: BackpressurePolicy::KeepLatest, bounds: Bounds { messages: 3, bytes: 1 << 20 } };
+        for (o, key) in [(1, "a"), (2, "b"), (3, "c"), (4, "a"), (5, "b"), (6, "z")] {
+            q.push_keyed_message(o, 1, &c, at(o), policy, Some(key));
+        }
+        let mut out = Vec::new();
+        q.drain(&mut out);
+        let gap = |from, to| {
+            Drained::Gap(GapNotice {
+                channel: c.clone(),
+                epoch: at(1).epoch,
+                from: Offset(from),
+                to: Offset(to),
+                cause: GapCause::Conflated,
+            })
+        };
+        let slow = |from, to| {
+            Drained::Gap(GapNotice {
+                channel: c.clone(),
+                epoch: at(1).epoch,
+                from: Offset(from),
+                to: Offset(to),
+                cause: GapCause::SlowConsumer,
+            })
+        };
+        // 4 replaces 1 (same key a), 5 replaces 2 (b), 6 has no queued twin: the oldest
+        // (3) goes as a plain drop.
+        assert_eq!(out, vec![gap(1, 2), slow(3, 3), Drained::Frame(4), Drained::Frame(5), Drained::Frame(6)]);
+    }
 
     #[test]
     fn ephemeral_pushes_share_the_bound_and_drop_silently() {

@@ -283,6 +283,19 @@ pub fn encode_keyed_message(
     })
 }
 
+/// The `key` of an encoded `message` frame, if it has one (read without parsing: the
+/// encoder writes `key` right after `offset`, and keys need no escaping).
+#[must_use]
+pub fn message_key(frame: &str) -> Option<&str> {
+    let at = frame.find(",\"key\":\"")? + ",\"key\":\"".len();
+    let data = frame.find(",\"data\":")?;
+    if at > data {
+        return None;
+    }
+    let end = frame[at..].find('"')?;
+    Some(&frame[at..at + end])
+}
+
 /// A keep-latest channel's state at `top`: `entries` are `message` frames (the newest
 /// per key, in offset order). As a push (`id: None`), the `snapshot` that follows a
 /// `subscribed` reply; with `http`, the body of `GET /v1/channels/{channel}/state`.
@@ -335,6 +348,9 @@ pub enum GapReason {
     /// The node lost the messages on their way from the channel's owner and the owner's
     /// history no longer holds them.
     Unavailable,
+    /// `keep_latest`: a newer message for the same key replaced each of them in the
+    /// connection's queue.
+    Conflated,
 }
 
 impl GapReason {
@@ -343,6 +359,7 @@ impl GapReason {
         match self {
             GapReason::SlowConsumer => "slow_consumer",
             GapReason::Unavailable => "unavailable",
+            GapReason::Conflated => "conflated",
         }
     }
 }
@@ -721,6 +738,15 @@ pub fn encode_http_error(code: ErrorCode, message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_of_a_message_frame_is_read_without_parsing() {
+        let c = ChannelName::new("scores:k").unwrap_or_else(|e| panic!("{e}"));
+        let at = StreamPosition { epoch: Epoch::new(3).unwrap_or_else(|| unreachable!()), offset: Offset(9) };
+        let data = RawValue::from_string(r#"{"key":"not-this","s":1}"#.into()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(message_key(&encode_keyed_message(&c, at, Some("game-7"), &data)), Some("game-7"));
+        assert_eq!(message_key(&encode_message(&c, at, &data)), None, "a key inside data is not the frame's");
+    }
 
     fn dec(s: &str) -> Result<Request, DecodeError> {
         decode_command(s)

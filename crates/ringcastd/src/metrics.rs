@@ -36,6 +36,7 @@ pub struct Metrics {
     /// Messages dropped from connections' queues under `drop_oldest` and `drop_newest`.
     drops_oldest: AtomicU64,
     drops_newest: AtomicU64,
+    drops_conflated: AtomicU64,
     /// Client publishes refused by a channel's `client_publish_rate`.
     pub channel_rate_limited: AtomicU64,
     /// Messages this node lost on their way from an owner that the owner's history no
@@ -93,7 +94,8 @@ impl Metrics {
         match policy {
             BackpressurePolicy::DropOldest => self.drops_oldest.fetch_add(n, Relaxed),
             BackpressurePolicy::DropNewest => self.drops_newest.fetch_add(n, Relaxed),
-            BackpressurePolicy::Disconnect | BackpressurePolicy::KeepLatest => 0,
+            BackpressurePolicy::KeepLatest => self.drops_conflated.fetch_add(n, Relaxed),
+            BackpressurePolicy::Disconnect => 0,
         };
     }
 
@@ -153,12 +155,13 @@ impl Metrics {
         );
         let _ = writeln!(
             o,
-            "# HELP ringcast_drops_total Slow-consumer drops by policy: messages dropped (drop_oldest, drop_newest) \
-             or connections closed 4008 (disconnect).\n# TYPE ringcast_drops_total counter\n\
+            "# HELP ringcast_drops_total Slow-consumer drops by policy: messages dropped (drop_oldest, drop_newest), \
+             replaced by a newer one of the same key (keep_latest) or connections closed 4008 (disconnect).\n# TYPE ringcast_drops_total counter\n\
              ringcast_drops_total{{policy=\"drop_oldest\"}} {}\nringcast_drops_total{{policy=\"drop_newest\"}} {}\n\
-             ringcast_drops_total{{policy=\"disconnect\"}} {}",
+             ringcast_drops_total{{policy=\"keep_latest\"}} {}\nringcast_drops_total{{policy=\"disconnect\"}} {}",
             self.drops_oldest.load(Relaxed),
             self.drops_newest.load(Relaxed),
+            self.drops_conflated.load(Relaxed),
             self.slow_consumer_drops.load(Relaxed)
         );
         counter(

@@ -13,8 +13,9 @@
 //! a connection holds at most its queue plus the batch being written.
 
 use ringcast_core::send_queue::{Bounds, Drained, GapCause, GapNotice, MessagePolicy, SendQueue};
+use ringcast_core::BackpressurePolicy;
 use ringcast_core::{ChannelName, StreamPosition};
-use ringcast_proto::client::{encode_gap, GapReason};
+use ringcast_proto::client::{encode_gap, message_key, GapReason};
 use ringcast_proto::CloseCode;
 use std::sync::Mutex;
 use tokio::sync::Notify;
@@ -101,7 +102,11 @@ impl Outbox {
             return Pushed::Closed;
         }
         let len = frame.len();
-        let pushed = s.queue.push_message(frame, len, channel, position, policy);
+        let key = match policy.policy {
+            BackpressurePolicy::KeepLatest => message_key(frame.as_str()).map(str::to_owned),
+            _ => None,
+        };
+        let pushed = s.queue.push_keyed_message(frame, len, channel, position, policy, key.as_deref());
         self.after_push(s, pushed)
     }
 
@@ -176,6 +181,7 @@ impl Outbox {
                 let reason = match g.cause {
                     GapCause::SlowConsumer => GapReason::SlowConsumer,
                     GapCause::Unavailable => GapReason::Unavailable,
+                    GapCause::Conflated => GapReason::Conflated,
                 };
                 Utf8Bytes::from(encode_gap(&g.channel, g.epoch, g.from, g.to, reason))
             }
