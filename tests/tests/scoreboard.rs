@@ -133,3 +133,51 @@ async fn the_state_moves_with_a_drain_and_survives_an_owner_crash() -> Result<()
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_publish_is_acked_per_item_in_order_across_owners() -> Result<()> {
+    let c = TestCluster::start(3, BOARD.replace("durable = true\n", "").as_str()).await?;
+    let channels: Vec<String> = (0..6).map(|i| format!("board:league-{i}")).collect();
+    let (mut viewer, _) = WsClient::connect(&c.nodes[1].ws_url(), None).await?;
+    viewer.subscribe(&channels[0], None).await?;
+    let items: Vec<Value> =
+        (0..60).map(|i| json!({"channel": channels[i % 6], "key": format!("g{}", i % 4), "data": {"n": i}})).collect();
+    let auth = format!("Bearer {API_KEY}");
+    let r = http(
+        c.nodes[2].addr,
+        "POST",
+        "/v1/publish/batch",
+        &[("Authorization", &auth)],
+        &json!({"items": items}).to_string(),
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let results = r.json()["results"].as_array().cloned().context("results")?;
+    assert_eq!(results.len(), 60);
+    let mut next: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, res) in results.iter().enumerate() {
+        assert_eq!(res["channel"], json!(channels[i % 6]), "results in item order: {res}");
+        let want = next.entry(channels[i % 6].clone()).or_insert(1);
+        assert_eq!(res["offset"].as_u64(), Some(*want), "a channel's items keep their order: {res}");
+        *want += 1;
+    }
+    let owners: std::collections::BTreeSet<String> =
+        futures_util::future::join_all(channels.iter().map(|ch| c.owner_of(ch)))
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+    assert!(owners.len() > 1, "the batch spanned several owners: {owners:?}");
+    let got = viewer.messages(10).await?;
+    assert_eq!(
+        got.iter().map(|m| m["data"]["n"].as_u64().unwrap_or(99)).collect::<Vec<_>>(),
+        (0..60).step_by(6).collect::<Vec<u64>>()
+    );
+
+    // One bad item refuses the whole batch before anything is published.
+    let bad = json!({"items": [{"channel": "board:league-0", "data": 1}, {"channel": "board:bad name", "data": 2}]});
+    let r = http(c.nodes[0].addr, "POST", "/v1/publish/batch", &[("Authorization", &auth)], &bad.to_string()).await?;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("items[1]"), "the error names the item: {}", r.body);
+    assert_eq!(state_on(&c, 0, "board:league-0").await?.0, 10, "nothing was published");
+    Ok(())
+}

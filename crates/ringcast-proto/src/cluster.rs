@@ -173,11 +173,37 @@ pub enum PeerFrame {
     PresenceQuery { req: u64, slot: u16, slot_epoch: u64, channel: String, limit: u32 },
     /// Owner -> gateway: the answer to `PresenceQuery`.
     PresenceReply { req: u64, clients: u64, users: u64, members: Vec<PresentWire>, last_seen: Option<u64> },
+    /// Gateway -> owner: several server-API publishes for channels this owner holds,
+    /// sequenced in order; answered by one `PublishedBatch` with a result per item.
+    PublishBatch { req: u64, items: Vec<BatchItemWire> },
+    /// Owner -> gateway: the results of a `PublishBatch`, in item order.
+    PublishedBatch { req: u64, results: Vec<BatchResultWire> },
     /// Gateway -> owner: a keep-latest channel's state.
     State { req: u64, slot: u16, slot_epoch: u64, channel: String },
     /// Owner -> gateway: the state at (`epoch`, `offset`): message frames, newest per key
     /// (`epoch` is `None` for a channel with no stream).
     StateReply { req: u64, epoch: Option<u64>, offset: u64, entries: Vec<String> },
+}
+
+/// One publish of a `PublishBatch` (the fields of `Publish`; the server API's).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct BatchItemWire {
+    pub slot: u16,
+    pub slot_epoch: u64,
+    pub channel: String,
+    pub data: String,
+    pub idempotency_key: Option<String>,
+    pub key: Option<String>,
+}
+
+/// The result of one batch item: its position, or why it was refused (`retry` as in
+/// `Refused`).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum BatchResultWire {
+    Acked { epoch: u64, offset: u64, duplicate: bool },
+    Refused { code: String, message: String, retry: bool },
 }
 
 /// A client announced to a channel's owner.
@@ -229,6 +255,23 @@ impl PeerFrame {
             }
             PeerFrame::Ephemeral { channel, frame, .. } => channel.len() + frame.len(),
             PeerFrame::PresenceQuery { channel, .. } | PeerFrame::State { channel, .. } => channel.len(),
+            PeerFrame::PublishBatch { items, .. } => items
+                .iter()
+                .map(|i| {
+                    i.channel.len()
+                        + i.data.len()
+                        + i.idempotency_key.as_ref().map_or(0, String::len)
+                        + i.key.as_ref().map_or(0, String::len)
+                        + 24
+                })
+                .sum(),
+            PeerFrame::PublishedBatch { results, .. } => results
+                .iter()
+                .map(|r| match r {
+                    BatchResultWire::Acked { .. } => 24,
+                    BatchResultWire::Refused { code, message, .. } => code.len() + message.len() + 8,
+                })
+                .sum(),
             PeerFrame::StateReply { entries, .. } => entries.iter().map(|m| m.len() + 8).sum(),
             PeerFrame::PresenceReply { members, .. } => {
                 members.iter().map(|m| m.node.len() + m.user.len() + m.info.as_ref().map_or(0, String::len) + 16).sum()

@@ -37,6 +37,8 @@ use tracing::debug;
 
 /// Most channels one broadcast may target.
 pub const MAX_BROADCAST_CHANNELS: usize = 1000;
+/// Most items of one `POST /v1/publish/batch`.
+pub const MAX_BATCH_ITEMS: usize = 1000;
 /// Per-connection read buffer for WebSocket sessions (tungstenite's default is 128 KiB,
 /// allocated eagerly; small buffers keep idle connections cheap).
 pub const WS_READ_BUFFER_BYTES: usize = 4096;
@@ -52,6 +54,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ws", get(ws_upgrade))
         .route("/v1/publish", post(publish))
         .route("/v1/broadcast", post(broadcast))
+        .route("/v1/publish/batch", post(publish_batch))
         .route("/v1/cluster", get(cluster_info))
         .route("/v1/admin/drain", post(admin_drain))
         .route("/v1/channels/{channel}", get(channel_info))
@@ -235,6 +238,76 @@ async fn broadcast(State(node): State<AppState>, headers: HeaderMap, body: Body)
             }
         });
     }
+    Ok(json(StatusCode::OK, serde_json::json!({ "results": results }).to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    items: Vec<PublishBody<'a>>,
+}
+
+/// Many server-API publishes in one call (a scoreboard's updates of one tick): every
+/// item is checked first (a bad one publishes nothing, 400 naming its index), then they
+/// go out in one round trip per owning node. The answer has one result per item, in
+/// order: its `ack`, or `{channel, error}`. Items of one channel keep their order.
+async fn publish_batch(State(node): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    require_api_key(&node, &headers)?;
+    let bytes = read_body(&node, body).await?;
+    let b: BatchBody<'_> = parse_json(&bytes)?;
+    if b.items.is_empty() || b.items.len() > MAX_BATCH_ITEMS {
+        return Err(api_err(ErrorCode::BadRequest, format!("items must hold 1..={MAX_BATCH_ITEMS} publishes")));
+    }
+    let mut checked = Vec::with_capacity(b.items.len());
+    for (i, item) in b.items.iter().enumerate() {
+        let at = |ApiError(code, message)| ApiError(code, format!("items[{i}]: {message}"));
+        check_key(item.idempotency_key.as_deref()).map_err(at)?;
+        if let Some(k) = &item.key {
+            ringcast_core::latest::check_key(k).map_err(|m| at(api_err(ErrorCode::BadRequest, m)))?;
+        }
+        let channel = parse_channel(&item.channel).map_err(at)?;
+        let ns = namespace(&node, &channel).map_err(at)?;
+        if item.data.get().len() > ns.max_message_bytes {
+            let message =
+                format!("data is {} bytes; namespace limit is {}", item.data.get().len(), ns.max_message_bytes);
+            return Err(at(api_err(ErrorCode::MessageTooLarge, message)));
+        }
+        checked.push((channel, ns));
+    }
+    let requests: Vec<crate::hub::PublishRequest<'_>> = b
+        .items
+        .iter()
+        .zip(&checked)
+        .map(|(item, (channel, ns))| crate::hub::PublishRequest {
+            channel,
+            ns,
+            data: item.data,
+            idempotency_key: item.idempotency_key.as_deref(),
+            origin: crate::hub::Origin::Api,
+            key: item.key.as_deref(),
+        })
+        .collect();
+    let started = Instant::now();
+    let outcomes = node.router.publish_batch(&requests, node.now()).await;
+    let results: Vec<serde_json::Value> = requests
+        .iter()
+        .zip(outcomes)
+        .map(|(p, r)| match r {
+            Ok(p2) => {
+                node.metrics.publish(crate::metrics::Source::Http);
+                let ack = Ack {
+                    channel: p.channel.as_str(),
+                    epoch: p2.position.epoch,
+                    offset: p2.position.offset,
+                    duplicate: p2.duplicate,
+                };
+                serde_json::to_value(&ack).unwrap_or_default()
+            }
+            Err(r) => serde_json::json!({"channel": p.channel.as_str(), "error": {"code": r.code.as_str(), "message": r.message}}),
+        })
+        .collect();
+    node.metrics.publish_latency(started.elapsed());
     Ok(json(StatusCode::OK, serde_json::json!({ "results": results }).to_string()))
 }
 

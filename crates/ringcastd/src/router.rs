@@ -132,6 +132,18 @@ impl Router {
         }
     }
 
+    /// Several server-API publishes, one round trip per owning node (see
+    /// `cluster::Runtime::publish_batch`); results in item order.
+    pub async fn publish_batch(&self, items: &[PublishRequest<'_>], now: Millis) -> Vec<Result<Published, Refusal>> {
+        match &self.cluster {
+            Some(c) => c.publish_batch(self, items).await,
+            None => items
+                .iter()
+                .map(|p| self.hub.publish(p, now, STANDALONE_EPOCH).map_err(|code| hub_refusal(code, p.channel)))
+                .collect(),
+        }
+    }
+
     pub async fn subscribe(
         &self,
         channel: &ChannelName,

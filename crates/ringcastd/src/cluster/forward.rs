@@ -317,6 +317,101 @@ impl Runtime {
         .await
     }
 
+    /// Server-API publishes, in one round trip per owning node: items whose slot this
+    /// node holds run here, the others go to their owners as one `PublishBatch` each
+    /// (sent concurrently), and an item refused for a slot move is retried alone with
+    /// [`Runtime::publish`]. Results are in item order; items of one channel keep their
+    /// order.
+    pub(crate) async fn publish_batch(
+        &self,
+        router: &Router,
+        items: &[PublishRequest<'_>],
+    ) -> Vec<Result<Published, Refusal>> {
+        let mut results: Vec<Option<Result<Published, Refusal>>> = vec![None; items.len()];
+        let mut remote: BTreeMap<NodeId, Vec<(usize, ringcast_proto::cluster::BatchItemWire)>> = BTreeMap::new();
+        let mut again = Vec::new();
+        for (i, p) in items.iter().enumerate() {
+            match router.target(p.channel) {
+                Ok(Target::Local(epoch)) if !p.ns.durable => {
+                    let r = self.hub.publish(p, self.now(), epoch);
+                    results[i] = Some(r.map_err(|code| crate::router::hub_refusal(code, p.channel)));
+                }
+                Ok(Target::Remote { owner, epoch }) => {
+                    remote.entry(owner).or_default().push((
+                        i,
+                        ringcast_proto::cluster::BatchItemWire {
+                            slot: Slot::of(p.channel).get(),
+                            slot_epoch: epoch.0,
+                            channel: p.channel.as_str().to_owned(),
+                            data: p.data.get().to_owned(),
+                            idempotency_key: p.idempotency_key.map(str::to_owned),
+                            key: p.key.map(str::to_owned),
+                        },
+                    ));
+                }
+                // Durable local items wait for the replica, and unroutable ones retry:
+                // both one at a time below.
+                Ok(Target::Local(_)) | Err(_) => again.push(i),
+            }
+        }
+        let until = Instant::now() + FORWARD_DEADLINE;
+        let replies = futures_util::future::join_all(remote.into_iter().map(|(owner, batch)| async move {
+            let (indexes, wires): (Vec<usize>, Vec<_>) = batch.into_iter().unzip();
+            let reply = self.request(&owner, |req| PeerFrame::PublishBatch { req, items: wires }, until).await;
+            (indexes, reply)
+        }))
+        .await;
+        for (indexes, reply) in replies {
+            match reply {
+                Ok(PeerFrame::PublishedBatch { results: got, .. }) if got.len() == indexes.len() => {
+                    for (i, r) in indexes.into_iter().zip(got) {
+                        match r {
+                            ringcast_proto::cluster::BatchResultWire::Acked { epoch, offset, duplicate } => {
+                                results[i] = Some(
+                                    Epoch::new(epoch).ok_or_else(|| Refusal::new(ErrorCode::Internal, "epoch 0")).map(
+                                        |epoch| Published {
+                                            position: ringcast_core::StreamPosition { epoch, offset: Offset(offset) },
+                                            duplicate,
+                                        },
+                                    ),
+                                );
+                            }
+                            ringcast_proto::cluster::BatchResultWire::Refused { retry: true, .. } => again.push(i),
+                            ringcast_proto::cluster::BatchResultWire::Refused { code, message, retry: false } => {
+                                results[i] = Some(Err(refusal_from_wire(&code, message, false)));
+                            }
+                        }
+                    }
+                }
+                // No link, or a refusal of the whole batch: each item on its own.
+                Ok(PeerFrame::Refused { retry: true, .. }) | Err(Refusal { retry: true, .. }) => again.extend(indexes),
+                Ok(PeerFrame::Refused { code, message, .. }) => {
+                    for i in indexes {
+                        results[i] = Some(Err(refusal_from_wire(&code, message.clone(), false)));
+                    }
+                }
+                Err(r) => {
+                    for i in indexes {
+                        results[i] = Some(Err(r.clone()));
+                    }
+                }
+                Ok(_) => {
+                    for i in indexes {
+                        results[i] = Some(Err(Refusal::new(ErrorCode::Internal, "unexpected reply to a batch")));
+                    }
+                }
+            }
+        }
+        again.sort_unstable();
+        for i in again {
+            results[i] = Some(self.publish(router, &items[i]).await);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Refusal::new(ErrorCode::Internal, "batch item without a result"))))
+            .collect()
+    }
+
     /// A keep-latest channel's state from its owner.
     pub(crate) async fn state(&self, router: &Router, channel: &ChannelName) -> Result<crate::router::State, Refusal> {
         self.forward(router, channel, |target, until| {

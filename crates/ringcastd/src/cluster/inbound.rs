@@ -3,7 +3,32 @@
 use super::*;
 use crate::auth::MAX_INFO_BYTES;
 use ringcast_proto::client::MAX_PRESENCE_MEMBERS;
-use ringcast_proto::cluster::PresentWire;
+use ringcast_proto::cluster::{BatchItemWire, BatchResultWire, PresentWire};
+
+/// Most items one `PublishBatch` may carry (the HTTP API sends at most this many).
+const MAX_BATCH_ITEMS: usize = crate::http::MAX_BATCH_ITEMS;
+
+/// A forwarded publish that passed [`Runtime::check_publish`].
+struct CheckedPublish {
+    channel: ChannelName,
+    ns: NamespaceOptions,
+    data: Box<RawValue>,
+    idempotency_key: Option<String>,
+    key: Option<String>,
+}
+
+impl CheckedPublish {
+    fn request(&self, origin: Origin) -> PublishRequest<'_> {
+        PublishRequest {
+            channel: &self.channel,
+            ns: &self.ns,
+            data: &self.data,
+            idempotency_key: self.idempotency_key.as_deref(),
+            origin,
+            key: self.key.as_deref(),
+        }
+    }
+}
 
 /// Most clients one `Presence` frame may announce or retire (a node's members of one
 /// channel; beyond this the frame is refused as malformed).
@@ -131,36 +156,51 @@ impl Runtime {
         Ok((channel, ns))
     }
 
+    /// Checks a forwarded publish like any peer input: the slot is ours, the channel,
+    /// data, idempotency key and keep-latest key are valid.
+    fn check_publish(&self, item: BatchItemWire) -> Result<CheckedPublish, (Refusal, bool)> {
+        let BatchItemWire { slot, slot_epoch, channel, data, idempotency_key, key } = item;
+        self.serve_slot(slot, slot_epoch)?;
+        let (channel, ns) = self.parse_channel(&channel, slot).map_err(|r| (r, false))?;
+        let bad = |code, m: String| (Refusal::new(code, m), false);
+        let data: Box<RawValue> =
+            serde_json::from_str(&data).map_err(|e| bad(ErrorCode::BadRequest, format!("data: {e}")))?;
+        if data.get().len() > ns.max_message_bytes {
+            return Err(bad(ErrorCode::MessageTooLarge, "data too large".into()));
+        }
+        if let Some(k) = &idempotency_key {
+            check_idempotency_key(k).map_err(|m| bad(ErrorCode::InvalidIdempotencyKey, m))?;
+        }
+        if let Some(k) = key.as_deref().filter(|k| !k.is_empty()) {
+            ringcast_core::latest::check_key(k).map_err(|m| bad(ErrorCode::BadRequest, m))?;
+        }
+        Ok(CheckedPublish { channel, ns, data, idempotency_key, key })
+    }
+
+    /// Owner: sequences a checked publish (a durable one waits for the replica).
+    async fn serve_publish(self: &Arc<Self>, c: &CheckedPublish, origin: Origin) -> Result<Published, (Refusal, bool)> {
+        if !c.ns.durable {
+            return self.serve_publish_now(c, origin);
+        }
+        self.publish_durable(&c.request(origin)).await.map_err(|r| {
+            let retry = r.retry;
+            (r, retry)
+        })
+    }
+
+    /// Owner: sequences a checked best-effort publish at once.
+    fn serve_publish_now(&self, c: &CheckedPublish, origin: Origin) -> Result<Published, (Refusal, bool)> {
+        let epoch = self.my_epoch(&c.channel);
+        self.hub
+            .publish(&c.request(origin), self.now(), epoch)
+            .map_err(|code| (crate::router::hub_refusal(code, &c.channel), code == ErrorCode::Unavailable))
+    }
+
     pub(super) fn on_frame(self: &Arc<Self>, peer: &NodeId, frame: PeerFrame) {
         match frame {
             PeerFrame::Hello { .. } => warn!("duplicate Hello ignored"),
             PeerFrame::Publish { req, slot, slot_epoch, channel, data, idempotency_key, client, key } => {
-                let checked = self
-                    .serve_slot(slot, slot_epoch)
-                    .and_then(|()| self.parse_channel(&channel, slot).map_err(|r| (r, false)))
-                    .and_then(|(channel, ns)| {
-                        let data: Box<RawValue> = serde_json::from_str(&data)
-                            .map_err(|e| (Refusal::new(ErrorCode::BadRequest, format!("data: {e}")), false))?;
-                        if data.get().len() > ns.max_message_bytes {
-                            return Err((Refusal::new(ErrorCode::MessageTooLarge, "data too large"), false));
-                        }
-                        if let Some(k) = &idempotency_key {
-                            check_idempotency_key(k)
-                                .map_err(|m| (Refusal::new(ErrorCode::InvalidIdempotencyKey, m), false))?;
-                        }
-                        if let Some(k) = key.as_deref().filter(|k| !k.is_empty()) {
-                            ringcast_core::latest::check_key(k)
-                                .map_err(|m| (Refusal::new(ErrorCode::BadRequest, m), false))?;
-                        }
-                        Ok((channel, ns, data))
-                    });
-                let (channel, ns, data) = match checked {
-                    Ok(x) => x,
-                    Err((r, retry)) => {
-                        self.refuse(peer, req, &r, retry);
-                        return;
-                    }
-                };
+                let item = BatchItemWire { slot, slot_epoch, channel, data, idempotency_key, key };
                 let origin = if client { Origin::Client } else { Origin::Api };
                 let rt = self.clone();
                 let peer = peer.clone();
@@ -176,42 +216,40 @@ impl Runtime {
                     }
                     Err((r, retry)) => rt.refuse(&peer, req, &r, retry),
                 };
-                if ns.durable {
+                match self.check_publish(item) {
+                    Err(e) => answer(Err(e)),
                     // Waits for the replica: off the reader task.
-                    let rt = self.clone();
-                    self.tracker.spawn(async move {
-                        let idem = idempotency_key.as_deref();
-                        let p = PublishRequest {
-                            channel: &channel,
-                            ns: &ns,
-                            data: &data,
-                            idempotency_key: idem,
-                            origin,
-                            key: key.as_deref(),
-                        };
-                        let result = rt.publish_durable(&p).await;
-                        answer(result.map_err(|r| {
-                            let retry = r.retry;
-                            (r, retry)
-                        }));
-                    });
-                } else {
-                    let epoch = self.my_epoch(&channel);
-                    let idem = idempotency_key.as_deref();
-                    let p = PublishRequest {
-                        channel: &channel,
-                        ns: &ns,
-                        data: &data,
-                        idempotency_key: idem,
-                        origin,
-                        key: key.as_deref(),
-                    };
-                    let result = self
-                        .hub
-                        .publish(&p, self.now(), epoch)
-                        .map_err(|code| (crate::router::hub_refusal(code, &channel), code == ErrorCode::Unavailable));
-                    answer(result);
+                    Ok(checked) if checked.ns.durable => {
+                        let rt = self.clone();
+                        self.tracker.spawn(async move { answer(rt.serve_publish(&checked, origin).await) });
+                    }
+                    // On the reader task, so its `Deliver`s are queued before the `Acked`.
+                    Ok(checked) => answer(self.serve_publish_now(&checked, origin)),
                 }
+            }
+            PeerFrame::PublishBatch { req, items } => {
+                let rt = self.clone();
+                let peer = peer.clone();
+                self.tracker.spawn(async move {
+                    let mut results = Vec::with_capacity(items.len());
+                    for item in items.into_iter().take(MAX_BATCH_ITEMS) {
+                        let result = match rt.check_publish(item) {
+                            Ok(checked) => rt.serve_publish(&checked, Origin::Api).await,
+                            Err(e) => Err(e),
+                        };
+                        results.push(match result {
+                            Ok(p) => BatchResultWire::Acked {
+                                epoch: p.position.epoch.get(),
+                                offset: p.position.offset.0,
+                                duplicate: p.duplicate,
+                            },
+                            Err((r, retry)) => {
+                                BatchResultWire::Refused { code: r.code.as_str().to_owned(), message: r.message, retry }
+                            }
+                        });
+                    }
+                    rt.send(&peer, PeerFrame::PublishedBatch { req, results });
+                });
             }
             PeerFrame::Subscribe { req, slot, slot_epoch, channel, since, interest, snapshot } => {
                 let checked = self
@@ -380,7 +418,8 @@ impl Runtime {
             | PeerFrame::Replicated { .. }
             | PeerFrame::ReplicaSynced { .. }
             | PeerFrame::PresenceReply { .. }
-            | PeerFrame::StateReply { .. }) => self.on_reply(reply),
+            | PeerFrame::StateReply { .. }
+            | PeerFrame::PublishedBatch { .. }) => self.on_reply(reply),
         }
     }
 
@@ -421,7 +460,8 @@ impl Runtime {
             | PeerFrame::Replicated { req, .. }
             | PeerFrame::ReplicaSynced { req, .. }
             | PeerFrame::PresenceReply { req, .. }
-            | PeerFrame::StateReply { req, .. } => *req,
+            | PeerFrame::StateReply { req, .. }
+            | PeerFrame::PublishedBatch { req, .. } => *req,
             _ => return,
         };
         let Some(pending) = lock(&self.pending).remove(&req) else {
