@@ -213,6 +213,8 @@ pub struct ChangeOutcome {
     pub peak_watch_events_per_s: u64,
     /// (second, writes, watch events) after the change.
     pub timeline: Vec<(u64, u64, u64)>,
+    /// (ms after the change, writes so far, watch events so far), one point per write.
+    pub cumulative: Vec<(u64, u64, u64)>,
     pub violations: Vec<Violation>,
 }
 
@@ -547,6 +549,14 @@ pub fn run(spec: &ChangeSpec) -> ChangeOutcome {
         slot.1 += e;
     }
     let timeline: Vec<(u64, u64, u64)> = per_second.iter().map(|(s, (w, e))| (*s, *w, *e)).collect();
+    let cumulative: Vec<(u64, u64, u64)> = c.etcd.log[log_from..]
+        .iter()
+        .scan((0, 0), |acc, &(t, w, e)| {
+            acc.0 += w;
+            acc.1 += e;
+            Some((t - start, acc.0, acc.1))
+        })
+        .collect();
     if converged_ms.is_none() {
         c.violations.push(Violation { at_ms: c.now, what: "did not converge".into() });
     }
@@ -566,6 +576,7 @@ pub fn run(spec: &ChangeSpec) -> ChangeOutcome {
         watch_events: c.etcd.watch_events - e0,
         peak_watch_events_per_s: timeline.iter().map(|t| t.2).max().unwrap_or(0),
         timeline,
+        cumulative,
         violations: c.violations,
     }
 }
