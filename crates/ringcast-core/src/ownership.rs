@@ -131,6 +131,13 @@ impl RouteTable {
         RouteTable { ring: view.ring(), claims: view.claims.clone() }
     }
 
+    /// The ring the table was built with (`None` without core members): a driver
+    /// plans with it ([`plan_with_ring`]) rather than building it again.
+    #[must_use]
+    pub fn ring(&self) -> Option<&Ring> {
+        self.ring.as_ref()
+    }
+
     /// A one-member table where `me` holds every slot at `epoch` (standalone nodes).
     #[must_use]
     pub fn standalone(me: &NodeId, epoch: SlotEpoch) -> RouteTable {

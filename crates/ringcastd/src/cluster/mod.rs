@@ -49,7 +49,7 @@ use crate::metrics::Metrics;
 use crate::router::{History, Refusal, Router, Target};
 use ringcast_cluster::membership::{ClaimExpect, MemberRecord, Membership, Role, View};
 use ringcast_cluster::transport::{read_frame, write_frame, FrameCodecConfig, Transport};
-use ringcast_core::ownership::{plan, Claim, ClusterView, MemberInfo, Route, RouteTable, SlotEpoch};
+use ringcast_core::ownership::{plan_with_ring, Claim, ClusterView, MemberInfo, Route, RouteTable, SlotEpoch};
 use ringcast_core::{ChannelName, Epoch, Millis, NamespaceOptions, NodeId, NotRecoveredReason, Offset, Slot};
 use ringcast_proto::client::{check_history_limit, check_idempotency_key, Since, SubscribeOutcome};
 use ringcast_proto::cluster::{ChannelSnapshotWire, MemberWire, OutcomeWire, PeerFrame, SinceWire, FRAMES_VERSION};
@@ -161,7 +161,7 @@ pub struct Runtime {
     latest: Mutex<(Arc<View>, bool)>,
     apply_lock: Mutex<()>,
     /// The latest view as the planner sees it, and whether claiming has begun.
-    planned: RwLock<(Arc<ClusterView>, bool)>,
+    planned: RwLock<(Arc<ClusterView>, Arc<RouteTable>, bool)>,
     codec: FrameCodecConfig,
     origin: Instant,
     tracker: TaskTracker,
@@ -267,7 +267,11 @@ impl Runtime {
             incarnation: AtomicU64::new(u64::MAX),
             latest: Mutex::new((Arc::new(View::default()), false)),
             apply_lock: Mutex::new(()),
-            planned: RwLock::new((Arc::new(ClusterView::default()), false)),
+            planned: RwLock::new((
+                Arc::new(ClusterView::default()),
+                Arc::new(RouteTable::new(&ClusterView::default())),
+                false,
+            )),
             codec: FrameCodecConfig::default(),
             origin: Instant::now(),
             tracker: tracker.clone(),

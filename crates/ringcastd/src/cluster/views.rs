@@ -110,7 +110,10 @@ impl Runtime {
             warn!(slots = lost.len(), "slots were taken over by other nodes without a handoff (our lease was lost)");
         }
         let cv = ClusterView { members, claims, vacated };
-        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(RouteTable::new(&cv));
+        // The ring is built once per view (its cost grows with the members); planning
+        // reuses it through the table.
+        let table = Arc::new(RouteTable::new(&cv));
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = table.clone();
         self.incarnation.store(incarnation, Ordering::Release);
         *self.claims.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(cv.claims.clone());
         self.drop_stale_replicas(&cv.claims);
@@ -182,7 +185,7 @@ impl Runtime {
             }
         }
 
-        *self.planned.write().unwrap_or_else(PoisonError::into_inner) = (Arc::new(cv), may_claim);
+        *self.planned.write().unwrap_or_else(PoisonError::into_inner) = (Arc::new(cv), table, may_claim);
         self.replan();
     }
 
@@ -190,9 +193,12 @@ impl Runtime {
     /// Runs on every view and whenever a claim or handoff finishes, so rounds follow
     /// each other without waiting for an unrelated view change.
     pub(super) fn replan(self: &Arc<Self>) {
-        let (cv, may_claim) = self.planned.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let (cv, table, may_claim) = self.planned.read().unwrap_or_else(PoisonError::into_inner).clone();
         let in_flight = lock(&self.handing).len();
-        let p = plan(&cv, &self.me, in_flight, HANDOFFS_IN_FLIGHT);
+        let p = match table.ring() {
+            Some(ring) => plan_with_ring(&cv, ring, &self.me, in_flight, HANDOFFS_IN_FLIGHT),
+            None => ringcast_core::ownership::Plan::default(),
+        };
         for h in p.hand_off {
             // A slot awaiting its outcome, or handed off but not yet shown moved by
             // the view, must not be planned again.
