@@ -31,6 +31,11 @@ struct Hot {
 /// Starts a node, subscribes a slow reader (which then stops reading) and a fast one,
 /// publishes [`TOTAL`] messages, and checks the fast reader got each once, in order.
 async fn hot_channel(policy: &str) -> Result<Hot> {
+    hot_channel_keyed(policy, |_| None).await
+}
+
+/// [`hot_channel`] with message `i` published under `key(i)`.
+async fn hot_channel_keyed(policy: &str, key: impl Fn(u64) -> Option<String>) -> Result<Hot> {
     let node = Ringcastd::start(&config(policy))?;
     let url = node.ws_url();
     let mut slow = WsClient::open_with_recv_buffer(&url, 4096).await?;
@@ -42,7 +47,11 @@ async fn hot_channel(policy: &str) -> Result<Hot> {
     let pad = "p".repeat(8000);
     let publish = async {
         for i in 1..=TOTAL {
-            let ack = publisher.publish(CHANNEL, json!({"i": i, "pad": pad})).await?;
+            let mut cmd = json!({"type": "publish", "channel": CHANNEL, "data": {"i": i, "pad": pad}});
+            if let Some(k) = key(i) {
+                cmd["key"] = json!(k);
+            }
+            let ack = publisher.request(cmd).await?;
             ensure!(ack["type"] == "ack", "publish {i} failed while a reader was stalled: {ack}");
         }
         anyhow::Ok(())
@@ -114,26 +123,7 @@ async fn client_publishes_are_rate_limited_per_channel() -> Result<()> {
 
 #[tokio::test]
 async fn keep_latest_gives_a_slow_reader_the_newest_of_each_key_with_conflated_gaps() -> Result<()> {
-    let node = Ringcastd::start(&config("keep_latest"))?;
-    let url = node.ws_url();
-    let mut slow = WsClient::open_with_recv_buffer(&url, 4096).await?;
-    assert_eq!(slow.request(json!({"type": "connect"})).await?["type"], "connected");
-    assert_eq!(slow.subscribe(CHANNEL, None).await?["type"], "subscribed");
-    let (mut fast, _) = WsClient::connect(&url, None).await?;
-    fast.subscribe(CHANNEL, None).await?;
-    let (mut publisher, _) = WsClient::connect(&url, None).await?;
-    let pad = "p".repeat(8000);
-    let publish = async {
-        for i in 1..=TOTAL {
-            let cmd = json!({"type": "publish", "channel": CHANNEL, "key": format!("g{}", i % 5), "data": {"i": i, "pad": pad}});
-            let ack = publisher.request(cmd).await?;
-            ensure!(ack["type"] == "ack", "publish {i}: {ack}");
-        }
-        anyhow::Ok(())
-    };
-    let (published, got) = tokio::join!(publish, fast.messages(TOTAL as usize));
-    published?;
-    assert_eq!(offsets(&got?), (1..=TOTAL).collect::<Vec<u64>>(), "the fast reader lost nothing");
+    let Hot { node, mut slow, .. } = hot_channel_keyed("keep_latest", |i| Some(format!("g{}", i % 5))).await?;
     assert!(node.metric("ringcast_drops_total{policy=\"keep_latest\"}").await? > 0.0);
 
     // The slow reader: every offset once, in order, as a message or a conflated gap, and

@@ -127,6 +127,21 @@ struct RunArgs {
     out: Option<PathBuf>,
 }
 
+/// Prints an outcome as one JSON line, and appends it to `out` when given.
+fn emit(outcome: &impl serde::Serialize, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let line = serde_json::to_string(outcome)?;
+    println!("{line}");
+    if let Some(path) = out {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        writeln!(f, "{line}")?;
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
         Cmd::Run(a) => {
@@ -148,17 +163,7 @@ fn main() -> anyhow::Result<()> {
                 repetition: a.repetition,
             };
             let outcome = load::run(spec)?;
-            let line = serde_json::to_string(&outcome)?;
-            println!("{line}");
-            if let Some(path) = a.out {
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .with_context(|| format!("cannot open {}", path.display()))?;
-                writeln!(f, "{line}")?;
-            }
-            Ok(())
+            emit(&outcome, a.out.as_deref())
         }
         Cmd::PresenceStorm {
             addr,
@@ -187,17 +192,7 @@ fn main() -> anyhow::Result<()> {
             };
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
             let outcome = rt.block_on(ringcast_bench::storm::run(spec))?;
-            let line = serde_json::to_string(&outcome)?;
-            println!("{line}");
-            if let Some(path) = out {
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .with_context(|| format!("cannot open {}", path.display()))?;
-                writeln!(f, "{line}")?;
-            }
-            Ok(())
+            emit(&outcome, out.as_deref())
         }
         Cmd::StormReport { input } => {
             let text = std::fs::read_to_string(&input).with_context(|| format!("cannot read {}", input.display()))?;

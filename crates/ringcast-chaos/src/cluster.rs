@@ -297,17 +297,8 @@ impl Cluster {
     pub async fn wait_settled(&self) -> Result<()> {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
-            let up = self.up();
-            let mut settled = true;
-            for &i in &up {
-                match get_json(self.nodes[i].addr, "/v1/cluster", API_KEY).await {
-                    Ok(v) => {
-                        settled &= v["members"].as_array().map_or(0, Vec::len) == up.len() && v["vacant"] == 0;
-                    }
-                    Err(_) => settled = false,
-                }
-            }
-            if settled {
+            let up: Vec<SocketAddr> = self.up().into_iter().map(|i| self.nodes[i].addr).collect();
+            if settled(&up).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -389,4 +380,15 @@ async fn wait_etcd(url: &str) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Whether every node at `addrs` sees exactly that many members and no vacant slot.
+pub(crate) async fn settled(addrs: &[SocketAddr]) -> bool {
+    for addr in addrs {
+        match get_json(*addr, "/v1/cluster", API_KEY).await {
+            Ok(v) if v["members"].as_array().map_or(0, Vec::len) == addrs.len() && v["vacant"] == 0 => {}
+            _ => return false,
+        }
+    }
+    true
 }

@@ -17,9 +17,9 @@ use crate::checker;
 use crate::cluster::API_KEY;
 use crate::history::{self, Event, Recorder};
 use crate::http::get_json;
-use crate::load::{self, LoadConfig, Targets};
+use crate::load::{self, Targets};
 use crate::report::Report;
-use crate::run::{channel_list, final_read, Api, Opts};
+use crate::run::{final_read, Api, Opts};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -225,17 +225,8 @@ impl DockerCluster {
     async fn wait_settled(&self) -> Result<()> {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
-            let up: Vec<&DockerNode> = self.nodes.iter().filter(|n| !n.down).collect();
-            let mut settled = true;
-            for n in &up {
-                match get_json(n.addr(), "/v1/cluster", API_KEY).await {
-                    Ok(v) => {
-                        settled &= v["members"].as_array().map_or(0, Vec::len) == up.len() && v["vacant"] == 0;
-                    }
-                    Err(_) => settled = false,
-                }
-            }
-            if settled {
+            let up: Vec<SocketAddr> = self.nodes.iter().filter(|n| !n.down).map(DockerNode::addr).collect();
+            if crate::cluster::settled(&up).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -426,22 +417,7 @@ pub async fn scenario(s: DockerScenario, o: &Opts, d: &DockerOpts) -> Result<Rep
 
 async fn drive(s: DockerScenario, o: &Opts, d: &DockerOpts, dir: &Path, rec: &Recorder) -> Result<()> {
     let mut cluster = DockerCluster::start(o, d, dir).await?;
-    rec.record(&Event::Meta {
-        scenario: s.name().to_owned(),
-        nodes: o.nodes,
-        durable_namespaces: vec!["durable".into()],
-        durable_enforced: o.durable,
-        fault_grace_ms: (o.lease_ttl_s * 1000) * 2 + 5000,
-    });
-    let channels = channel_list(o.channels_per_namespace);
-    let cfg = LoadConfig {
-        publishers: o.publishers,
-        subscribers: o.subscribers,
-        channels: channels.clone(),
-        hot: "durable:hot".into(),
-        interval: o.publish_interval,
-        seed: o.seed,
-    };
+    let (channels, cfg) = crate::run::start_recording(s.name(), o, rec);
     let targets: Targets =
         Arc::new(cluster.nodes.iter().map(|n| (n.id.clone(), format!("ws://{}/ws", n.addr()))).collect());
     let (stop_pub, stop_pub_rx) = watch::channel(false);

@@ -87,22 +87,7 @@ async fn drive(s: Scenario, o: &Opts, dir: &Path, rec: &Recorder, notes: &mut Ve
         durable: o.durable,
     };
     let mut cluster = Cluster::start(settings, &net, dir).await?;
-    rec.record(&Event::Meta {
-        scenario: s.name().to_owned(),
-        nodes: o.nodes,
-        durable_namespaces: vec!["durable".into()],
-        durable_enforced: o.durable,
-        fault_grace_ms: (o.lease_ttl_s * 1000) * 2 + 5000,
-    });
-    let channels = channel_list(o.channels_per_namespace);
-    let cfg = LoadConfig {
-        publishers: o.publishers,
-        subscribers: o.subscribers,
-        channels: channels.clone(),
-        hot: "durable:hot".into(),
-        interval: o.publish_interval,
-        seed: o.seed,
-    };
+    let (channels, cfg) = start_recording(s.name(), o, rec);
     let targets: Targets = Arc::new(cluster.nodes.iter().map(|n| (n.id.clone(), n.ws_url())).collect());
     let (stop_pub, stop_pub_rx) = watch::channel(false);
     let (stop_sub, stop_sub_rx) = watch::channel(false);
@@ -149,6 +134,27 @@ async fn drive(s: Scenario, o: &Opts, dir: &Path, rec: &Recorder, notes: &mut Ve
 
 /// The load's channels: `durable:hot`, `durable:c1..`, `besteffort:c0..`, `per_namespace`
 /// of each namespace.
+/// Records a run's metadata; returns its channels and the load to drive on them.
+pub(crate) fn start_recording(scenario: &str, o: &Opts, rec: &Recorder) -> (Vec<String>, LoadConfig) {
+    rec.record(&Event::Meta {
+        scenario: scenario.to_owned(),
+        nodes: o.nodes,
+        durable_namespaces: vec!["durable".into()],
+        durable_enforced: o.durable,
+        fault_grace_ms: (o.lease_ttl_s * 1000) * 2 + 5000,
+    });
+    let channels = channel_list(o.channels_per_namespace);
+    let cfg = LoadConfig {
+        publishers: o.publishers,
+        subscribers: o.subscribers,
+        channels: channels.clone(),
+        hot: "durable:hot".into(),
+        interval: o.publish_interval,
+        seed: o.seed,
+    };
+    (channels, cfg)
+}
+
 pub fn channel_list(per_namespace: usize) -> Vec<String> {
     let mut channels = vec!["durable:hot".to_owned()];
     for i in 1..per_namespace {

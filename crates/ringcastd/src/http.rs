@@ -119,6 +119,12 @@ fn require_api_key(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The `{channel}` of a request path.
+fn channel_in_path(path: Result<Path<String>, PathRejection>) -> Result<ChannelName, ApiError> {
+    let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
+    parse_channel(&raw)
+}
+
 fn parse_channel(raw: &str) -> Result<ChannelName, ApiError> {
     ChannelName::new(raw).map_err(|e| api_err(ErrorCode::InvalidChannel, format!("invalid channel: {e}")))
 }
@@ -339,8 +345,7 @@ async fn history(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
-    let channel = parse_channel(&raw)?;
+    let channel = channel_in_path(path)?;
     let (before, limit) = parse_history_query(query.as_deref())?;
     read_access(&node, &channel, &headers, |id, c| id.may_subscribe(c), "subscribe")?;
     let page =
@@ -356,8 +361,7 @@ async fn state(
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
-    let channel = parse_channel(&raw)?;
+    let channel = channel_in_path(path)?;
     let ns = read_access(&node, &channel, &headers, |id, c| id.may_subscribe(c), "subscribe")?;
     if !ns.keep_latest {
         let message = format!("keep_latest is not enabled in namespace {:?}", channel.namespace());
@@ -430,8 +434,7 @@ async fn presence(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
-    let channel = parse_channel(&raw)?;
+    let channel = channel_in_path(path)?;
     let limit = parse_presence_query(query.as_deref())?;
     let ns = read_access(&node, &channel, &headers, |id, c| id.may_see_presence(c), "presence")?;
     if !ns.presence {
@@ -480,8 +483,7 @@ async fn channel_info(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_api_key(&node, &headers)?;
-    let Path(raw) = path.map_err(|e| api_err(ErrorCode::InvalidChannel, format!("bad channel in path: {e}")))?;
-    let channel = parse_channel(&raw)?;
+    let channel = channel_in_path(path)?;
     let slot = Slot::of(&channel);
     let info = node.hub.info(&channel);
     let body = serde_json::json!({
