@@ -59,11 +59,14 @@ impl std::ops::Deref for Compose {
 
 impl Project {
     /// A project for images `tag` with the server API key `key`. Host ports: ten from
-    /// 20000 + (pid % 4000) * 10: eight for nodes, the LB's endpoint, its stats page.
+    /// 20000 + (pid % 1270) * 10: eight for nodes, the LB's endpoint, its stats page.
+    /// They stay below 32768, where Linux's ephemeral ports start: a container restarted
+    /// during a test re-binds its published port, which the test's own client sockets
+    /// must not be holding (seen once with 49686).
     #[must_use]
     pub fn new(tag: &str, key: &str) -> Project {
         let pid = std::process::id();
-        let base = 20_000 + (pid % 4_000) * 10;
+        let base = 20_000 + (pid % 1_270) * 10;
         let project = format!("rctest{pid}");
         let lb = u16::try_from(base + 8).unwrap_or(0);
         let stats = u16::try_from(base + 9).unwrap_or(0);
