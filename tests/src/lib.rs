@@ -13,6 +13,7 @@
 //! once per test process so a plain `cargo test` never runs a stale binary.
 
 pub mod cluster;
+pub mod compose;
 pub mod etcd;
 pub use etcd::EtcdServer;
 

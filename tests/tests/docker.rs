@@ -7,183 +7,26 @@
 //! kill` the channel's owner and check the subscriber goes on with no gap in the same
 //! epoch (a durable namespace); bring the node back and rolling-restart the cluster under
 //! load with zero `recovered: false`; scale to 5 nodes and back; bring it down and check
-//! that no container, network or volume is left. A [`Compose`] guard runs `docker-compose down -v` on every exit,
-//! failures included.
+//! that no container, network or volume is left. A [`Compose`] guard
+//! (`ringcast_tests::compose`) runs `docker-compose down -v` on every exit, failures
+//! included.
 //!
 //! The Docker engine is part of this project's test machine, so this test is required:
 //! without Docker it fails, it does not skip.
 
 use anyhow::{bail, ensure, Context, Result};
 use ringcast_client::{Config, Event, Publisher, Subscriber};
+use ringcast_tests::compose::{build_images, docker, Compose, Project};
 use ringcast_tests::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The API key of the compose cluster under test.
 const KEY: &str = "docker-test-api-key";
 /// How long publishes may keep retrying through a failover or a restart.
 const PUBLISH_WITHIN: Duration = Duration::from_secs(30);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
-}
-
-/// A compose project of our own: its name, host ports and subnet are unique to this
-/// process.
-#[derive(Debug, Clone)]
-struct Project {
-    project: String,
-    env: Vec<(String, String)>,
-}
-
-/// Owns a [`Project`]: dropping it removes everything the project made.
-struct Compose(Project);
-
-impl std::ops::Deref for Compose {
-    type Target = Project;
-    fn deref(&self) -> &Project {
-        &self.0
-    }
-}
-
-impl Project {
-    fn new(tag: &str) -> Project {
-        let pid = std::process::id();
-        let base = 20_000 + (pid % 4_000) * 10;
-        let project = format!("rctest{pid}");
-        let env = vec![
-            ("RINGCAST_TAG".to_owned(), tag.to_owned()),
-            ("RINGCAST_API_KEY".to_owned(), KEY.to_owned()),
-            ("RINGCAST_HOST_PORTS".to_owned(), format!("{base}-{}", base + 9)),
-            ("RINGCAST_SUBNET".to_owned(), format!("10.{}.{}.0/24", 200 + pid % 50, (pid / 50) % 250)),
-        ];
-        Project { project, env }
-    }
-
-    /// Runs `scripts/cluster --docker --project P ARGS...`; returns stdout, or fails with
-    /// stderr.
-    fn cluster(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(repo().join("scripts/cluster"))
-            .args(["--docker", "--project", &self.project])
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .output()
-            .context("run scripts/cluster")?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        ensure!(
-            out.status.success(),
-            "scripts/cluster {args:?} failed ({}):\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(stdout)
-    }
-
-    /// `cluster ... --json ARGS`, parsed.
-    fn cluster_json(&self, args: &[&str]) -> Result<Value> {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.cluster(&all)?;
-        serde_json::from_str(out.trim()).with_context(|| format!("not one JSON object: {out}"))
-    }
-
-    /// The running node containers: name, node id, host client address, network address.
-    fn nodes(&self) -> Result<Vec<DockerNode>> {
-        let names = docker(&[
-            "ps",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--filter",
-            "label=com.docker.compose.service=node",
-            "--format",
-            "{{.Names}}",
-        ])?;
-        let mut out = Vec::new();
-        for name in names.lines().filter(|l| !l.is_empty()) {
-            let host = docker(&["inspect", "-f", "{{.Config.Hostname}}", name])?;
-            let port = docker(&["port", name, "7400/tcp"])?;
-            let port = port.lines().next().and_then(|l| l.rsplit(':').next()).context("no published port")?;
-            let ip = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name])?;
-            out.push(DockerNode {
-                container: name.to_owned(),
-                id: format!("node-{}", host.trim()),
-                host_addr: format!("127.0.0.1:{}", port.trim()).parse()?,
-                ip: ip.trim().to_owned(),
-            });
-        }
-        out.sort_by(|a, b| a.container.cmp(&b.container));
-        Ok(out)
-    }
-
-    /// Everything of the project that still exists (containers, networks, volumes).
-    fn leftovers(&self) -> Result<String> {
-        let label = format!("label=com.docker.compose.project={}", self.project);
-        let mut left = docker(&["ps", "-a", "--filter", &label, "--format", "container {{.Names}}"])?;
-        left += &docker(&["network", "ls", "--filter", &label, "--format", "network {{.Name}}"])?;
-        left += &docker(&["volume", "ls", "--filter", &label, "--format", "volume {{.Name}}"])?;
-        Ok(left.trim().to_owned())
-    }
-}
-
-impl Drop for Compose {
-    fn drop(&mut self) {
-        let label = format!("label=com.docker.compose.project={}", self.project);
-        // Paused containers cannot be removed gracefully; unpause whatever is paused.
-        if let Ok(paused) = docker(&["ps", "-q", "--filter", &label, "--filter", "status=paused"]) {
-            for id in paused.lines().filter(|l| !l.is_empty()) {
-                let _ = docker(&["unpause", id]);
-            }
-        }
-        let _ = compose_command()
-            .args(["-p", &self.project, "-f"])
-            .arg(repo().join("docker/compose.yaml"))
-            .args(["down", "-v", "--remove-orphans", "--timeout", "5"])
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-#[derive(Debug, Clone)]
-struct DockerNode {
-    container: String,
-    id: String,
-    /// The node's client port as published on the host.
-    host_addr: SocketAddr,
-    /// Its address on the compose network (reachable from the host on Linux).
-    ip: String,
-}
-
-impl DockerNode {
-    fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.host_addr)
-    }
-}
-
-/// `docker compose` (v2) when the engine has it, else `docker-compose` (v1, Debian's).
-fn compose_command() -> Command {
-    let v2 = Command::new("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success());
-    if v2 {
-        let mut c = Command::new("docker");
-        c.arg("compose");
-        c
-    } else {
-        Command::new("docker-compose")
-    }
-}
-
-fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker").args(args).stdin(Stdio::null()).output().context("run docker")?;
-    ensure!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 async fn api(addr: SocketAddr, path: &str) -> Result<Value> {
     let r = http(addr, "GET", path, &[("Authorization", &format!("Bearer {KEY}"))], "").await?;
@@ -206,24 +49,11 @@ async fn channel_owned_by(via: SocketAddr, namespace: &str, owner: &str) -> Resu
 async fn compose_cluster_survives_a_killed_owner_and_a_rolling_restart_under_load() -> Result<()> {
     let started = Instant::now();
     // Images from the binaries the tests run (no second build): scripts/docker-build.
-    let ringcastd = workspace_binary("ringcastd", "RINGCASTD_BIN")?;
-    let ringcast = workspace_binary("ringcast", "RINGCAST_BIN")?;
-    let bin_dir = ringcastd.parent().context("binary directory")?;
-    ensure!(ringcast.parent() == Some(bin_dir), "ringcastd and ringcast must be in one directory");
     let tag = "test";
-    let build = Command::new(repo().join("scripts/docker-build"))
-        .args(["--tag", tag, "--bin-dir"])
-        .arg(bin_dir)
-        .stdin(Stdio::null())
-        .output()?;
-    ensure!(build.status.success(), "scripts/docker-build failed: {}", String::from_utf8_lossy(&build.stderr));
-    note(&format!(
-        "images built in {:.1}s:\n{}",
-        started.elapsed().as_secs_f64(),
-        String::from_utf8_lossy(&build.stdout)
-    ));
+    let built = build_images(tag)?;
+    note(&format!("images built in {:.1}s:\n{}", started.elapsed().as_secs_f64(), built));
 
-    let compose = Compose(Project::new(tag));
+    let compose = Compose(Project::new(tag, KEY));
     let t = Instant::now();
     let up = compose.cluster_json(&["up", "3"])?;
     note(&format!("cluster up in {:.1}s", t.elapsed().as_secs_f64()));

@@ -40,7 +40,7 @@ async fn a_killed_owner_fails_over_to_its_replica_in_the_same_epoch_without_a_ga
     // A client of the node about to die, which knows the other nodes too.
     let urls: Vec<String> = c.nodes.iter().map(Ringcastd::ws_url).collect();
     let mut roaming = ringcast_client::Subscriber::new(ringcast_client::Config::new(urls.clone()), &[&durable]);
-    assert!(matches!(roaming.next().await?, ringcast_client::Event::Connected { node } if node == urls[0]));
+    assert!(matches!(roaming.next().await?, ringcast_client::Event::Connected { node, .. } if node == urls[0]));
     assert!(matches!(roaming.next().await?, ringcast_client::Event::Subscribed { recovered: None, .. }));
 
     let mut acks = Vec::new();
@@ -84,7 +84,7 @@ async fn a_killed_owner_fails_over_to_its_replica_in_the_same_epoch_without_a_ga
                 delivered.push(at.offset);
             }
             ringcast_client::Event::Subscribed { recovered, .. } if !delivered.is_empty() => resumed = Some(recovered),
-            ringcast_client::Event::Connected { node } => assert_ne!(node, urls[0], "not the dead node"),
+            ringcast_client::Event::Connected { node, .. } => assert_ne!(node, urls[0], "not the dead node"),
             ringcast_client::Event::Disconnected { .. } | ringcast_client::Event::Subscribed { .. } => {}
             other => bail!("unexpected {other:?}"),
         }

@@ -174,7 +174,10 @@ impl DockerCluster {
             env,
             nodes: Vec::new(),
         };
-        c.compose(&["up", "-d", "--scale", &format!("node={}", o.nodes)]).await?;
+        // Only `node` (compose starts the etcd members and the CA job it depends on), not
+        // the load balancer: the load does not use it, and its default host ports could
+        // clash with a cluster already running.
+        c.compose(&["up", "-d", "--scale", &format!("node={}", o.nodes), "node"]).await?;
         let names = docker(&[
             "ps",
             "--filter",

@@ -90,7 +90,7 @@ pub async fn tail(
                     .to_string()
             }
             (_, true) => continue,
-            (Event::Connected { node }, false) => format!("# connected to {node}"),
+            (Event::Connected { node, node_id }, false) => format!("# connected to {node} ({node_id})"),
             (Event::Subscribed { at, recovered, reason, .. }, false) => {
                 let note = match recovered {
                     Some(true) => ", recovered".to_owned(),

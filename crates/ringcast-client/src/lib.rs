@@ -15,6 +15,12 @@
 //!   after an unknown outcome gets the original `ack`.
 //!
 //! Both speak JSON text frames over plain `ws://` URLs.
+//!
+//! Behind a load balancer, give the one LB URL as the only node and set
+//! [`Config::user`]: every connection then carries `?user=<id>`, which the LB hashes so
+//! a reconnect lands on the same node while it is up (`proto/client.md`, "Behind a load
+//! balancer"). Reconnects still back off and resume with `since`; [`Event::Connected`]
+//! tells which node the LB picked.
 
 use futures_util::{SinkExt, StreamExt};
 use ringcast_core::backoff::Backoff;
@@ -40,15 +46,53 @@ pub struct Config {
     pub nodes: Vec<String>,
     /// A token for `connect`; `None` connects anonymously.
     pub token: Option<String>,
+    /// Sent as the query parameter [`USER_PARAM`] on every WebSocket URL, for a load
+    /// balancer that routes by user (the server ignores it: identity comes from the
+    /// token). Use the token's `sub`, or any stable id for anonymous users.
+    pub user: Option<String>,
     pub backoff: Backoff,
 }
 
+/// The query parameter that carries [`Config::user`] (`/ws?user=<id>`).
+pub const USER_PARAM: &str = "user";
+
 impl Config {
-    /// A config for `nodes` with no token and the default backoff.
+    /// A config for `nodes` with no token, no user and the default backoff.
     #[must_use]
     pub fn new(nodes: Vec<String>) -> Config {
-        Config { nodes, token: None, backoff: Backoff::default() }
+        Config { nodes, token: None, user: None, backoff: Backoff::default() }
     }
+
+    /// The same config, sending `user` as `?user=` on every connection.
+    #[must_use]
+    pub fn with_user(mut self, user: impl Into<String>) -> Config {
+        self.user = Some(user.into());
+        self
+    }
+}
+
+/// `url` with `user=<id>` appended to its query (percent-encoded), or `url` unchanged.
+fn url_for(url: &str, user: Option<&str>) -> String {
+    let Some(user) = user else { return url.to_owned() };
+    let mut out = String::with_capacity(url.len() + user.len() + 6);
+    // A fragment is not sent; the parameter goes before it.
+    let (base, fragment) = url.split_once('#').map_or((url, None), |(b, f)| (b, Some(f)));
+    out.push_str(base);
+    out.push(if base.contains('?') { '&' } else { '?' });
+    out.push_str(USER_PARAM);
+    out.push('=');
+    for b in user.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
 }
 
 /// Why the client gave up.
@@ -74,8 +118,9 @@ pub struct Position {
 /// What a [`Subscriber`] delivers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// Connected (or reconnected) to `node`.
-    Connected { node: String },
+    /// Connected (or reconnected) to `node` (the URL dialed); `node_id` is the node the
+    /// server reports in its `connected` reply (behind a load balancer, the one it picked).
+    Connected { node: String, node_id: String },
     /// A subscription was (re-)established. `recovered`: `None` for a fresh subscribe,
     /// `Some(true)` when everything after the last position is replayed, `Some(false)`
     /// (with `reason`) when it is not: refetch the channel's state.
@@ -93,8 +138,8 @@ pub enum Event {
 
 /// Opens a connection to `url` and sends `connect` (with `since` for the user's
 /// registry channel, `#user:{sub}`, which the server subscribes a token's connection
-/// to); returns the socket.
-async fn open(url: &str, token: Option<&str>, since: Option<&Position>) -> Result<Ws, String> {
+/// to); returns the socket and the node id the server reports.
+async fn open(url: &str, token: Option<&str>, since: Option<&Position>) -> Result<(Ws, String), String> {
     let attempt = async {
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| e.to_string())?;
         let mut cmd = json!({"id": 0, "type": "connect"});
@@ -109,7 +154,7 @@ async fn open(url: &str, token: Option<&str>, since: Option<&Position>) -> Resul
             let v = read_json(&mut ws).await?;
             if v["id"] == 0 {
                 return match v["type"].as_str() {
-                    Some("connected") => Ok(ws),
+                    Some("connected") => Ok((ws, v["node"].as_str().unwrap_or_default().to_owned())),
                     _ => Err(format!("connect refused: {v}")),
                 };
             }
@@ -152,8 +197,9 @@ struct Dialer {
 
 impl Dialer {
     /// Connects to the next node that answers, waiting the backoff before each retry
-    /// (`first`: this is the first connection, no wait).
-    async fn dial(&mut self, first: bool, since: Option<&Position>) -> Result<(Ws, String), ClientError> {
+    /// (`first`: this is the first connection, no wait). Returns the socket, the URL
+    /// and the node id the server reported.
+    async fn dial(&mut self, first: bool, since: Option<&Position>) -> Result<(Ws, String, String), ClientError> {
         if self.config.nodes.is_empty() {
             return Err(ClientError::NoNodes);
         }
@@ -164,10 +210,11 @@ impl Dialer {
             }
             let node = self.config.nodes[self.next % self.config.nodes.len()].clone();
             self.next = self.next.wrapping_add(1);
-            match open(&node, self.config.token.as_deref(), since).await {
-                Ok(ws) => {
+            let url = url_for(&node, self.config.user.as_deref());
+            match open(&url, self.config.token.as_deref(), since).await {
+                Ok((ws, node_id)) => {
                     self.attempt = 0;
-                    return Ok((ws, node));
+                    return Ok((ws, node, node_id));
                 }
                 Err(e) => {
                     debug!(%node, error = %e, "connect failed");
@@ -249,9 +296,9 @@ impl Subscriber {
     /// Connects to some node and subscribes to every channel from its last position.
     async fn connect(&mut self) -> Result<(), ClientError> {
         loop {
-            let (mut ws, node) = self.dialer.dial(!self.connected_once, self.registry.as_ref()).await?;
+            let (mut ws, node, node_id) = self.dialer.dial(!self.connected_once, self.registry.as_ref()).await?;
             self.connected_once = true;
-            let mut events = vec![Event::Connected { node: node.clone() }];
+            let mut events = vec![Event::Connected { node: node.clone(), node_id }];
             let mut ok = true;
             for (i, (channel, pos)) in self.channels.iter().enumerate() {
                 let id = i as u64 + 1;
@@ -419,7 +466,7 @@ impl Publisher {
                 )
                 .await
                 {
-                    Ok(Ok((ws, _))) => self.ws = Some(ws),
+                    Ok(Ok((ws, _, _))) => self.ws = Some(ws),
                     Ok(Err(e)) => return Err(e),
                     Err(_) => break,
                 }
@@ -469,5 +516,19 @@ impl Publisher {
             }
         }
         Err(ClientError::Deadline(within, last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_goes_into_the_query_percent_encoded() {
+        assert_eq!(url_for("ws://lb:7400/ws", None), "ws://lb:7400/ws");
+        assert_eq!(url_for("ws://lb:7400/ws", Some("alice")), "ws://lb:7400/ws?user=alice");
+        assert_eq!(url_for("ws://lb/ws?x=1", Some("a b&c=d/é")), "ws://lb/ws?x=1&user=a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(url_for("ws://lb/ws#f", Some("u-1.2_3~")), "ws://lb/ws?user=u-1.2_3~#f");
+        assert_eq!(Config::new(vec![]).with_user("bob").user.as_deref(), Some("bob"));
     }
 }
