@@ -442,9 +442,7 @@ async fn presence(
         return Err(api_err(ErrorCode::NotEnabled, message));
     }
     let p = node.router.presence(&channel, limit).await.map_err(|r| ApiError(r.code, r.message))?;
-    let mut reply = session::presence_reply(&channel, &p);
-    reply.truncated = reply.members.len() < p.stats.clients;
-    Ok(json(StatusCode::OK, encode_presence(None, &reply)))
+    Ok(json(StatusCode::OK, encode_presence(None, &session::presence_reply(&channel, &p))))
 }
 
 /// A user's presence from the registry (lazy: computed when asked): online, the

@@ -187,6 +187,10 @@ struct Subscriber {
     policy: MessagePolicy,
     member: Option<MemberTag>,
     join_leave: bool,
+    /// Gateway: the position the subscriber was attached at while the mirror was still
+    /// behind it (waiting on a gap). What the mirror releases up to there, the
+    /// subscriber already has from its replay; cleared once the stream passes it.
+    caught_up_to: Option<StreamPosition>,
 }
 
 impl Subscriber {
@@ -196,6 +200,7 @@ impl Subscriber {
             policy: sub.policy,
             member: sub.member.clone(),
             join_leave: sub.join_leave,
+            caught_up_to: None,
         }
     }
 }
@@ -753,7 +758,13 @@ impl Hub {
     fn fan_out(&self, channel: &ChannelName, st: &mut ChannelState, position: StreamPosition, frame: &Utf8Bytes) {
         let mut delivered = 0u64;
         let mut gone: Vec<ConnId> = Vec::new();
-        for (conn, sub) in &st.subscribers {
+        for (conn, sub) in &mut st.subscribers {
+            if let Some(at) = sub.caught_up_to {
+                if position.epoch == at.epoch && position.offset <= at.offset {
+                    continue;
+                }
+                sub.caught_up_to = None;
+            }
             match sub.outbox.push_message(frame.clone(), channel, position, sub.policy) {
                 Pushed::Queued { dropped } => {
                     delivered += 1;
@@ -1141,12 +1152,17 @@ impl Hub {
             if st.subscribers.contains_key(&sub.conn) {
                 return Err(ErrorCode::AlreadySubscribed);
             }
+            let mut caught_up_to = None;
             match &mut st.mirror {
                 Some(m) if m.position().epoch != top.epoch => {
                     m.rebase(top);
                     // Existing subscribers were following the old stream.
                     self.announce_restart(channel, st, top);
                 }
+                // The mirror is still waiting for messages the owner's reply already
+                // counts (a gap being filled): the replay gives them to this subscriber,
+                // so it must not get them again when the mirror releases them.
+                Some(m) if m.position().offset < top.offset => caught_up_to = Some(top),
                 Some(_) => {}
                 None => st.mirror = Some(Mirror::new(top, DEFAULT_MAX_PENDING)),
             }
@@ -1154,7 +1170,7 @@ impl Hub {
             let snapshot =
                 snapshot.filter(|_| sub.snapshot).map(|e| Utf8Bytes::from(encode_snapshot(channel, top, &e, false)));
             sub.outbox.push_unbounded(std::iter::once(reply).chain(replay).chain(snapshot));
-            st.subscribers.insert(sub.conn, Subscriber::of(sub));
+            st.subscribers.insert(sub.conn, Subscriber { caught_up_to, ..Subscriber::of(sub) });
             self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
@@ -1837,6 +1853,32 @@ mod tests {
         let out = h.unsubscribe(&c, ConnId(1), Millis(0));
         assert_eq!((out.removed, out.release), (true, false), "no interest was requested in this test");
         let _ = ns;
+    }
+
+    #[test]
+    fn a_subscriber_attached_while_the_mirror_fills_a_gap_gets_nothing_twice() {
+        let h = hub();
+        let c = ch("chat:mirror");
+        let epoch = Epoch::new(9).unwrap_or_else(|| unreachable!());
+        let at = |o: u64| StreamPosition { epoch, offset: Offset(o) };
+        let frame = |o: u64| Utf8Bytes::from(ringcast_proto::client::encode_message(&c, at(o), &raw(&o.to_string())));
+        let first = Arc::new(Outbox::new(100, 1 << 20));
+        h.attach_remote(&c, &sub(1, &first, None, 1), at(10), SubscribeOutcome::Fresh, vec![], None).ok();
+        // 11 is lost on the way, 12 and 13 wait in the mirror for it.
+        h.deliver_remote(&c, at(12), frame(12), Millis(0));
+        h.deliver_remote(&c, at(13), frame(13), Millis(0));
+        // A second subscriber resumes from 10: the owner replies at 13 with the replay.
+        let second = Arc::new(Outbox::new(100, 1 << 20));
+        let since = Since { epoch: Some(epoch), offset: Offset(10) };
+        let outcome = SubscribeOutcome::Recovered { replayed: 3 };
+        h.attach_remote(&c, &sub(2, &second, Some(since), 2), at(13), outcome, (11..=13).map(frame).collect(), None)
+            .ok();
+        // The gap is filled: the mirror releases 11..=13, then 14 arrives live.
+        h.offer_fill(&c, Some(epoch), Offset(1), vec![(at(11), frame(11))], Millis(700));
+        h.deliver_remote(&c, at(14), frame(14), Millis(800));
+        let offsets = |o: &Outbox| -> Vec<u64> { frames(o).iter().filter_map(|m| m["offset"].as_u64()).collect() };
+        assert_eq!(offsets(&first), vec![10, 11, 12, 13, 14]);
+        assert_eq!(offsets(&second), vec![13, 11, 12, 13, 14], "the reply at 13, the replay, then only 14");
     }
 
     #[test]
