@@ -210,3 +210,86 @@ pub fn docker(args: &[&str]) -> Result<String> {
     ensure!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Runs `scripts/cluster rolling-restart` on `project` while `publisher` publishes to
+/// `channels` in turn (every 20 ms, idempotent keys, each retried for up to `within`) and
+/// `subscriber` follows them. Then checks the rolling restart lost nothing: every
+/// acknowledged message reached the subscriber, in order, in one epoch per channel at
+/// contiguous offsets, with no `recovered: false`, gap or restarted stream; and the load
+/// really ran (more than 50 publishes). Returns the restart's JSON report.
+pub async fn rolling_restart_under_load(
+    project: &Project,
+    mut publisher: ringcast_client::Publisher,
+    subscriber: &mut ringcast_client::Subscriber,
+    channels: &[String],
+    within: std::time::Duration,
+) -> Result<Value> {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let load_channels = channels.to_vec();
+    let load = tokio::spawn(async move {
+        let mut acked: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+        let mut n = 0u64;
+        while !*stop_rx.borrow() {
+            let ch = &load_channels[usize::try_from(n).unwrap_or(0) % load_channels.len()];
+            let ack = publisher.publish(ch, &serde_json::json!(n), &format!("rr{n}"), within).await?;
+            acked.entry(ch.clone()).or_default().push((ack.at.epoch, ack.at.offset));
+            n += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = stop_rx.changed() => {}
+            }
+        }
+        anyhow::Ok(acked)
+    });
+    let mut seen: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    let mut not_recovered = Vec::new();
+    let restarting = project.clone();
+    let restart = tokio::task::spawn_blocking(move || restarting.cluster_json(&["rolling-restart"]));
+    tokio::pin!(restart);
+    let restarted = loop {
+        tokio::select! {
+            r = &mut restart => break r??,
+            e = subscriber.next() => record(e?, &mut seen, &mut not_recovered),
+        }
+    };
+    let _ = stop_tx.send(true);
+    let acked = load.await??;
+    ensure!(restarted["rolling_restart"] == "ok", "rolling restart: {restarted}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.iter().any(|(ch, a)| seen.get(ch).map_or(0, Vec::len) < a.len()) {
+        ensure!(Instant::now() < deadline, "the subscriber fell short: acked {acked:?}, seen {seen:?}");
+        let e = tokio::time::timeout(Duration::from_secs(10), subscriber.next()).await.context("subscriber")??;
+        record(e, &mut seen, &mut not_recovered);
+    }
+    ensure!(not_recovered.is_empty(), "not a lossless resume during the rolling restart: {not_recovered:?}");
+    let total: usize = acked.values().map(Vec::len).sum();
+    ensure!(total > 50, "the load ran during the restart ({total} publishes)");
+    for (ch, a) in &acked {
+        ensure!(a.iter().all(|(e, _)| *e == a[0].0), "{ch}: acks in one epoch: {a:?}");
+        let offsets: Vec<u64> = a.iter().map(|(_, o)| *o).collect();
+        ensure!(offsets == (1..=a.len() as u64).collect::<Vec<u64>>(), "{ch}: acked offsets not contiguous: {a:?}");
+        ensure!(seen[ch][..a.len()] == a[..], "{ch}: the subscriber missed or reordered acked messages");
+    }
+    Ok(restarted)
+}
+
+/// Records a subscriber event: messages by channel, and anything that is not a lossless
+/// resume (`recovered: false`, a gap, a restarted stream).
+pub fn record(
+    e: ringcast_client::Event,
+    seen: &mut std::collections::BTreeMap<String, Vec<(String, u64)>>,
+    bad: &mut Vec<String>,
+) {
+    use ringcast_client::Event;
+    match e {
+        Event::Message { channel, at, .. } => seen.entry(channel).or_default().push((at.epoch, at.offset)),
+        Event::Subscribed { recovered: Some(false), channel, reason, .. } => {
+            bad.push(format!("{channel}: recovered false ({reason:?})"));
+        }
+        Event::Gap { channel, from, to, reason, .. } => bad.push(format!("{channel}: gap {from}..={to} ({reason})")),
+        Event::Restarted { channel, at } => bad.push(format!("{channel}: restarted at {at:?}")),
+        Event::Connected { .. } | Event::Disconnected { .. } | Event::Subscribed { .. } => {}
+    }
+}

@@ -14,12 +14,11 @@
 //! The Docker engine is part of this project's test machine, so this test is required:
 //! without Docker it fails, it does not skip.
 
-use anyhow::{bail, ensure, Context, Result};
-use ringcast_client::{Config, Event, Publisher, Subscriber};
-use ringcast_tests::compose::{build_images, docker, Compose, Project};
+use anyhow::{bail, ensure, Result};
+use ringcast_client::{Config, Publisher, Subscriber};
+use ringcast_tests::compose::{build_images, docker, rolling_restart_under_load, Compose, Project};
 use ringcast_tests::*;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -112,59 +111,9 @@ async fn compose_cluster_survives_a_killed_owner_and_a_rolling_restart_under_loa
     let channels: Vec<String> = (0..4).map(|i| format!("orders:rr{i}")).collect();
     let refs: Vec<&str> = channels.iter().map(String::as_str).collect();
     let mut subscriber = Subscriber::new(Config::new(urls.clone()), &refs);
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let load_channels = channels.clone();
-    let load = tokio::spawn(async move {
-        let mut p = Publisher::new(Config::new(urls));
-        let mut acked: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
-        let mut n = 0u64;
-        while !*stop_rx.borrow() {
-            let ch = &load_channels[usize::try_from(n % 4).unwrap_or(0)];
-            let ack = p.publish(ch, &json!(n), &format!("rr{n}"), PUBLISH_WITHIN).await?;
-            acked.entry(ch.clone()).or_default().push((ack.at.epoch, ack.at.offset));
-            n += 1;
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                _ = stop_rx.changed() => {}
-            }
-        }
-        anyhow::Ok(acked)
-    });
-    let mut seen: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
-    let mut not_recovered = Vec::new();
-    let project = compose.0.clone();
-    let restart = tokio::task::spawn_blocking(move || project.cluster_json(&["rolling-restart"]));
-    tokio::pin!(restart);
-    let restarted = loop {
-        tokio::select! {
-            r = &mut restart => break r??,
-            e = subscriber.next() => record(e?, &mut seen, &mut not_recovered),
-        }
-    };
-    let _ = stop_tx.send(true);
-    let acked = load.await??;
+    let publisher = Publisher::new(Config::new(urls));
+    let restarted = rolling_restart_under_load(&compose, publisher, &mut subscriber, &channels, PUBLISH_WITHIN).await?;
     note(&format!("rolling restart of 3 nodes: {restarted}"));
-    assert_eq!(restarted["rolling_restart"], "ok", "{restarted}");
-    // Everything acknowledged reaches the subscriber, in order, in one epoch per channel.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while acked.iter().any(|(ch, a)| seen.get(ch).map_or(0, Vec::len) < a.len()) {
-        ensure!(Instant::now() < deadline, "the subscriber fell short: acked {acked:?}, seen {seen:?}");
-        let e = tokio::time::timeout(Duration::from_secs(10), subscriber.next()).await.context("subscriber")??;
-        record(e, &mut seen, &mut not_recovered);
-    }
-    assert!(
-        not_recovered.is_empty(),
-        "recovered: false, gaps or restarts during the rolling restart: {not_recovered:?}"
-    );
-    let total: usize = acked.values().map(Vec::len).sum();
-    assert!(total > 50, "the load ran during the restart ({total} publishes)");
-    for (ch, a) in &acked {
-        let epoch = &a[0].0;
-        assert!(a.iter().all(|(e, _)| e == epoch), "{ch}: acks in one epoch: {a:?}");
-        let offsets: Vec<u64> = a.iter().map(|(_, o)| *o).collect();
-        assert_eq!(offsets, (1..=a.len() as u64).collect::<Vec<u64>>(), "{ch}: acked offsets contiguous");
-        assert_eq!(&seen[ch][..a.len()], &a[..], "{ch}: the subscriber saw every acked message, in order");
-    }
 
     // Scale to 5 nodes and back to 3, without editing a file.
     let five = compose.cluster_json(&["up", "5"])?;
@@ -180,20 +129,6 @@ async fn compose_cluster_survives_a_killed_owner_and_a_rolling_restart_under_loa
     assert!(left.is_empty(), "left behind after down: {left}");
     note(&format!("docker test done in {:.1}s", started.elapsed().as_secs_f64()));
     Ok(())
-}
-
-/// Records a subscriber event: messages by channel, and anything that is not a lossless
-/// resume (`recovered: false`, a gap, a restarted stream).
-fn record(e: Event, seen: &mut BTreeMap<String, Vec<(String, u64)>>, bad: &mut Vec<String>) {
-    match e {
-        Event::Message { channel, at, .. } => seen.entry(channel).or_default().push((at.epoch, at.offset)),
-        Event::Subscribed { recovered: Some(false), channel, reason, .. } => {
-            bad.push(format!("{channel}: recovered false ({reason:?})"));
-        }
-        Event::Gap { channel, from, to, reason, .. } => bad.push(format!("{channel}: gap {from}..={to} ({reason})")),
-        Event::Restarted { channel, at } => bad.push(format!("{channel}: restarted at {at:?}")),
-        Event::Connected { .. } | Event::Disconnected { .. } | Event::Subscribed { .. } => {}
-    }
 }
 
 /// Timings on stderr (shown by `cargo nextest run --no-capture`, and on failure).
