@@ -122,7 +122,7 @@ impl Node {
             .arg(ringcastd)
             .arg("--config")
             .arg(&self.config)
-            .env("RINGCAST_LOG", "info")
+            .env("RINGCAST_LOG", std::env::var("RINGCAST_LOG").unwrap_or_else(|_| "info".to_owned()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

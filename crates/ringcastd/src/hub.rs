@@ -52,6 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::debug;
 
 /// Number of channel-map shards.
 const SHARDS: usize = 64;
@@ -405,9 +406,10 @@ impl Hub {
     /// subscribers). The slot stays sealed: the caller unseals it once its route table
     /// names the new owner, so no request can recreate the channel here meanwhile.
     pub fn demote_slot(&self, slot: Slot) {
-        for (_, cell) in self.slot_cells(slot) {
+        for (channel, cell) in self.slot_cells(slot) {
             let mut st = lock(&cell.state);
             if let Some(log) = st.log.take() {
+                debug!(%channel, top = ?log.top(), "no longer sequenced here");
                 st.interest.clear();
                 st.presence = None;
                 st.typing = None;
@@ -482,8 +484,17 @@ impl Hub {
     }
 
     /// The channel's log, created in a fresh epoch if this node did not own it yet.
-    fn owned_log<'a>(&self, st: &'a mut ChannelState, ns: &NamespaceOptions) -> &'a mut ChannelLog<Utf8Bytes> {
-        st.log.get_or_insert_with(|| new_log(self.epochs.next(), ns))
+    fn owned_log<'a>(
+        &self,
+        channel: &ChannelName,
+        st: &'a mut ChannelState,
+        ns: &NamespaceOptions,
+    ) -> &'a mut ChannelLog<Utf8Bytes> {
+        st.log.get_or_insert_with(|| {
+            let epoch = self.epochs.next();
+            debug!(%channel, epoch = epoch.get(), "the channel's stream starts here in a new epoch");
+            new_log(epoch, ns)
+        })
     }
 
     /// Owner: sequences a publish and fans it out to local subscribers and to every
@@ -499,7 +510,7 @@ impl Hub {
             }
             self.check_client_rate(st, ns, idempotency_key, origin, now)?;
             let appended = self
-                .owned_log(st, ns)
+                .owned_log(channel, st, ns)
                 .append_keyed(now, idempotency_key, digest, p.state_key(), |pos| {
                     Utf8Bytes::from(encode_keyed_message(channel, pos, key, data))
                 })
@@ -539,7 +550,7 @@ impl Hub {
                 return Ok(DurableAppend::Paused);
             }
             self.check_client_rate(st, ns, idempotency_key, origin, now)?;
-            let log = self.owned_log(st, ns);
+            let log = self.owned_log(channel, st, ns);
             let committed = log.top().offset;
             let appended = log
                 .append_pending_keyed(now, idempotency_key, digest, p.state_key(), |pos| {
@@ -832,7 +843,7 @@ impl Hub {
             let Some(ns) = ns_of(&channel) else { continue };
             st.mirror = None;
             st.remote_interest = false;
-            let top = self.owned_log(&mut st, &ns).top();
+            let top = self.owned_log(&channel, &mut st, &ns).top();
             self.announce_restart(&channel, &st, top);
             self.sync_own_presence(&channel, &mut st, &ns, now);
             n += 1;
@@ -900,7 +911,7 @@ impl Hub {
             if self.is_sealed(channel) {
                 return Err(ErrorCode::Unavailable);
             }
-            let log = self.owned_log(st, ns);
+            let log = self.owned_log(channel, st, ns);
             let top = log.top();
             let (outcome, replay) = recover(log, sub.since, now);
             let reply = Utf8Bytes::from(encode_subscribed(sub.reply_id, channel, top, outcome));
@@ -943,7 +954,7 @@ impl Hub {
                 };
                 return self.send_peer(peer, refusal);
             }
-            let log = self.owned_log(st, ns);
+            let log = self.owned_log(channel, st, ns);
             let top = log.top();
             let (outcome, replay) = recover(log, since, now);
             let outcome = match outcome {
@@ -1376,7 +1387,7 @@ impl Hub {
                 // The node re-announces to the new owner when it sees the slot move.
                 return;
             }
-            self.owned_log(st, ns);
+            self.owned_log(channel, st, ns);
             let p = st.presence_mut(ns);
             let mut events = Vec::new();
             if sync {

@@ -103,6 +103,7 @@ impl Runtime {
             })
             .collect();
         for slot in &lost {
+            debug!(%slot, owner = ?claims.get(slot).map(|c| &c.owner), "slot lost without a handoff; demoting");
             self.hub.demote_slot(*slot);
             lock(&self.replicas).remove(slot);
         }
@@ -209,7 +210,7 @@ impl Runtime {
                 continue;
             }
             let rt = self.clone();
-            let span = info_span!("slot", slot = h.slot.get(), epoch = h.from_epoch.0);
+            let span = info_span!(parent: None, "slot", slot = h.slot.get(), epoch = h.from_epoch.0);
             self.tracker.spawn(async move { rt.hand_off(h).await }.instrument(span));
         }
 
@@ -287,7 +288,8 @@ impl Runtime {
                 false
             }
             Some(c) if c.owner == self.me => true,
-            _ => {
+            other => {
+                debug!(%slot, holder = ?other.map(|c| &c.owner), "handoff outcome resolved: the slot is not ours; demoting");
                 self.hub.demote_slot(*slot);
                 self.hub.set_sealed(*slot, false);
                 false
