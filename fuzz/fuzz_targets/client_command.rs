@@ -74,6 +74,12 @@ fn check_fields(req: &Request) {
         | Command::Presence { channel }
         | Command::PresenceStats { channel }
         | Command::Typing { channel } => channel_ok(channel),
+        Command::State { channel, key } => {
+            channel_ok(channel);
+            if let Some(k) = key {
+                assert!(ringcast_core::latest::check_key(k).is_ok(), "an accepted state key is valid");
+            }
+        }
         Command::History { channel, limit, .. } => {
             channel_ok(channel);
             assert!((1..=MAX_HISTORY_LIMIT).contains(limit), "limit {limit}");
@@ -98,6 +104,8 @@ fn check_fields(req: &Request) {
                 assert_eq!(v["data"], d);
             }
             assert!(push.contains(data.get()), "data is not spliced verbatim");
+            // Deltas read the previous version back out of the frame.
+            assert_eq!(ringcast_proto::client::message_data(&push), Some(data.get()));
         }
         Command::Connect { .. } | Command::Refresh { .. } | Command::Ping => {}
     }
@@ -128,6 +136,8 @@ struct Wire<'a> {
     key: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot: Option<bool>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    delta: bool,
 }
 
 #[derive(Serialize)]
@@ -150,6 +160,7 @@ fn encode(req: &Request) -> String {
         limit: None,
         key: None,
         snapshot: None,
+        delta: false,
     };
     let since_wire = |s: &Option<Since>| {
         s.map(|Since { epoch, offset }| SinceWire { epoch: epoch.map(|e| e.to_string()), offset: offset.0 })
@@ -164,11 +175,17 @@ fn encode(req: &Request) -> String {
             w.kind = "refresh";
             w.token = Some(token);
         }
-        Command::Subscribe { channel, since, snapshot } => {
+        Command::Subscribe { channel, since, snapshot, delta } => {
             w.kind = "subscribe";
             w.channel = Some(channel.as_str());
             w.since = since_wire(since);
             w.snapshot = *snapshot;
+            w.delta = *delta;
+        }
+        Command::State { channel, key } => {
+            w.kind = "state";
+            w.channel = Some(channel.as_str());
+            w.key = key.as_deref();
         }
         Command::Unsubscribe { channel } => {
             w.kind = "unsubscribe";

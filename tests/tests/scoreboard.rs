@@ -1,6 +1,7 @@
 //! Keep-latest state on a real 3-node cluster: a late viewer starts from the current
 //! scores (a `snapshot` consistent with the stream) and continues with no gap; the state
-//! moves with a drain and survives an owner crash (durable namespace).
+//! moves with a drain and survives an owner crash (durable namespace); viewers that ask
+//! for deltas rebuild every version from merge patches, on the owner and on other nodes.
 
 use anyhow::{Context, Result};
 use ringcast_tests::cluster::TestCluster;
@@ -179,5 +180,101 @@ async fn a_batch_publish_is_acked_per_item_in_order_across_owners() -> Result<()
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("items[1]"), "the error names the item: {}", r.body);
     assert_eq!(state_on(&c, 0, "board:league-0").await?.0, 10, "nothing was published");
+    Ok(())
+}
+
+const LIVE: &str = r#"
+[namespaces.live]
+anonymous = true
+client_publish = false
+keep_latest = true
+delta = true
+history_size = 50
+
+[namespaces.plain]
+anonymous = true
+keep_latest = true
+"#;
+
+/// A full game state: every update changes the clock, some the score.
+fn game(i: u64) -> Value {
+    json!({
+        "home": {"team": "Lakers", "score": 100 + i / 3, "fouls": 2},
+        "away": {"team": "Celtics", "score": 98 + i / 5, "fouls": 4},
+        "period": 4,
+        "clock": format!("{}:{:02}", 9 - i / 60, 59 - i % 60),
+        "last": format!("play {i}"),
+    })
+}
+
+/// Reads `n` messages of one key, rebuilding the data from the snapshot entry (`held`, at
+/// offset `at`) and the patches; returns the versions and how many came as patches.
+async fn rebuild(viewer: &mut WsClient, (mut held, at): (Value, u64), n: usize) -> Result<(Vec<Value>, usize)> {
+    let mut versions = Vec::new();
+    let mut patches = 0;
+    let mut last = Some(at);
+    for m in viewer.messages(n).await? {
+        if let Some(patch) = m.get("patch") {
+            assert_eq!(m["base"].as_u64(), last, "a patch against the version held: {m}");
+            ringcast_core::delta::apply(&mut held, patch);
+            patches += 1;
+        } else {
+            held = m["data"].clone();
+        }
+        last = m["offset"].as_u64();
+        versions.push(held.clone());
+    }
+    Ok((versions, patches))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_viewers_rebuild_every_version_from_patches_on_any_node() -> Result<()> {
+    let c = TestCluster::start(3, LIVE).await?;
+    let ch = c.channel_owned_by("live", "node-0").await?;
+    let auth = format!("Bearer {API_KEY}");
+    let send = |i: u64| {
+        let body = json!({"channel": ch, "key": "game-1", "data": game(i)}).to_string();
+        let auth = auth.clone();
+        let addr = c.nodes[1].addr;
+        async move {
+            let r = http(addr, "POST", "/v1/publish", &[("Authorization", &auth)], &body).await?;
+            anyhow::ensure!(r.status == 200, "publish: {} {}", r.status, r.body);
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    send(0).await?;
+    // On the owner and on a node that mirrors it.
+    let mut viewers = Vec::new();
+    for node in [0, 2] {
+        let (mut v, _) = WsClient::connect(&c.nodes[node].ws_url(), None).await?;
+        let r = v.request(json!({"type": "subscribe", "channel": ch, "delta": true})).await?;
+        assert_eq!(r["type"], "subscribed", "{r}");
+        let snap = v.next_push().await?;
+        assert_eq!(snap["entries"][0]["data"], game(0), "{snap}");
+        let at = snap["entries"][0]["offset"].as_u64().context("entry offset")?;
+        viewers.push((v, (snap["entries"][0]["data"].clone(), at)));
+    }
+    for i in 1..=30 {
+        send(i).await?;
+    }
+    let want: Vec<Value> = (1..=30).map(game).collect();
+    for (node, (mut v, held)) in [0, 2].into_iter().zip(viewers) {
+        let (versions, patches) = rebuild(&mut v, held, 30).await?;
+        assert_eq!(versions, want, "node {node}: every version rebuilt");
+        assert!(patches >= 29, "node {node}: updates after the first come as patches ({patches})");
+    }
+    assert!(c.nodes[0].metric("ringcast_deltas_total").await? >= 30.0);
+
+    // `state` answers the current entry of one key (for a client that lost its base).
+    let (mut v, _) = WsClient::connect(&c.nodes[1].ws_url(), None).await?;
+    let st = v.request(json!({"type": "state", "channel": ch, "key": "game-1"})).await?;
+    assert_eq!((st["type"].as_str(), st["entries"][0]["data"].clone()), (Some("state"), game(30)), "{st}");
+    let none = v.request(json!({"type": "state", "channel": ch, "key": "nope"})).await?;
+    assert_eq!(none["entries"], json!([]), "{none}");
+    // Deltas are opt-in per namespace.
+    let r = v.request(json!({"type": "subscribe", "channel": "plain:x", "delta": true})).await?;
+    assert_eq!(r["error"]["code"], "not_enabled", "{r}");
+    let r = v.request(json!({"type": "state", "channel": "chat:x"})).await?;
+    assert!(r.get("error").is_some(), "{r}");
     Ok(())
 }

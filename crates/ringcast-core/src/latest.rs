@@ -121,6 +121,19 @@ impl<P: Clone> LatestState<P> {
         }
     }
 
+    /// The newest message sequenced for `key` before now, pending or committed (a
+    /// committed one only while within the ttl): the base a delta of the key's next
+    /// message is taken against. A pending one is committed before anything after it, so
+    /// readers see them in this order.
+    #[must_use]
+    pub fn newest(&self, key: &str, now: Millis) -> Option<(Offset, &P)> {
+        if let Some((_, e)) = self.pending.iter().rev().find(|(k, _)| &**k == key) {
+            return Some((e.offset, &e.payload));
+        }
+        let ttl = self.policy.ttl;
+        self.committed.get(key).filter(|e| e.at.saturating_add(ttl) > now).map(|e| (e.offset, &e.payload))
+    }
+
     /// Drops entries older than the ttl.
     pub fn prune(&mut self, now: Millis) {
         let ttl = self.policy.ttl;

@@ -32,6 +32,7 @@
 pub mod backoff;
 pub mod caps;
 pub mod dedup;
+pub mod delta;
 pub mod latest;
 pub mod log;
 pub mod mirror;

@@ -181,6 +181,13 @@ impl<P: Clone> ChannelLog<P> {
         self.latest.as_mut().map(|l| l.entries(now)).unwrap_or_default()
     }
 
+    /// The newest message sequenced for a keep-latest `key` (see
+    /// [`LatestState::newest`]); `None` without keep-latest.
+    #[must_use]
+    pub fn latest_for(&self, key: &str, now: Millis) -> Option<(Offset, &P)> {
+        self.latest.as_ref().and_then(|l| l.newest(key, now))
+    }
+
     fn note_latest(&mut self, key: Option<&str>, offset: Offset, now: Millis, payload: &P, committed: bool) {
         if let (Some(l), Some(k)) = (self.latest.as_mut(), key) {
             l.note(k, offset, now, payload.clone(), committed);

@@ -111,6 +111,11 @@ pub struct NamespaceOptions {
     /// most `"168h"`).
     #[serde(with = "crate::time::serde_duration")]
     pub state_ttl: Duration,
+    /// Deltas (default false; needs `keep_latest`): a subscriber that asks for them
+    /// (`"delta": true`) and already holds a key's previous version may get a keyed
+    /// message as an RFC 7396 merge patch against it (`base`, `patch`) instead of the
+    /// full `data` ([`crate::delta`]).
+    pub delta: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -134,6 +139,7 @@ impl Default for NamespaceOptions {
             keep_latest: false,
             max_keys: crate::latest::LatestPolicy::default().max_keys,
             state_ttl: crate::latest::LatestPolicy::default().ttl,
+            delta: false,
         }
     }
 }
@@ -170,6 +176,9 @@ impl NamespaceOptions {
         }
         if self.join_leave && !self.presence {
             return err("join_leave", "needs presence = true (joins and leaves come from the presence state)".into());
+        }
+        if self.delta && !self.keep_latest {
+            return err("delta", "needs keep_latest = true (a patch is taken against the key's latest message)".into());
         }
         if self.max_keys == 0 || self.max_keys > 100_000 {
             return err("max_keys", format!("{} is outside 1..=100000", self.max_keys));

@@ -24,12 +24,21 @@
 //! just before the first later message of that channel, or at the end of the batch, so
 //! a client always learns of a gap before it sees anything past it.
 //!
+//! **Deltas.** A message may carry an alternative frame ([`Alt`]): the same message as a
+//! patch against the message at `base` (an earlier message of the channel with the same
+//! key). Whether the client can apply it depends on what it was actually sent, which is
+//! only known when the queue is drained (a drop, a conflation or a gap decides it), so
+//! the choice is made in [`SendQueue::drain`]: for a channel marked with
+//! [`SendQueue::mark_stream`], the queue tracks the range of offsets the client was sent
+//! without a hole, and writes the alternative only when `base` lies in that range and
+//! the message directly follows it. Anything else gets the full frame.
+//!
 //! Frames are opaque (`F`); their sizes are given at push time.
 
 use crate::name::ChannelName;
 use crate::namespace::BackpressurePolicy;
 use crate::position::{Epoch, Offset, StreamPosition};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 /// Bounds of a queue, or of one namespace's share of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +98,24 @@ pub enum Pushed {
     Closed,
 }
 
+/// A message's alternative frame: the same message as a patch against the message of
+/// the channel at `base`, which the client must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alt<F> {
+    pub base: Offset,
+    pub frame: F,
+}
+
+/// What a client of a marked channel was sent: every message of `epoch` in
+/// `from..=last`, with nothing missing in between (and, when `from` is 1 after a
+/// snapshot, the state as of the snapshot).
+#[derive(Debug, Clone, Copy)]
+struct Track {
+    epoch: Epoch,
+    from: Offset,
+    last: Offset,
+}
+
 /// One frame out of [`SendQueue::drain`], in the order to write.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Drained<F> {
@@ -110,6 +137,14 @@ enum Entry<F> {
         position: StreamPosition,
         /// `keep_latest` only: the message's key.
         key: Option<Box<str>>,
+        alt: Option<Alt<F>>,
+    },
+    /// A channel's stream starts (or restarts) for this client at `position`
+    /// ([`SendQueue::mark_stream`]); nothing is written for it.
+    Mark {
+        channel: ChannelName,
+        position: StreamPosition,
+        holds_state: bool,
     },
 }
 
@@ -140,6 +175,9 @@ pub struct SendQueue<F> {
     control: Usage,
     gaps: Vec<GapNotice>,
     closed: bool,
+    /// Channels marked for deltas: what the client was sent of each, as of the last
+    /// drain.
+    tracks: HashMap<ChannelName, Track>,
 }
 
 impl<F> SendQueue<F> {
@@ -153,6 +191,7 @@ impl<F> SendQueue<F> {
             control: Usage::default(),
             gaps: Vec::new(),
             closed: false,
+            tracks: HashMap::new(),
         }
     }
 
@@ -234,6 +273,42 @@ impl<F> SendQueue<F> {
         self.push_keyed_message(frame, len, channel, position, policy, None)
     }
 
+    /// Marks that `channel`'s stream starts for this client after `position`, once
+    /// everything queued so far is written (a `subscribed` reply, its replay and any
+    /// snapshot): from then on the queue tracks what the client was sent of it and
+    /// writes deltas ([`Alt`]) where the client holds their base. `holds_state`: a
+    /// snapshot at `position` went before, so the client holds every key's newest
+    /// message as of it.
+    pub fn mark_stream(&mut self, channel: &ChannelName, position: StreamPosition, holds_state: bool) {
+        if self.closed {
+            return;
+        }
+        self.entries.push_back(Entry::Mark { channel: channel.clone(), position, holds_state });
+    }
+
+    /// [`SendQueue::push_keyed_message`] with an alternative (delta) frame, written
+    /// instead of `frame` when the client holds its base (see the module docs). The
+    /// bounds count `len`, the full frame's size.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_message_with_alt(
+        &mut self,
+        frame: F,
+        len: usize,
+        channel: &ChannelName,
+        position: StreamPosition,
+        policy: MessagePolicy,
+        key: Option<&str>,
+        alt: Option<Alt<F>>,
+    ) -> Pushed {
+        let pushed = self.push_keyed_message(frame, len, channel, position, policy, key);
+        if let (Pushed::Queued { .. }, Some(alt)) = (pushed, alt) {
+            if let Some(Entry::Message { alt: slot, .. }) = self.entries.back_mut() {
+                *slot = Some(alt);
+            }
+        }
+        pushed
+    }
+
     /// [`SendQueue::push_message`] of a message with a keep-latest `key`: under the
     /// `keep_latest` policy a full queue makes room by dropping the queued message of the
     /// same channel and key (noticed as `Conflated`), then, if that is not enough (or
@@ -294,7 +369,7 @@ impl<F> SendQueue<F> {
         }
         self.messages.add(len);
         let key = (policy.policy == BackpressurePolicy::KeepLatest).then(|| key.map(Box::from)).flatten();
-        self.entries.push_back(Entry::Message { frame, len, channel: channel.clone(), position, key });
+        self.entries.push_back(Entry::Message { frame, len, channel: channel.clone(), position, key, alt: None });
         Pushed::Queued { dropped }
     }
 
@@ -340,9 +415,26 @@ impl<F> SendQueue<F> {
         self.gaps.push(GapNotice { channel: channel.clone(), epoch, from, to, cause });
     }
 
-    /// Forgets a channel's pending notices (the client unsubscribed from it).
+    /// Forgets a channel's pending notices and what the client was sent of it (the
+    /// client unsubscribed from it).
     pub fn forget(&mut self, channel: &ChannelName) {
         self.gaps.retain(|g| &g.channel != channel);
+        self.tracks.remove(channel);
+    }
+
+    /// The frame to write for a message of a marked channel, updating its track.
+    fn choose(&mut self, channel: &ChannelName, position: StreamPosition, frame: F, alt: Option<Alt<F>>) -> F {
+        let Some(t) = self.tracks.get_mut(channel) else { return frame };
+        let follows = t.epoch == position.epoch && position.offset == t.last.next();
+        if !follows {
+            *t = Track { epoch: position.epoch, from: position.offset, last: position.offset };
+            return frame;
+        }
+        t.last = position.offset;
+        match alt {
+            Some(a) if a.base >= t.from && a.base < position.offset => a.frame,
+            _ => frame,
+        }
     }
 
     /// Moves everything queued to `out` in write order, each gap notice just before the
@@ -350,19 +442,17 @@ impl<F> SendQueue<F> {
     pub fn drain(&mut self, out: &mut Vec<Drained<F>>) {
         self.messages = Usage::default();
         self.control = Usage::default();
-        if self.gaps.is_empty() {
-            out.extend(self.entries.drain(..).map(|e| match e {
-                Entry::Control(frame)
-                | Entry::Exempt(frame)
-                | Entry::Ephemeral(frame)
-                | Entry::Message { frame, .. } => Drained::Frame(frame),
-            }));
-            return;
-        }
-        for e in self.entries.drain(..) {
+        let mut entries = std::mem::take(&mut self.entries);
+        for e in entries.drain(..) {
             let frame = match e {
                 Entry::Control(frame) | Entry::Exempt(frame) | Entry::Ephemeral(frame) => frame,
-                Entry::Message { frame, channel, position, .. } => {
+                Entry::Mark { channel, position, holds_state } => {
+                    self.start_track(channel, position, holds_state);
+                    continue;
+                }
+                Entry::Message { frame, channel, position, alt, .. } => {
+                    let frame =
+                        if self.tracks.is_empty() { frame } else { self.choose(&channel, position, frame, alt) };
                     let mut i = 0;
                     while i < self.gaps.len() {
                         let g = &self.gaps[i];
@@ -377,7 +467,14 @@ impl<F> SendQueue<F> {
             };
             out.push(Drained::Frame(frame));
         }
+        // Keep the allocation for the next batch.
+        self.entries = entries;
         out.extend(self.gaps.drain(..).map(Drained::Gap));
+    }
+
+    fn start_track(&mut self, channel: ChannelName, position: StreamPosition, holds_state: bool) {
+        let from = if holds_state { Offset(1) } else { position.offset.next() };
+        self.tracks.insert(channel, Track { epoch: position.epoch, from, last: position.offset });
     }
 }
 
@@ -647,6 +744,120 @@ mod tests {
             for (c, name) in names.iter().enumerate() {
                 let got: Vec<u64> = seen.get(name.as_str()).map(|v| v.iter().map(|(o, _)| *o).collect()).unwrap_or_default();
                 prop_assert_eq!(got, (1..next[c]).collect::<Vec<u64>>());
+            }
+        }
+    }
+
+    /// A frame as the delta tests see it: a full version of a key, or a patch of a key
+    /// against the client's version at `base`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Ver {
+        Full { key: u8, offset: u64 },
+        Patch { key: u8, offset: u64, base: u64 },
+    }
+
+    fn push_ver(q: &mut SendQueue<Ver>, c: &ChannelName, p: MessagePolicy, key: u8, offset: u64, base: Option<u64>) {
+        let k = key.to_string();
+        let alt = base.map(|b| Alt { base: Offset(b), frame: Ver::Patch { key, offset, base: b } });
+        q.push_message_with_alt(Ver::Full { key, offset }, 1, c, at(offset), p, Some(&k), alt);
+    }
+
+    fn frames(q: &mut SendQueue<Ver>) -> Vec<Ver> {
+        let mut out = Vec::new();
+        q.drain(&mut out);
+        out.into_iter()
+            .filter_map(|d| match d {
+                Drained::Frame(f) => Some(f),
+                Drained::Gap(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn deltas_go_out_only_where_the_client_holds_the_base() {
+        let c = ch("scores:nba");
+        let p = policy(BackpressurePolicy::KeepLatest, 2);
+        let mut q: SendQueue<Ver> = SendQueue::new(Bounds { messages: 100, bytes: 1 << 20 });
+        // Unmarked: always the full frame.
+        push_ver(&mut q, &c, p, 1, 1, None);
+        push_ver(&mut q, &c, p, 1, 2, Some(1));
+        assert_eq!(frames(&mut q), vec![Ver::Full { key: 1, offset: 1 }, Ver::Full { key: 1, offset: 2 }]);
+        // Marked after a snapshot at 2: the client holds key 1 at 2.
+        q.mark_stream(&c, at(2), true);
+        push_ver(&mut q, &c, p, 1, 3, Some(2));
+        push_ver(&mut q, &c, p, 2, 4, None);
+        assert_eq!(frames(&mut q), vec![Ver::Patch { key: 1, offset: 3, base: 2 }, Ver::Full { key: 2, offset: 4 }]);
+        // The queue (2 messages) conflates: 5 (key 1) is replaced by 7 (key 1). After
+        // the hole at 5 the client is known to hold only what follows it, so 6 and 7
+        // go out whole (6's base, 4, came before the hole).
+        push_ver(&mut q, &c, p, 1, 5, Some(3));
+        push_ver(&mut q, &c, p, 2, 6, Some(4));
+        push_ver(&mut q, &c, p, 1, 7, Some(5));
+        assert_eq!(frames(&mut q), vec![Ver::Full { key: 2, offset: 6 }, Ver::Full { key: 1, offset: 7 }]);
+        // From there on, bases at or after 6 are held.
+        push_ver(&mut q, &c, p, 1, 8, Some(7));
+        push_ver(&mut q, &c, p, 2, 9, Some(6));
+        assert_eq!(
+            frames(&mut q),
+            vec![Ver::Patch { key: 1, offset: 8, base: 7 }, Ver::Patch { key: 2, offset: 9, base: 6 }]
+        );
+        // Marked without state: bases at or below the mark are unknown to the client.
+        q.forget(&c);
+        q.mark_stream(&c, at(9), false);
+        push_ver(&mut q, &c, p, 1, 10, Some(8));
+        push_ver(&mut q, &c, p, 1, 11, Some(10));
+        assert_eq!(frames(&mut q), vec![Ver::Full { key: 1, offset: 10 }, Ver::Patch { key: 1, offset: 11, base: 10 }]);
+    }
+
+    proptest! {
+        /// A client that applies what it is sent never gets a patch against a version it
+        /// does not hold, whatever the queue drops or conflates; and it ends with every
+        /// key's newest version once the queue is drained.
+        #[test]
+        fn a_patch_always_finds_its_base(
+            ops in proptest::collection::vec((0u8..4, 0u8..10), 1..300),
+            limit in 1usize..6,
+            keep_latest in any::<bool>(),
+        ) {
+            let c = ch("scores:nba");
+            let policy_kind = if keep_latest { BackpressurePolicy::KeepLatest } else { BackpressurePolicy::DropOldest };
+            let p = policy(policy_kind, limit);
+            let mut q: SendQueue<Ver> = SendQueue::new(Bounds { messages: 64, bytes: 1 << 20 });
+            // The owner's view: newest offset per key. The client's: what it applied.
+            let mut newest: BTreeMap<u8, u64> = BTreeMap::new();
+            let mut held: BTreeMap<u8, u64> = BTreeMap::new();
+            q.mark_stream(&c, at(0), true);
+            let mut offset = 0;
+            let apply = |out: Vec<Ver>, held: &mut BTreeMap<u8, u64>| -> Result<(), TestCaseError> {
+                for f in out {
+                    match f {
+                        Ver::Full { key, offset } => { held.insert(key, offset); }
+                        Ver::Patch { key, offset, base } => {
+                            prop_assert_eq!(held.get(&key).copied(), Some(base), "patch {} of key {} against a version the client lacks", offset, key);
+                            held.insert(key, offset);
+                        }
+                    }
+                }
+                Ok(())
+            };
+            for (key, drain) in ops {
+                offset += 1;
+                let base = newest.insert(key, offset);
+                push_ver(&mut q, &c, p, key, offset, base);
+                if drain < 3 {
+                    let out = frames(&mut q);
+                    apply(out, &mut held)?;
+                }
+            }
+            let out = frames(&mut q);
+            apply(out, &mut held)?;
+            if keep_latest {
+                // Conflation keeps every key's newest message (the queue bound is at
+                // least 1, and the newest of a key is never replaced).
+                let last_key = newest.iter().max_by_key(|(_, o)| **o).map(|(k, _)| *k);
+                if let Some(k) = last_key {
+                    prop_assert_eq!(held.get(&k), newest.get(&k));
+                }
             }
         }
     }

@@ -54,6 +54,13 @@ pub enum Command {
         channel: ChannelName,
         since: Option<Since>,
         snapshot: Option<bool>,
+        /// Deltas: keyed messages may come as merge patches (`delta = true` namespaces).
+        delta: bool,
+    },
+    /// A keep-latest channel's current state (all keys, or one).
+    State {
+        channel: ChannelName,
+        key: Option<String>,
     },
     Unsubscribe {
         channel: ChannelName,
@@ -119,6 +126,8 @@ struct Envelope<'a> {
     key: Option<String>,
     #[serde(default)]
     snapshot: Option<bool>,
+    #[serde(default)]
+    delta: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -183,7 +192,14 @@ pub fn decode_command(text: &str) -> Result<Request, DecodeError> {
             channel: channel(&env.channel)?,
             since: env.since.map(|raw| decode_since(raw, id)).transpose()?,
             snapshot: env.snapshot,
+            delta: env.delta.unwrap_or(false),
         },
+        "state" => {
+            if let Some(key) = &env.key {
+                ringcast_core::latest::check_key(key).map_err(|m| err(some, ErrorCode::BadRequest, m))?;
+            }
+            Command::State { channel: channel(&env.channel)?, key: env.key }
+        }
         "unsubscribe" => Command::Unsubscribe { channel: channel(&env.channel)? },
         "publish" => {
             let channel = channel(&env.channel)?;
@@ -283,6 +299,49 @@ pub fn encode_keyed_message(
     })
 }
 
+#[derive(Serialize)]
+struct DeltaPush<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    channel: &'a str,
+    epoch: Epoch,
+    offset: Offset,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    base: Offset,
+    patch: &'a serde_json::Value,
+}
+
+/// A keyed `message` as a delta: `patch` (an RFC 7396 merge patch) turns the data of the
+/// message at `base` (same channel, epoch and key) into this message's data. The empty
+/// key (a keep-latest channel's single latest message) is not shown, as in full frames.
+#[must_use]
+pub fn encode_delta_message(
+    channel: &ChannelName,
+    position: StreamPosition,
+    key: &str,
+    base: Offset,
+    patch: &serde_json::Value,
+) -> String {
+    to_json(&DeltaPush {
+        kind: "message",
+        channel: channel.as_str(),
+        epoch: position.epoch,
+        offset: position.offset,
+        key: Some(key).filter(|k| !k.is_empty()),
+        base,
+        patch,
+    })
+}
+
+/// The `data` of an encoded full `message` frame (read without parsing the frame: the
+/// encoder writes `data` last, and nothing before it can contain `,"data":`).
+#[must_use]
+pub fn message_data(frame: &str) -> Option<&str> {
+    let at = frame.find(",\"data\":")? + ",\"data\":".len();
+    frame.get(at..frame.len().checked_sub(1)?)
+}
+
 /// The `key` of an encoded `message` frame, if it has one (read without parsing: the
 /// encoder writes `key` right after `offset`, and keys need no escaping).
 #[must_use]
@@ -301,19 +360,45 @@ pub fn message_key(frame: &str) -> Option<&str> {
 /// `subscribed` reply; with `http`, the body of `GET /v1/channels/{channel}/state`.
 #[must_use]
 pub fn encode_snapshot<M: AsRef<str>>(channel: &ChannelName, top: StreamPosition, entries: &[M], http: bool) -> String {
+    encode_state_frame(None, (!http).then_some("snapshot"), channel, Some(top), entries)
+}
+
+/// The reply to a `state` command: the channel's keep-latest state (all keys, or the one
+/// asked for) at (`epoch`, `offset`); `epoch` is `null` and `entries` empty for a channel
+/// with no stream.
+#[must_use]
+pub fn encode_state_reply<M: AsRef<str>>(
+    id: u64,
+    channel: &ChannelName,
+    top: Option<StreamPosition>,
+    entries: &[M],
+) -> String {
+    encode_state_frame(Some(id), Some("state"), channel, top, entries)
+}
+
+fn encode_state_frame<M: AsRef<str>>(
+    id: Option<u64>,
+    kind: Option<&'static str>,
+    channel: &ChannelName,
+    top: Option<StreamPosition>,
+    entries: &[M],
+) -> String {
     #[derive(Serialize)]
     struct Head<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
         #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
         kind: Option<&'static str>,
         channel: &'a str,
-        epoch: Epoch,
+        epoch: Option<Epoch>,
         offset: Offset,
     }
     let head = to_json(&Head {
-        kind: (!http).then_some("snapshot"),
+        id,
+        kind,
         channel: channel.as_str(),
-        epoch: top.epoch,
-        offset: top.offset,
+        epoch: top.map(|t| t.epoch),
+        offset: top.map_or(Offset::ZERO, |t| t.offset),
     });
     let body_len: usize = entries.iter().map(|m| m.as_ref().len() + 1).sum();
     let mut out = String::with_capacity(head.len() + body_len + 16);
@@ -746,6 +831,23 @@ mod tests {
         let data = RawValue::from_string(r#"{"key":"not-this","s":1}"#.into()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(message_key(&encode_keyed_message(&c, at, Some("game-7"), &data)), Some("game-7"));
         assert_eq!(message_key(&encode_message(&c, at, &data)), None, "a key inside data is not the frame's");
+        assert_eq!(message_data(&encode_keyed_message(&c, at, Some("game-7"), &data)), Some(data.get()));
+        let nested =
+            RawValue::from_string(r#"{"x":{"data":1},"y":",\"data\":"}"#.into()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(message_data(&encode_message(&c, at, &nested)), Some(nested.get()));
+    }
+
+    #[test]
+    fn a_delta_frame_names_its_base_and_carries_the_patch() {
+        let c = ChannelName::new("scores:k").unwrap_or_else(|e| panic!("{e}"));
+        let at = StreamPosition { epoch: Epoch::new(3).unwrap_or_else(|| unreachable!()), offset: Offset(9) };
+        let patch = serde_json::json!({"home": 3});
+        let f = encode_delta_message(&c, at, "game-7", Offset(4), &patch);
+        assert_eq!(
+            f,
+            r#"{"type":"message","channel":"scores:k","epoch":"3","offset":9,"key":"game-7","base":4,"patch":{"home":3}}"#
+        );
+        assert_eq!(message_key(&f), None, "a delta frame has no data; its key is passed along, not read back");
     }
 
     fn dec(s: &str) -> Result<Request, DecodeError> {

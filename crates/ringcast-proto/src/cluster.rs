@@ -18,7 +18,16 @@
 use bincode::{Decode, Encode};
 
 /// Version of this frame catalogue, sent in `Hello`.
-pub const FRAMES_VERSION: u16 = 4;
+pub const FRAMES_VERSION: u16 = 5;
+
+/// A message's delta form between nodes: a `message` frame carrying a merge patch
+/// against the message at `base`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct DeltaWire {
+    pub base: u64,
+    pub frame: String,
+}
 
 /// A resume position as sent between nodes (`epoch` absent when the client sent none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -125,7 +134,17 @@ pub enum PeerFrame {
     Refused { req: u64, code: String, message: String, retry: bool },
 
     /// Owner -> interested node: one sequenced message (its pre-encoded push frame).
-    Deliver { slot: u16, slot_epoch: u64, channel: String, epoch: u64, offset: u64, frame: String },
+    /// `delta` (`delta = true` namespaces): the same message as a merge patch against
+    /// the message at `base` of the same key, for subscribers that hold it.
+    Deliver {
+        slot: u16,
+        slot_epoch: u64,
+        channel: String,
+        epoch: u64,
+        offset: u64,
+        frame: String,
+        delta: Option<DeltaWire>,
+    },
 
     /// Old owner -> new owner: the sealed slot's channels. The new owner restores them,
     /// claims the slot by compare-and-swap on `from_epoch`, and answers `HandedOff` (or
@@ -291,7 +310,9 @@ impl PeerFrame {
             }
             PeerFrame::HistoryPage { messages, .. } => messages.iter().map(|m| m.len() + 8).sum(),
             PeerFrame::Refused { code, message, .. } => code.len() + message.len(),
-            PeerFrame::Deliver { channel, frame, .. } => channel.len() + frame.len(),
+            PeerFrame::Deliver { channel, frame, delta, .. } => {
+                channel.len() + frame.len() + delta.as_ref().map_or(0, |d| d.frame.len() + 8)
+            }
             PeerFrame::Handoff { channels, .. } | PeerFrame::ReplicaSync { channels, .. } => channels
                 .iter()
                 .map(|c| {

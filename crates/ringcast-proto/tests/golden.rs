@@ -12,11 +12,11 @@
 
 use ringcast_core::{ChannelName, Epoch, NotRecoveredReason, Offset, StreamPosition};
 use ringcast_proto::client::{
-    decode_command, encode_ack, encode_connected, encode_ephemeral, encode_error, encode_gap, encode_history,
-    encode_keyed_message, encode_message, encode_pong, encode_presence, encode_presence_stats, encode_refreshed,
-    encode_resubscribed, encode_snapshot, encode_subscribed, encode_typing_sent, encode_unsubscribed, Ack, Command,
-    Connected, EphemeralKind, GapReason, HistoryReply, PresenceMember, PresenceReply, PresenceStatsReply, Request,
-    SubscribeOutcome, DEFAULT_HISTORY_LIMIT,
+    decode_command, encode_ack, encode_connected, encode_delta_message, encode_ephemeral, encode_error, encode_gap,
+    encode_history, encode_keyed_message, encode_message, encode_pong, encode_presence, encode_presence_stats,
+    encode_refreshed, encode_resubscribed, encode_snapshot, encode_state_reply, encode_subscribed, encode_typing_sent,
+    encode_unsubscribed, Ack, Command, Connected, EphemeralKind, GapReason, HistoryReply, PresenceMember,
+    PresenceReply, PresenceStatsReply, Request, SubscribeOutcome, DEFAULT_HISTORY_LIMIT,
 };
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
@@ -76,6 +76,7 @@ fn kind(command: &Command) -> &'static str {
         Command::Presence { .. } => "presence",
         Command::PresenceStats { .. } => "presence_stats",
         Command::Typing { .. } => "typing",
+        Command::State { .. } => "state",
         Command::Ping => "ping",
     }
 }
@@ -94,6 +95,9 @@ fn check_variant(name: &str, request: &Request) {
         ("subscribe_snapshot", Command::Subscribe { since, snapshot, .. }) => {
             since.is_some() && *snapshot == Some(true)
         }
+        ("subscribe_delta", Command::Subscribe { delta, snapshot, .. }) => *delta && snapshot.is_none(),
+        ("state", Command::State { key, .. }) => key.is_none(),
+        ("state_key", Command::State { key, .. }) => key.as_deref() == Some("game-18"),
         ("publish_idempotent", Command::Publish { idempotency_key, .. }) => idempotency_key.is_some(),
         ("history", Command::History { before, limit, .. }) => before.is_none() && *limit == DEFAULT_HISTORY_LIMIT,
         ("history_page", Command::History { before, limit, .. }) => before.is_some() && *limit != DEFAULT_HISTORY_LIMIT,
@@ -268,6 +272,14 @@ fn server_frames() -> BTreeMap<&'static str, String> {
         ),
         ("message", message(45, r#"{"text":"hello","from":"alice"}"#)),
         ("message_keyed", keyed(45, "game-18", r#"{"home":7,"away":3}"#)),
+        (
+            "message_delta",
+            encode_delta_message(&c, at(46), "game-18", Offset(45), &serde_json::json!({"home": 8, "clock": "3:58"})),
+        ),
+        (
+            "state",
+            encode_state_reply(42, &c, Some(at(46)), &[keyed(46, "game-18", r#"{"home":8,"away":3,"clock":"3:58"}"#)]),
+        ),
         (
             "snapshot",
             encode_snapshot(

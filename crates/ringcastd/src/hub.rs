@@ -32,7 +32,7 @@ use ringcast_core::ownership::SlotEpoch;
 use ringcast_core::presence::{
     ChannelPresence, LastSeen, Member, PresenceEvent, PresenceStats, TypingGate, TYPING_INTERVAL,
 };
-use ringcast_core::send_queue::{GapCause, GapNotice, MessagePolicy};
+use ringcast_core::send_queue::{Alt, GapCause, GapNotice, MessagePolicy};
 use ringcast_core::NodeId;
 use ringcast_core::TokenBucket;
 use ringcast_core::{
@@ -41,10 +41,10 @@ use ringcast_core::{
 };
 use ringcast_proto::client::SubscribeOutcome;
 use ringcast_proto::client::{
-    encode_ephemeral, encode_keyed_message, encode_resubscribed, encode_snapshot, encode_subscribed, EphemeralKind,
-    Since,
+    encode_delta_message, encode_ephemeral, encode_keyed_message, encode_resubscribed, encode_snapshot,
+    encode_subscribed, message_data, EphemeralKind, Since,
 };
-use ringcast_proto::cluster::{OutcomeWire, PeerFrame};
+use ringcast_proto::cluster::{DeltaWire, OutcomeWire, PeerFrame};
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -100,13 +100,13 @@ struct ChannelState {
     /// Owner role: nodes with subscribers on this channel.
     interest: BTreeSet<NodeId>,
     /// Gateway role: delivery position of the remote owner's stream.
-    mirror: Option<Mirror<Utf8Bytes>>,
+    mirror: Option<Mirror<Msg>>,
     /// Gateway role: this node asked the remote owner for the channel's messages.
     remote_interest: bool,
     subscribers: HashMap<ConnId, Subscriber>,
     /// Owner role, durable channels: messages sequenced but not yet held by the replica,
     /// in offset order; fanned out when committed.
-    uncommitted: VecDeque<(StreamPosition, Utf8Bytes)>,
+    uncommitted: VecDeque<(StreamPosition, Msg)>,
     /// Replica role: this node's copy of a durable channel owned elsewhere.
     replica: Option<ChannelLog<Utf8Bytes>>,
     /// Owner role: the channel's budget for client publishes (namespace
@@ -170,6 +170,8 @@ pub struct LocalSubscriber {
     pub join_leave: bool,
     /// Keep-latest channels: send the state (`snapshot`) after the reply and replay.
     pub snapshot: bool,
+    /// `delta` namespaces: the client applies merge patches ([`Msg::alt`]).
+    pub delta: bool,
 }
 
 /// A local client as presence shows it.
@@ -188,6 +190,7 @@ struct Subscriber {
     policy: MessagePolicy,
     member: Option<MemberTag>,
     join_leave: bool,
+    delta: bool,
     /// Gateway: the position the subscriber was attached at while the mirror was still
     /// behind it (waiting on a gap). What the mirror releases up to there, the
     /// subscriber already has from its replay; cleared once the stream passes it.
@@ -201,6 +204,7 @@ impl Subscriber {
             policy: sub.policy,
             member: sub.member.clone(),
             join_leave: sub.join_leave,
+            delta: sub.delta,
             caught_up_to: None,
         }
     }
@@ -231,6 +235,38 @@ impl PublishRequest<'_> {
     fn state_key(&self) -> Option<&str> {
         self.key.or(self.ns.keep_latest.then_some(""))
     }
+}
+
+/// A sequenced message on its way to subscribers: the `message` frame and, in `delta`
+/// namespaces, the same message as a merge patch against the previous message of its
+/// key (written to subscribers that asked for deltas and hold that base).
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub frame: Utf8Bytes,
+    pub alt: Option<Alt<Utf8Bytes>>,
+}
+
+impl From<Utf8Bytes> for Msg {
+    fn from(frame: Utf8Bytes) -> Msg {
+        Msg { frame, alt: None }
+    }
+}
+
+/// The delta form of the message at `position` (data `data`, keep-latest `key`) against
+/// `prev`, the key's previous message: `None` when there is none, either version is not
+/// a JSON object, or the patch would not be smaller ([`ringcast_core::delta::diff`]).
+fn delta_of(
+    channel: &ChannelName,
+    position: StreamPosition,
+    key: &str,
+    prev: Option<(Offset, Utf8Bytes)>,
+    data: &RawValue,
+) -> Option<Alt<Utf8Bytes>> {
+    let (base, prev) = prev?;
+    let old: serde_json::Value = serde_json::from_str(message_data(prev.as_str())?).ok()?;
+    let new: serde_json::Value = serde_json::from_str(data.get()).ok()?;
+    let patch = ringcast_core::delta::diff(&old, &new)?;
+    Some(Alt { base, frame: Utf8Bytes::from(encode_delta_message(channel, position, key, base, &patch)) })
 }
 
 /// Who asked for a publish: clients are held to the channel's `client_publish_rate`,
@@ -386,7 +422,7 @@ impl Hub {
                 if let Some(mut mirror) = st.mirror.take() {
                     let mut ready = Vec::new();
                     for (offset, _, frame) in &h.log.history {
-                        mirror.offer(top.epoch, *offset, frame.clone(), now, &mut ready);
+                        mirror.offer(top.epoch, *offset, Msg::from(frame.clone()), now, &mut ready);
                     }
                     self.fan_out_ready(&h.channel, st, top.epoch, ready);
                 }
@@ -509,8 +545,9 @@ impl Hub {
                 return Err(ErrorCode::Unavailable);
             }
             self.check_client_rate(st, ns, idempotency_key, origin, now)?;
-            let appended = self
-                .owned_log(channel, st, ns)
+            let log = self.owned_log(channel, st, ns);
+            let prev = self.delta_base(log, ns, p.state_key(), now);
+            let appended = log
                 .append_keyed(now, idempotency_key, digest, p.state_key(), |pos| {
                     Utf8Bytes::from(encode_keyed_message(channel, pos, key, data))
                 })
@@ -521,8 +558,9 @@ impl Hub {
                     Ok(Published { position, duplicate: true })
                 }
                 Appended::Fresh { position, payload } => {
-                    self.fan_out(channel, st, position, &payload);
-                    self.fan_out_remote(channel, st, position, &payload, slot_epoch);
+                    let msg = self.with_delta(channel, position, p.state_key(), prev, data, payload);
+                    self.fan_out(channel, st, position, &msg);
+                    self.fan_out_remote(channel, st, position, &msg, slot_epoch);
                     Ok(Published { position, duplicate: false })
                 }
             }
@@ -552,6 +590,7 @@ impl Hub {
             self.check_client_rate(st, ns, idempotency_key, origin, now)?;
             let log = self.owned_log(channel, st, ns);
             let committed = log.top().offset;
+            let prev = self.delta_base(log, ns, p.state_key(), now);
             let appended = log
                 .append_pending_keyed(now, idempotency_key, digest, p.state_key(), |pos| {
                     Utf8Bytes::from(encode_keyed_message(channel, pos, key, data))
@@ -582,7 +621,8 @@ impl Hub {
                             key: p.state_key().map(str::to_owned),
                         },
                     );
-                    st.uncommitted.push_back((position, payload));
+                    let msg = self.with_delta(channel, position, p.state_key(), prev, data, payload);
+                    st.uncommitted.push_back((position, msg));
                     Ok(DurableAppend::Pending { position, duplicate: false, sent })
                 }
             }
@@ -608,11 +648,11 @@ impl Hub {
         log.commit_to(offset);
         let top = log.top();
         while st.uncommitted.front().is_some_and(|(p, _)| p.epoch != top.epoch || p.offset <= top.offset) {
-            if let Some((position, frame)) = st.uncommitted.pop_front() {
+            if let Some((position, msg)) = st.uncommitted.pop_front() {
                 // Only what this commit made visible: never a message fanned out before.
                 if position.epoch == top.epoch && position.epoch == before.epoch && position.offset > before.offset {
-                    self.fan_out(channel, st, position, &frame);
-                    self.fan_out_remote(channel, st, position, &frame, slot_epoch);
+                    self.fan_out(channel, st, position, &msg);
+                    self.fan_out_remote(channel, st, position, &msg, slot_epoch);
                 }
             }
         }
@@ -741,6 +781,36 @@ impl Hub {
         n
     }
 
+    /// `delta` namespaces: the previous message of the publish's key, taken before it is
+    /// appended (the base its delta is computed against).
+    fn delta_base(
+        &self,
+        log: &ChannelLog<Utf8Bytes>,
+        ns: &NamespaceOptions,
+        key: Option<&str>,
+        now: Millis,
+    ) -> Option<(Offset, Utf8Bytes)> {
+        let key = key.filter(|_| ns.delta)?;
+        log.latest_for(key, now).map(|(o, f)| (o, f.clone()))
+    }
+
+    /// The message to fan out: `payload`, with its delta form when it has a base.
+    fn with_delta(
+        &self,
+        channel: &ChannelName,
+        position: StreamPosition,
+        key: Option<&str>,
+        prev: Option<(Offset, Utf8Bytes)>,
+        data: &RawValue,
+        payload: Utf8Bytes,
+    ) -> Msg {
+        let alt = key.and_then(|k| delta_of(channel, position, k, prev, data));
+        if alt.is_some() {
+            self.metrics.deltas.fetch_add(1, Ordering::Relaxed);
+        }
+        Msg { frame: payload, alt }
+    }
+
     /// Checks a client publish against the channel's `client_publish_rate`.
     fn check_client_rate(
         &self,
@@ -766,7 +836,7 @@ impl Hub {
 
     /// Pushes one message to every local subscriber under its policy; removes those
     /// whose queue overflowed or closed.
-    fn fan_out(&self, channel: &ChannelName, st: &mut ChannelState, position: StreamPosition, frame: &Utf8Bytes) {
+    fn fan_out(&self, channel: &ChannelName, st: &mut ChannelState, position: StreamPosition, msg: &Msg) {
         let mut delivered = 0u64;
         let mut gone: Vec<ConnId> = Vec::new();
         for (conn, sub) in &mut st.subscribers {
@@ -776,7 +846,8 @@ impl Hub {
                 }
                 sub.caught_up_to = None;
             }
-            match sub.outbox.push_message(frame.clone(), channel, position, sub.policy) {
+            let alt = msg.alt.as_ref().filter(|_| sub.delta).cloned();
+            match sub.outbox.push_message_alt(msg.frame.clone(), channel, position, sub.policy, alt) {
                 Pushed::Queued { dropped } => {
                     delivered += 1;
                     self.metrics.dropped(sub.policy.policy, dropped);
@@ -798,15 +869,9 @@ impl Hub {
     }
 
     /// Fans out what a mirror made deliverable (offsets of `epoch`, in order).
-    fn fan_out_ready(
-        &self,
-        channel: &ChannelName,
-        st: &mut ChannelState,
-        epoch: Epoch,
-        ready: Vec<(Offset, Utf8Bytes)>,
-    ) {
-        for (offset, frame) in ready {
-            self.fan_out(channel, st, StreamPosition { epoch, offset }, &frame);
+    fn fan_out_ready(&self, channel: &ChannelName, st: &mut ChannelState, epoch: Epoch, ready: Vec<(Offset, Msg)>) {
+        for (offset, msg) in ready {
+            self.fan_out(channel, st, StreamPosition { epoch, offset }, &msg);
         }
     }
 
@@ -868,13 +933,14 @@ impl Hub {
         channel: &ChannelName,
         st: &mut ChannelState,
         position: StreamPosition,
-        frame: &Utf8Bytes,
+        msg: &Msg,
         slot_epoch: SlotEpoch,
     ) {
         if st.interest.is_empty() {
             return;
         }
         let slot = Slot::of(channel).get();
+        let delta = msg.alt.as_ref().map(|a| DeltaWire { base: a.base.0, frame: a.frame.as_str().to_owned() });
         st.interest.retain(|node| {
             let sent = self.send_peer(
                 node,
@@ -884,7 +950,8 @@ impl Hub {
                     channel: channel.as_str().to_owned(),
                     epoch: position.epoch.get(),
                     offset: position.offset.0,
-                    frame: frame.as_str().to_owned(),
+                    frame: msg.frame.as_str().to_owned(),
+                    delta: delta.clone(),
                 },
             );
             if !sent {
@@ -919,7 +986,11 @@ impl Hub {
                 let entries: Vec<Utf8Bytes> = log.latest(now).into_iter().map(|(_, _, f)| f).collect();
                 Utf8Bytes::from(encode_snapshot(channel, top, &entries, false))
             });
+            let holds_state = snapshot.is_some();
             sub.outbox.push_unbounded(std::iter::once(reply).chain(replay).chain(snapshot));
+            if sub.delta {
+                sub.outbox.mark_stream(channel, top, holds_state);
+            }
             st.subscribers.insert(sub.conn, Subscriber::of(sub));
             self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             if let Some(m) = &sub.member {
@@ -1059,7 +1130,7 @@ impl Hub {
             }
             let mut ready = Vec::new();
             for (pos, frame) in messages {
-                mirror.offer(pos.epoch, pos.offset, frame, now, &mut ready);
+                mirror.offer(pos.epoch, pos.offset, Msg::from(frame), now, &mut ready);
             }
             let lost = mirror.skip_to(Offset(oldest.0.saturating_sub(1)), now, &mut ready);
             if let Some(range) = lost {
@@ -1120,7 +1191,7 @@ impl Hub {
             }
             let Some(mirror) = st.mirror.as_mut() else { return };
             for (pos, frame) in replay {
-                mirror.offer(pos.epoch, pos.offset, frame, now, &mut ready);
+                mirror.offer(pos.epoch, pos.offset, Msg::from(frame), now, &mut ready);
             }
             mirror.expect(top.epoch, top.offset, now);
             self.fan_out_ready(channel, st, top.epoch, ready);
@@ -1180,7 +1251,11 @@ impl Hub {
             let reply = Utf8Bytes::from(encode_subscribed(sub.reply_id, channel, top, outcome));
             let snapshot =
                 snapshot.filter(|_| sub.snapshot).map(|e| Utf8Bytes::from(encode_snapshot(channel, top, &e, false)));
+            let holds_state = snapshot.is_some();
             sub.outbox.push_unbounded(std::iter::once(reply).chain(replay).chain(snapshot));
+            if sub.delta {
+                sub.outbox.mark_stream(channel, top, holds_state);
+            }
             st.subscribers.insert(sub.conn, Subscriber { caught_up_to, ..Subscriber::of(sub) });
             self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             Ok(())
@@ -1198,13 +1273,7 @@ impl Hub {
 
     /// Gateway: a message from the remote owner. Returns false when nobody here wants
     /// the channel any more (the caller then tells the owner).
-    pub fn deliver_remote(
-        &self,
-        channel: &ChannelName,
-        position: StreamPosition,
-        frame: Utf8Bytes,
-        now: Millis,
-    ) -> bool {
+    pub fn deliver_remote(&self, channel: &ChannelName, position: StreamPosition, frame: Msg, now: Millis) -> bool {
         self.with_existing(channel, |st| {
             if st.subscribers.is_empty() {
                 st.remote_interest = false;
@@ -1590,6 +1659,7 @@ mod tests {
             member: None,
             join_leave: false,
             snapshot: false,
+            delta: false,
         }
     }
 
@@ -1787,7 +1857,7 @@ mod tests {
         let frame = |o: u64| Utf8Bytes::from(ringcast_proto::client::encode_message(&c, at(o), &raw(&o.to_string())));
         let o = Arc::new(Outbox::new(100, 1 << 20));
         h.attach_remote(&c, &sub(1, &o, None, 3), at(10), SubscribeOutcome::Fresh, vec![], None).ok();
-        h.deliver_remote(&c, at(40), frame(40), Millis(0));
+        h.deliver_remote(&c, at(40), frame(40).into(), Millis(0));
         // The owner's history now starts at 30: 11..=29 are gone, 30..=39 come with the page.
         h.offer_fill(&c, Some(epoch), Offset(30), (30..40).map(|o| (at(o), frame(o))).collect(), Millis(600));
         let got = frames(&o);
@@ -1849,9 +1919,9 @@ mod tests {
         let frame = |o: u64| Utf8Bytes::from(ringcast_proto::client::encode_message(&c, at(o), &raw(&o.to_string())));
         let o = Arc::new(Outbox::new(100, 1 << 20));
         h.attach_remote(&c, &sub(1, &o, None, 3), at(10), SubscribeOutcome::Fresh, vec![], None).ok();
-        assert!(h.deliver_remote(&c, at(11), frame(11), Millis(0)));
-        assert!(h.deliver_remote(&c, at(11), frame(11), Millis(0)), "a duplicate is dropped");
-        assert!(h.deliver_remote(&c, at(13), frame(13), Millis(0)), "a gap is buffered");
+        assert!(h.deliver_remote(&c, at(11), frame(11).into(), Millis(0)));
+        assert!(h.deliver_remote(&c, at(11), frame(11).into(), Millis(0)), "a duplicate is dropped");
+        assert!(h.deliver_remote(&c, at(13), frame(13).into(), Millis(0)), "a gap is buffered");
         assert!(h.due_fills(Millis(100), std::time::Duration::from_millis(500)).is_empty());
         let fills = h.due_fills(Millis(600), std::time::Duration::from_millis(500));
         assert_eq!(fills.len(), 1);
@@ -1876,8 +1946,8 @@ mod tests {
         let first = Arc::new(Outbox::new(100, 1 << 20));
         h.attach_remote(&c, &sub(1, &first, None, 1), at(10), SubscribeOutcome::Fresh, vec![], None).ok();
         // 11 is lost on the way, 12 and 13 wait in the mirror for it.
-        h.deliver_remote(&c, at(12), frame(12), Millis(0));
-        h.deliver_remote(&c, at(13), frame(13), Millis(0));
+        h.deliver_remote(&c, at(12), frame(12).into(), Millis(0));
+        h.deliver_remote(&c, at(13), frame(13).into(), Millis(0));
         // A second subscriber resumes from 10: the owner replies at 13 with the replay.
         let second = Arc::new(Outbox::new(100, 1 << 20));
         let since = Since { epoch: Some(epoch), offset: Offset(10) };
@@ -1886,7 +1956,7 @@ mod tests {
             .ok();
         // The gap is filled: the mirror releases 11..=13, then 14 arrives live.
         h.offer_fill(&c, Some(epoch), Offset(1), vec![(at(11), frame(11))], Millis(700));
-        h.deliver_remote(&c, at(14), frame(14), Millis(800));
+        h.deliver_remote(&c, at(14), frame(14).into(), Millis(800));
         let offsets = |o: &Outbox| -> Vec<u64> { frames(o).iter().filter_map(|m| m["offset"].as_u64()).collect() };
         assert_eq!(offsets(&first), vec![10, 11, 12, 13, 14]);
         assert_eq!(offsets(&second), vec![13, 11, 12, 13, 14], "the reply at 13, the replay, then only 14");
@@ -2060,5 +2130,56 @@ mod tests {
         assert_eq!((f[2]["offset"].as_u64(), f[2]["key"].as_str()), (Some(6), Some("g9")), "then live, no gap");
         let (top, state) = h.state(&c, Millis(0)).unwrap_or_else(|| panic!("state"));
         assert_eq!((top.offset, state.len()), (Offset(6), 4));
+    }
+
+    /// A viewer that asked for deltas rebuilds every version from the snapshot and the
+    /// patches; one that did not gets full frames; a remote node gets both forms.
+    #[test]
+    fn delta_subscribers_get_merge_patches_against_what_they_hold() {
+        let h = hub();
+        let ns = NamespaceOptions { keep_latest: true, delta: true, ..NamespaceOptions::default() };
+        let c = ch("scores:nba");
+        let state = |home: u32, clock: &str| {
+            format!(
+                r#"{{"home":{{"name":"Lakers","score":{home}}}, "away":{{"name":"Celtics","score":99}},"clock":"{clock}","period":4}}"#
+            )
+        };
+        let publish = |data: &str, key: &str| {
+            let p = PublishRequest {
+                channel: &c,
+                ns: &ns,
+                data: &raw(data),
+                idempotency_key: None,
+                origin: Origin::Api,
+                key: Some(key),
+            };
+            h.publish(&p, Millis(0), SlotEpoch(1)).unwrap_or_else(|e| panic!("{e:?}"));
+        };
+        publish(&state(100, "5:00"), "g1");
+        let viewer = Arc::new(Outbox::new(100, 1 << 20));
+        let plain = Arc::new(Outbox::new(100, 1 << 20));
+        h.subscribe(&c, &ns, &LocalSubscriber { snapshot: true, delta: true, ..sub(1, &viewer, None, 1) }, Millis(0))
+            .ok();
+        h.subscribe(&c, &ns, &LocalSubscriber { snapshot: true, ..sub(2, &plain, None, 2) }, Millis(0)).ok();
+        let versions = [state(102, "4:41"), state(102, "4:20"), state(105, "3:58")];
+        for v in &versions {
+            publish(v, "g1");
+        }
+        publish(r#"{"other":"game"}"#, "g2");
+        let f = frames(&viewer);
+        assert_eq!(f[1]["type"], "snapshot");
+        let mut held: serde_json::Value = f[1]["entries"][0]["data"].clone();
+        for (frame, want) in f[2..5].iter().zip(&versions) {
+            assert_eq!(frame["base"].as_u64(), frame["offset"].as_u64().map(|o| o - 1), "{frame}");
+            assert!(frame.get("data").is_none(), "a delta carries no data: {frame}");
+            ringcast_core::delta::apply(&mut held, &frame["patch"]);
+            let want: serde_json::Value = serde_json::from_str(want).unwrap_or_default();
+            assert_eq!(held, want);
+        }
+        assert_eq!(f[2]["patch"], serde_json::json!({"home": {"score": 102}, "clock": "4:41"}));
+        assert!(f[5].get("data").is_some(), "a key's first message goes whole: {}", f[5]);
+        let p = frames(&plain);
+        assert!(p[2..].iter().all(|m| m.get("data").is_some() && m.get("patch").is_none()), "{p:?}");
+        assert_eq!(h.metrics.deltas.load(Ordering::Relaxed), 3);
     }
 }

@@ -30,6 +30,8 @@ pub struct Metrics {
     publishes_ws: AtomicU64,
     publishes_http: AtomicU64,
     pub publish_duplicates: AtomicU64,
+    /// Publishes in `delta` namespaces whose message got a delta form (a merge patch).
+    pub deltas: AtomicU64,
     pub deliveries: AtomicU64,
     /// Connections closed 4008 because their queue overflowed (`disconnect`).
     pub slow_consumer_drops: AtomicU64,
@@ -146,6 +148,12 @@ impl Metrics {
             "ringcast_publish_duplicates_total",
             "Publishes answered from the idempotency window.",
             self.publish_duplicates.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_deltas_total",
+            "Messages of delta namespaces sequenced with a merge-patch form for subscribers that hold the previous version.",
+            self.deltas.load(Relaxed),
         );
         counter(
             &mut o,

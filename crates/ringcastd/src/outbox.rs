@@ -12,7 +12,7 @@
 //! The session's writer drains everything queued in one go and writes it as one batch, so
 //! a connection holds at most its queue plus the batch being written.
 
-use ringcast_core::send_queue::{Bounds, Drained, GapCause, GapNotice, MessagePolicy, SendQueue};
+use ringcast_core::send_queue::{Alt, Bounds, Drained, GapCause, GapNotice, MessagePolicy, SendQueue};
 use ringcast_core::BackpressurePolicy;
 use ringcast_core::{ChannelName, StreamPosition};
 use ringcast_proto::client::{encode_gap, message_key, GapReason};
@@ -97,6 +97,19 @@ impl Outbox {
         position: StreamPosition,
         policy: MessagePolicy,
     ) -> Pushed {
+        self.push_message_alt(frame, channel, position, policy, None)
+    }
+
+    /// [`Outbox::push_message`] with the message's delta form, written instead when the
+    /// client holds its base (`ringcast_core::send_queue`, "Deltas").
+    pub fn push_message_alt(
+        &self,
+        frame: Utf8Bytes,
+        channel: &ChannelName,
+        position: StreamPosition,
+        policy: MessagePolicy,
+        alt: Option<Alt<Utf8Bytes>>,
+    ) -> Pushed {
         let mut s = self.lock();
         if s.close.is_some() {
             return Pushed::Closed;
@@ -106,8 +119,18 @@ impl Outbox {
             BackpressurePolicy::KeepLatest => message_key(frame.as_str()).map(str::to_owned),
             _ => None,
         };
-        let pushed = s.queue.push_keyed_message(frame, len, channel, position, policy, key.as_deref());
+        let pushed = s.queue.push_message_with_alt(frame, len, channel, position, policy, key.as_deref(), alt);
         self.after_push(s, pushed)
+    }
+
+    /// Marks where `channel`'s stream starts for this connection (after the frames queued
+    /// so far), so deltas can be written from there on; `holds_state`: a snapshot at
+    /// `position` went before.
+    pub fn mark_stream(&self, channel: &ChannelName, position: StreamPosition, holds_state: bool) {
+        let mut s = self.lock();
+        if s.close.is_none() {
+            s.queue.mark_stream(channel, position, holds_state);
+        }
     }
 
     /// Queues a `join`, `leave` or `typing` push: best effort, dropped silently when the

@@ -21,8 +21,8 @@ use futures_util::{SinkExt, StreamExt};
 use ringcast_core::{ChannelName, ConnId, NamespaceOptions, TokenBucket};
 use ringcast_proto::client::{
     decode_command, encode_ack, encode_connected, encode_error, encode_history, encode_pong, encode_presence,
-    encode_presence_stats, encode_refreshed, encode_typing_sent, encode_unsubscribed, Ack, Command, Connected,
-    HistoryReply, PresenceMember, PresenceReply, PresenceStatsReply, MAX_PRESENCE_MEMBERS,
+    encode_presence_stats, encode_refreshed, encode_state_reply, encode_typing_sent, encode_unsubscribed, message_key,
+    Ack, Command, Connected, HistoryReply, PresenceMember, PresenceReply, PresenceStatsReply, MAX_PRESENCE_MEMBERS,
 };
 use ringcast_proto::{CloseCode, ErrorCode};
 use std::collections::HashSet;
@@ -267,6 +267,7 @@ impl Session {
             }),
             join_leave: ns.join_leave && self.may_see_presence(channel, ns),
             snapshot: false,
+            delta: false,
         }
     }
 
@@ -380,8 +381,14 @@ impl Session {
         }
         match command {
             Command::Refresh { token } => self.refresh(id, &token)?,
-            Command::Subscribe { channel, since, snapshot } => {
+            Command::Subscribe { channel, since, snapshot, delta } => {
                 let ns = self.check_subscribe(&channel)?;
+                if delta && !ns.delta {
+                    return Err(reject(
+                        ErrorCode::NotEnabled,
+                        format!("deltas are not enabled in namespace {:?}", channel.namespace()),
+                    ));
+                }
                 if self.subscriptions.contains(&channel) {
                     return Err(reject(ErrorCode::AlreadySubscribed, format!("already subscribed to {channel}")));
                 }
@@ -402,6 +409,7 @@ impl Session {
                             // The state first, unless resuming (the replay continues
                             // the client's own) or declined.
                             snapshot: ns.keep_latest && snapshot.unwrap_or(since.is_none()),
+                            delta,
                             ..self.subscriber(&channel, &ns, since, Some(id))
                         },
                         now,
@@ -463,6 +471,23 @@ impl Session {
                     .await
                     .map_err(|r| reject(r.code, r.message))?;
                 self.reply(encode_history(Some(id), &history_reply(&channel, &page)));
+            }
+            Command::State { channel, key } => {
+                let ns = self.check_subscribe(&channel)?;
+                if !ns.keep_latest {
+                    return Err(reject(
+                        ErrorCode::NotEnabled,
+                        format!("keep_latest is not enabled in namespace {:?}", channel.namespace()),
+                    ));
+                }
+                let state =
+                    self.node.router.state(&channel, self.node.now()).await.map_err(|r| reject(r.code, r.message))?;
+                let entries: Vec<&Utf8Bytes> = state
+                    .entries
+                    .iter()
+                    .filter(|f| key.as_deref().is_none_or(|k| message_key(f.as_str()).unwrap_or("") == k))
+                    .collect();
+                self.reply(encode_state_reply(id, &channel, state.top, &entries));
             }
             Command::Presence { channel } => {
                 self.check_presence(&channel)?;

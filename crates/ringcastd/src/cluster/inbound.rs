@@ -296,8 +296,8 @@ impl Runtime {
                     Err((r, retry)) => self.refuse(peer, req, &r, retry),
                 }
             }
-            PeerFrame::Deliver { slot, slot_epoch, channel, epoch, offset, frame } => {
-                self.on_deliver(peer, slot, slot_epoch, &channel, epoch, offset, frame);
+            PeerFrame::Deliver { slot, slot_epoch, channel, epoch, offset, frame, delta } => {
+                self.on_deliver(peer, slot, slot_epoch, &channel, (epoch, offset), frame, delta);
             }
             PeerFrame::Handoff { req, slot, from_epoch, channels } => {
                 let rt = self.clone();
@@ -430,9 +430,9 @@ impl Runtime {
         slot: u16,
         slot_epoch: u64,
         channel: &str,
-        epoch: u64,
-        offset: u64,
+        (epoch, offset): (u64, u64),
         frame: String,
+        delta: Option<DeltaWire>,
     ) {
         // Fencing: never accept a message from an owner older than one already seen.
         if let Err(r) = self.fence(slot, slot_epoch) {
@@ -444,7 +444,13 @@ impl Runtime {
             return;
         };
         let position = ringcast_core::StreamPosition { epoch, offset: Offset(offset) };
-        if !self.hub.deliver_remote(&channel, position, Utf8Bytes::from(frame), self.now()) {
+        // A delta's base is an earlier offset of the stream; anything else is dropped (the
+        // full frame still goes out).
+        let alt = delta
+            .filter(|d| d.base > 0 && d.base < offset)
+            .map(|d| ringcast_core::send_queue::Alt { base: Offset(d.base), frame: Utf8Bytes::from(d.frame) });
+        let msg = crate::hub::Msg { frame: Utf8Bytes::from(frame), alt };
+        if !self.hub.deliver_remote(&channel, position, msg, self.now()) {
             let frame = PeerFrame::Unsubscribe { slot, slot_epoch, channel: channel.as_str().to_owned() };
             self.send(peer, frame);
         }

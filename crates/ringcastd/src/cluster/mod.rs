@@ -52,7 +52,9 @@ use ringcast_cluster::transport::{read_frame, write_frame, FrameCodecConfig, Tra
 use ringcast_core::ownership::{plan_with_ring, Claim, ClusterView, MemberInfo, Route, RouteTable, SlotEpoch};
 use ringcast_core::{ChannelName, Epoch, Millis, NamespaceOptions, NodeId, NotRecoveredReason, Offset, Slot};
 use ringcast_proto::client::{check_history_limit, check_idempotency_key, Since, SubscribeOutcome};
-use ringcast_proto::cluster::{ChannelSnapshotWire, MemberWire, OutcomeWire, PeerFrame, SinceWire, FRAMES_VERSION};
+use ringcast_proto::cluster::{
+    ChannelSnapshotWire, DeltaWire, MemberWire, OutcomeWire, PeerFrame, SinceWire, FRAMES_VERSION,
+};
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, HashSet};
