@@ -452,9 +452,15 @@ impl Hub {
                 // Messages not committed here went with the snapshot; the new owner
                 // delivers them (to this node's subscribers too, through the mirror).
                 st.uncommitted.clear();
-                let local = !st.subscribers.is_empty();
-                st.mirror = local.then(|| Mirror::new(log.top(), DEFAULT_MAX_PENDING));
-                st.remote_interest = local;
+                // A mirror already following the new owner (subscribers that attached
+                // there while this node still held the old log: the handoff's outcome
+                // came late) knows exactly what they were given. Replacing it with one at
+                // the old log's top would replay what they have, or skip what they lack.
+                if st.mirror.is_none() {
+                    let local = !st.subscribers.is_empty();
+                    st.mirror = local.then(|| Mirror::new(log.top(), DEFAULT_MAX_PENDING));
+                    st.remote_interest = local;
+                }
             }
         }
     }
@@ -1960,6 +1966,34 @@ mod tests {
         let offsets = |o: &Outbox| -> Vec<u64> { frames(o).iter().filter_map(|m| m["offset"].as_u64()).collect() };
         assert_eq!(offsets(&first), vec![10, 11, 12, 13, 14]);
         assert_eq!(offsets(&second), vec![13, 11, 12, 13, 14], "the reply at 13, the replay, then only 14");
+    }
+
+    /// A handoff whose answer never came: a subscriber attached at the new owner (the
+    /// view already named it) while this node still held the old log, and follows the
+    /// new owner through a mirror. When the handoff is finally resolved and the old log
+    /// demoted, the mirror must stay where the subscriber is, not go back to the log's
+    /// top (which replayed 31..=66 in a chaos run), nor jump ahead of it.
+    #[test]
+    fn demoting_a_stale_log_keeps_the_mirror_that_follows_the_new_owner() {
+        let h = hub();
+        let ns = NamespaceOptions::default();
+        let c = ch("chat:late");
+        for i in 1..=3 {
+            publish(&h, &c, &ns, &raw(&i.to_string()), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
+        }
+        let epoch = h.committed(&c).unwrap_or_else(|| panic!("log")).epoch;
+        let at = |o: u64| StreamPosition { epoch, offset: Offset(o) };
+        let frame = |o: u64| Utf8Bytes::from(ringcast_proto::client::encode_message(&c, at(o), &raw(&o.to_string())));
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        h.attach_remote(&c, &sub(1, &o, None, 1), at(3), SubscribeOutcome::Fresh, vec![], None).ok();
+        for i in 4..=6 {
+            h.deliver_remote(&c, at(i), frame(i).into(), Millis(0));
+        }
+        h.demote_slot(Slot::of(&c));
+        h.deliver_remote(&c, at(7), frame(7).into(), Millis(0));
+        let offsets: Vec<u64> = frames(&o).iter().filter_map(|m| m["offset"].as_u64()).collect();
+        assert_eq!(offsets, vec![3, 4, 5, 6, 7]);
+        assert!(h.due_fills(Millis(60_000), Duration::from_millis(1)).is_empty(), "no gap to fill");
     }
 
     #[test]
