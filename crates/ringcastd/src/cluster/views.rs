@@ -249,7 +249,15 @@ impl Runtime {
             self.hub.snapshot_slot(h.slot, &self.me, self.now()).into_iter().map(snapshot_to_wire).collect();
         let count = channels.len();
         let frame = |req| PeerFrame::Handoff { req, slot: h.slot.get(), from_epoch: h.from_epoch.0, channels };
-        match self.request(&h.to, frame, Instant::now() + HANDOFF_DEADLINE).await {
+        // The answer can be lost (the link to a peer that just came back is re-dialled);
+        // the view showing the target's claim on our epoch's successor is the same news.
+        let outcome = tokio::select! {
+            r = self.request(&h.to, frame, Instant::now() + HANDOFF_DEADLINE) => r,
+            epoch = self.claim_shown(h.slot, &h.to, h.from_epoch) => {
+                Ok(PeerFrame::HandedOff { req: 0, slot: h.slot.get(), epoch })
+            }
+        };
+        match outcome {
             Ok(PeerFrame::HandedOff { epoch, .. }) => {
                 self.hub.demote_slot(h.slot);
                 lock(&self.replicas).remove(&h.slot);
@@ -266,6 +274,22 @@ impl Runtime {
         }
         lock(&self.handing).remove(&h.slot);
         self.replan();
+    }
+
+    /// Resolves once the route table shows `to` holding `slot` on a claim newer than
+    /// `from` (a handoff that took effect); returns that claim's epoch.
+    async fn claim_shown(&self, slot: Slot, to: &NodeId, from: SlotEpoch) -> u64 {
+        let mut changed = self.table_changed.subscribe();
+        loop {
+            if let Route::Claimed { owner, epoch } = self.table().route(slot) {
+                if &owner == to && epoch > from {
+                    return epoch.0;
+                }
+            }
+            if changed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Sealed slots with an unknown handoff outcome: unseal those the view shows we
