@@ -17,6 +17,7 @@
 
 pub mod guard;
 pub mod load;
+pub mod merge_patch;
 pub mod payload;
 pub mod procfs;
 pub mod proto;
