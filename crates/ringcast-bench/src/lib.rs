@@ -8,7 +8,10 @@
 //! from `/proc` ([`procfs`]); the Markdown/JSON report and the PNG chart ([`report`]);
 //! [`guard`], the deterministic in-process fan-out whose instruction count CI compares
 //! with a baseline; and [`storm`], the presence storm (a network blip that drops and
-//! reconnects every user of many presence channels) counted against the naive cost.
+//! reconnects every user of many presence channels) counted against the naive cost;
+//! and [`scoreboard`], live scores to many viewers with a few slow ones: deliveries,
+//! wire bytes with and without deltas, and how stale the slow viewers' scores get
+//! ([`merge_patch`] rebuilds states from deltas).
 //!
 //! What it deliberately does not do: start or pin servers (the script does, with
 //! `taskset`), or use any client library. It is not a correctness test of ringcast,
@@ -17,8 +20,10 @@
 
 pub mod guard;
 pub mod load;
+pub mod merge_patch;
 pub mod payload;
 pub mod procfs;
 pub mod proto;
 pub mod report;
+pub mod scoreboard;
 pub mod storm;

@@ -1,6 +1,8 @@
 //! `ringcast-bench run ...` measures one load point and appends one JSON line to
 //! `--out`; `ringcast-bench report ...` turns those lines into the Markdown table, the
-//! JSON summary and the PNG chart. `scripts/bench` starts and pins the servers.
+//! JSON summary and the PNG chart; `presence-storm` and `scoreboard` run those workloads
+//! against a running ringcastd, and `storm-report` / `scoreboard-report` render their
+//! JSON lines. `scripts/bench` starts and pins the servers.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -72,6 +74,13 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The scoreboard workload against a running ringcastd (`scripts/bench --scoreboard`).
+    Scoreboard(ScoreboardArgs),
+    /// Markdown tables of scoreboard outcomes (JSON lines of `scoreboard --out`).
+    ScoreboardReport {
+        #[arg(long)]
+        input: PathBuf,
+    },
     /// Markdown table of presence storm outcomes (JSON lines of `presence-storm --out`).
     StormReport {
         #[arg(long)]
@@ -86,6 +95,57 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         payload: usize,
     },
+}
+
+/// Whether scoreboard viewers ask for deltas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Delta {
+    Off,
+    On,
+}
+
+#[derive(Debug, clap::Args)]
+struct ScoreboardArgs {
+    #[arg(long)]
+    addr: SocketAddr,
+    /// The server's process id, for its CPU and memory from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The node's `api.key` (for `POST /v1/publish/batch`); default from RINGCAST_API_KEY.
+    #[arg(long, env = "RINGCAST_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// A namespace with `keep_latest = true` and `backpressure = "keep_latest"`.
+    #[arg(long, default_value = "scores")]
+    namespace: String,
+    #[arg(long, default_value_t = 15000)]
+    viewers: usize,
+    #[arg(long, default_value_t = 50)]
+    games: usize,
+    /// Updates per second per game.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Share of viewers that read slowly.
+    #[arg(long, default_value_t = 0.01)]
+    slow_fraction: f64,
+    /// Seconds between two frames a slow viewer takes off its socket.
+    #[arg(long, default_value_t = 0.5)]
+    slow_interval: f64,
+    /// SO_RCVBUF of slow viewers' sockets, in bytes.
+    #[arg(long, default_value_t = 4096)]
+    slow_rcvbuf: u32,
+    /// `on`: viewers subscribe with "delta": true (the namespace needs `delta = true`).
+    #[arg(long, value_enum, default_value_t = Delta::Off)]
+    delta: Delta,
+    #[arg(long, default_value_t = 5.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 20.0)]
+    measure: f64,
+    /// Label for the report (default "delta off" / "delta on").
+    #[arg(long)]
+    label: Option<String>,
+    /// Append the outcome as one JSON line here.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,6 +253,42 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
             let outcome = rt.block_on(ringcast_bench::storm::run(spec))?;
             emit(&outcome, out.as_deref())
+        }
+        Cmd::Scoreboard(a) => {
+            let delta = a.delta == Delta::On;
+            let secs = |name: &str, s: f64| {
+                Duration::try_from_secs_f64(s)
+                    .map_err(|_| anyhow::anyhow!("--{name} must be a non-negative number of seconds"))
+            };
+            let spec = ringcast_bench::scoreboard::ScoreSpec {
+                addr: a.addr,
+                server_pid: a.server_pid,
+                api_key: a.api_key,
+                namespace: a.namespace,
+                viewers: a.viewers,
+                games: a.games,
+                rate: a.rate,
+                slow_fraction: a.slow_fraction,
+                slow_interval: secs("slow-interval", a.slow_interval)?,
+                slow_rcvbuf: a.slow_rcvbuf,
+                delta,
+                warmup: secs("warmup", a.warmup)?,
+                measure: secs("measure", a.measure)?,
+                label: a.label.unwrap_or_else(|| if delta { "delta on" } else { "delta off" }.to_owned()),
+            };
+            let outcome = ringcast_bench::scoreboard::run(spec)?;
+            emit(&outcome, a.out.as_deref())
+        }
+        Cmd::ScoreboardReport { input } => {
+            let text = std::fs::read_to_string(&input).with_context(|| format!("cannot read {}", input.display()))?;
+            let outcomes = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(serde_json::from_str)
+                .collect::<Result<Vec<ringcast_bench::scoreboard::ScoreOutcome>, _>>()
+                .with_context(|| format!("{} is not JSON lines of `scoreboard --out`", input.display()))?;
+            print!("{}", ringcast_bench::scoreboard::markdown(&outcomes));
+            Ok(())
         }
         Cmd::StormReport { input } => {
             let text = std::fs::read_to_string(&input).with_context(|| format!("cannot read {}", input.display()))?;

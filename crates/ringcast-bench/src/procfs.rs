@@ -35,6 +35,14 @@ pub fn alive(pid: &str) -> bool {
     fs::metadata(format!("/proc/{pid}")).is_ok()
 }
 
+/// This process's soft limit on open files (`None` when unlimited or unreadable).
+#[must_use]
+pub fn open_files_limit() -> Option<u64> {
+    let limits = fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +52,6 @@ mod tests {
         assert!(cpu_seconds("self").is_some());
         assert!(rss_kib("self").is_some_and(|k| k > 0));
         assert!(alive("self"));
+        assert!(open_files_limit().is_some_and(|n| n > 0));
     }
 }

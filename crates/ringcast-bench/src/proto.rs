@@ -182,7 +182,7 @@ fn resp_bulk(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// Appends a masked client frame with opcode `op`.
-fn ws_frame(out: &mut Vec<u8>, op: u8, payload: &[u8]) {
+fn ws_frame_out(out: &mut Vec<u8>, op: u8, payload: &[u8]) {
     out.push(0x80 | op);
     let n = payload.len();
     if n < 126 {
@@ -200,10 +200,20 @@ fn ws_frame(out: &mut Vec<u8>, op: u8, payload: &[u8]) {
 
 /// Appends a masked text frame.
 pub fn ws_text(out: &mut Vec<u8>, payload: &[u8]) {
-    ws_frame(out, 0x1, payload);
+    ws_frame_out(out, WS_TEXT, payload);
 }
 
-fn parse_ws(buf: &[u8]) -> Result<Option<(usize, Event<'_>)>, ParseError> {
+/// WebSocket opcodes the drivers act on.
+pub const WS_TEXT: u8 = 0x1;
+pub const WS_CLOSE: u8 = 0x8;
+pub const WS_PING: u8 = 0x9;
+
+/// One server frame: (bytes consumed from the buffer, opcode, payload).
+pub type WsFrame<'a> = (usize, u8, &'a [u8]);
+
+/// The first complete server frame of `buf`, or `Ok(None)` when more bytes are needed.
+/// Server frames are never masked.
+pub fn ws_frame(buf: &[u8]) -> Result<Option<WsFrame<'_>>, ParseError> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -225,13 +235,22 @@ fn parse_ws(buf: &[u8]) -> Result<Option<(usize, Event<'_>)>, ParseError> {
     if buf.len() < end {
         return Ok(None);
     }
-    let body = &buf[head..end];
+    Ok(Some((end, op, &buf[head..end])))
+}
+
+/// Appends the masked pong that answers a ping carrying `body`.
+pub fn ws_pong(out: &mut Vec<u8>, body: &[u8]) {
+    ws_frame_out(out, 0xA, body);
+}
+
+fn parse_ws(buf: &[u8]) -> Result<Option<(usize, Event<'_>)>, ParseError> {
+    let Some((end, op, body)) = ws_frame(buf)? else { return Ok(None) };
     let event = match op {
-        0x1 => ws_text_event(body),
-        0x8 => Event::Closed,
-        0x9 => {
+        WS_TEXT => ws_text_event(body),
+        WS_CLOSE => Event::Closed,
+        WS_PING => {
             let mut pong = Vec::with_capacity(body.len() + 6);
-            ws_frame(&mut pong, 0xA, body);
+            ws_pong(&mut pong, body);
             Event::Ping(pong)
         }
         _ => Event::Other,
