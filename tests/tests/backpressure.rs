@@ -1,7 +1,9 @@
 //! Slow consumers: a reader that stops reading on a hot channel is handled by its
 //! namespace's policy (`drop_oldest`, `drop_newest`, `disconnect`), while a fast reader
 //! on the same node gets every message and publishers never wait; and a channel's
-//! client publish rate is enforced with `rate_limited`.
+//! client publish rate is enforced with `rate_limited`. With `limits.socket_send_buffer`
+//! a slow reader's backlog of small updates waits in ringcast's queue, where `keep_latest`
+//! conflates it, rather than in the kernel.
 
 use anyhow::{ensure, Result};
 use ringcast_tests::*;
@@ -155,6 +157,71 @@ async fn keep_latest_gives_a_slow_reader_the_newest_of_each_key_with_conflated_g
         (TOTAL - 4..=TOTAL).map(|i| (format!("g{}", i % 5), i)).collect();
     assert_eq!(latest, want, "the slow reader ends with the same newest value per key");
     assert!(messages < TOTAL, "and received fewer messages ({messages})");
+    assert_eq!(node.metric("ringcast_closes_total{code=\"4008\"}").await?, 0.0, "nobody was disconnected");
+    Ok(())
+}
+
+/// Small scoreboard updates fit the kernel's autotuned buffers by the hundred, so without
+/// a bound there a slow viewer's backlog never reaches the queue and is never conflated.
+/// With `socket_send_buffer` the server's socket holds a few KiB: the rest waits in the
+/// queue and conflates, and the slow viewer ends on the newest value of every key.
+#[tokio::test]
+async fn a_small_socket_send_buffer_moves_a_slow_viewers_backlog_where_keep_latest_conflates_it() -> Result<()> {
+    const UPDATES: u64 = 600;
+    let node = Ringcastd::start(
+        &base_config(
+            "\n[namespaces.feed]\nanonymous = true\nbackpressure = \"keep_latest\"\nclient_publish_rate = 0\n\
+             send_queue_messages = 20\n",
+        )
+        .replace("[api]", "[limits]\ncommands_per_second = 0\nsocket_send_buffer = 4096\n\n[api]"),
+    )?;
+    let url = node.ws_url();
+    let mut slow = WsClient::open_with_recv_buffer(&url, 4096).await?;
+    assert_eq!(slow.request(json!({"type": "connect"})).await?["type"], "connected");
+    assert_eq!(slow.subscribe(CHANNEL, None).await?["type"], "subscribed");
+    let (mut publisher, _) = WsClient::connect(&url, None).await?;
+    for i in 1..=UPDATES {
+        let cmd = json!({"type": "publish", "channel": CHANNEL, "key": format!("g{}", i % 3), "data": {"i": i}});
+        let ack = publisher.request(cmd).await?;
+        ensure!(ack["type"] == "ack", "publish {i}: {ack}");
+    }
+    // The server's sockets carry the configured buffer (Linux doubles it for overhead).
+    let port = node.addr.port();
+    let out = std::process::Command::new("ss").args(["-tmnH", "state", "established"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let server_side: Vec<&str> = text.lines().filter(|l| l.contains(&format!(":{port} "))).collect();
+    let buffers: Vec<u64> = text
+        .split("skmem:(")
+        .skip(1)
+        .zip(text.lines().filter(|l| !l.trim_start().starts_with("skmem")))
+        .filter(|(_, head)| head.split_whitespace().nth(2).is_some_and(|local| local.ends_with(&format!(":{port}"))))
+        .filter_map(|(mem, _)| mem.split(',').find_map(|f| f.strip_prefix("tb")).and_then(|v| v.parse().ok()))
+        .collect();
+    ensure!(!server_side.is_empty(), "ss shows no connection to port {port}:\n{text}");
+    ensure!(!buffers.is_empty() && buffers.iter().all(|&b| b <= 8192), "server send buffers {buffers:?}:\n{text}");
+
+    let mut latest = std::collections::BTreeMap::new();
+    let (mut messages, mut conflated, mut top) = (0, 0, 0);
+    while top < UPDATES {
+        let f = slow.next_push().await?;
+        match f["type"].as_str() {
+            Some("message") => {
+                latest.insert(f["key"].as_str().unwrap_or_default().to_owned(), f["data"]["i"].as_u64().unwrap_or(0));
+                messages += 1;
+                top = f["offset"].as_u64().unwrap_or(0);
+            }
+            Some("gap") => {
+                assert_eq!(f["reason"], "conflated", "{f}");
+                conflated += 1;
+                top = f["to"].as_u64().unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+    let want: std::collections::BTreeMap<String, u64> =
+        (UPDATES - 2..=UPDATES).map(|i| (format!("g{}", i % 3), i)).collect();
+    assert_eq!(latest, want, "the slow viewer ends on the newest value of every key");
+    assert!(conflated > 0 && messages < UPDATES / 2, "conflated {conflated} times, {messages} messages of {UPDATES}");
     assert_eq!(node.metric("ringcast_closes_total{code=\"4008\"}").await?, 0.0, "nobody was disconnected");
     Ok(())
 }

@@ -152,6 +152,12 @@ pub struct Limits {
     /// (default `"10s"`).
     #[serde(with = "ringcast_core::time::serde_duration")]
     pub write_timeout: Duration,
+    /// The kernel send buffer of each client socket, in bytes (default: unset, the
+    /// kernel's autotuning, which grows a slow reader's buffer to megabytes). Set it
+    /// (4096..=16777216; for example 65536) so that what a slow client cannot take
+    /// waits in ringcast's queue, where `keep_latest` conflation and `drop_oldest` act on
+    /// it, instead of in the kernel, where it only grows stale.
+    pub socket_send_buffer: Option<usize>,
 }
 
 /// `[heartbeat]`: detecting dead clients.
@@ -302,6 +308,7 @@ impl Default for Limits {
             send_queue_messages: 1000,
             send_queue_bytes: 1024 * 1024,
             write_timeout: Duration::from_secs(10),
+            socket_send_buffer: None,
         }
     }
 }
@@ -480,6 +487,9 @@ impl Config {
         if !(8192..=1024 * 1024).contains(&l.max_header_bytes) {
             return invalid("limits.max_header_bytes", "must be between 8192 and 1048576".into());
         }
+        if l.socket_send_buffer.is_some_and(|b| !(4096..=16 * 1024 * 1024).contains(&b)) {
+            return invalid("limits.socket_send_buffer", "must be between 4096 and 16777216 bytes".into());
+        }
         if l.send_queue_messages == 0 || l.send_queue_bytes < l.max_frame_bytes {
             return invalid(
                 "limits.send_queue_*",
@@ -623,6 +633,9 @@ mod tests {
         assert!(msg("[namespaces.chat]\nhistory_size = 1000000").contains("namespaces.chat.history_size"));
         assert!(msg("[namespaces.chat]\nbackpressure = \"yolo\"").contains("unknown variant"));
         assert!(msg("[auth]\nhmac_secret = \"short\"").contains("auth.hmac_secret"));
+        assert!(msg("[limits]\nsocket_send_buffer = 100").contains("limits.socket_send_buffer"));
+        assert!(msg("[namespaces.s]\ndelta = true").contains("needs keep_latest"));
+        assert!(load("[limits]\nsocket_send_buffer = 65536\n[namespaces.s]\nkeep_latest = true\ndelta = true").is_ok());
         let env = HashMap::from([("RINGCAST_LISTEN".to_string(), "nope".to_string())]);
         let e = Config::load(Some(("", "t")), &env, &FlagOverrides::default()).err().map(|e| e.to_string());
         assert!(e.unwrap_or_default().contains("RINGCAST_LISTEN"));

@@ -57,6 +57,11 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
             },
         };
         let _ = stream.set_nodelay(true);
+        if let Some(bytes) = node.config.limits.socket_send_buffer {
+            if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(bytes) {
+                debug!(error = %e, "could not set the socket's send buffer");
+            }
+        }
         let (node2, app) = (node.clone(), app.clone());
         node.tracker.spawn(serve_connection(node2, stream, peer, app, ConnPermit(Arc::new(permit))));
     }

@@ -82,9 +82,12 @@ impl Runtime {
         // Channels whose owner changed other than by a handoff to us (a failover, after
         // the slot was vacant, or a handoff between other nodes): re-subscribe by offset
         // at the new owner, which may not know this node's interest.
+        // Not slots this node has since claimed itself (a handoff it took over, whose
+        // claim the view has not caught up with yet): those are ours.
         let moved: HashSet<Slot> = claims
             .iter()
             .filter(|(slot, c)| old_claims.get(slot).is_none_or(|o| o.owner != c.owner) && c.owner != self.me)
+            .filter(|(slot, c)| !self.claimed_since(**slot, c.epoch))
             .map(|(slot, _)| *slot)
             .collect();
         // Slots another node now holds though we never handed them off (our lease was
@@ -126,7 +129,11 @@ impl Runtime {
             let lost: Vec<Slot> = replicas
                 .iter()
                 .filter(|(slot, (node, _))| {
-                    !view.members.contains_key(node) || cv.claims.get(slot).is_none_or(|c| c.owner != self.me)
+                    !view.members.contains_key(node)
+                        || cv
+                            .claims
+                            .get(slot)
+                            .is_none_or(|c| c.owner != self.me && !self.claimed_since(**slot, c.epoch))
                 })
                 .map(|(s, _)| *s)
                 .collect();
@@ -276,6 +283,13 @@ impl Runtime {
         self.replan();
     }
 
+    /// Whether this node wrote a claim on `slot` newer than `epoch` (the view lags it).
+    /// Claims of a previous lease are void and not counted.
+    pub(super) fn claimed_since(&self, slot: Slot, epoch: SlotEpoch) -> bool {
+        let incarnation = self.membership.registered_revision().unwrap_or(u64::MAX);
+        lock(&self.own_epochs).get(&slot).is_some_and(|e| *e > epoch && e.0 > incarnation)
+    }
+
     /// Resolves once the route table shows `to` holding `slot` on a claim newer than
     /// `from` (a handoff that took effect); returns that claim's epoch.
     async fn claim_shown(&self, slot: Slot, to: &NodeId, from: SlotEpoch) -> u64 {
@@ -312,6 +326,8 @@ impl Runtime {
                 false
             }
             Some(c) if c.owner == self.me => true,
+            // The view lags a claim of ours newer than the one it shows.
+            Some(c) if self.claimed_since(*slot, c.epoch) => true,
             other => {
                 debug!(%slot, holder = ?other.map(|c| &c.owner), "handoff outcome resolved: the slot is not ours; demoting");
                 self.hub.demote_slot(*slot);
