@@ -11,7 +11,7 @@
 //! reconnects every user of many presence channels) counted against the naive cost;
 //! and [`scoreboard`], live scores to many viewers with a few slow ones: deliveries,
 //! wire bytes with and without deltas, and how stale the slow viewers' scores get
-//! ([`merge_patch`] rebuilds states from deltas).
+//! (`ringcast_core::delta::apply` rebuilds states from deltas).
 //!
 //! What it deliberately does not do: start or pin servers (the script does, with
 //! `taskset`), or use any client library. It is not a correctness test of ringcast,
@@ -20,7 +20,6 @@
 
 pub mod guard;
 pub mod load;
-pub mod merge_patch;
 pub mod payload;
 pub mod procfs;
 pub mod proto;

@@ -12,7 +12,6 @@
 
 use super::frame::{Body, Message};
 use super::game;
-use crate::merge_patch;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -98,7 +97,7 @@ impl Cache {
                 let patch: Value =
                     serde_json::from_str(patch).map_err(|e| format!("patch at offset {}: {e}", m.offset))?;
                 let mut value = h.applied.value.clone();
-                merge_patch::apply(&mut value, &patch);
+                ringcast_core::delta::apply(&mut value, &patch);
                 Applied::new(value)?
             }
             (Body::Delta { .. }, None) => return Err("a delta without a base state".into()),
