@@ -286,9 +286,10 @@ impl<F> SendQueue<F> {
         self.entries.push_back(Entry::Mark { channel: channel.clone(), position, holds_state });
     }
 
-    /// [`SendQueue::push_keyed_message`] with an alternative (delta) frame, written
-    /// instead of `frame` when the client holds its base (see the module docs). The
-    /// bounds count `len`, the full frame's size.
+    /// Queues one message of `channel` at `position` under the channel's policy, with its
+    /// keep-latest `key` ([`SendQueue::push_keyed_message`]) and an alternative (delta)
+    /// frame, written instead of `frame` when the client holds its base (see the module
+    /// docs). The bounds count `len`, the full frame's size.
     #[allow(clippy::too_many_arguments)]
     pub fn push_message_with_alt(
         &mut self,
@@ -299,28 +300,6 @@ impl<F> SendQueue<F> {
         policy: MessagePolicy,
         key: Option<&str>,
         alt: Option<Alt<F>>,
-    ) -> Pushed {
-        let pushed = self.push_keyed_message(frame, len, channel, position, policy, key);
-        if let (Pushed::Queued { .. }, Some(alt)) = (pushed, alt) {
-            if let Some(Entry::Message { alt: slot, .. }) = self.entries.back_mut() {
-                *slot = Some(alt);
-            }
-        }
-        pushed
-    }
-
-    /// [`SendQueue::push_message`] of a message with a keep-latest `key`: under the
-    /// `keep_latest` policy a full queue makes room by dropping the queued message of the
-    /// same channel and key (noticed as `Conflated`), then, if that is not enough (or
-    /// there is none), the channel's oldest, like `drop_oldest`.
-    pub fn push_keyed_message(
-        &mut self,
-        frame: F,
-        len: usize,
-        channel: &ChannelName,
-        position: StreamPosition,
-        policy: MessagePolicy,
-        key: Option<&str>,
     ) -> Pushed {
         if self.closed {
             return Pushed::Closed;
@@ -369,8 +348,24 @@ impl<F> SendQueue<F> {
         }
         self.messages.add(len);
         let key = (policy.policy == BackpressurePolicy::KeepLatest).then(|| key.map(Box::from)).flatten();
-        self.entries.push_back(Entry::Message { frame, len, channel: channel.clone(), position, key, alt: None });
+        self.entries.push_back(Entry::Message { frame, len, channel: channel.clone(), position, key, alt });
         Pushed::Queued { dropped }
+    }
+
+    /// [`SendQueue::push_message`] of a message with a keep-latest `key`: under the
+    /// `keep_latest` policy a full queue makes room by dropping the queued message of the
+    /// same channel and key (noticed as `Conflated`), then, if that is not enough (or
+    /// there is none), the channel's oldest, like `drop_oldest`.
+    pub fn push_keyed_message(
+        &mut self,
+        frame: F,
+        len: usize,
+        channel: &ChannelName,
+        position: StreamPosition,
+        policy: MessagePolicy,
+        key: Option<&str>,
+    ) -> Pushed {
+        self.push_message_with_alt(frame, len, channel, position, policy, key, None)
     }
 
     /// Queues an ephemeral push (best effort: no position, so nothing to recover). It

@@ -33,6 +33,7 @@ use ringcast_core::presence::{
     ChannelPresence, LastSeen, Member, PresenceEvent, PresenceStats, TypingGate, TYPING_INTERVAL,
 };
 use ringcast_core::send_queue::{Alt, GapCause, GapNotice, MessagePolicy};
+use ringcast_core::BackpressurePolicy;
 use ringcast_core::NodeId;
 use ringcast_core::TokenBucket;
 use ringcast_core::{
@@ -42,7 +43,7 @@ use ringcast_core::{
 use ringcast_proto::client::SubscribeOutcome;
 use ringcast_proto::client::{
     encode_delta_message, encode_ephemeral, encode_keyed_message, encode_resubscribed, encode_snapshot,
-    encode_subscribed, message_data, EphemeralKind, Since,
+    encode_subscribed, message_data, message_key, EphemeralKind, Since,
 };
 use ringcast_proto::cluster::{DeltaWire, OutcomeWire, PeerFrame};
 use ringcast_proto::ErrorCode;
@@ -845,6 +846,8 @@ impl Hub {
     fn fan_out(&self, channel: &ChannelName, st: &mut ChannelState, position: StreamPosition, msg: &Msg) {
         let mut delivered = 0u64;
         let mut gone: Vec<ConnId> = Vec::new();
+        // The keep-latest key, read out of the frame once for the message.
+        let mut key: Option<Option<&str>> = None;
         for (conn, sub) in &mut st.subscribers {
             if let Some(at) = sub.caught_up_to {
                 if position.epoch == at.epoch && position.offset <= at.offset {
@@ -853,7 +856,11 @@ impl Hub {
                 sub.caught_up_to = None;
             }
             let alt = msg.alt.as_ref().filter(|_| sub.delta).cloned();
-            match sub.outbox.push_message_alt(msg.frame.clone(), channel, position, sub.policy, alt) {
+            let k = match sub.policy.policy {
+                BackpressurePolicy::KeepLatest => *key.get_or_insert_with(|| message_key(msg.frame.as_str())),
+                _ => None,
+            };
+            match sub.outbox.push_message_alt(msg.frame.clone(), channel, position, sub.policy, k, alt) {
                 Pushed::Queued { dropped } => {
                     delivered += 1;
                     self.metrics.dropped(sub.policy.policy, dropped);
@@ -1650,7 +1657,6 @@ fn recover(log: &mut ChannelLog<Utf8Bytes>, since: Option<Since>, now: Millis) -
 mod tests {
     use super::*;
     use ringcast_core::dedup::DedupPolicy;
-    use ringcast_core::BackpressurePolicy;
     use std::time::Duration;
 
     fn sub(conn: u64, outbox: &Arc<Outbox>, since: Option<Since>, reply_id: u64) -> LocalSubscriber {

@@ -97,17 +97,24 @@ impl Outbox {
         position: StreamPosition,
         policy: MessagePolicy,
     ) -> Pushed {
-        self.push_message_alt(frame, channel, position, policy, None)
+        let key = match policy.policy {
+            BackpressurePolicy::KeepLatest => message_key(frame.as_str()).map(str::to_owned),
+            _ => None,
+        };
+        self.push_message_alt(frame, channel, position, policy, key.as_deref(), None)
     }
 
-    /// [`Outbox::push_message`] with the message's delta form, written instead when the
-    /// client holds its base (`ringcast_core::send_queue`, "Deltas").
+    /// [`Outbox::push_message`] with the message's keep-latest `key` read by the caller
+    /// (once per message, not per subscriber; used under `keep_latest` only) and its
+    /// delta form, written instead when the client holds its base
+    /// (`ringcast_core::send_queue`, "Deltas").
     pub fn push_message_alt(
         &self,
         frame: Utf8Bytes,
         channel: &ChannelName,
         position: StreamPosition,
         policy: MessagePolicy,
+        key: Option<&str>,
         alt: Option<Alt<Utf8Bytes>>,
     ) -> Pushed {
         let mut s = self.lock();
@@ -115,11 +122,7 @@ impl Outbox {
             return Pushed::Closed;
         }
         let len = frame.len();
-        let key = match policy.policy {
-            BackpressurePolicy::KeepLatest => message_key(frame.as_str()).map(str::to_owned),
-            _ => None,
-        };
-        let pushed = s.queue.push_message_with_alt(frame, len, channel, position, policy, key.as_deref(), alt);
+        let pushed = s.queue.push_message_with_alt(frame, len, channel, position, policy, key, alt);
         self.after_push(s, pushed)
     }
 
