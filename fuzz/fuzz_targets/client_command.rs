@@ -107,6 +107,18 @@ fn check_fields(req: &Request) {
             // Deltas read the previous version back out of the frame.
             assert_eq!(ringcast_proto::client::message_data(&push), Some(data.get()));
         }
+        Command::PSubscribe { pattern, since } => {
+            let back = ringcast_core::Pattern::new(pattern.as_str()).unwrap_or_else(|e| panic!("{pattern}: {e}"));
+            assert_eq!(&back, pattern);
+            assert!(since.len() <= ringcast_proto::client::MAX_PATTERN_SINCE);
+            for (channel, _) in since {
+                channel_ok(channel);
+                assert!(pattern.matches(channel), "a resumed channel {channel} matches {pattern}");
+            }
+        }
+        Command::PUnsubscribe { pattern } => {
+            assert!(ringcast_core::Pattern::new(pattern.as_str()).is_ok());
+        }
         Command::Connect { .. } | Command::Refresh { .. } | Command::Ping => {}
     }
 }
@@ -123,7 +135,10 @@ struct Wire<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    since: Option<SinceWire>,
+    pattern: Option<&'a str>,
+    /// A position, or for `psubscribe` an object of positions by channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,6 +167,7 @@ fn encode(req: &Request) -> String {
         id: req.id,
         kind: "ping",
         channel: None,
+        pattern: None,
         token: None,
         since: None,
         data: None,
@@ -162,9 +178,11 @@ fn encode(req: &Request) -> String {
         snapshot: None,
         delta: false,
     };
-    let since_wire = |s: &Option<Since>| {
-        s.map(|Since { epoch, offset }| SinceWire { epoch: epoch.map(|e| e.to_string()), offset: offset.0 })
+    let position = |Since { epoch, offset }: Since| {
+        serde_json::to_value(SinceWire { epoch: epoch.map(|e| e.to_string()), offset: offset.0 })
+            .unwrap_or_else(|e| panic!("{e}"))
     };
+    let since_wire = |s: &Option<Since>| s.map(position);
     match &req.command {
         Command::Connect { token, since } => {
             w.kind = "connect";
@@ -215,6 +233,19 @@ fn encode(req: &Request) -> String {
             w.channel = Some(channel.as_str());
             w.before = before.map(|b| b.0);
             w.limit = Some(*limit);
+        }
+        Command::PSubscribe { pattern, since } => {
+            w.kind = "psubscribe";
+            w.pattern = Some(pattern.as_str());
+            if !since.is_empty() {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    since.iter().map(|(c, s)| (c.as_str().to_owned(), position(*s))).collect();
+                w.since = Some(serde_json::Value::Object(map));
+            }
+        }
+        Command::PUnsubscribe { pattern } => {
+            w.kind = "punsubscribe";
+            w.pattern = Some(pattern.as_str());
         }
         Command::Ping => {}
     }

@@ -46,6 +46,15 @@ impl ChannelPattern {
     pub fn matches(&self, channel: &ChannelName) -> bool {
         glob(self.0.as_bytes(), channel.as_str().as_bytes())
     }
+
+    /// Whether the pattern grants every channel of the subscription `pattern`: it
+    /// matches the pattern's text. Sound because a glob's literal characters never
+    /// match `*` or `>` (they are not allowed in one), so the pattern's wildcards fall
+    /// inside the glob's own `*` runs, which match whatever a wildcard stands for.
+    #[must_use]
+    pub fn covers(&self, pattern: &crate::pattern::Pattern) -> bool {
+        glob(self.0.as_bytes(), pattern.as_str().as_bytes())
+    }
 }
 
 /// Greedy glob with single-star backtracking: O(|p| * |s|) worst case, no recursion.
@@ -91,6 +100,21 @@ mod tests {
         assert!(!m("chat:room1", "chat:room10"));
         assert!(m("a*b*c", "aXXbYYc"));
         assert!(!m("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn a_glob_covers_a_subscription_pattern_only_when_it_grants_all_it_matches() {
+        let covers = |glob: &str, pattern: &str| {
+            let g = ChannelPattern::new(glob).unwrap_or_else(|e| panic!("{e}"));
+            g.covers(&crate::pattern::Pattern::new(pattern).unwrap_or_else(|e| panic!("{e}")))
+        };
+        assert!(covers("scores:*", "scores:>"));
+        assert!(covers("scores:*", "scores:nba:*"));
+        assert!(covers("*", "chat:>"));
+        assert!(covers("scores:nba:*", "scores:nba:*"));
+        assert!(!covers("scores:nba:*", "scores:>"));
+        assert!(!covers("scores:nba:lakers", "scores:nba:*"));
+        assert!(!covers("chat:*", "scores:>"));
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! - [`presence`]: who is in a channel (debounced join/leave per user), the typing
 //!   rate limit and the last-seen table of the connection registry.
 //! - [`caps`]: channel capability patterns carried in client tokens.
+//! - [`pattern`]: subscription patterns (`scores:nba:*`, `scores:>`) and their matching.
 //! - [`ratelimit`]: token buckets on an injected clock.
 //! - [`backoff`]: full-jitter reconnect delays with injected randomness.
 //!
@@ -39,6 +40,7 @@ pub mod mirror;
 pub mod name;
 pub mod namespace;
 pub mod ownership;
+pub mod pattern;
 pub mod position;
 pub mod presence;
 pub mod ratelimit;
@@ -51,6 +53,7 @@ pub use caps::{ChannelPattern, PatternError};
 pub use log::{Appended, ChannelLog, HistoryPage, NotRecoveredReason, Recovery};
 pub use name::{ChannelName, ConnId, NameError, NamespaceName, NodeId};
 pub use namespace::{BackpressurePolicy, NamespaceError, NamespaceOptions};
+pub use pattern::{Pattern, PatternSyntaxError};
 pub use position::{Epoch, Offset, PositionError, StreamPosition};
 pub use ratelimit::TokenBucket;
 pub use ring::{Ring, RingError};

@@ -116,6 +116,11 @@ pub struct NamespaceOptions {
     /// message as an RFC 7396 merge patch against it (`base`, `patch`) instead of the
     /// full `data` ([`crate::delta`]).
     pub delta: bool,
+    /// Pattern subscriptions (default false): clients whose token grants it may
+    /// `psubscribe` to patterns of this namespace (`scores:nba:*`, `scores:>`;
+    /// [`crate::pattern`]). Every node then sends the subscriber's node the messages of
+    /// every matching channel it owns: meant for server consumers and dashboards.
+    pub patterns: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -140,6 +145,7 @@ impl Default for NamespaceOptions {
             max_keys: crate::latest::LatestPolicy::default().max_keys,
             state_ttl: crate::latest::LatestPolicy::default().ttl,
             delta: false,
+            patterns: false,
         }
     }
 }

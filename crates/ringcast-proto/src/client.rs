@@ -9,7 +9,7 @@
 
 use crate::codes::ErrorCode;
 use ringcast_core::dedup::MAX_IDEMPOTENCY_KEY_BYTES;
-use ringcast_core::{ChannelName, Epoch, NotRecoveredReason, Offset, StreamPosition};
+use ringcast_core::{ChannelName, Epoch, NotRecoveredReason, Offset, Pattern, StreamPosition};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -64,6 +64,15 @@ pub enum Command {
     },
     Unsubscribe {
         channel: ChannelName,
+    },
+    /// A pattern subscription (`ringcast_core::pattern`): live messages of every
+    /// matching channel; `since` resumes the listed channels like `subscribe` would.
+    PSubscribe {
+        pattern: Pattern,
+        since: Vec<(ChannelName, Since)>,
+    },
+    PUnsubscribe {
+        pattern: Pattern,
     },
     Publish {
         channel: ChannelName,
@@ -128,6 +137,8 @@ struct Envelope<'a> {
     snapshot: Option<bool>,
     #[serde(default)]
     delta: Option<bool>,
+    #[serde(default, borrow)]
+    pattern: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +192,12 @@ pub fn decode_command(text: &str) -> Result<Request, DecodeError> {
         }
         Ok(name)
     };
+    let pattern = |p: &Option<Cow<'_, str>>| -> Result<Pattern, DecodeError> {
+        let raw = p
+            .as_deref()
+            .ok_or_else(|| err(some, ErrorCode::BadRequest, format!("`{}` needs a `pattern`", env.kind)))?;
+        Pattern::new(raw).map_err(|e| err(some, ErrorCode::InvalidChannel, format!("invalid pattern: {e}")))
+    };
     let command = match env.kind.as_ref() {
         "connect" => {
             Command::Connect { token: env.token, since: env.since.map(|raw| decode_since(raw, id)).transpose()? }
@@ -201,6 +218,12 @@ pub fn decode_command(text: &str) -> Result<Request, DecodeError> {
             Command::State { channel: channel(&env.channel)?, key: env.key }
         }
         "unsubscribe" => Command::Unsubscribe { channel: channel(&env.channel)? },
+        "psubscribe" => {
+            let pattern = pattern(&env.pattern)?;
+            let since = env.since.map(|raw| decode_pattern_since(raw, &pattern, id)).transpose()?;
+            Command::PSubscribe { pattern, since: since.unwrap_or_default() }
+        }
+        "punsubscribe" => Command::PUnsubscribe { pattern: pattern(&env.pattern)? },
         "publish" => {
             let channel = channel(&env.channel)?;
             let data = env.data.ok_or_else(|| err(some, ErrorCode::BadRequest, "`publish` needs `data`"))?;
@@ -241,6 +264,30 @@ fn decode_since(raw: &RawValue, id: u64) -> Result<Since, DecodeError> {
         Some(e) => Some(e.parse::<Epoch>().map_err(|e| bad(format!("`since.epoch`: {e}")))?),
     };
     Ok(Since { epoch, offset: Offset(s.offset) })
+}
+
+/// Channels a `psubscribe` may resume at once.
+pub const MAX_PATTERN_SINCE: usize = 1000;
+
+/// A `psubscribe`'s `since`: an object from channel names the pattern matches to
+/// positions (`{"scores:nba:g1": {"epoch": "..", "offset": 41}}`).
+fn decode_pattern_since(raw: &RawValue, pattern: &Pattern, id: u64) -> Result<Vec<(ChannelName, Since)>, DecodeError> {
+    let bad = |code, m: String| err(Some(id), code, m);
+    let map: std::collections::BTreeMap<Cow<'_, str>, &RawValue> = serde_json::from_str(raw.get())
+        .map_err(|e| bad(ErrorCode::InvalidPosition, format!("`since` must map channel names to positions: {e}")))?;
+    if map.len() > MAX_PATTERN_SINCE {
+        return Err(bad(ErrorCode::BadRequest, format!("`since` lists at most {MAX_PATTERN_SINCE} channels")));
+    }
+    map.into_iter()
+        .map(|(name, pos)| {
+            let channel = ChannelName::new(&name)
+                .map_err(|e| bad(ErrorCode::InvalidChannel, format!("`since`: invalid channel {name:?}: {e}")))?;
+            if !pattern.matches(&channel) {
+                return Err(bad(ErrorCode::InvalidChannel, format!("`since`: {channel} does not match {pattern}")));
+            }
+            Ok((channel, decode_since(pos, id)?))
+        })
+        .collect()
 }
 
 /// Idempotency keys: 1..=128 bytes of printable ASCII.
@@ -605,6 +652,28 @@ pub fn encode_resubscribed(channel: &ChannelName, top: StreamPosition, oldest: O
         oldest,
         newest,
     })
+}
+
+/// The `psubscribed` reply: the pattern is live on every node (messages sequenced from
+/// now on reach the client). It follows the pushes for the `resuming` channels of its
+/// `since`: each a `subscribed` push (and its replay) or an `error` push naming it.
+#[must_use]
+pub fn encode_psubscribed(id: u64, pattern: &Pattern, resuming: usize) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        pattern: &'a str,
+        resuming: usize,
+    }
+    reply(id, "psubscribed", Body { pattern: pattern.as_str(), resuming })
+}
+
+#[must_use]
+pub fn encode_punsubscribed(id: u64, pattern: &Pattern) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        pattern: &'a str,
+    }
+    reply(id, "punsubscribed", Body { pattern: pattern.as_str() })
 }
 
 #[must_use]

@@ -18,7 +18,7 @@
 use bincode::{Decode, Encode};
 
 /// Version of this frame catalogue, sent in `Hello`.
-pub const FRAMES_VERSION: u16 = 5;
+pub const FRAMES_VERSION: u16 = 6;
 
 /// A message's delta form between nodes: a `message` frame carrying a merge patch
 /// against the message at `base`.
@@ -187,6 +187,14 @@ pub enum PeerFrame {
     /// Owner -> interested node: a `join`, `leave` or `typing` push for the channel's
     /// local subscribers (`join_leave`: only those that receive joins and leaves).
     Ephemeral { slot: u16, slot_epoch: u64, channel: String, frame: String, join_leave: bool },
+    /// Any node -> every other node: the patterns its clients subscribed to
+    /// (`psubscribe`), as changes (`add`, `remove`) or, with `reset`, its complete set
+    /// (sent first on every new link, so a restarted or re-linked node converges). An
+    /// owner sends a node the `Deliver` of every channel one of its patterns matches.
+    /// A non-zero `req` asks for `PatternsAck` once the change applies.
+    Patterns { req: u64, reset: bool, add: Vec<String>, remove: Vec<String> },
+    /// The `Patterns` change `req` applies to every message sequenced from now on.
+    PatternsAck { req: u64 },
     /// Gateway -> owner: a presence query: counts and up to `limit` members, and with
     /// `registry` (a `#user:` channel) the user's last-seen time.
     PresenceQuery { req: u64, slot: u16, slot_epoch: u64, channel: String, limit: u32 },
@@ -273,6 +281,7 @@ impl PeerFrame {
                 channel.len() + user.len() + info.as_ref().map_or(0, String::len)
             }
             PeerFrame::Ephemeral { channel, frame, .. } => channel.len() + frame.len(),
+            PeerFrame::Patterns { add, remove, .. } => add.iter().chain(remove).map(|p| p.len() + 8).sum(),
             PeerFrame::PresenceQuery { channel, .. } | PeerFrame::State { channel, .. } => channel.len(),
             PeerFrame::PublishBatch { items, .. } => items
                 .iter()
@@ -298,7 +307,8 @@ impl PeerFrame {
             PeerFrame::Acked { .. }
             | PeerFrame::HandedOff { .. }
             | PeerFrame::Replicated { .. }
-            | PeerFrame::ReplicaSynced { .. } => 0,
+            | PeerFrame::ReplicaSynced { .. }
+            | PeerFrame::PatternsAck { .. } => 0,
             PeerFrame::Replicate { channel, frame, idempotency_key, key, .. } => {
                 channel.len()
                     + frame.len()

@@ -10,13 +10,14 @@
 //!
 //! Adding a golden file without teaching this test about it (or the reverse) fails.
 
-use ringcast_core::{ChannelName, Epoch, NotRecoveredReason, Offset, StreamPosition};
+use ringcast_core::{ChannelName, Epoch, NotRecoveredReason, Offset, Pattern, StreamPosition};
 use ringcast_proto::client::{
     decode_command, encode_ack, encode_connected, encode_delta_message, encode_ephemeral, encode_error, encode_gap,
     encode_history, encode_keyed_message, encode_message, encode_pong, encode_presence, encode_presence_stats,
-    encode_refreshed, encode_resubscribed, encode_snapshot, encode_state_reply, encode_subscribed, encode_typing_sent,
-    encode_unsubscribed, Ack, Command, Connected, EphemeralKind, GapReason, HistoryReply, PresenceMember,
-    PresenceReply, PresenceStatsReply, Request, SubscribeOutcome, DEFAULT_HISTORY_LIMIT,
+    encode_psubscribed, encode_punsubscribed, encode_refreshed, encode_resubscribed, encode_snapshot,
+    encode_state_reply, encode_subscribed, encode_typing_sent, encode_unsubscribed, Ack, Command, Connected,
+    EphemeralKind, GapReason, HistoryReply, PresenceMember, PresenceReply, PresenceStatsReply, Request,
+    SubscribeOutcome, DEFAULT_HISTORY_LIMIT,
 };
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
@@ -77,6 +78,8 @@ fn kind(command: &Command) -> &'static str {
         Command::PresenceStats { .. } => "presence_stats",
         Command::Typing { .. } => "typing",
         Command::State { .. } => "state",
+        Command::PSubscribe { .. } => "psubscribe",
+        Command::PUnsubscribe { .. } => "punsubscribe",
         Command::Ping => "ping",
     }
 }
@@ -97,6 +100,12 @@ fn check_variant(name: &str, request: &Request) {
         }
         ("subscribe_delta", Command::Subscribe { delta, snapshot, .. }) => *delta && snapshot.is_none(),
         ("state", Command::State { key, .. }) => key.is_none(),
+        ("psubscribe", Command::PSubscribe { since, .. }) => since.is_empty(),
+        ("psubscribe_since", Command::PSubscribe { pattern, since }) => {
+            pattern.as_str() == "scores:>"
+                && since.len() == 2
+                && since.iter().all(|(c, s)| pattern.matches(c) && s.epoch.is_some())
+        }
         ("state_key", Command::State { key, .. }) => key.as_deref() == Some("game-18"),
         ("publish_idempotent", Command::Publish { idempotency_key, .. }) => idempotency_key.is_some(),
         ("history", Command::History { before, limit, .. }) => before.is_none() && *limit == DEFAULT_HISTORY_LIMIT,
@@ -165,6 +174,10 @@ fn epoch() -> Epoch {
 
 fn channel() -> ChannelName {
     ChannelName::new(CHANNEL).unwrap_or_else(|e| panic!("{CHANNEL}: {e}"))
+}
+
+fn pattern(p: &str) -> Pattern {
+    Pattern::new(p).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
 fn at(offset: u64) -> StreamPosition {
@@ -323,6 +336,8 @@ fn server_frames() -> BTreeMap<&'static str, String> {
         ("join", encode_ephemeral(EphemeralKind::Join, &c, "alice", Some(&alice))),
         ("leave", encode_ephemeral(EphemeralKind::Leave, &c, "bob", None)),
         ("typing", encode_ephemeral(EphemeralKind::Typing, &c, "alice", Some(&alice))),
+        ("psubscribed", encode_psubscribed(51, &pattern("scores:>"), 2)),
+        ("punsubscribed", encode_punsubscribed(52, &pattern("scores:nba:*"))),
     ])
 }
 

@@ -57,6 +57,12 @@ impl Identity {
         self.subscribe.iter().any(|p| p.matches(channel))
     }
 
+    /// A pattern subscription: one `subscribe` grant covers every channel it matches.
+    #[must_use]
+    pub fn may_subscribe_pattern(&self, pattern: &ringcast_core::Pattern) -> bool {
+        self.subscribe.iter().any(|p| p.covers(pattern))
+    }
+
     #[must_use]
     pub fn may_publish(&self, channel: &ChannelName) -> bool {
         self.publish.iter().any(|p| p.matches(channel))

@@ -126,6 +126,9 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Subscriptions per connection (default 512), `too_many_channels` beyond.
     pub max_channels_per_connection: usize,
+    /// Pattern subscriptions per connection (default 16; 0 refuses them all),
+    /// `too_many_channels` beyond. Each costs every node a test per new channel.
+    pub max_patterns_per_connection: usize,
     /// Sustained commands per second per connection (default 100), `rate_limited` beyond.
     pub commands_per_second: u32,
     /// Commands a connection may send in a burst (default 200).
@@ -298,6 +301,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_frame_bytes: 128 * 1024,
             max_channels_per_connection: 512,
+            max_patterns_per_connection: 16,
             commands_per_second: 100,
             command_burst: 200,
             handshakes_per_second: 1000,
@@ -477,6 +481,9 @@ impl Config {
         }
         if l.max_channels_per_connection == 0 {
             return invalid("limits.max_channels_per_connection", "must be at least 1".into());
+        }
+        if l.max_patterns_per_connection > 1000 {
+            return invalid("limits.max_patterns_per_connection", "must be at most 1000".into());
         }
         if l.command_burst == 0 {
             return invalid("limits.command_burst", "must be at least 1".into());

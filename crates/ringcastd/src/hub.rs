@@ -22,6 +22,11 @@
 //!   in-order pushes to local subscribers.
 //!
 //! Standalone, this node owns every slot; the router decides which role applies.
+//!
+//! Pattern subscriptions (the `patterns` submodule) ride on the same machinery: a
+//! connection's pattern is attached, as a subscriber, to every channel here it matches
+//! (and to each matching channel that appears later), and an owner sends `Deliver`
+//! frames to the nodes whose patterns match as well as to the nodes in `interest`.
 
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Pushed};
@@ -54,6 +59,9 @@ use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::debug;
+
+mod patterns;
+pub use patterns::{PatternRemoved, PatternSubscriber};
 
 /// Number of channel-map shards.
 const SHARDS: usize = 64;
@@ -120,6 +128,9 @@ struct ChannelState {
     /// Owner role: whether presence changes are pushed as `join`/`leave` (namespace
     /// `join_leave`, noted when the presence was created).
     join_leave: bool,
+    /// Owner role: the nodes whose pattern subscriptions match the channel, as of a
+    /// generation of the peers' pattern table (`patterns`).
+    pattern_nodes: Option<(u64, Vec<NodeId>)>,
     /// Set by the sweeper when it drops the channel from its shard; a caller holding a
     /// stale handle retries with a fresh one.
     removed: bool,
@@ -173,6 +184,9 @@ pub struct LocalSubscriber {
     pub snapshot: bool,
     /// `delta` namespaces: the client applies merge patches ([`Msg::alt`]).
     pub delta: bool,
+    /// A channel resumed for a pattern subscription (`psubscribe` with `since`): the
+    /// subscriber is attached as the pattern's, not as a subscription of its own.
+    pub pattern: bool,
 }
 
 /// A local client as presence shows it.
@@ -192,6 +206,9 @@ struct Subscriber {
     member: Option<MemberTag>,
     join_leave: bool,
     delta: bool,
+    /// Subscribed to the channel itself; false when attached for a pattern subscription
+    /// (which gets messages only: no presence, ephemeral pushes or deltas).
+    direct: bool,
     /// Gateway: the position the subscriber was attached at while the mirror was still
     /// behind it (waiting on a gap). What the mirror releases up to there, the
     /// subscriber already has from its replay; cleared once the stream passes it.
@@ -206,8 +223,14 @@ impl Subscriber {
             member: sub.member.clone(),
             join_leave: sub.join_leave,
             delta: sub.delta,
+            direct: !sub.pattern,
             caught_up_to: None,
         }
+    }
+
+    /// A connection attached to a channel for one of its pattern subscriptions.
+    fn for_pattern(outbox: Arc<Outbox>, policy: MessagePolicy) -> Subscriber {
+        Subscriber { outbox, policy, member: None, join_leave: false, delta: false, direct: false, caught_up_to: None }
     }
 }
 
@@ -335,6 +358,8 @@ pub struct Hub {
     /// each channel's lock, so the replica's snapshot (taken after setting it) holds
     /// every message sequenced before and none after.
     replica_paused: Vec<std::sync::atomic::AtomicBool>,
+    /// Pattern subscriptions: this node's, and its peers' (`patterns`).
+    patterns: patterns::Patterns,
 }
 
 /// One channel of a slot being handed off.
@@ -363,6 +388,7 @@ impl Hub {
             peers: OnceLock::new(),
             sealed: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
             replica_paused: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+            patterns: patterns::Patterns::default(),
         }
     }
 
@@ -483,11 +509,13 @@ impl Hub {
     fn with_channel<R>(&self, channel: &ChannelName, f: impl FnOnce(&mut ChannelState) -> R) -> R {
         let mut f = Some(f);
         loop {
+            let mut created = false;
             let cell = {
                 let mut shard = lock(self.shard(channel));
                 shard
                     .entry(channel.clone())
                     .or_insert_with(|| {
+                        created = true;
                         self.metrics.channels.fetch_add(1, Ordering::Relaxed);
                         Arc::new(Channel {
                             state: Mutex::new(ChannelState {
@@ -502,6 +530,7 @@ impl Hub {
                                 presence: None,
                                 typing: None,
                                 join_leave: false,
+                                pattern_nodes: None,
                                 removed: false,
                             }),
                         })
@@ -511,6 +540,9 @@ impl Hub {
             let mut st = lock(&cell.state);
             if st.removed {
                 continue;
+            }
+            if created {
+                self.attach_patterns(channel, &mut st);
             }
             // Invariant: `f` is taken exactly once, on the iteration that returns.
             if let Some(f) = f.take() {
@@ -938,9 +970,11 @@ impl Hub {
         }
     }
 
-    /// One `Deliver` per interested node. A node whose link cannot take it loses its
-    /// interest: when its link comes back it re-subscribes from its position and the
-    /// gap is replayed from history.
+    /// One `Deliver` per interested node: those in `interest`, and those whose pattern
+    /// subscriptions match the channel. A node in `interest` whose link cannot take it
+    /// loses its interest: when its link comes back it re-subscribes from its position
+    /// and the gap is replayed from history. A pattern's node keeps its patterns; its
+    /// mirror of the channel fills the gap from history when the next message arrives.
     fn fan_out_remote(
         &self,
         channel: &ChannelName,
@@ -949,12 +983,14 @@ impl Hub {
         msg: &Msg,
         slot_epoch: SlotEpoch,
     ) {
-        if st.interest.is_empty() {
+        self.refresh_pattern_nodes(channel, st);
+        let pattern_nodes = st.pattern_nodes.as_ref().map_or(&[][..], |(_, nodes)| &nodes[..]);
+        if st.interest.is_empty() && pattern_nodes.is_empty() {
             return;
         }
         let slot = Slot::of(channel).get();
         let delta = msg.alt.as_ref().map(|a| DeltaWire { base: a.base.0, frame: a.frame.as_str().to_owned() });
-        st.interest.retain(|node| {
+        let send = |node: &NodeId| {
             let sent = self.send_peer(
                 node,
                 PeerFrame::Deliver {
@@ -971,7 +1007,11 @@ impl Hub {
                 self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
             }
             sent
-        });
+        };
+        for node in pattern_nodes.iter().filter(|n| !st.interest.contains(*n)) {
+            send(node);
+        }
+        st.interest.retain(|node| send(node));
     }
 
     /// Owner: subscribes a local connection: queues the `subscribed` reply (and, with
@@ -985,9 +1025,7 @@ impl Hub {
         now: Millis,
     ) -> Result<(), ErrorCode> {
         self.with_channel(channel, |st| {
-            if st.subscribers.contains_key(&sub.conn) {
-                return Err(ErrorCode::AlreadySubscribed);
-            }
+            check_not_subscribed(st, sub)?;
             if self.is_sealed(channel) {
                 return Err(ErrorCode::Unavailable);
             }
@@ -1004,8 +1042,9 @@ impl Hub {
             if sub.delta {
                 sub.outbox.mark_stream(channel, top, holds_state);
             }
-            st.subscribers.insert(sub.conn, Subscriber::of(sub));
-            self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
+            if st.subscribers.insert(sub.conn, Subscriber::of(sub)).is_none() {
+                self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
+            }
             if let Some(m) = &sub.member {
                 let events = st.presence_mut(ns).join(&self.me, sub.conn, &m.user, m.info.clone(), now);
                 self.emit_presence(channel, st, events.into_iter().collect(), now);
@@ -1073,6 +1112,9 @@ impl Hub {
 
     /// Owner: `peer`'s link is gone; it re-subscribes from its positions when it returns.
     pub fn drop_peer(&self, peer: &NodeId) {
+        if let Some(total) = self.patterns.drop_peer(peer) {
+            self.metrics.peer_patterns.store(i64::try_from(total).unwrap_or(i64::MAX), Ordering::Relaxed);
+        }
         for shard in &self.shards {
             let cells: Vec<Arc<Channel>> = lock(shard).values().cloned().collect();
             for cell in cells {
@@ -1244,9 +1286,7 @@ impl Hub {
         snapshot: Option<Vec<String>>,
     ) -> Result<(), ErrorCode> {
         self.with_channel(channel, |st| {
-            if st.subscribers.contains_key(&sub.conn) {
-                return Err(ErrorCode::AlreadySubscribed);
-            }
+            check_not_subscribed(st, sub)?;
             let mut caught_up_to = None;
             match &mut st.mirror {
                 Some(m) if m.position().epoch != top.epoch => {
@@ -1269,8 +1309,9 @@ impl Hub {
             if sub.delta {
                 sub.outbox.mark_stream(channel, top, holds_state);
             }
-            st.subscribers.insert(sub.conn, Subscriber { caught_up_to, ..Subscriber::of(sub) });
-            self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
+            if st.subscribers.insert(sub.conn, Subscriber { caught_up_to, ..Subscriber::of(sub) }).is_none() {
+                self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(())
         })
     }
@@ -1286,16 +1327,27 @@ impl Hub {
 
     /// Gateway: a message from the remote owner. Returns false when nobody here wants
     /// the channel any more (the caller then tells the owner).
+    /// A channel this node has no state for is taken up when one of its pattern
+    /// subscriptions matches it: its mirror starts at this message.
     pub fn deliver_remote(&self, channel: &ChannelName, position: StreamPosition, frame: Msg, now: Millis) -> bool {
-        self.with_existing(channel, |st| {
+        let deliver = |st: &mut ChannelState| {
             if st.subscribers.is_empty() {
                 st.remote_interest = false;
                 st.mirror = None;
                 return false;
             }
-            let Some(mirror) = st.mirror.as_mut() else {
-                return true;
-            };
+            if st.mirror.is_none() {
+                if st.log.is_some() {
+                    // A stale owner's frame: this node sequences the channel now.
+                    return true;
+                }
+                // Only pattern subscribers get here (a subscription attaches its
+                // mirror): they follow the channel from the first message that arrives.
+                let before =
+                    StreamPosition { epoch: position.epoch, offset: Offset(position.offset.0.saturating_sub(1)) };
+                st.mirror = Some(Mirror::new(before, DEFAULT_MAX_PENDING));
+            }
+            let Some(mirror) = st.mirror.as_mut() else { return true };
             let mut ready = Vec::new();
             let mut restarted = None;
             if mirror.offer(position.epoch, position.offset, frame.clone(), now, &mut ready) == Offer::EpochChanged {
@@ -1304,7 +1356,7 @@ impl Hub {
                 let restart =
                     StreamPosition { epoch: position.epoch, offset: Offset(position.offset.0.saturating_sub(1)) };
                 mirror.rebase(restart);
-                mirror.offer(position.epoch, position.offset, frame, now, &mut ready);
+                mirror.offer(position.epoch, position.offset, frame.clone(), now, &mut ready);
                 restarted = Some(restart);
             }
             let epoch = mirror.position().epoch;
@@ -1313,8 +1365,12 @@ impl Hub {
             }
             self.fan_out_ready(channel, st, epoch, ready);
             true
-        })
-        .unwrap_or(false)
+        };
+        match self.with_existing(channel, deliver) {
+            Some(wanted) => wanted,
+            None if self.patterns.local_match(channel) => self.with_channel(channel, deliver),
+            None => false,
+        }
     }
 
     /// Removes `conn` from the channel's subscribers. Returns whether it was subscribed
@@ -1324,6 +1380,12 @@ impl Hub {
             .with_existing(channel, |st| {
                 let Some(sub) = st.subscribers.remove(&conn) else { return Unsubscribed::default() };
                 sub.outbox.forget(channel);
+                if sub.direct {
+                    if let Some(policy) = self.patterns.local_policy(conn, channel) {
+                        // Still wanted by one of the connection's patterns.
+                        st.subscribers.insert(conn, Subscriber::for_pattern(sub.outbox.clone(), policy));
+                    }
+                }
                 let mut member_elsewhere = false;
                 if sub.member.is_some() {
                     if st.log.is_some() {
@@ -1339,12 +1401,12 @@ impl Hub {
                     st.remote_interest = false;
                     st.mirror = None;
                 }
+                if !st.subscribers.contains_key(&conn) {
+                    self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                }
                 Unsubscribed { removed: true, release, member_elsewhere }
             })
             .unwrap_or_default();
-        if out.removed {
-            self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        }
         out
     }
 
@@ -1424,7 +1486,7 @@ impl Hub {
     }
 
     fn push_ephemeral_local(&self, st: &ChannelState, frame: &Utf8Bytes, join_leave: bool) {
-        for sub in st.subscribers.values().filter(|s| !join_leave || s.join_leave) {
+        for sub in st.subscribers.values().filter(|s| s.direct && (!join_leave || s.join_leave)) {
             if let Pushed::Dropped { .. } = sub.outbox.push_ephemeral(frame.clone()) {
                 self.metrics.ephemeral_drops.fetch_add(1, Ordering::Relaxed);
             }
@@ -1595,6 +1657,16 @@ impl Hub {
     }
 }
 
+/// A subscribe finds the connection already subscribed (`already_subscribed`) unless
+/// it was only attached for a pattern and now subscribes to the channel itself: its
+/// entry is then replaced (it keeps getting each message once).
+fn check_not_subscribed(st: &ChannelState, sub: &LocalSubscriber) -> Result<(), ErrorCode> {
+    match st.subscribers.get(&sub.conn) {
+        Some(s) if s.direct || sub.pattern => Err(ErrorCode::AlreadySubscribed),
+        _ => Ok(()),
+    }
+}
+
 /// An empty stream in `epoch` under the namespace's policies.
 fn new_log(epoch: Epoch, ns: &NamespaceOptions) -> ChannelLog<Utf8Bytes> {
     let mut log = ChannelLog::new(epoch, ns.history_policy(), ns.dedup_policy());
@@ -1672,6 +1744,7 @@ mod tests {
             join_leave: false,
             snapshot: false,
             delta: false,
+            pattern: false,
         }
     }
 
@@ -2221,5 +2294,132 @@ mod tests {
         let p = frames(&plain);
         assert!(p[2..].iter().all(|m| m.get("data").is_some() && m.get("patch").is_none()), "{p:?}");
         assert_eq!(h.metrics.deltas.load(Ordering::Relaxed), 3);
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Pattern subscriptions.
+
+    fn pat(s: &str) -> ringcast_core::Pattern {
+        ringcast_core::Pattern::new(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn psub(conn: u64, outbox: &Arc<Outbox>) -> PatternSubscriber {
+        PatternSubscriber {
+            conn: ConnId(conn),
+            outbox: outbox.clone(),
+            policy: NamespaceOptions::default().message_policy(outbox.bounds()),
+        }
+    }
+
+    /// `(channel, offset)` of the `message` frames among `frames`.
+    fn messages(frames: &[serde_json::Value]) -> Vec<(String, u64)> {
+        frames
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| (f["channel"].as_str().unwrap_or_default().to_owned(), f["offset"].as_u64().unwrap_or(0)))
+            .collect()
+    }
+
+    #[test]
+    fn a_pattern_gets_every_matching_channel_once_in_order_and_nothing_else() {
+        let h = hub();
+        let ns = NamespaceOptions::default();
+        let (old, new, other, deeper) =
+            (ch("scores:nba:a"), ch("scores:nba:b"), ch("scores:nfl:c"), ch("scores:nba:a:x"));
+        let pub_ = |c: &ChannelName| publish(&h, c, &ns, &raw("1"), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
+        pub_(&old);
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        assert!(h.add_pattern(&pat("scores:nba:*"), psub(1, &o)), "the node's first of the pattern");
+        assert!(!h.add_pattern(&pat("scores:nba:*"), psub(2, &Arc::new(Outbox::new(100, 1 << 20)))));
+        for c in [&old, &new, &other, &deeper, &new, &old] {
+            pub_(c);
+        }
+        let got = messages(&frames(&o));
+        let want = [("scores:nba:a", 2), ("scores:nba:b", 1), ("scores:nba:b", 2), ("scores:nba:a", 3)];
+        assert_eq!(got, want.map(|(c, o)| (c.to_owned(), o)), "existing and new channels, from now on, in order");
+
+        // Subscribing to a matched channel itself: the reply, then each message once.
+        assert_eq!(h.subscribe(&old, &ns, &sub(1, &o, None, 7), Millis(0)), Ok(()));
+        pub_(&old);
+        let f = frames(&o);
+        assert_eq!((f[0]["type"].as_str(), f[0]["id"].as_u64()), (Some("subscribed"), Some(7)));
+        assert_eq!(messages(&f[1..]), vec![("scores:nba:a".to_owned(), 4)]);
+        // Leaving it falls back to the pattern; the pattern's end stops everything.
+        assert!(h.unsubscribe(&old, ConnId(1), Millis(0)).removed);
+        pub_(&old);
+        assert_eq!(messages(&frames(&o)), vec![("scores:nba:a".to_owned(), 5)]);
+        let removed = h.remove_pattern(ConnId(1), &pat("scores:nba:*"));
+        assert!(!removed.last, "connection 2 still has it");
+        pub_(&old);
+        pub_(&new);
+        assert!(messages(&frames(&o)).is_empty());
+        assert!(h.remove_pattern(ConnId(2), &pat("scores:nba:*")).last);
+        assert_eq!(h.info(&old).local_subscribers, 0);
+        assert_eq!(h.metrics.subscriptions.load(Ordering::Relaxed), 0, "every attachment was counted back");
+    }
+
+    #[test]
+    fn owner_sends_each_matching_channel_once_to_each_pattern_node() {
+        let h = hub();
+        let rec = Arc::new(Recorder::default());
+        h.set_peers(rec.clone());
+        let ns = NamespaceOptions::default();
+        let (a, b) = (node("a"), node("b"));
+        h.peer_patterns(&a, true, vec![pat("scores:>")], &[]);
+        h.peer_patterns(&b, false, vec![pat("scores:nba:*"), pat("scores:nfl:*")], &[]);
+        let nba = ch("scores:nba:x");
+        // `a` also subscribed to the channel itself: still one Deliver per message.
+        assert!(h.serve_peer_subscribe(&nba, &ns, &a, 1, (None, false), true, Millis(0)));
+        let pub_ = |c: &ChannelName| publish(&h, c, &ns, &raw("1"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
+        pub_(&nba);
+        pub_(&ch("scores:mlb:y"));
+        pub_(&ch("chat:z"));
+        let delivered = |rec: &Recorder| -> Vec<(String, String)> {
+            std::mem::take(&mut *lock(&rec.0))
+                .into_iter()
+                .filter_map(|(n, f)| match f {
+                    PeerFrame::Deliver { channel, .. } => Some((n.as_str().to_owned(), channel)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut got = delivered(&rec);
+        got.sort();
+        let want = [("a", "scores:mlb:y"), ("a", "scores:nba:x"), ("b", "scores:nba:x")];
+        assert_eq!(got, want.map(|(n, c)| (n.to_owned(), c.to_owned())));
+        // Changes and resets apply; a peer that left takes its patterns with it.
+        h.peer_patterns(&b, false, Vec::new(), &[pat("scores:nba:*")]);
+        h.peer_patterns(&a, true, vec![pat("scores:mlb:*")], &[]);
+        pub_(&nba);
+        assert_eq!(delivered(&rec), vec![("a".to_owned(), "scores:nba:x".to_owned())], "a's own subscription only");
+        h.drop_peer(&a);
+        pub_(&ch("scores:mlb:y"));
+        assert!(delivered(&rec).is_empty());
+    }
+
+    #[test]
+    fn a_gateway_follows_a_matched_channel_from_its_first_deliver_and_fills_gaps() {
+        let h = hub();
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        h.add_pattern(&pat("scores:>"), psub(1, &o));
+        let c = ch("scores:nba:x");
+        let e = Epoch::new(77).unwrap_or_else(|| panic!("epoch"));
+        let msg = |offset: u64| {
+            let pos = StreamPosition { epoch: e, offset: Offset(offset) };
+            (pos, Msg::from(Utf8Bytes::from(ringcast_proto::client::encode_message(&c, pos, &raw("1")))))
+        };
+        for offset in [5, 7, 6] {
+            let (pos, m) = msg(offset);
+            assert!(h.deliver_remote(&c, pos, m, Millis(0)), "wanted");
+        }
+        let got: Vec<u64> = messages(&frames(&o)).into_iter().map(|(_, o)| o).collect();
+        assert_eq!(got, vec![5, 6, 7], "from the first message seen, in order once the gap closed");
+        // Nobody here wants other channels; after the pattern ends, not this one either.
+        let (pos, m) = msg(1);
+        assert!(!h.deliver_remote(&ch("chat:x"), pos, m, Millis(0)));
+        h.remove_pattern(ConnId(1), &pat("scores:>"));
+        let (pos, m) = msg(8);
+        assert!(!h.deliver_remote(&c, pos, m, Millis(0)));
+        assert!(frames(&o).is_empty());
     }
 }

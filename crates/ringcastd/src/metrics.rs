@@ -26,6 +26,10 @@ pub struct Metrics {
     pub connections: AtomicI64,
     pub connections_total: AtomicU64,
     pub subscriptions: AtomicI64,
+    /// Pattern subscriptions of this node's connections.
+    pub pattern_subscriptions: AtomicI64,
+    /// Patterns the other nodes registered here (distinct per node).
+    pub peer_patterns: AtomicI64,
     pub channels: AtomicI64,
     publishes_ws: AtomicU64,
     publishes_http: AtomicU64,
@@ -127,6 +131,18 @@ impl Metrics {
         gauge(&mut o, "ringcast_connections", "Open WebSocket sessions.", self.connections.load(Relaxed));
         gauge(&mut o, "ringcast_subscriptions", "Active subscriptions on this node.", self.subscriptions.load(Relaxed));
         gauge(&mut o, "ringcast_channels", "Channels with state on this node.", self.channels.load(Relaxed));
+        gauge(
+            &mut o,
+            "ringcast_pattern_subscriptions",
+            "Pattern subscriptions (psubscribe) of this node's connections.",
+            self.pattern_subscriptions.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "ringcast_peer_patterns",
+            "Patterns other nodes registered here; this node sends them the matching channels it owns.",
+            self.peer_patterns.load(Relaxed),
+        );
         let counter = |o: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };

@@ -161,6 +161,12 @@ impl Node {
         self.namespaces.get(channel.namespace())
     }
 
+    /// The options of the namespace a pattern subscription covers.
+    #[must_use]
+    pub fn pattern_namespace(&self, pattern: &ringcast_core::Pattern) -> Option<&NamespaceOptions> {
+        self.namespaces.get(pattern.namespace())
+    }
+
     #[must_use]
     pub fn any_anonymous_namespace(&self) -> bool {
         self.any_anonymous

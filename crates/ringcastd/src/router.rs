@@ -10,7 +10,7 @@
 use crate::cluster::Runtime;
 use crate::hub::{Hub, LocalSubscriber, PublishRequest, Published};
 use ringcast_core::ownership::{Route, RouteTable, SlotEpoch};
-use ringcast_core::{ChannelName, ConnId, Epoch, Millis, NamespaceOptions, NodeId, Offset, Slot};
+use ringcast_core::{ChannelName, ConnId, Epoch, Millis, NamespaceOptions, NodeId, Offset, Pattern, Slot};
 use ringcast_proto::ErrorCode;
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -173,6 +173,29 @@ impl Router {
             }
         }
         out.removed
+    }
+
+    /// A local connection's pattern subscription goes live here, then on every other
+    /// node: when this returns, the messages any node sequences reach it.
+    pub async fn psubscribe(&self, pattern: &Pattern, sub: crate::hub::PatternSubscriber) {
+        self.hub.add_pattern(pattern, sub);
+        if let Some(c) = &self.cluster {
+            c.add_pattern(pattern).await;
+        }
+    }
+
+    /// Ends a local connection's pattern subscription; tells the owners of channels
+    /// nobody here follows any more, and the other nodes when it was the last of its kind.
+    pub fn punsubscribe(&self, pattern: &Pattern, conn: ConnId) {
+        let out = self.hub.remove_pattern(conn, pattern);
+        if let Some(c) = &self.cluster {
+            for channel in &out.released {
+                c.release_interest(self, channel);
+            }
+            if out.last {
+                c.remove_pattern(pattern);
+            }
+        }
     }
 
     /// A channel's presence from its owner: counts and up to `limit` members, and for a

@@ -18,11 +18,12 @@ use crate::node::Node;
 use crate::outbox::{Outbox, Pushed};
 use futures_util::stream::FusedStream;
 use futures_util::{SinkExt, StreamExt};
-use ringcast_core::{ChannelName, ConnId, NamespaceOptions, TokenBucket};
+use ringcast_core::{ChannelName, ConnId, NamespaceOptions, Pattern, TokenBucket};
 use ringcast_proto::client::{
     decode_command, encode_ack, encode_connected, encode_error, encode_history, encode_pong, encode_presence,
-    encode_presence_stats, encode_refreshed, encode_state_reply, encode_typing_sent, encode_unsubscribed, message_key,
-    Ack, Command, Connected, HistoryReply, PresenceMember, PresenceReply, PresenceStatsReply, MAX_PRESENCE_MEMBERS,
+    encode_presence_stats, encode_psubscribed, encode_punsubscribed, encode_refreshed, encode_state_reply,
+    encode_typing_sent, encode_unsubscribed, message_key, Ack, Command, Connected, HistoryReply, PresenceMember,
+    PresenceReply, PresenceStatsReply, Since, MAX_PRESENCE_MEMBERS,
 };
 use ringcast_proto::{CloseCode, ErrorCode};
 use std::collections::HashSet;
@@ -40,6 +41,8 @@ use tracing::{debug, info_span, Instrument};
 
 /// Consecutive rate-limited commands after which the session is closed with 4009.
 pub const MAX_RATE_LIMIT_STRIKES: u32 = 50;
+/// Channels of a `psubscribe`'s `since` resumed at once.
+const PATTERN_RESUME_CONCURRENCY: usize = 32;
 /// How long a closing session waits for the client's close frame.
 const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
 /// Read size while discarding the input of a failed connection.
@@ -63,6 +66,8 @@ struct Session {
     outbox: Arc<Outbox>,
     identity: Option<Identity>,
     subscriptions: HashSet<ChannelName>,
+    /// Pattern subscriptions (`psubscribe`), in the order they were made.
+    patterns: Vec<Pattern>,
     bucket: TokenBucket,
     strikes: u32,
     /// When the auth deadline fires: the connect timeout, then the token's expiry.
@@ -84,6 +89,7 @@ where
             bucket: TokenBucket::new(limits.commands_per_second, limits.command_burst, node.now()),
             identity: None,
             subscriptions: HashSet::new(),
+            patterns: Vec::new(),
             strikes: 0,
             auth_deadline: Some(Instant::now() + limits.connect_timeout),
             node: node.clone(),
@@ -91,6 +97,10 @@ where
         };
         let code = s.run(ws).await;
         debug!(close = code.map(|c| c.code()), "session ended");
+        // Patterns first, so leaving a channel does not fall back to a pattern's copy.
+        for pattern in std::mem::take(&mut s.patterns) {
+            node.router.punsubscribe(&pattern, conn);
+        }
         let now = node.now();
         for channel in s.subscriptions.drain() {
             node.router.unsubscribe(&channel, conn, now);
@@ -268,6 +278,7 @@ impl Session {
             join_leave: ns.join_leave && self.may_see_presence(channel, ns),
             snapshot: false,
             delta: false,
+            pattern: false,
         }
     }
 
@@ -424,6 +435,15 @@ impl Session {
                 }
                 self.node.router.unsubscribe(&channel, self.conn, self.node.now());
                 self.reply(encode_unsubscribed(id, &channel));
+            }
+            Command::PSubscribe { pattern, since } => self.psubscribe(id, pattern, since).await?,
+            Command::PUnsubscribe { pattern } => {
+                let Some(at) = self.patterns.iter().position(|p| *p == pattern) else {
+                    return Err(reject(ErrorCode::NotSubscribed, format!("not subscribed to pattern {pattern}")));
+                };
+                self.patterns.remove(at);
+                self.node.router.punsubscribe(&pattern, self.conn);
+                self.reply(encode_punsubscribed(id, &pattern));
             }
             Command::Publish { channel, data, idempotency_key, key } => {
                 let started = Instant::now();
@@ -593,6 +613,72 @@ impl Session {
             return Err(reject(ErrorCode::PermissionDenied, format!("no subscribe capability for {channel}")));
         }
         Ok(ns)
+    }
+
+    /// A pattern subscription: checked like a subscribe to every channel it matches,
+    /// plus the namespace's `patterns` switch and the per-connection bound. The channels
+    /// of `since` are resumed first (each reported by a `subscribed` or `error` push),
+    /// then the pattern goes live on every node for every other matching channel, and
+    /// then the `psubscribed` reply goes out.
+    async fn psubscribe(&mut self, id: u64, pattern: Pattern, since: Vec<(ChannelName, Since)>) -> Result<(), Reject> {
+        let ns = self.node.pattern_namespace(&pattern).cloned().ok_or_else(|| {
+            reject(ErrorCode::UnknownNamespace, format!("namespace {:?} is not configured", pattern.namespace()))
+        })?;
+        if !ns.patterns {
+            return Err(reject(
+                ErrorCode::NotEnabled,
+                format!("pattern subscriptions are not enabled in namespace {:?}", pattern.namespace()),
+            ));
+        }
+        let allowed = ns.anonymous || self.identity.as_ref().is_some_and(|i| i.may_subscribe_pattern(&pattern));
+        if !allowed {
+            return Err(reject(
+                ErrorCode::PermissionDenied,
+                format!("no subscribe capability covers every channel of {pattern}"),
+            ));
+        }
+        if self.patterns.contains(&pattern) {
+            return Err(reject(ErrorCode::AlreadySubscribed, format!("already subscribed to pattern {pattern}")));
+        }
+        let max = self.node.config.limits.max_patterns_per_connection;
+        if self.patterns.len() >= max {
+            return Err(reject(
+                ErrorCode::TooManyChannels,
+                format!("at most {max} pattern subscriptions per connection"),
+            ));
+        }
+        let resuming = since.len();
+        let now = self.node.now();
+        let (router, ns_ref) = (&self.node.router, &ns);
+        let resumes = since.into_iter().map(|(channel, since)| {
+            let sub = crate::hub::LocalSubscriber {
+                pattern: true,
+                member: None,
+                join_leave: false,
+                ..self.subscriber(&channel, ns_ref, Some(since), None)
+            };
+            async move {
+                let r = router.subscribe(&channel, ns_ref, &sub, now).await;
+                (channel, r)
+            }
+        });
+        let results: Vec<_> =
+            futures_util::stream::iter(resumes).buffer_unordered(PATTERN_RESUME_CONCURRENCY).collect().await;
+        for (channel, r) in results {
+            if let Err(r) = r {
+                debug!(%channel, code = %r.code, "pattern resume failed");
+                self.reply_error(None, r.code, &format!("{channel}: {}", r.message));
+            }
+        }
+        let sub = crate::hub::PatternSubscriber {
+            conn: self.conn,
+            outbox: self.outbox.clone(),
+            policy: ns.message_policy(self.outbox.bounds()),
+        };
+        self.node.router.psubscribe(&pattern, sub).await;
+        self.reply(encode_psubscribed(id, &pattern, resuming));
+        self.patterns.push(pattern);
+        Ok(())
     }
 
     fn check_publish(&self, channel: &ChannelName) -> Result<NamespaceOptions, Reject> {

@@ -362,6 +362,23 @@ impl Runtime {
                     self.hub.deliver_ephemeral(&channel, Utf8Bytes::from(frame), join_leave);
                 }
             }
+            PeerFrame::Patterns { req, reset, add, remove } => {
+                let parse = |raw: Vec<String>| -> Vec<Pattern> {
+                    raw.into_iter()
+                        .filter_map(|p| match Pattern::new(&p) {
+                            Ok(p) => Some(p),
+                            Err(e) => {
+                                warn!(pattern = %p, error = %e, "invalid pattern from a peer ignored");
+                                None
+                            }
+                        })
+                        .collect()
+                };
+                self.hub.peer_patterns(peer, reset, parse(add), &parse(remove));
+                if req != 0 {
+                    self.send(peer, PeerFrame::PatternsAck { req });
+                }
+            }
             PeerFrame::PresenceQuery { req, slot, slot_epoch, channel, limit } => {
                 let result = self
                     .serve_slot(slot, slot_epoch)
@@ -419,6 +436,7 @@ impl Runtime {
             | PeerFrame::ReplicaSynced { .. }
             | PeerFrame::PresenceReply { .. }
             | PeerFrame::StateReply { .. }
+            | PeerFrame::PatternsAck { .. }
             | PeerFrame::PublishedBatch { .. }) => self.on_reply(reply),
         }
     }
@@ -467,6 +485,7 @@ impl Runtime {
             | PeerFrame::ReplicaSynced { req, .. }
             | PeerFrame::PresenceReply { req, .. }
             | PeerFrame::StateReply { req, .. }
+            | PeerFrame::PatternsAck { req }
             | PeerFrame::PublishedBatch { req, .. } => *req,
             _ => return,
         };

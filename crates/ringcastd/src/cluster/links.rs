@@ -80,6 +80,12 @@ impl Runtime {
                 let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
                 let hello = PeerFrame::Hello { node: self.me.to_string(), version: FRAMES_VERSION };
                 write_frame(&mut send, &hello, self.codec).await.map_err(|e| e.to_string())?;
+                // Whatever the peer held of our patterns (a previous link, or a previous
+                // process of ours) is replaced by what we have now; later changes follow
+                // on this stream.
+                let patterns =
+                    PeerFrame::Patterns { req: 0, reset: true, add: self.hub.local_patterns(), remove: Vec::new() };
+                write_frame(&mut send, &patterns, self.codec).await.map_err(|e| e.to_string())?;
                 Ok::<_, String>((conn, send))
             };
             let (conn, mut send) = tokio::select! {
@@ -125,6 +131,40 @@ impl Runtime {
                     warn!(error = %e, "link broke; re-dialling");
                     break;
                 }
+            }
+        }
+    }
+
+    /// A local connection subscribed to `pattern`: every other member adds it (it may
+    /// have it already, for another connection; the round trip is what counts). Returns
+    /// once each has acknowledged, so the messages they sequence from then on reach the
+    /// subscriber, or after [`PATTERN_SYNC_DEADLINE`] (logged) when one does not answer;
+    /// a member that missed it gets the whole set when its link comes up again.
+    pub(crate) async fn add_pattern(&self, pattern: &Pattern) {
+        let until = Instant::now() + PATTERN_SYNC_DEADLINE;
+        let members = self.members();
+        let acks = members.keys().filter(|id| **id != self.me).map(|peer| async move {
+            let frame =
+                |req| PeerFrame::Patterns { req, reset: false, add: vec![pattern.as_str().to_owned()], remove: vec![] };
+            if let Err(r) = self.request(peer, frame, until).await {
+                warn!(%peer, %pattern, reason = %r.message, "a peer did not acknowledge a pattern subscription");
+            }
+        });
+        futures_util::future::join_all(acks).await;
+    }
+
+    /// This node's last subscription to `pattern` ended: every other member drops it.
+    pub(crate) fn remove_pattern(&self, pattern: &Pattern) {
+        let members = self.members();
+        for peer in members.keys().filter(|id| **id != self.me) {
+            let frame = PeerFrame::Patterns {
+                req: 0,
+                reset: false,
+                add: Vec::new(),
+                remove: vec![pattern.as_str().to_owned()],
+            };
+            if !self.send(peer, frame) {
+                debug!(%peer, "pattern removal not queued; the peer gets the whole set when the link returns");
             }
         }
     }

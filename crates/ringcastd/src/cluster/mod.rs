@@ -50,7 +50,7 @@ use crate::router::{History, Refusal, Router, Target};
 use ringcast_cluster::membership::{ClaimExpect, MemberRecord, Membership, Role, View};
 use ringcast_cluster::transport::{read_frame, write_frame, FrameCodecConfig, Transport};
 use ringcast_core::ownership::{plan_with_ring, Claim, ClusterView, MemberInfo, Route, RouteTable, SlotEpoch};
-use ringcast_core::{ChannelName, Epoch, Millis, NamespaceOptions, NodeId, NotRecoveredReason, Offset, Slot};
+use ringcast_core::{ChannelName, Epoch, Millis, NamespaceOptions, NodeId, NotRecoveredReason, Offset, Pattern, Slot};
 use ringcast_proto::client::{check_history_limit, check_idempotency_key, Since, SubscribeOutcome};
 use ringcast_proto::cluster::{
     ChannelSnapshotWire, DeltaWire, MemberWire, OutcomeWire, PeerFrame, SinceWire, FRAMES_VERSION,
@@ -69,6 +69,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 /// How long a forwarded operation keeps retrying across slot moves.
 pub const FORWARD_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a `psubscribe` waits for the other members to acknowledge its pattern.
+const PATTERN_SYNC_DEADLINE: Duration = Duration::from_secs(3);
 /// Pause between retries while a slot is vacant or moving.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Slot claims in flight at once.

@@ -192,6 +192,13 @@ impl Runtime {
                 info!(peer = %id, "peer restarted; dropping its old link");
             }
         }
+        // Every member must know this node's patterns to send it their channels: a new
+        // (or restarted) member's link is dialled now, and sends them all when it is up.
+        if self.hub.has_local_patterns() {
+            for id in view.members.keys().filter(|id| **id != self.me) {
+                self.link(id);
+            }
+        }
 
         *self.planned.write().unwrap_or_else(PoisonError::into_inner) = (Arc::new(cv), table, may_claim);
         self.replan();
