@@ -8,7 +8,7 @@ use ringcast_tests::cluster::TestCluster;
 use ringcast_tests::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const FEED: &str = r#"
 [namespaces.feed]
@@ -218,5 +218,80 @@ async fn patterns_need_the_namespace_the_token_and_room() -> Result<()> {
     assert_eq!(got.get("open:x").map(|(_, o)| o.clone()), Some(vec![1, 2, 3]), "{got:?}");
     assert_quiet(&mut open, &node, "open:probe").await?;
     assert_eq!(node.metric("ringcast_pattern_subscriptions").await?, 3.0);
+    Ok(())
+}
+
+/// Publishes over HTTP through `node` with an idempotency key until acknowledged, as a
+/// backend that sees a failover would; returns the ack.
+async fn publish_until_acked(node: &Ringcastd, channel: &str, n: u64) -> Result<Value> {
+    let body = json!({"channel": channel, "data": {"n": n}, "idempotency_key": format!("{channel}-{n}")}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let r =
+            http(node.addr, "POST", "/v1/publish", &[("Authorization", &format!("Bearer {API_KEY}"))], &body).await?;
+        if r.status == 200 {
+            return Ok(r.json());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "publish {n} to {channel} never acknowledged: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publishes rounds `from..=to` to each channel through node 3; every ack is at offset
+/// `n` in the channel's one epoch (noted in `epochs`).
+async fn publish_rounds(
+    c: &TestCluster,
+    channels: [&str; 2],
+    epochs: &mut BTreeMap<String, Value>,
+    (from, to): (u64, u64),
+) -> Result<()> {
+    for n in from..=to {
+        for ch in channels {
+            let ack = publish_until_acked(&c.nodes[3], ch, n).await?;
+            assert_eq!(ack["offset"], json!(n), "{ch}: {ack}");
+            let epoch = epochs.entry(ch.to_owned()).or_insert_with(|| ack["epoch"].clone());
+            assert_eq!(*epoch, ack["epoch"], "{ch} keeps its epoch");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_follows_its_channels_through_a_drain_and_an_owner_crash() -> Result<()> {
+    let durable = "\n[namespaces.live]\nanonymous = true\nclient_publish = false\ndurable = true\npatterns = true\n";
+    let c = TestCluster::start(4, durable).await?;
+    let drained = c.channel_owned_by("live", "node-2").await?;
+    let crashed = c.channel_owned_by("live", "node-1").await?;
+    let (mut dash, _) = WsClient::connect(&c.nodes[0].ws_url(), None).await?;
+    let r = dash.request(json!({"type": "psubscribe", "pattern": "live:>"})).await?;
+    assert_eq!(r["type"], "psubscribed", "{r}");
+    let mut epochs = BTreeMap::new();
+    let channels = [drained.as_str(), crashed.as_str()];
+    publish_rounds(&c, channels, &mut epochs, (1, 10)).await?;
+    let auth = format!("Bearer {API_KEY}");
+    let r = http(c.nodes[2].addr, "POST", "/v1/admin/drain", &[("Authorization", &auth)], "").await?;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ["node-2", ""].contains(&c.owner_of(&drained).await?.as_str()) {
+        anyhow::ensure!(Instant::now() < deadline, "the slot never moved off node-2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish_rounds(&c, channels, &mut epochs, (11, 20)).await?;
+    c.nodes[1].signal("KILL")?;
+    publish_rounds(&c, channels, &mut epochs, (21, 30)).await?;
+
+    // Both channels, each in one epoch, every message once and in order.
+    let got = read(&mut dash, 60).await?;
+    let want: Vec<u64> = (1..=30).collect();
+    for ch in [&drained, &crashed] {
+        let (epoch, offsets) = got.get(ch.as_str()).with_context(|| format!("{ch} missing: {got:?}"))?;
+        assert_eq!(offsets, &want, "{ch}");
+        assert_eq!(json!(epoch), epochs[ch.as_str()], "{ch}: the epoch of every ack");
+    }
     Ok(())
 }
