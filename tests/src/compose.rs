@@ -290,6 +290,7 @@ pub fn record(
         }
         Event::Gap { channel, from, to, reason, .. } => bad.push(format!("{channel}: gap {from}..={to} ({reason})")),
         Event::Restarted { channel, at } => bad.push(format!("{channel}: restarted at {at:?}")),
-        Event::Connected { .. } | Event::Disconnected { .. } | Event::Subscribed { .. } => {}
+        Event::RefreshFailed { reason } => bad.push(format!("token refresh failed: {reason}")),
+        Event::Connected { .. } | Event::Disconnected { .. } | Event::Subscribed { .. } | Event::Refreshed { .. } => {}
     }
 }

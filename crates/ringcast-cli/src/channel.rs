@@ -104,6 +104,8 @@ pub async fn tail(
             (Event::Disconnected { node, reason }, false) => {
                 format!("# disconnected from {node}: {reason}; reconnecting")
             }
+            (Event::Refreshed { expires_at }, false) => format!("# token refreshed; expires at {expires_at:?}"),
+            (Event::RefreshFailed { reason }, false) => format!("# token refresh failed: {reason}"),
         };
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             break; // stdout closed (a pipe into head): done.

@@ -16,6 +16,12 @@
 //!
 //! Both speak JSON text frames over plain `ws://` URLs.
 //!
+//! Tokens expire. Give the client a [`TokenSource`] ([`Config::with_token_source`]): when
+//! the server pushes `expiring` it fetches a new token and sends `refresh`, so the
+//! session and its subscriptions carry on ([`Event::Refreshed`]); and when a session was
+//! closed for an expired token (`4002`), or a `connect` is refused with
+//! `token_expired`, it fetches a new token before it reconnects.
+//!
 //! Behind a load balancer, give the one LB URL as the only node and set
 //! [`Config::user`]: every connection then carries `?user=<id>`, which the LB hashes so
 //! a reconnect lands on the same node while it is up (`proto/client.md`, "Behind a load
@@ -26,6 +32,9 @@ use futures_util::{SinkExt, StreamExt};
 use ringcast_core::backoff::Backoff;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -39,13 +48,47 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a command waits for its reply before the connection counts as lost.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Command id of the `refresh` a [`Subscriber`] sends (subscribe ids count from 1).
+const REFRESH_ID: u64 = 1 << 50;
+
+type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// Where new tokens come from: typically a call to the application's backend, which
+/// signs one for the same user. An `Err` is reported ([`Event::RefreshFailed`]) and
+/// the session goes on with its current token until the server closes it.
+#[derive(Clone)]
+pub struct TokenSource(Arc<dyn Fn() -> TokenFuture + Send + Sync>);
+
+impl TokenSource {
+    pub fn new<F, Fut>(fetch: F) -> TokenSource
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        TokenSource(Arc::new(move || Box::pin(fetch())))
+    }
+
+    async fn fetch(&self) -> Result<String, String> {
+        (self.0)().await
+    }
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSource(..)")
+    }
+}
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// WebSocket URLs of the nodes to try, in order (`ws://host:port/ws`).
     pub nodes: Vec<String>,
-    /// A token for `connect`; `None` connects anonymously.
+    /// A token for `connect`; `None` connects anonymously. Replaced by each token the
+    /// [`Config::token_source`] gives.
     pub token: Option<String>,
+    /// Fetches new tokens before the current one expires (see the crate docs).
+    pub token_source: Option<TokenSource>,
     /// Sent as the query parameter [`USER_PARAM`] on every WebSocket URL, for a load
     /// balancer that routes by user (the server ignores it: identity comes from the
     /// token). Use the token's `sub`, or any stable id for anonymous users.
@@ -60,7 +103,15 @@ impl Config {
     /// A config for `nodes` with no token, no user and the default backoff.
     #[must_use]
     pub fn new(nodes: Vec<String>) -> Config {
-        Config { nodes, token: None, user: None, backoff: Backoff::default() }
+        Config { nodes, token: None, token_source: None, user: None, backoff: Backoff::default() }
+    }
+
+    /// The same config, connecting with `token` and refreshing it from `source`.
+    #[must_use]
+    pub fn with_token_source(mut self, token: impl Into<String>, source: TokenSource) -> Config {
+        self.token = Some(token.into());
+        self.token_source = Some(source);
+        self
     }
 
     /// The same config, sending `user` as `?user=` on every connection.
@@ -134,6 +185,13 @@ pub enum Event {
     Restarted { channel: String, at: Position },
     /// The connection ended; the subscriber reconnects on the next call.
     Disconnected { node: String, reason: String },
+    /// The session took a new token (after the server's `expiring` push); it now
+    /// expires at `expires_at` (UNIX seconds).
+    Refreshed { expires_at: Option<u64> },
+    /// A new token could not be fetched, or the server refused it: the session keeps
+    /// its current token and is closed when that expires (the client then fetches one
+    /// again before reconnecting).
+    RefreshFailed { reason: String },
 }
 
 /// Opens a connection to `url` and sends `connect` (with `since` for the user's
@@ -193,6 +251,31 @@ struct Dialer {
     config: Config,
     next: usize,
     attempt: u32,
+    /// The token expired: fetch a new one before the next attempt.
+    stale_token: bool,
+}
+
+impl Dialer {
+    fn new(config: Config) -> Dialer {
+        Dialer { config, next: 0, attempt: 0, stale_token: false }
+    }
+
+    /// Notes why a connection ended: a `4002` (token expired) close or refusal means
+    /// the next attempt needs a new token.
+    fn ended(&mut self, reason: &str) {
+        if reason.starts_with("closed 4002") || reason.contains("token_expired") {
+            self.stale_token = true;
+        }
+    }
+
+    /// A new token from the source, kept for later connections.
+    async fn fresh_token(&mut self) -> Result<String, String> {
+        let source = self.config.token_source.clone().ok_or("no token source")?;
+        let token = source.fetch().await?;
+        self.config.token = Some(token.clone());
+        self.stale_token = false;
+        Ok(token)
+    }
 }
 
 impl Dialer {
@@ -208,6 +291,13 @@ impl Dialer {
                 let delay = self.config.backoff.delay(self.attempt.saturating_sub(u32::from(first)), random_u64());
                 tokio::time::sleep(delay).await;
             }
+            if self.stale_token && self.config.token_source.is_some() {
+                if let Err(e) = self.fresh_token().await {
+                    debug!(error = %e, "could not fetch a new token");
+                    self.attempt = self.attempt.saturating_add(1);
+                    continue;
+                }
+            }
             let node = self.config.nodes[self.next % self.config.nodes.len()].clone();
             self.next = self.next.wrapping_add(1);
             let url = url_for(&node, self.config.user.as_deref());
@@ -218,6 +308,7 @@ impl Dialer {
                 }
                 Err(e) => {
                     debug!(%node, error = %e, "connect failed");
+                    self.ended(&e);
                     self.attempt = self.attempt.saturating_add(1);
                 }
             }
@@ -237,6 +328,8 @@ pub struct Subscriber {
     registry: Option<Position>,
     queued: VecDeque<Event>,
     connected_once: bool,
+    /// The server pushed `expiring`: refresh before reading on.
+    refresh_due: bool,
 }
 
 impl Subscriber {
@@ -244,12 +337,13 @@ impl Subscriber {
     #[must_use]
     pub fn new(config: Config, channels: &[&str]) -> Subscriber {
         Subscriber {
-            dialer: Dialer { config, next: 0, attempt: 0 },
+            dialer: Dialer::new(config),
             ws: None,
             channels: channels.iter().map(|c| ((*c).to_owned(), None)).collect(),
             registry: None,
             queued: VecDeque::new(),
             connected_once: false,
+            refresh_due: false,
         }
     }
 
@@ -274,6 +368,11 @@ impl Subscriber {
             if let Some(e) = self.queued.pop_front() {
                 return Ok(e);
             }
+            if std::mem::take(&mut self.refresh_due) {
+                if let Some(e) = self.refresh().await {
+                    return Ok(e);
+                }
+            }
             let Some((ws, node)) = self.ws.as_mut() else {
                 self.connect().await?;
                 continue;
@@ -287,6 +386,7 @@ impl Subscriber {
                 Err(reason) => {
                     let node = node.clone();
                     self.ws = None;
+                    self.dialer.ended(&reason);
                     return Ok(Event::Disconnected { node, reason });
                 }
             }
@@ -356,6 +456,21 @@ impl Subscriber {
         }
     }
 
+    /// The token expires soon: fetch a new one and send `refresh` (its reply becomes an
+    /// event in [`Subscriber::on_frame`]). Without a token source, nothing is done.
+    async fn refresh(&mut self) -> Option<Event> {
+        self.dialer.config.token_source.as_ref()?;
+        let token = match self.dialer.fresh_token().await {
+            Ok(t) => t,
+            Err(reason) => return Some(Event::RefreshFailed { reason }),
+        };
+        let (ws, _) = self.ws.as_mut()?;
+        let cmd = json!({"id": REFRESH_ID, "type": "refresh", "token": token});
+        // A failed send shows as the connection ending on the next read.
+        let _ = ws.send(Message::text(cmd.to_string())).await;
+        None
+    }
+
     /// Records the last position delivered on `channel`.
     fn note(&mut self, channel: &str, at: Position) {
         if channel.starts_with('#') {
@@ -414,6 +529,14 @@ impl Subscriber {
                 self.note(&channel, at.clone());
                 Some(Event::Restarted { channel, at })
             }
+            Some("expiring") => {
+                self.refresh_due = true;
+                None
+            }
+            Some("refreshed") => Some(Event::Refreshed { expires_at: v["expires_at"].as_u64() }),
+            Some("error") if v["id"] == REFRESH_ID => {
+                Some(Event::RefreshFailed { reason: v["error"]["message"].as_str().unwrap_or("refused").to_owned() })
+            }
             _ => None,
         })
     }
@@ -438,7 +561,7 @@ pub struct Publisher {
 impl Publisher {
     #[must_use]
     pub fn new(config: Config) -> Publisher {
-        Publisher { dialer: Dialer { config, next: 0, attempt: 0 }, ws: None, next_id: 1 }
+        Publisher { dialer: Dialer::new(config), ws: None, next_id: 1 }
     }
 
     /// Publishes `data` on `channel` with `key`, retrying the same key until acked or
@@ -506,6 +629,7 @@ impl Publisher {
                     last = format!("{code}: {message}");
                 }
                 Ok(Err(e)) => {
+                    self.dialer.ended(&e);
                     last = e;
                     self.ws = None;
                 }

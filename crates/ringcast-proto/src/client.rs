@@ -852,6 +852,20 @@ pub fn encode_refreshed(id: u64, expires_at: Option<u64>) -> String {
     reply(id, "refreshed", Body { expires_at })
 }
 
+/// The `expiring` push: the session's token expires at `expires_at` (UNIX seconds), in
+/// `in_ms`; send `refresh` with a new token before then or the session closes with 4002.
+#[must_use]
+pub fn encode_expiring(expires_at: u64, in_ms: u64) -> String {
+    #[derive(Serialize)]
+    struct Push {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        expires_at: u64,
+        in_ms: u64,
+    }
+    to_json(&Push { kind: "expiring", expires_at, in_ms })
+}
+
 #[must_use]
 pub fn encode_pong(id: u64) -> String {
     #[derive(Serialize)]

@@ -12,11 +12,11 @@
 
 use ringcast_core::{ChannelName, Epoch, NotRecoveredReason, Offset, Pattern, StreamPosition};
 use ringcast_proto::client::{
-    decode_command, encode_ack, encode_connected, encode_delta_message, encode_ephemeral, encode_error, encode_gap,
-    encode_history, encode_keyed_message, encode_message, encode_pong, encode_presence, encode_presence_stats,
-    encode_psubscribed, encode_punsubscribed, encode_refreshed, encode_resubscribed, encode_snapshot,
-    encode_state_reply, encode_subscribed, encode_typing_sent, encode_unsubscribed, Ack, Command, Connected,
-    EphemeralKind, GapReason, HistoryReply, PresenceMember, PresenceReply, PresenceStatsReply, Request,
+    decode_command, encode_ack, encode_connected, encode_delta_message, encode_ephemeral, encode_error,
+    encode_expiring, encode_gap, encode_history, encode_keyed_message, encode_message, encode_pong, encode_presence,
+    encode_presence_stats, encode_psubscribed, encode_punsubscribed, encode_refreshed, encode_resubscribed,
+    encode_snapshot, encode_state_reply, encode_subscribed, encode_typing_sent, encode_unsubscribed, Ack, Command,
+    Connected, EphemeralKind, GapReason, HistoryReply, PresenceMember, PresenceReply, PresenceStatsReply, Request,
     SubscribeOutcome, DEFAULT_HISTORY_LIMIT,
 };
 use ringcast_proto::ErrorCode;
@@ -337,6 +337,7 @@ fn server_frames() -> BTreeMap<&'static str, String> {
         ("leave", encode_ephemeral(EphemeralKind::Leave, &c, "bob", None)),
         ("typing", encode_ephemeral(EphemeralKind::Typing, &c, "alice", Some(&alice))),
         ("psubscribed", encode_psubscribed(51, &pattern("scores:>"), 2)),
+        ("expiring", encode_expiring(1_893_459_600, 29_500)),
         ("punsubscribed", encode_punsubscribed(52, &pattern("scores:nba:*"))),
     ])
 }

@@ -193,6 +193,11 @@ pub struct AuthConfig {
     /// Clock skew allowed on `exp` and `nbf` (default `"5s"`).
     #[serde(with = "ringcast_core::time::serde_duration")]
     pub leeway: Duration,
+    /// How long before a session's token expires the server pushes `expiring`, so the
+    /// client can fetch a new token and `refresh` (default `"30s"`; `"0s"` disables;
+    /// at most `"1h"`). A token shorter than twice this gets the push half-way through.
+    #[serde(with = "ringcast_core::time::serde_duration")]
+    pub refresh_notice: Duration,
     /// Browser origins allowed to open WebSockets (default: empty = any). Requests
     /// without an `Origin` header (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
@@ -334,6 +339,7 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(5),
+            refresh_notice: Duration::from_secs(30),
             allowed_origins: Vec::new(),
         }
     }
@@ -481,6 +487,9 @@ impl Config {
         }
         if l.max_channels_per_connection == 0 {
             return invalid("limits.max_channels_per_connection", "must be at least 1".into());
+        }
+        if self.auth.refresh_notice > Duration::from_secs(3600) {
+            return invalid("auth.refresh_notice", "must be at most 1h".into());
         }
         if l.max_patterns_per_connection > 1000 {
             return invalid("limits.max_patterns_per_connection", "must be at most 1000".into());

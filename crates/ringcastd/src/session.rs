@@ -20,10 +20,10 @@ use futures_util::stream::FusedStream;
 use futures_util::{SinkExt, StreamExt};
 use ringcast_core::{ChannelName, ConnId, NamespaceOptions, Pattern, TokenBucket};
 use ringcast_proto::client::{
-    decode_command, encode_ack, encode_connected, encode_error, encode_history, encode_pong, encode_presence,
-    encode_presence_stats, encode_psubscribed, encode_punsubscribed, encode_refreshed, encode_state_reply,
-    encode_typing_sent, encode_unsubscribed, message_key, Ack, Command, Connected, HistoryReply, PresenceMember,
-    PresenceReply, PresenceStatsReply, Since, MAX_PRESENCE_MEMBERS,
+    decode_command, encode_ack, encode_connected, encode_error, encode_expiring, encode_history, encode_pong,
+    encode_presence, encode_presence_stats, encode_psubscribed, encode_punsubscribed, encode_refreshed,
+    encode_state_reply, encode_typing_sent, encode_unsubscribed, message_key, Ack, Command, Connected, HistoryReply,
+    PresenceMember, PresenceReply, PresenceStatsReply, Since, MAX_PRESENCE_MEMBERS,
 };
 use ringcast_proto::{CloseCode, ErrorCode};
 use std::collections::HashSet;
@@ -72,6 +72,8 @@ struct Session {
     strikes: u32,
     /// When the auth deadline fires: the connect timeout, then the token's expiry.
     auth_deadline: Option<Instant>,
+    /// When to push `expiring`, and the token expiry (UNIX seconds) it announces.
+    refresh_notice: Option<(Instant, u64)>,
 }
 
 /// Runs a session to completion on an upgraded connection.
@@ -92,6 +94,7 @@ where
             patterns: Vec::new(),
             strikes: 0,
             auth_deadline: Some(Instant::now() + limits.connect_timeout),
+            refresh_notice: None,
             node: node.clone(),
             conn,
         };
@@ -130,6 +133,7 @@ impl Session {
 
         loop {
             let auth_at = self.auth_deadline.map_or(far_future, TokioInstant::from_std);
+            let notice_at = self.refresh_notice.map_or(far_future, |(at, _)| TokioInstant::from_std(at));
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -200,6 +204,13 @@ impl Session {
                     let sent = tokio::time::timeout(write_timeout, ws.send(Message::Ping(Default::default()))).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         return None;
+                    }
+                }
+                () = sleep_until(notice_at) => {
+                    if let Some((_, expires_at)) = self.refresh_notice.take() {
+                        let left = Duration::from_secs(expires_at).saturating_sub(unix_now());
+                        let in_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                        self.reply(encode_expiring(expires_at, in_ms));
                     }
                 }
                 () = sleep_until(auth_at) => {
@@ -565,7 +576,7 @@ impl Session {
             None if self.node.any_anonymous_namespace() => Identity::anonymous(),
             None => return Err(reject(ErrorCode::Unauthorized, "a token is required")),
         };
-        self.auth_deadline = expiry_instant(identity.expires_at, self.node.config.auth.leeway_secs());
+        self.set_expiry(identity.expires_at);
         self.identity = Some(identity);
         let user_channel = self.registry_channel();
         let Some(identity) = self.identity.as_ref() else { return Ok(()) };
@@ -594,10 +605,23 @@ impl Session {
         if fresh.user.as_deref() != Some(user.as_str()) {
             return Err(reject(ErrorCode::Unauthorized, "the new token is for a different user"));
         }
-        self.auth_deadline = expiry_instant(fresh.expires_at, self.node.config.auth.leeway_secs());
+        self.set_expiry(fresh.expires_at);
         self.reply(encode_refreshed(id, fresh.expires_at));
         self.identity = Some(fresh);
         Ok(())
+    }
+
+    /// Arms the session's expiry (close 4002 after `exp` plus the leeway) and the
+    /// `expiring` push: `auth.refresh_notice` before `exp`, or half-way through the
+    /// token's remaining life when that is shorter (never a push per refresh in a loop).
+    fn set_expiry(&mut self, expires_at: Option<u64>) {
+        let auth = &self.node.config.auth;
+        self.auth_deadline = expiry_instant(expires_at, auth.leeway_secs());
+        self.refresh_notice = expires_at.filter(|_| !auth.refresh_notice.is_zero()).and_then(|exp| {
+            let left = Duration::from_secs(exp).saturating_sub(unix_now());
+            let lead = auth.refresh_notice.min(left / 2);
+            Some((Instant::now().checked_add(left - lead)?, exp))
+        });
     }
 
     fn namespace(&self, channel: &ChannelName) -> Result<NamespaceOptions, Reject> {
@@ -735,10 +759,13 @@ pub(crate) fn presence_reply<'a>(channel: &'a ChannelName, p: &'a crate::router:
 
 /// The instant a token expires (with leeway), or `None` when it never does.
 fn expiry_instant(expires_at: Option<u64>, leeway: Duration) -> Option<Instant> {
-    let exp = expires_at?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let left = Duration::from_secs(exp).saturating_sub(now) + leeway;
+    let left = Duration::from_secs(expires_at?).saturating_sub(unix_now()) + leeway;
     Instant::now().checked_add(left)
+}
+
+/// Wall-clock time since the UNIX epoch (token times are UNIX seconds).
+fn unix_now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 /// Half-closes a failed connection and reads (without parsing) until the client closes.
