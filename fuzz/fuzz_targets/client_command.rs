@@ -9,7 +9,10 @@
 //! - a decoded command survives a round trip through a canonical encoding
 //!   (decode -> encode -> decode -> encode is a fixed point), `publish` data verbatim;
 //! - every decoded channel, key and limit obeys its validation rules, and the `message`
-//!   push built from a decoded publish is JSON carrying the same channel and data.
+//!   push built from a decoded publish is JSON carrying the same channel and data;
+//! - read as a MessagePack frame (`ringcast.msgpack`), the input either is refused or
+//!   transcodes to JSON that goes through the same checks, and that JSON survives a
+//!   round trip through MessagePack value for value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -28,6 +31,18 @@ fuzz_target!(|data: &[u8]| {
     match std::str::from_utf8(data) {
         Ok(text) => check(text),
         Err(_) => check(&String::from_utf8_lossy(data)),
+    }
+    if let Ok(json) = ringcast_proto::msgpack::msgpack_to_json(data) {
+        check(&json);
+        let packed = ringcast_proto::msgpack::json_to_msgpack(&json)
+            .unwrap_or_else(|e| panic!("transcoded JSON {json} does not encode back: {e}"));
+        let again = ringcast_proto::msgpack::msgpack_to_json(&packed)
+            .unwrap_or_else(|e| panic!("re-encoded {json} does not decode: {e}"));
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}")),
+            serde_json::from_str(&again).unwrap_or_else(|e| panic!("{again}: {e}")),
+        );
+        assert_eq!(a, b, "MessagePack round trip");
     }
 });
 

@@ -13,5 +13,6 @@
 pub mod client;
 pub mod cluster;
 pub mod codes;
+pub mod msgpack;
 
 pub use codes::{CloseCode, ErrorCode};

@@ -7,6 +7,9 @@
 //! - `server/*.json`: frames the server sends. Each is rebuilt here with the matching
 //!   `encode_*` function and compared as JSON values, so the files show exactly what the
 //!   encoder produces and the encoder cannot drift from the files.
+//! - `msgpack/{commands,server}/*.msgpack`: each of those frames in the MessagePack
+//!   encoding (`ringcast.msgpack`): a command twin decodes to the same command, a server
+//!   twin holds the same value (`RINGCAST_GOLDEN_BLESS=1` rewrites them).
 //!
 //! Adding a golden file without teaching this test about it (or the reverse) fails.
 
@@ -19,6 +22,7 @@ use ringcast_proto::client::{
     Connected, EphemeralKind, GapReason, HistoryReply, PresenceMember, PresenceReply, PresenceStatsReply, Request,
     SubscribeOutcome, DEFAULT_HISTORY_LIMIT,
 };
+use ringcast_proto::msgpack::{json_to_msgpack, msgpack_to_json};
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -360,5 +364,69 @@ fn every_server_golden_is_what_the_encoder_produces() {
         let kind = golden["type"].as_str().unwrap_or_else(|| panic!("server/{name}: `type` must be a string"));
         let named = stem(name) == kind || stem(name).starts_with(&format!("{kind}_"));
         assert!(named, "server/{name}: `type` {kind:?} vs the file name");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// MessagePack twins: `msgpack/commands/*.msgpack` and `msgpack/server/*.msgpack`, one per
+// JSON golden, the same frame in the `ringcast.msgpack` encoding. `RINGCAST_GOLDEN_BLESS=1`
+// (re)writes them from the JSON files (delete stale ones by hand); without it the test
+// only checks.
+
+fn twin_path(sub: &str, json_name: &str) -> PathBuf {
+    golden_dir("msgpack").join(sub).join(format!("{}.msgpack", stem(json_name)))
+}
+
+/// The twin of each JSON golden in `sub`, after writing them when blessing.
+fn twins(sub: &str) -> Vec<(String, String, Vec<u8>)> {
+    let bless = std::env::var("RINGCAST_GOLDEN_BLESS").is_ok_and(|v| v == "1");
+    let files: Vec<(String, String)> = json_files(sub).into_iter().filter(|(name, _)| name != EXPECTED_FILE).collect();
+    let dir = golden_dir("msgpack").join(sub);
+    if bless {
+        for (name, text) in &files {
+            let packed = json_to_msgpack(text).unwrap_or_else(|e| panic!("{sub}/{name}: {e}"));
+            let path = twin_path(sub, name);
+            std::fs::write(&path, packed).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    let wanted: BTreeSet<String> = files.iter().map(|(name, _)| format!("{}.msgpack", stem(name))).collect();
+    assert_eq!(on_disk, wanted, "msgpack/{sub}/ twins vs the JSON files of {sub}/");
+    files
+        .into_iter()
+        .map(|(name, text)| {
+            let path = twin_path(sub, &name);
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (name, text, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn every_command_golden_decodes_the_same_from_its_msgpack_twin() {
+    for (name, text, bytes) in twins("commands") {
+        let json = msgpack_to_json(&bytes).unwrap_or_else(|e| panic!("msgpack/commands/{name}: {e}"));
+        let from_twin = decode_command(&json).unwrap_or_else(|e| panic!("msgpack/commands/{name}: {e:?}"));
+        let from_json = decode_command(&text).unwrap_or_else(|e| panic!("commands/{name}: {e:?}"));
+        assert_eq!(format!("{from_twin:?}"), format!("{from_json:?}"), "msgpack/commands/{name}");
+    }
+}
+
+#[test]
+fn every_server_golden_has_a_msgpack_twin_with_the_same_value() {
+    let built = server_frames();
+    for (name, text, bytes) in twins("server") {
+        let golden: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("server/{name}: {e}"));
+        let twin: Value = serde_json::from_str(&msgpack_to_json(&bytes).unwrap_or_else(|e| panic!("{name}: {e}")))
+            .unwrap_or_else(|e| panic!("msgpack/server/{name}: {e}"));
+        assert_eq!(twin, golden, "msgpack/server/{name} vs server/{name}");
+        // What the server writes on a MessagePack connection reads back the same.
+        let sent = json_to_msgpack(&built[stem(&name)]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let read: Value = serde_json::from_str(&msgpack_to_json(&sent).unwrap_or_else(|e| panic!("{name}: {e}")))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(read, golden, "server/{name} sent as MessagePack");
     }
 }

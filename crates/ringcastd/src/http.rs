@@ -23,6 +23,7 @@ use ringcast_proto::client::{
     check_history_limit, check_idempotency_key, encode_history, encode_http_error, encode_presence, encode_snapshot,
     Ack, MAX_PRESENCE_MEMBERS,
 };
+use ringcast_proto::msgpack::{Encoding, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use ringcast_proto::ErrorCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -620,6 +621,16 @@ async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Res
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec()).filter(|k| valid_ws_key(k)) else {
         return reject_handshake(&node, ErrorCode::BadRequest, "missing or malformed Sec-WebSocket-Key");
     };
+    // Several Sec-WebSocket-Protocol headers are one list (RFC 7230 section 3.2.2).
+    let offered: Vec<&str> = h.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok()).collect();
+    let offered = (!offered.is_empty()).then(|| offered.join(","));
+    let Some((encoding, subprotocol)) = Encoding::negotiate(offered.as_deref()) else {
+        return reject_handshake(
+            &node,
+            ErrorCode::BadRequest,
+            &format!("no supported subprotocol offered; ringcast speaks {SUBPROTOCOL_JSON} and {SUBPROTOCOL_MSGPACK}"),
+        );
+    };
     let allowed = &node.config.auth.allowed_origins;
     if let Some(origin) = h.get(header::ORIGIN) {
         let ok = allowed.is_empty()
@@ -648,18 +659,20 @@ async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Res
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-                session::run(session_node, ws, conn).await;
+                session::run(session_node, ws, conn, encoding).await;
             }
             Err(e) => debug!(error = %e, "upgrade failed"),
         }
     });
-    Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")
         .header(header::CONNECTION, "Upgrade")
-        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(&key))
-        .body(Body::empty())
-        .unwrap_or_else(|_| error(ErrorCode::Internal, "cannot build the upgrade response"))
+        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(&key));
+    if let Some(p) = subprotocol {
+        response = response.header(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    response.body(Body::empty()).unwrap_or_else(|_| error(ErrorCode::Internal, "cannot build the upgrade response"))
 }
 
 #[cfg(test)]

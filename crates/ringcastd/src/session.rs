@@ -19,12 +19,14 @@ use crate::outbox::{Outbox, Pushed};
 use futures_util::stream::FusedStream;
 use futures_util::{SinkExt, StreamExt};
 use ringcast_core::{ChannelName, ConnId, NamespaceOptions, Pattern, TokenBucket};
+use ringcast_proto::client::DecodeError;
 use ringcast_proto::client::{
     decode_command, encode_ack, encode_connected, encode_error, encode_expiring, encode_history, encode_pong,
     encode_presence, encode_presence_stats, encode_psubscribed, encode_punsubscribed, encode_refreshed,
     encode_state_reply, encode_typing_sent, encode_unsubscribed, message_key, Ack, Command, Connected, HistoryReply,
     PresenceMember, PresenceReply, PresenceStatsReply, Since, MAX_PRESENCE_MEMBERS,
 };
+use ringcast_proto::msgpack::{json_to_msgpack, msgpack_to_json, Encoding};
 use ringcast_proto::{CloseCode, ErrorCode};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -74,10 +76,12 @@ struct Session {
     auth_deadline: Option<Instant>,
     /// When to push `expiring`, and the token expiry (UNIX seconds) it announces.
     refresh_notice: Option<(Instant, u64)>,
+    /// The frame encoding chosen at the upgrade.
+    encoding: Encoding,
 }
 
 /// Runs a session to completion on an upgraded connection.
-pub async fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, conn: ConnId)
+pub async fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, conn: ConnId, encoding: Encoding)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -95,6 +99,7 @@ where
             strikes: 0,
             auth_deadline: Some(Instant::now() + limits.connect_timeout),
             refresh_notice: None,
+            encoding,
             node: node.clone(),
             conn,
         };
@@ -168,13 +173,21 @@ impl Session {
                     last_seen = Instant::now();
                     match frame {
                         None => return None,
-                        Some(Ok(Message::Text(text))) => {
-                            if let Some(code) = self.on_text(text.as_str()).await {
+                        Some(Ok(Message::Text(text))) if self.encoding == Encoding::Json => {
+                            if let Some(code) = self.on_text(Ok(text.as_str())).await {
                                 let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await;
                                 return Some(self.close(&mut ws, code).await);
                             }
                         }
-                        Some(Ok(Message::Binary(_))) => {
+                        Some(Ok(Message::Binary(bytes))) if self.encoding == Encoding::MsgPack => {
+                            let text = msgpack_to_json(&bytes);
+                            if let Some(code) = self.on_text(text.as_deref().map_err(Clone::clone)).await {
+                                let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await;
+                                return Some(self.close(&mut ws, code).await);
+                            }
+                        }
+                        // The other encoding's frames: the session speaks one.
+                        Some(Ok(Message::Text(_) | Message::Binary(_))) => {
                             return Some(self.close(&mut ws, CloseCode::UnsupportedData).await);
                         }
                         Some(Ok(Message::Close(_))) => {
@@ -233,7 +246,18 @@ impl Session {
         let close = self.outbox.drain(batch);
         if !batch.is_empty() {
             for frame in batch.drain(..) {
-                ws.feed(Message::Text(frame)).await?;
+                let message = match self.encoding {
+                    Encoding::Json => Message::Text(frame),
+                    Encoding::MsgPack => match json_to_msgpack(frame.as_str()) {
+                        Ok(bytes) => Message::Binary(bytes.into()),
+                        Err(e) => {
+                            // Invariant: the server's frames are JSON; never reached.
+                            tracing::error!(error = %e, "a frame could not be encoded as MessagePack; skipped");
+                            continue;
+                        }
+                    },
+                };
+                ws.feed(message).await?;
             }
             ws.flush().await?;
         }
@@ -352,20 +376,27 @@ impl Session {
         self.reply(encode_error(id, code, message));
     }
 
-    /// Handles one text frame. Returns a close code when the session must end.
-    async fn on_text(&mut self, text: &str) -> Option<CloseCode> {
+    /// Handles one command frame: its JSON text, or (MessagePack) why it has none.
+    /// Returns a close code when the session must end.
+    async fn on_text(&mut self, text: Result<&str, String>) -> Option<CloseCode> {
         if !self.bucket.try_take(self.node.now()) {
             self.strikes += 1;
             if self.strikes >= MAX_RATE_LIMIT_STRIKES {
                 self.node.metrics.error(ErrorCode::RateLimited);
                 return Some(CloseCode::RateLimited);
             }
-            let id = decode_command(text).ok().map(|r| r.id);
+            let id = text.ok().and_then(|t| decode_command(t).ok()).map(|r| r.id);
             self.reply_error(id, ErrorCode::RateLimited, "too many commands; slow down");
             return None;
         }
         self.strikes = 0;
-        let request = match decode_command(text) {
+        let decoded = match text {
+            Ok(text) => decode_command(text),
+            Err(e) => {
+                Err(DecodeError { id: None, code: ErrorCode::BadRequest, message: format!("malformed command: {e}") })
+            }
+        };
+        let request = match decoded {
             Ok(r) => r,
             Err(e) => {
                 self.reply_error(e.id, e.code, &e.message);
