@@ -121,6 +121,12 @@ pub struct NamespaceOptions {
     /// [`crate::pattern`]). Every node then sends the subscriber's node the messages of
     /// every matching channel it owns: meant for server consumers and dashboards.
     pub patterns: bool,
+    /// Ask the application backend (`hooks.subscribe_url`) before each client
+    /// `subscribe` and `psubscribe` (default false).
+    pub subscribe_hook: bool,
+    /// Ask the application backend (`hooks.publish_url`) before each client `publish`;
+    /// it may rewrite the data (default false).
+    pub publish_hook: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -146,6 +152,8 @@ impl Default for NamespaceOptions {
             state_ttl: crate::latest::LatestPolicy::default().ttl,
             delta: false,
             patterns: false,
+            subscribe_hook: false,
+            publish_hook: false,
         }
     }
 }

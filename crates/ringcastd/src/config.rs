@@ -38,6 +38,9 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceOptions>,
     /// `[registry]`: the user registry channels `#user:{id}`.
     pub registry: RegistryConfig,
+    /// `[hooks]`: the application backend's HTTP endpoints asked about connects,
+    /// refreshes, subscribes and publishes (`crate::hooks`).
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 /// `[registry]`: every connection with a token is subscribed to its user's registry
@@ -488,6 +491,9 @@ impl Config {
         if l.max_channels_per_connection == 0 {
             return invalid("limits.max_channels_per_connection", "must be at least 1".into());
         }
+        if let Err((field, problem)) = self.hooks.validate() {
+            return invalid(field, problem);
+        }
         if self.auth.refresh_notice > Duration::from_secs(3600) {
             return invalid("auth.refresh_notice", "must be at most 1h".into());
         }
@@ -569,6 +575,12 @@ impl Config {
         for (name, ns) in all {
             if let Err(e) = ns.validate() {
                 return invalid(&format!("{name}.{}", e.field), e.problem);
+            }
+            if ns.subscribe_hook && self.hooks.subscribe_url.is_none() {
+                return invalid(&format!("{name}.subscribe_hook"), "needs hooks.subscribe_url".into());
+            }
+            if ns.publish_hook && self.hooks.publish_url.is_none() {
+                return invalid(&format!("{name}.publish_hook"), "needs hooks.publish_url".into());
             }
             if ns.durable && self.cluster.is_none() {
                 return invalid(

@@ -23,6 +23,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod hooks;
 pub mod http;
 pub mod hub;
 pub mod metrics;

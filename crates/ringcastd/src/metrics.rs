@@ -4,6 +4,7 @@
 //! one test process and each counts only its own work. Updates are relaxed atomic adds;
 //! nothing on the hot path allocates or locks.
 
+use crate::hooks::{CallResult, Hook};
 use ringcast_core::BackpressurePolicy;
 use ringcast_proto::{CloseCode, ErrorCode};
 use std::fmt::Write as _;
@@ -75,6 +76,9 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_nanos: AtomicU64,
+    /// Backend hook calls by hook and result (`crate::hooks`).
+    hook_calls: [[AtomicU64; CallResult::ALL.len()]; Hook::ALL.len()],
+    hook_nanos: [AtomicU64; Hook::ALL.len()],
 }
 
 impl Metrics {
@@ -108,6 +112,21 @@ impl Metrics {
     pub fn close(&self, code: CloseCode) {
         if let Some(i) = CloseCode::ALL.iter().position(|c| *c == code) {
             self.closes[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts a backend hook call (`hook` and `result`: positions in `Hook::ALL` and
+    /// `CallResult::ALL`).
+    pub fn hook_call(&self, hook: usize, result: usize) {
+        if let Some(c) = self.hook_calls.get(hook).and_then(|r| r.get(result)) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Adds a hook call's duration (slot wait included).
+    pub fn hook_time(&self, hook: usize, d: Duration) {
+        if let Some(n) = self.hook_nanos.get(hook) {
+            n.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
         }
     }
 
@@ -291,6 +310,28 @@ impl Metrics {
         let _ = writeln!(o, "ringcast_publish_seconds_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(o, "ringcast_publish_seconds_sum {}", self.latency_sum_nanos.load(Relaxed) as f64 / 1e9);
         let _ = writeln!(o, "ringcast_publish_seconds_count {count}");
+        let _ = writeln!(
+            o,
+            "# HELP ringcast_hook_calls_total Backend hook calls, by hook and result (failed: on_failure decided).\n\
+             # TYPE ringcast_hook_calls_total counter"
+        );
+        for (hook, row) in Hook::ALL.iter().zip(&self.hook_calls) {
+            for (result, v) in CallResult::ALL.iter().zip(row) {
+                let (h, r, n) = (hook.as_str(), result.as_str(), v.load(Relaxed));
+                let _ = writeln!(o, "ringcast_hook_calls_total{{hook=\"{h}\",result=\"{r}\"}} {n}");
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP ringcast_hook_seconds Time in backend hook calls, waiting for a slot included.\n\
+             # TYPE ringcast_hook_seconds summary"
+        );
+        for (hook, (row, nanos)) in Hook::ALL.iter().zip(self.hook_calls.iter().zip(&self.hook_nanos)) {
+            let calls: u64 = row.iter().map(|v| v.load(Relaxed)).sum();
+            let secs = nanos.load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(o, "ringcast_hook_seconds_sum{{hook=\"{}\"}} {secs}", hook.as_str());
+            let _ = writeln!(o, "ringcast_hook_seconds_count{{hook=\"{}\"}} {calls}", hook.as_str());
+        }
         o
     }
 }

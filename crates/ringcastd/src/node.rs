@@ -47,6 +47,8 @@ pub struct Node {
     pub router: Router,
     pub hub: Arc<Hub>,
     pub verifier: Verifier,
+    /// Backend hooks (`[hooks]`).
+    pub hooks: crate::hooks::Hooks,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the node should start draining (SIGTERM).
     pub drain: CancellationToken,
@@ -136,6 +138,7 @@ impl Node {
             hub,
             node_id,
             verifier,
+            hooks: crate::hooks::Hooks::new(config.hooks.clone(), metrics.clone()),
             metrics,
             drain,
             shutdown,

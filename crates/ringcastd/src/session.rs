@@ -12,6 +12,7 @@
 //! close code. On exit the session removes all its subscriptions.
 
 use crate::auth::Identity;
+use crate::hooks::{Caller, Hook, Verdict};
 use crate::hub::{Origin, PublishRequest};
 use crate::metrics::Source;
 use crate::node::Node;
@@ -28,6 +29,7 @@ use ringcast_proto::client::{
 };
 use ringcast_proto::msgpack::{json_to_msgpack, msgpack_to_json, Encoding};
 use ringcast_proto::{CloseCode, ErrorCode};
+use serde_json::value::RawValue;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -425,7 +427,7 @@ impl Session {
             return Ok(None);
         }
         if let Command::Connect { token, since } = command {
-            self.connect(id, token)?;
+            self.connect(id, token).await?;
             self.join_registry(since).await;
             return Ok(None);
         }
@@ -433,7 +435,7 @@ impl Session {
             return Err(reject(ErrorCode::NotConnected, "send `connect` first"));
         }
         match command {
-            Command::Refresh { token } => self.refresh(id, &token)?,
+            Command::Refresh { token } => self.refresh(id, &token).await?,
             Command::Subscribe { channel, since, snapshot, delta } => {
                 let ns = self.check_subscribe(&channel)?;
                 if delta && !ns.delta {
@@ -452,23 +454,25 @@ impl Session {
                         format!("at most {max} subscriptions per connection"),
                     ));
                 }
+                let mut sub = crate::hub::LocalSubscriber {
+                    // The state first, unless resuming (the replay continues the
+                    // client's own) or declined.
+                    snapshot: ns.keep_latest && snapshot.unwrap_or(since.is_none()),
+                    delta,
+                    ..self.subscriber(&channel, &ns, since, Some(id))
+                };
+                if ns.subscribe_hook {
+                    #[derive(serde::Serialize)]
+                    struct Body<'a> {
+                        channel: &'a str,
+                    }
+                    let info = self.ask(Hook::Subscribe, &Body { channel: channel.as_str() }).await?.1;
+                    if let (Some(info), Some(member)) = (info, sub.member.as_mut()) {
+                        member.info = Some(Arc::from(info.get()));
+                    }
+                }
                 let now = self.node.now();
-                self.node
-                    .router
-                    .subscribe(
-                        &channel,
-                        &ns,
-                        &crate::hub::LocalSubscriber {
-                            // The state first, unless resuming (the replay continues
-                            // the client's own) or declined.
-                            snapshot: ns.keep_latest && snapshot.unwrap_or(since.is_none()),
-                            delta,
-                            ..self.subscriber(&channel, &ns, since, Some(id))
-                        },
-                        now,
-                    )
-                    .await
-                    .map_err(|r| reject(r.code, r.message))?;
+                self.node.router.subscribe(&channel, &ns, &sub, now).await.map_err(|r| reject(r.code, r.message))?;
                 self.subscriptions.insert(channel);
             }
             Command::Unsubscribe { channel } => {
@@ -490,11 +494,31 @@ impl Session {
             Command::Publish { channel, data, idempotency_key, key } => {
                 let started = Instant::now();
                 let ns = self.check_publish(&channel)?;
-                if data.get().len() > ns.max_message_bytes {
-                    return Err(reject(
+                let too_large = |data: &RawValue, whose: &str| {
+                    reject(
                         ErrorCode::MessageTooLarge,
-                        format!("data is {} bytes; namespace limit is {}", data.get().len(), ns.max_message_bytes),
-                    ));
+                        format!("{whose} is {} bytes; namespace limit is {}", data.get().len(), ns.max_message_bytes),
+                    )
+                };
+                if data.get().len() > ns.max_message_bytes {
+                    return Err(too_large(&data, "data"));
+                }
+                let mut data = data;
+                if ns.publish_hook {
+                    #[derive(serde::Serialize)]
+                    struct Body<'a> {
+                        channel: &'a str,
+                        data: &'a RawValue,
+                        #[serde(skip_serializing_if = "Option::is_none")]
+                        key: Option<&'a str>,
+                    }
+                    let body = Body { channel: channel.as_str(), data: &data, key: key.as_deref() };
+                    if let Some(rewritten) = self.ask(Hook::Publish, &body).await?.0 {
+                        if rewritten.get().len() > ns.max_message_bytes {
+                            return Err(too_large(&rewritten, "the data the backend returned"));
+                        }
+                        data = rewritten;
+                    }
                 }
                 let now = self.node.now();
                 let p = self
@@ -595,7 +619,7 @@ impl Session {
         Ok(None)
     }
 
-    fn connect(&mut self, id: u64, token: Option<String>) -> Result<(), Reject> {
+    async fn connect(&mut self, id: u64, token: Option<String>) -> Result<(), Reject> {
         if self.identity.is_some() {
             return Err(reject(ErrorCode::AlreadyConnected, "already connected; use `refresh` to replace the token"));
         }
@@ -607,6 +631,25 @@ impl Session {
             None if self.node.any_anonymous_namespace() => Identity::anonymous(),
             None => return Err(reject(ErrorCode::Unauthorized, "a token is required")),
         };
+        let mut identity = identity;
+        if self.node.hooks.enabled(Hook::Connect) {
+            #[derive(serde::Serialize)]
+            struct Body {}
+            let caller = caller(self.conn, &self.node, &identity);
+            match self.node.hooks.call(Hook::Connect, &caller, &Body {}).await {
+                Verdict::Allow { info, .. } => {
+                    if let Some(info) = info {
+                        identity.info = Some(Arc::from(info.get()));
+                    }
+                }
+                // Unavailable: the client may retry `connect`; any other refusal ends
+                // the session like a bad token.
+                Verdict::Deny { code: ErrorCode::Unavailable, message } => {
+                    return Err(reject(ErrorCode::Unavailable, message))
+                }
+                Verdict::Deny { message, .. } => return Err(reject(ErrorCode::Unauthorized, message)),
+            }
+        }
         self.set_expiry(identity.expires_at);
         self.identity = Some(identity);
         let user_channel = self.registry_channel();
@@ -627,7 +670,7 @@ impl Session {
         Ok(())
     }
 
-    fn refresh(&mut self, id: u64, token: &str) -> Result<(), Reject> {
+    async fn refresh(&mut self, id: u64, token: &str) -> Result<(), Reject> {
         let current = self.identity.as_ref().and_then(|i| i.user.clone());
         let Some(user) = current else {
             return Err(reject(ErrorCode::Unauthorized, "anonymous sessions cannot refresh; reconnect with a token"));
@@ -636,10 +679,34 @@ impl Session {
         if fresh.user.as_deref() != Some(user.as_str()) {
             return Err(reject(ErrorCode::Unauthorized, "the new token is for a different user"));
         }
+        if self.node.hooks.enabled(Hook::Refresh) {
+            #[derive(serde::Serialize)]
+            struct Body {
+                #[serde(skip_serializing_if = "Option::is_none")]
+                expires_at: Option<u64>,
+            }
+            self.ask(Hook::Refresh, &Body { expires_at: fresh.expires_at }).await?;
+        }
         self.set_expiry(fresh.expires_at);
         self.reply(encode_refreshed(id, fresh.expires_at));
         self.identity = Some(fresh);
         Ok(())
+    }
+
+    /// Asks the backend hook about this session's command; a denial becomes the
+    /// command's error. Returns the data and info an allowing answer carries.
+    async fn ask<T: serde::Serialize>(
+        &self,
+        hook: Hook,
+        body: &T,
+    ) -> Result<(Option<Box<RawValue>>, Option<Box<RawValue>>), Reject> {
+        let Some(identity) = self.identity.as_ref() else {
+            return Err(reject(ErrorCode::NotConnected, "send `connect` first"));
+        };
+        match self.node.hooks.call(hook, &caller(self.conn, &self.node, identity), body).await {
+            Verdict::Allow { data, info } => Ok((data, info)),
+            Verdict::Deny { code, message } => Err(reject(code, message)),
+        }
     }
 
     /// Arms the session's expiry (close 4002 after `exp` plus the leeway) and the
@@ -701,6 +768,13 @@ impl Session {
                 ErrorCode::TooManyChannels,
                 format!("at most {max} pattern subscriptions per connection"),
             ));
+        }
+        if ns.subscribe_hook {
+            #[derive(serde::Serialize)]
+            struct Body<'a> {
+                pattern: &'a str,
+            }
+            self.ask(Hook::Subscribe, &Body { pattern: pattern.as_str() }).await?;
         }
         let resuming = since.len();
         let now = self.node.now();
@@ -792,6 +866,16 @@ pub(crate) fn presence_reply<'a>(channel: &'a ChannelName, p: &'a crate::router:
 fn expiry_instant(expires_at: Option<u64>, leeway: Duration) -> Option<Instant> {
     let left = Duration::from_secs(expires_at?).saturating_sub(unix_now()) + leeway;
     Instant::now().checked_add(left)
+}
+
+/// Who a hook call is about.
+fn caller<'a>(conn: ConnId, node: &'a Node, identity: &'a Identity) -> Caller<'a> {
+    Caller {
+        client: conn.to_string(),
+        node: node.node_id.as_str(),
+        user: identity.user.as_deref(),
+        info: identity.info.as_deref().and_then(|i| serde_json::from_str::<&RawValue>(i).ok()),
+    }
 }
 
 /// Wall-clock time since the UNIX epoch (token times are UNIX seconds).
