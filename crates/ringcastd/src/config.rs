@@ -38,6 +38,17 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceOptions>,
     /// `[registry]`: the user registry channels `#user:{id}`.
     pub registry: RegistryConfig,
+    /// `[web]`: the browser pages.
+    pub web: WebConfig,
+}
+
+/// `[web]`: the pages served next to the API (`/ringcast.js` is always served).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve the live scoreboard demo at `/` (default false; the built-in development
+    /// config turns it on). The page holds no secret and uses only the public API.
+    pub pages: bool,
 }
 
 /// `[registry]`: every connection with a token is subscribed to its user's registry

@@ -1,4 +1,5 @@
-//! HTTP on the client port: the server API, health, metrics and the WebSocket upgrade.
+//! HTTP on the client port: the server API, health, metrics, the WebSocket upgrade and
+//! the browser files of [`crate::web`].
 //!
 //! Every error this module answers, including malformed paths, queries and bodies, is
 //! a JSON body `{"error": {"code", "message"}}` with the code's HTTP status (see
@@ -65,6 +66,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(crate::web::scoreboard))
+        .route("/ringcast.js", get(crate::web::ringcast_js))
         .fallback(|| async { error(ErrorCode::NotFound, "no such endpoint; see proto/openapi.yaml") })
         .method_not_allowed_fallback(|| async {
             error(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
@@ -77,6 +80,11 @@ fn json(status: StatusCode, body: String) -> Response {
 }
 
 fn error(code: ErrorCode, message: &str) -> Response {
+    error_response(code, message)
+}
+
+/// An error answer: the code's HTTP status and the JSON error body.
+pub(crate) fn error_response(code: ErrorCode, message: &str) -> Response {
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json(status, encode_http_error(code, message))
 }
