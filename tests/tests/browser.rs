@@ -45,14 +45,16 @@ async fn ringcast_js_is_served_with_its_content_type_and_cache_headers() -> Resu
     let etag = js.header("etag").context("an ETag")?.to_owned();
     let again = http(plain.addr, "GET", "/ringcast.js", &[("If-None-Match", &etag)], "").await?;
     assert_eq!((again.status, again.body.as_str()), (304, ""));
-    for page in ["/"] {
+    for page in ["/", "/dashboard"] {
         let r = http(plain.addr, "GET", page, &[], "").await?;
         assert_eq!((r.status, error_code(&r.json())), (404, "not_found".into()), "{page} is off by default");
         assert!(r.body.contains("web.pages"), "{}", r.body);
     }
 
     let with_pages = Ringcastd::start(&base_config("\n[web]\npages = true\n"))?;
-    for (page, needle) in [("/", "import { RingcastClient } from '/ringcast.js'")] {
+    for (page, needle) in
+        [("/", "import { RingcastClient } from '/ringcast.js'"), ("/dashboard", "/v1/cluster?slots=owners")]
+    {
         let r = http(with_pages.addr, "GET", page, &[], "").await?;
         assert_eq!(r.status, 200, "{page}");
         assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
@@ -216,5 +218,106 @@ async fn the_scoreboard_moves_to_another_node_when_its_node_is_killed_and_misses
     assert_eq!(epochs.len(), 1, "one epoch: {s}");
     assert_eq!((s["gaps"].clone(), s["resets"].clone()), (json!([]), json!([])), "{s}");
     assert_eq!((s["resumes"].clone(), s["recoveredResumes"].clone()), (json!(1), json!(1)), "{s}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_dashboard_draws_every_member_and_the_ring_follows_a_drain() -> Result<()> {
+    let c = TestCluster::start(3, BOARD).await?;
+    let driver = Chromedriver::start()?;
+    let b = driver.browser().await?;
+    let shots = output_dir("dashboard");
+    let base = format!("http://{}/dashboard", c.nodes[0].addr);
+
+    // Without the key, or with a wrong one, the page says so instead of drawing.
+    b.goto(&format!("{base}?poll_ms=300")).await?;
+    b.wait_for(
+        "asks for the key",
+        "return document.getElementById('status').textContent === 'waiting for the API key'",
+        WAIT,
+    )
+    .await?;
+    b.goto(&format!("{base}?poll_ms=301#key=not-the-key")).await?;
+    b.wait_for("wrong key", "return document.getElementById('status').textContent === 'wrong API key'", WAIT).await?;
+    b.screenshot(&shots.join("1-wrong-key.png")).await?;
+
+    b.goto(&format!("{base}?poll_ms=300#key={API_KEY}")).await?;
+    let all_three = "const v = window.dashboard; \
+        return v.members.length === 3 && ['node-0','node-1','node-2'].every(n => v.health[n] === 'ready') \
+            && v.owners.length === 1024 && v.owners.every(o => o) && new Set(v.owners).size === 3;";
+    b.wait_for("three members owning the ring", all_three, WAIT).await?;
+    // The drawing matches the data: a row per member, the ring in three colours, and
+    // slot counts that are the node's own view.
+    let drawn = b
+        .execute(
+            "return {rows: [...document.querySelectorAll('#members tr[data-node]')].map(r => r.dataset.node), \
+                     fills: [...new Set([...document.querySelectorAll('#ring path[data-slot]')].map(p => p.getAttribute('fill')))].length, \
+                     arcs: document.querySelectorAll('#ring path[data-slot]').length, \
+                     slots: Object.fromEntries([...document.querySelectorAll('#members tr[data-node]')] \
+                        .map(r => [r.dataset.node, Number(r.querySelector('[data-col=slots]').textContent)]))};",
+            json!([]),
+        )
+        .await?;
+    assert_eq!(drawn["rows"], json!(["node-0", "node-1", "node-2"]), "{drawn}");
+    assert_eq!((drawn["arcs"].clone(), drawn["fills"].clone()), (json!(1024), json!(3)), "{drawn}");
+    let view = c.view(0).await?;
+    assert_eq!(drawn["slots"], view["slots"], "{drawn} vs {view}");
+
+    // Deliveries per second and connections, from node-1's /metrics.
+    let channel = c.channel_owned_by("chat", "node-1").await?;
+    let (mut sub, _) = WsClient::connect(&c.nodes[1].ws_url(), None).await?;
+    assert_eq!(sub.subscribe(&channel, None).await?["type"], "subscribed");
+    let deadline = std::time::Instant::now() + WAIT;
+    let rate = "const v = window.dashboard; return v.rates['node-1'] > 0 && v.connections['node-1'] >= 1;";
+    loop {
+        for i in 0..20 {
+            http_publish(&c.nodes[1], &channel, json!(i)).await?;
+        }
+        if b.execute(rate, json!([])).await? == json!(true) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("no delivery rate shown for node-1: {}", b.execute("return window.dashboard", json!([])).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.wait_for(
+        "the rate in node-1's row",
+        "const t = document.querySelector('#members tr[data-node=\"node-1\"] [data-col=rate]'); \
+         return t && Number(t.textContent) > 0;",
+        WAIT,
+    )
+    .await?;
+
+    // The owner of a channel typed into the box.
+    let owner = c.owner_of(&channel).await?;
+    b.execute(
+        "document.getElementById('channel').value = arguments[0]; document.getElementById('owner-form').requestSubmit();",
+        json!([channel]),
+    )
+    .await?;
+    let shown =
+        b.wait_for("the owner", "return document.getElementById('owner-out').dataset.owner || null;", WAIT).await?;
+    assert_eq!(shown, json!(owner));
+    b.screenshot(&shots.join("2-three-members.png")).await?;
+
+    // Drain node-2: the ring moves its slots to the others, and its row goes.
+    let r = http(c.nodes[2].addr, "POST", "/v1/admin/drain", &[("Authorization", &format!("Bearer {API_KEY}"))], "")
+        .await?;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let two = "const v = window.dashboard; \
+        return v.members.length === 2 && v.members.every(m => m.node_id !== 'node-2') \
+            && v.owners.every(o => o === 'node-0' || o === 'node-1') \
+            && document.querySelectorAll('#members tr[data-node]').length === 2 \
+            && ![...document.querySelectorAll('#ring path[data-slot]')].some(p => p.dataset.owner === 'node-2');";
+    b.wait_for("the ring without node-2", two, Duration::from_secs(30)).await?;
+    let fills = b
+        .execute(
+            "return new Set([...document.querySelectorAll('#ring path[data-slot]')].map(p => p.getAttribute('fill'))).size;",
+            json!([]),
+        )
+        .await?;
+    assert_eq!(fills, json!(2));
+    b.screenshot(&shots.join("3-after-draining-node-2.png")).await?;
     Ok(())
 }

@@ -46,8 +46,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
-    /// Serve the live scoreboard demo at `/` (default false; the built-in development
-    /// config turns it on). The page holds no secret and uses only the public API.
+    /// Serve the live scoreboard demo at `/` and the cluster dashboard at `/dashboard`
+    /// (default false; the built-in development config turns it on). The pages hold no
+    /// secret; the dashboard reads the operator API with the key typed into it.
     pub pages: bool,
 }
 

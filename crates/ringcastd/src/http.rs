@@ -68,6 +68,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .route("/", get(crate::web::scoreboard))
         .route("/ringcast.js", get(crate::web::ringcast_js))
+        .route("/dashboard", get(crate::web::dashboard))
         .fallback(|| async { error(ErrorCode::NotFound, "no such endpoint; see proto/openapi.yaml") })
         .method_not_allowed_fallback(|| async {
             error(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
@@ -523,11 +524,35 @@ async fn admin_drain(State(node): State<AppState>, headers: HeaderMap) -> Result
     Ok(json(StatusCode::ACCEPTED, serde_json::json!({"node": node.node_id.as_str(), "status": "draining"}).to_string()))
 }
 
-/// Members and slot ownership as this node sees them (operators; API key).
-async fn cluster_info(State(node): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Reads the query of `/v1/cluster`: `slots=owners` asks for every slot's holder.
+fn parse_cluster_query(q: Option<&str>) -> Result<bool, ApiError> {
+    let mut owners = false;
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair {
+            "slots=owners" => owners = true,
+            _ => {
+                return Err(api_err(
+                    ErrorCode::BadRequest,
+                    format!("unknown query parameter {pair:?}; use slots=owners"),
+                ))
+            }
+        }
+    }
+    Ok(owners)
+}
+
+/// Members and slot ownership as this node sees them (operators; API key). With
+/// `?slots=owners`, also `slot_owners`: the holder of each slot by slot number (`null`
+/// while vacant), which the dashboard draws as a ring.
+async fn cluster_info(
+    State(node): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     require_api_key(&node, &headers)?;
+    let with_owners = parse_cluster_query(query.as_deref())?;
     let me = node.node_id.as_str();
-    let body = match node.router.cluster() {
+    let mut body = match node.router.cluster() {
         None => serde_json::json!({
             "node": me,
             "mode": "standalone",
@@ -563,28 +588,53 @@ async fn cluster_info(State(node): State<AppState>, headers: HeaderMap) -> Resul
             })
         }
     };
+    if with_owners {
+        let owners: Vec<Option<String>> = match node.router.cluster() {
+            None => Slot::all().map(|_| Some(me.to_owned())).collect(),
+            Some(c) => {
+                let table = c.table();
+                Slot::all()
+                    .map(|s| match table.route(s) {
+                        ringcast_core::ownership::Route::Claimed { owner, .. } => Some(owner.to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            }
+        };
+        body["slot_owners"] = serde_json::json!(owners);
+    }
     Ok(json(StatusCode::OK, body.to_string()))
 }
 
+/// Lets pages of other nodes read a public operational endpoint (the dashboard reads
+/// every member's `/metrics` and `/readyz`). These endpoints need no credentials, so
+/// the header opens nothing that a non-browser client could not already read.
+fn public(mut r: Response) -> Response {
+    r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    r
+}
+
 async fn healthz(State(node): State<AppState>) -> Response {
-    json(StatusCode::OK, serde_json::json!({"status": "ok", "node": node.node_id.as_str()}).to_string())
+    public(json(StatusCode::OK, serde_json::json!({"status": "ok", "node": node.node_id.as_str()}).to_string()))
 }
 
 async fn readyz(State(node): State<AppState>) -> Response {
-    if node.is_ready() {
+    public(if node.is_ready() {
         json(StatusCode::OK, r#"{"status":"ready"}"#.into())
     } else {
         json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#.into())
-    }
+    })
 }
 
 async fn metrics(State(node): State<AppState>) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
-        node.metrics.render(),
+    public(
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
+            node.metrics.render(),
+        )
+            .into_response(),
     )
-        .into_response()
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -684,6 +734,9 @@ mod tests {
         assert!(parse_history_query(Some("limit=0")).is_err());
         assert!(parse_history_query(Some("limit=-1")).is_err());
         assert!(parse_history_query(Some("page=2")).is_err());
+        assert!(matches!(parse_cluster_query(None), Ok(false)));
+        assert!(matches!(parse_cluster_query(Some("slots=owners")), Ok(true)));
+        assert!(parse_cluster_query(Some("slots=all")).is_err());
         assert!(same_secret(b"abc", b"abc") && !same_secret(b"abc", b"abd") && !same_secret(b"ab", b"abc"));
     }
 }

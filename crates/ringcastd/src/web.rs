@@ -1,12 +1,14 @@
 //! The browser side, served on the client port next to the API: the JavaScript client
-//! `ringcast.js` (always), and, when `web.pages` is on, the live scoreboard demo at `/`.
+//! `ringcast.js` (always), and, when `web.pages` is on, the live scoreboard demo at `/`
+//! and the cluster dashboard at `/dashboard`.
 //!
 //! The files live in `crates/ringcastd/web/` and are compiled into the binary
 //! (`include_str!`), so every node serves the same client as the protocol it speaks and
 //! nothing is read from disk at run time. They are sent with `Cache-Control: no-cache`
 //! and an `ETag`: browsers keep a copy but revalidate it, and get `304 Not Modified`
-//! while the node runs the same build. The pages only use the public API; this module
-//! adds no endpoint of its own beyond the files.
+//! while the node runs the same build. The pages only use the HTTP API (the dashboard
+//! with the API key an operator types into it); this module adds no endpoint of its
+//! own beyond the files.
 
 use crate::node::Node;
 use axum::extract::State;
@@ -18,6 +20,8 @@ use std::sync::{Arc, OnceLock};
 pub const RINGCAST_JS: &str = include_str!("../web/ringcast.js");
 /// The live scoreboard demo page.
 pub const SCOREBOARD_HTML: &str = include_str!("../web/index.html");
+/// The cluster dashboard page.
+pub const DASHBOARD_HTML: &str = include_str!("../web/dashboard.html");
 
 /// A served file: its body, content type and entity tag.
 struct Asset {
@@ -38,10 +42,14 @@ fn asset(body: &'static str, content_type: &'static str) -> Asset {
     Asset { body, content_type, etag }
 }
 
-fn assets() -> &'static [Asset; 2] {
-    static ASSETS: OnceLock<[Asset; 2]> = OnceLock::new();
+fn assets() -> &'static [Asset; 3] {
+    static ASSETS: OnceLock<[Asset; 3]> = OnceLock::new();
     ASSETS.get_or_init(|| {
-        [asset(RINGCAST_JS, "text/javascript; charset=utf-8"), asset(SCOREBOARD_HTML, "text/html; charset=utf-8")]
+        [
+            asset(RINGCAST_JS, "text/javascript; charset=utf-8"),
+            asset(SCOREBOARD_HTML, "text/html; charset=utf-8"),
+            asset(DASHBOARD_HTML, "text/html; charset=utf-8"),
+        ]
     })
 }
 
@@ -82,6 +90,14 @@ pub(crate) async fn scoreboard(State(node): State<Arc<Node>>, headers: HeaderMap
         return pages_disabled();
     }
     serve(&assets()[1], &headers)
+}
+
+/// `GET /dashboard`: the cluster dashboard.
+pub(crate) async fn dashboard(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    if !node.config.web.pages {
+        return pages_disabled();
+    }
+    serve(&assets()[2], &headers)
 }
 
 #[cfg(test)]
