@@ -165,6 +165,17 @@ async fn the_demo_scoreboard_shows_the_demo_publishers_games_in_chromium() -> Re
     let s = page_state(&late).await?;
     assert_eq!((s["snapshots"].clone(), s["received"].clone()), (json!(2), json!([])), "{s}");
     late.screenshot(&shots.join("3-late-viewer-snapshot.png")).await?;
+
+    // The node goes away: the page says so (and keeps retrying) instead of freezing.
+    drop(node);
+    b.wait_for(
+        "the page to show it is disconnected",
+        "return document.getElementById('state').textContent.startsWith('disconnected, retrying in') \
+            && document.getElementById('node').textContent === '–';",
+        WAIT,
+    )
+    .await?;
+    b.screenshot(&shots.join("4-node-gone.png")).await?;
     Ok(())
 }
 
@@ -192,6 +203,7 @@ async fn the_scoreboard_moves_to_another_node_when_its_node_is_killed_and_misses
     b.screenshot(&shots.join("1-on-node-0.png")).await?;
 
     c.nodes[0].signal("KILL")?;
+    let killed = std::time::Instant::now();
     // Scores keep coming (through another node) while the page is away.
     for n in 6..=10 {
         publish_score(c.nodes[1].addr, &channel, "final", n, 0).await?;
@@ -203,6 +215,11 @@ async fn the_scoreboard_moves_to_another_node_when_its_node_is_killed_and_misses
         Duration::from_secs(15),
     )
     .await?;
+    // The first retry goes to the next node of the list after at most backoff_ms
+    // (200 ms, full jitter); the rest is Chromium noticing the dead socket and the
+    // WebSocket and connect round trips.
+    let away = killed.elapsed();
+    assert!(away < Duration::from_secs(5), "the page took {away:?} to reconnect");
     for n in 11..=12 {
         publish_score(c.nodes[2].addr, &channel, "final", n, 0).await?;
     }
@@ -319,5 +336,16 @@ async fn the_dashboard_draws_every_member_and_the_ring_follows_a_drain() -> Resu
         .await?;
     assert_eq!(fills, json!(2));
     b.screenshot(&shots.join("3-after-draining-node-2.png")).await?;
+
+    // The node serving the page dies: the page says it cannot reach it.
+    c.nodes[0].signal("KILL")?;
+    b.wait_for(
+        "the page to show it is disconnected",
+        "return document.getElementById('status').textContent.startsWith('disconnected: cannot reach') \
+            && document.getElementById('status').dataset.ok === 'false';",
+        WAIT,
+    )
+    .await?;
+    b.screenshot(&shots.join("4-node-gone.png")).await?;
     Ok(())
 }
