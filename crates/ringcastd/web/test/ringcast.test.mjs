@@ -362,3 +362,16 @@ test('a refused subscription emits error and is dropped', async () => {
   assert.doesNotThrow(() => client.subscribe('nope:x'), 'the channel can be subscribed again');
   client.close();
 });
+
+test('a token callback is asked on every connect; user goes in the URL for load balancers', async () => {
+  let calls = 0;
+  const { client, clock } = makeClient({ token: async () => `tok-${++calls}`, user: 'al ice' });
+  let ws = await accept();
+  assert.equal(ws.url, 'ws://a/ws?user=al%20ice');
+  assert.equal(ws.last('connect').token, 'tok-1');
+  ws.serverClose(1006);
+  clock.advance(1000);
+  ws = await accept();
+  assert.equal(ws.last('connect').token, 'tok-2');
+  client.close();
+});
