@@ -246,14 +246,20 @@ async fn the_dashboard_draws_every_member_and_the_ring_follows_a_drain() -> Resu
     let shots = output_dir("dashboard");
     let base = format!("http://{}/dashboard", c.nodes[0].addr);
 
-    // Without the key, or with a wrong one, the page says so instead of drawing.
+    // Without the key the page shows only this node's public health and metrics, and
+    // asks for the key; with a wrong one it says so instead of drawing.
     b.goto(&format!("{base}?poll_ms=300")).await?;
     b.wait_for(
-        "asks for the key",
-        "return document.getElementById('status').textContent === 'waiting for the API key'",
+        "this node's public row and a request for the key",
+        "const rows = [...document.querySelectorAll('#members tr[data-node]')]; \
+         return document.getElementById('status').textContent === 'waiting for the API key' && rows.length === 1 \
+            && rows[0].dataset.node === 'node-0' && rows[0].querySelector('[data-col=health]').textContent === 'ready' \
+            && rows[0].querySelector('[data-col=slots]').textContent === '–' \
+            && rows[0].querySelector('button').disabled;",
         WAIT,
     )
     .await?;
+    b.screenshot(&shots.join("0-no-key.png")).await?;
     b.goto(&format!("{base}?poll_ms=301#key=not-the-key")).await?;
     b.wait_for("wrong key", "return document.getElementById('status').textContent === 'wrong API key'", WAIT).await?;
     b.screenshot(&shots.join("1-wrong-key.png")).await?;
