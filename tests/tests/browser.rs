@@ -239,8 +239,8 @@ async fn the_scoreboard_moves_to_another_node_when_its_node_is_killed_and_misses
 }
 
 #[tokio::test]
-async fn the_dashboard_draws_every_member_and_the_ring_follows_a_drain() -> Result<()> {
-    let c = TestCluster::start(3, BOARD).await?;
+async fn the_dashboard_draws_every_member_and_the_ring_follows_a_drain_and_a_join() -> Result<()> {
+    let mut c = TestCluster::start(3, BOARD).await?;
     let driver = Chromedriver::start()?;
     let b = driver.browser().await?;
     let shots = output_dir("dashboard");
@@ -343,6 +343,16 @@ async fn the_dashboard_draws_every_member_and_the_ring_follows_a_drain() -> Resu
     assert_eq!(fills, json!(2));
     b.screenshot(&shots.join("3-after-draining-node-2.png")).await?;
 
+    // A node joins: it appears, and takes its share of the ring.
+    c.add_node("node-3", "core")?;
+    let joined = "const v = window.dashboard; \
+        return v.members.map(m => m.node_id).join() === 'node-0,node-1,node-3' && v.health['node-3'] === 'ready' \
+            && v.owners.every(o => o) && v.owners.filter(o => o === 'node-3').length > 200 \
+            && [...document.querySelectorAll('#ring path[data-slot]')].filter(p => p.dataset.owner === 'node-3').length \
+               === v.owners.filter(o => o === 'node-3').length;";
+    b.wait_for("node-3 in the ring", joined, Duration::from_secs(30)).await?;
+    b.screenshot(&shots.join("4-after-node-3-joined.png")).await?;
+
     // The node serving the page dies: the page says it cannot reach it.
     c.nodes[0].signal("KILL")?;
     b.wait_for(
@@ -352,6 +362,6 @@ async fn the_dashboard_draws_every_member_and_the_ring_follows_a_drain() -> Resu
         WAIT,
     )
     .await?;
-    b.screenshot(&shots.join("4-node-gone.png")).await?;
+    b.screenshot(&shots.join("5-node-gone.png")).await?;
     Ok(())
 }
