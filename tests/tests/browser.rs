@@ -64,6 +64,27 @@ async fn ringcast_js_is_served_with_its_content_type_and_cache_headers() -> Resu
 }
 
 #[tokio::test]
+async fn what_the_dashboard_reads_slot_owners_and_public_endpoints_for_other_origins() -> Result<()> {
+    let node = Ringcastd::start(&base_config(""))?;
+    let key = format!("Bearer {API_KEY}");
+    let v = http(node.addr, "GET", "/v1/cluster?slots=owners", &[("Authorization", &key)], "").await?.json();
+    let owners = v["slot_owners"].as_array().context("slot_owners")?;
+    assert_eq!(owners.len(), 1024);
+    assert!(owners.iter().all(|o| o == "standalone"), "{v}");
+    let plain = http(node.addr, "GET", "/v1/cluster", &[("Authorization", &key)], "").await?.json();
+    assert!(plain.get("slot_owners").is_none(), "only on request: {plain}");
+    let bad = http(node.addr, "GET", "/v1/cluster?slots=all", &[("Authorization", &key)], "").await?;
+    assert_eq!((bad.status, error_code(&bad.json())), (400, "bad_request".into()));
+    let anonymous = http(node.addr, "GET", "/v1/cluster?slots=owners", &[], "").await?;
+    assert_eq!(anonymous.status, 401, "the cluster view still needs the API key");
+    for path in ["/metrics", "/readyz", "/healthz"] {
+        let r = http(node.addr, "GET", path, &[("Origin", "http://other-node:7400")], "").await?;
+        assert_eq!((r.status, r.header("access-control-allow-origin")), (200, Some("*")), "{path}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
 #[allow(clippy::print_stderr)]
 async fn the_js_client_passes_its_node_tests_with_a_fake_socket_and_a_real_node() -> Result<()> {
     let version = match Command::new("node").arg("--version").output() {

@@ -552,16 +552,31 @@ async fn cluster_info(
     require_api_key(&node, &headers)?;
     let with_owners = parse_cluster_query(query.as_deref())?;
     let me = node.node_id.as_str();
-    let mut body = match node.router.cluster() {
-        None => serde_json::json!({
-            "node": me,
-            "mode": "standalone",
-            "members": [{"node_id": me, "role": "core", "draining": false, "client_addr": null, "quic_addr": null}],
-            "slots": {me: usize::from(ringcast_core::SLOTS)},
-            "vacant": 0,
-        }),
+    let body = match node.router.cluster() {
+        None => {
+            let mut body = serde_json::json!({
+                "node": me,
+                "mode": "standalone",
+                "members": [{"node_id": me, "role": "core", "draining": false, "client_addr": null, "quic_addr": null}],
+                "slots": {me: usize::from(ringcast_core::SLOTS)},
+                "vacant": 0,
+            });
+            if with_owners {
+                body["slot_owners"] = serde_json::json!(vec![me; usize::from(ringcast_core::SLOTS)]);
+            }
+            body
+        }
         Some(c) => {
             let table = c.table();
+            // From the same table as the counts, so the two agree.
+            let owners: Option<Vec<Option<String>>> = with_owners.then(|| {
+                Slot::all()
+                    .map(|s| match table.route(s) {
+                        ringcast_core::ownership::Route::Claimed { owner, .. } => Some(owner.to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            });
             let counts = table.claimed_counts();
             let claimed: usize = counts.values().sum();
             let members: Vec<serde_json::Value> = c
@@ -579,30 +594,19 @@ async fn cluster_info(
                 .collect();
             let slots: serde_json::Map<String, serde_json::Value> =
                 counts.into_iter().map(|(n, k)| (n.to_string(), serde_json::json!(k))).collect();
-            serde_json::json!({
+            let mut body = serde_json::json!({
                 "node": me,
                 "mode": "cluster",
                 "members": members,
                 "slots": slots,
                 "vacant": usize::from(ringcast_core::SLOTS) - claimed,
-            })
+            });
+            if let Some(owners) = owners {
+                body["slot_owners"] = serde_json::json!(owners);
+            }
+            body
         }
     };
-    if with_owners {
-        let owners: Vec<Option<String>> = match node.router.cluster() {
-            None => Slot::all().map(|_| Some(me.to_owned())).collect(),
-            Some(c) => {
-                let table = c.table();
-                Slot::all()
-                    .map(|s| match table.route(s) {
-                        ringcast_core::ownership::Route::Claimed { owner, .. } => Some(owner.to_string()),
-                        _ => None,
-                    })
-                    .collect()
-            }
-        };
-        body["slot_owners"] = serde_json::json!(owners);
-    }
     Ok(json(StatusCode::OK, body.to_string()))
 }
 
