@@ -5,6 +5,8 @@
 //! address (no log scraping, no sleeps as synchronisation). The process is killed and
 //! the directory removed when the handle drops, even when a test fails.
 //!
+//! [`webdriver`] runs headless Chromium through chromedriver for the browser tests.
+//!
 //! [`WsClient`] speaks the client protocol over a real WebSocket; [`http`] is a minimal
 //! HTTP/1.1 client over a raw TCP stream (raw so tests can also send malformed requests).
 //!
@@ -15,6 +17,7 @@
 pub mod cluster;
 pub mod compose;
 pub mod etcd;
+pub mod webdriver;
 pub use etcd::EtcdServer;
 
 use anyhow::{anyhow, bail, Context, Result};

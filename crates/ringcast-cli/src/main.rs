@@ -19,6 +19,7 @@ mod ca;
 mod channel;
 mod cluster;
 mod container;
+mod demo;
 mod exit;
 mod node;
 mod output;
@@ -94,12 +95,35 @@ enum Command {
     /// Container entrypoint: derive the node id and address, issue the node's
     /// certificate from the mounted CA, write its config, exec ringcastd (docs/docker.md).
     ContainerNode(container::ContainerNode),
+    /// Demo publishers: `demo scores` feeds the live scoreboard page at `/`.
+    #[command(subcommand)]
+    Demo(DemoCommand),
     /// Drain a node: it hands its slots to the others, closes its clients and exits.
     Drain {
         node_id: String,
         /// How long to wait for the node to hold no slot (0: do not wait).
         #[arg(long, default_value = "60")]
         wait_secs: u64,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+enum DemoCommand {
+    /// Play made-up games on scores:nba and scores:nhl (keep-latest, one key per game)
+    /// through the server API; the scoreboard at http://NODE/ shows them.
+    Scores {
+        /// How many games (1..=8).
+        #[arg(long, default_value_t = 6)]
+        games: usize,
+        /// Milliseconds between updates.
+        #[arg(long, default_value_t = 700)]
+        interval_ms: u64,
+        /// Stop after this many updates (0: run until interrupted).
+        #[arg(long, default_value_t = 0)]
+        ticks: u64,
+        /// Seed of the game generator (default: the current time).
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
@@ -175,6 +199,13 @@ fn main() -> ExitCode {
                     ExitCode::from(err.exit_code())
                 }
             };
+        }
+        Command::Demo(DemoCommand::Scores { games, interval_ms, ticks, seed }) => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
+            });
+            let interval = std::time::Duration::from_millis(*interval_ms);
+            with_node(&cli, |api| async move { demo::scores(&api, *games, interval, *ticks, seed).await })
         }
         Command::Drain { node_id, wait_secs } => with_node(&cli, |api| async move {
             cluster::drain(&api, node_id, std::time::Duration::from_secs(*wait_secs)).await

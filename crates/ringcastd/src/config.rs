@@ -41,6 +41,18 @@ pub struct Config {
     /// `[hooks]`: the application backend's HTTP endpoints asked about connects,
     /// refreshes, subscribes and publishes (`crate::hooks`).
     pub hooks: crate::hooks::HooksConfig,
+    /// `[web]`: the browser pages.
+    pub web: WebConfig,
+}
+
+/// `[web]`: the pages served next to the API (`/ringcast.js` is always served).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve the live scoreboard demo at `/` and the cluster dashboard at `/dashboard`
+    /// (default false; the built-in development config turns it on). The pages hold no
+    /// secret; the dashboard reads the operator API with the key typed into it.
+    pub pages: bool,
 }
 
 /// `[registry]`: every connection with a token is subscribed to its user's registry

@@ -1,4 +1,5 @@
-//! HTTP on the client port: the server API, health, metrics and the WebSocket upgrade.
+//! HTTP on the client port: the server API, health, metrics, the WebSocket upgrade and
+//! the browser files of [`crate::web`].
 //!
 //! Every error this module answers, including malformed paths, queries and bodies, is
 //! a JSON body `{"error": {"code", "message"}}` with the code's HTTP status (see
@@ -66,6 +67,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(crate::web::scoreboard))
+        .route("/ringcast.js", get(crate::web::ringcast_js))
+        .route("/dashboard", get(crate::web::dashboard))
         .fallback(|| async { error(ErrorCode::NotFound, "no such endpoint; see proto/openapi.yaml") })
         .method_not_allowed_fallback(|| async {
             error(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
@@ -78,6 +82,11 @@ fn json(status: StatusCode, body: String) -> Response {
 }
 
 fn error(code: ErrorCode, message: &str) -> Response {
+    error_response(code, message)
+}
+
+/// An error answer: the code's HTTP status and the JSON error body.
+pub(crate) fn error_response(code: ErrorCode, message: &str) -> Response {
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json(status, encode_http_error(code, message))
 }
@@ -516,20 +525,59 @@ async fn admin_drain(State(node): State<AppState>, headers: HeaderMap) -> Result
     Ok(json(StatusCode::ACCEPTED, serde_json::json!({"node": node.node_id.as_str(), "status": "draining"}).to_string()))
 }
 
-/// Members and slot ownership as this node sees them (operators; API key).
-async fn cluster_info(State(node): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Reads the query of `/v1/cluster`: `slots=owners` asks for every slot's holder.
+fn parse_cluster_query(q: Option<&str>) -> Result<bool, ApiError> {
+    let mut owners = false;
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair {
+            "slots=owners" => owners = true,
+            _ => {
+                return Err(api_err(
+                    ErrorCode::BadRequest,
+                    format!("unknown query parameter {pair:?}; use slots=owners"),
+                ))
+            }
+        }
+    }
+    Ok(owners)
+}
+
+/// Members and slot ownership as this node sees them (operators; API key). With
+/// `?slots=owners`, also `slot_owners`: the holder of each slot by slot number (`null`
+/// while vacant), which the dashboard draws as a ring.
+async fn cluster_info(
+    State(node): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     require_api_key(&node, &headers)?;
+    let with_owners = parse_cluster_query(query.as_deref())?;
     let me = node.node_id.as_str();
     let body = match node.router.cluster() {
-        None => serde_json::json!({
-            "node": me,
-            "mode": "standalone",
-            "members": [{"node_id": me, "role": "core", "draining": false, "client_addr": null, "quic_addr": null}],
-            "slots": {me: usize::from(ringcast_core::SLOTS)},
-            "vacant": 0,
-        }),
+        None => {
+            let mut body = serde_json::json!({
+                "node": me,
+                "mode": "standalone",
+                "members": [{"node_id": me, "role": "core", "draining": false, "client_addr": null, "quic_addr": null}],
+                "slots": {me: usize::from(ringcast_core::SLOTS)},
+                "vacant": 0,
+            });
+            if with_owners {
+                body["slot_owners"] = serde_json::json!(vec![me; usize::from(ringcast_core::SLOTS)]);
+            }
+            body
+        }
         Some(c) => {
             let table = c.table();
+            // From the same table as the counts, so the two agree.
+            let owners: Option<Vec<Option<String>>> = with_owners.then(|| {
+                Slot::all()
+                    .map(|s| match table.route(s) {
+                        ringcast_core::ownership::Route::Claimed { owner, .. } => Some(owner.to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            });
             let counts = table.claimed_counts();
             let claimed: usize = counts.values().sum();
             let members: Vec<serde_json::Value> = c
@@ -547,37 +595,51 @@ async fn cluster_info(State(node): State<AppState>, headers: HeaderMap) -> Resul
                 .collect();
             let slots: serde_json::Map<String, serde_json::Value> =
                 counts.into_iter().map(|(n, k)| (n.to_string(), serde_json::json!(k))).collect();
-            serde_json::json!({
+            let mut body = serde_json::json!({
                 "node": me,
                 "mode": "cluster",
                 "members": members,
                 "slots": slots,
                 "vacant": usize::from(ringcast_core::SLOTS) - claimed,
-            })
+            });
+            if let Some(owners) = owners {
+                body["slot_owners"] = serde_json::json!(owners);
+            }
+            body
         }
     };
     Ok(json(StatusCode::OK, body.to_string()))
 }
 
+/// Lets pages of other nodes read a public operational endpoint (the dashboard reads
+/// every member's `/metrics` and `/readyz`). These endpoints need no credentials, so
+/// the header opens nothing that a non-browser client could not already read.
+fn public(mut r: Response) -> Response {
+    r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    r
+}
+
 async fn healthz(State(node): State<AppState>) -> Response {
-    json(StatusCode::OK, serde_json::json!({"status": "ok", "node": node.node_id.as_str()}).to_string())
+    public(json(StatusCode::OK, serde_json::json!({"status": "ok", "node": node.node_id.as_str()}).to_string()))
 }
 
 async fn readyz(State(node): State<AppState>) -> Response {
-    if node.is_ready() {
+    public(if node.is_ready() {
         json(StatusCode::OK, r#"{"status":"ready"}"#.into())
     } else {
         json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#.into())
-    }
+    })
 }
 
 async fn metrics(State(node): State<AppState>) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
-        node.metrics.render(),
+    public(
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
+            node.metrics.render(),
+        )
+            .into_response(),
     )
-        .into_response()
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -689,6 +751,9 @@ mod tests {
         assert!(parse_history_query(Some("limit=0")).is_err());
         assert!(parse_history_query(Some("limit=-1")).is_err());
         assert!(parse_history_query(Some("page=2")).is_err());
+        assert!(matches!(parse_cluster_query(None), Ok(false)));
+        assert!(matches!(parse_cluster_query(Some("slots=owners")), Ok(true)));
+        assert!(parse_cluster_query(Some("slots=all")).is_err());
         assert!(same_secret(b"abc", b"abc") && !same_secret(b"abc", b"abd") && !same_secret(b"ab", b"abc"));
     }
 }

@@ -17,6 +17,7 @@
 //!   per-connection queues.
 //! - [`auth`]: JWT verification and capabilities. [`metrics`]: Prometheus counters.
 //! - [`node`]: shared state and the serve/drain lifecycle.
+//! - [`web`]: `ringcast.js`, the scoreboard demo and the dashboard, compiled in.
 //!
 //! Pure logic lives in `ringcast-core`; this crate is the I/O around it.
 
@@ -32,3 +33,4 @@ pub mod outbox;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod web;
