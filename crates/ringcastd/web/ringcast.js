@@ -8,9 +8,13 @@
 // events so the page can refetch history. Publishes carry idempotency keys and are
 // re-sent after a reconnect until acknowledged. Documented in docs/javascript.md.
 //
-// Deliberately not here: deltas (subscriptions never ask for them), pattern
-// subscriptions, token refresh timers. Time, randomness and the WebSocket class are
-// options, so the tests drive the client with a fake socket and a fake clock.
+// Tokens: give a callback as `token` and the client asks it on every connect, when the
+// server pushes `expiring` (then it sends `refresh`, and the session carries on), and
+// before reconnecting after a 4002 (token expired) close.
+//
+// Deliberately not here: deltas (subscriptions never ask for them) and pattern
+// subscriptions. Time, randomness and the WebSocket class are options, so the tests
+// drive the client with a fake socket and a fake clock.
 
 /** Close codes after which reconnecting cannot help (proto/client.md, "Close codes"). */
 export const FATAL_CLOSE_CODES = new Set([1002, 1003, 1007, 1009, 4001, 4002, 4003, 4009]);
@@ -98,7 +102,8 @@ export function newIdempotencyKey() {
  * @typedef {'connecting'|'connected'|'disconnected'|'closed'} ConnectionState
  * @typedef {{state: ConnectionState, url?: string, node?: string, client?: string, attempt?: number,
  *            retryInMs?: number, code?: number, reason?: string}} StateEvent
- * @typedef {{state: StateEvent, error: ErrorEvent}} ClientEvents
+ * @typedef {{expiresAt: number|null}} RefreshedEvent
+ * @typedef {{state: StateEvent, error: ErrorEvent, refreshed: RefreshedEvent}} ClientEvents
  */
 
 /** An error reply from the server, with its stable `code`. */
@@ -550,6 +555,10 @@ export class RingcastClient extends Emitter {
       this.emit('error', { code: f.error?.code ?? 'internal', message: f.error?.message ?? '' });
       return;
     }
+    if (f.type === 'expiring') {
+      this._refresh(ws);
+      return;
+    }
     const sub = f.channel !== undefined ? this._subs.get(f.channel) : undefined;
     if (!sub) return; // the registry channel, or a channel already unsubscribed
     switch (f.type) {
@@ -581,6 +590,25 @@ export class RingcastClient extends Emitter {
     }
   }
 
+  /** The token expires soon: ask the callback for a new one and send `refresh`. */
+  async _refresh(ws) {
+    if (typeof this.token !== 'function') return; // a fixed token cannot be renewed
+    let token;
+    try {
+      token = await this.token();
+    } catch (e) {
+      this.emit('error', { code: 'refresh_failed', message: `token callback failed: ${e}` });
+      return;
+    }
+    if (ws !== this._ws || !token) return;
+    try {
+      const reply = await this._request({ type: 'refresh', token }, false);
+      this.emit('refreshed', { expiresAt: reply.expires_at ?? null });
+    } catch (e) {
+      this.emit('error', { code: 'refresh_failed', message: `${e.code ?? ''}: ${e.message}` });
+    }
+  }
+
   _teardown() {
     if (this._pingTimer) this._clearTimeout(this._pingTimer);
     this._pingTimer = null;
@@ -604,7 +632,8 @@ export class RingcastClient extends Emitter {
     if (ws !== this._ws) return;
     this._teardown();
     if (this._closedByUser) return;
-    if (FATAL_CLOSE_CODES.has(code)) {
+    // An expired token is fatal only when there is no callback to get a new one.
+    if (FATAL_CLOSE_CODES.has(code) && !(code === 4002 && typeof this.token === 'function')) {
       for (const [, p] of this._pending) p.reject(new RingcastError('closed', `closed with ${code} ${reason}`));
       this._pending.clear();
       this._setState({ state: 'closed', code, reason });

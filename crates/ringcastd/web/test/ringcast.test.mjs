@@ -363,6 +363,30 @@ test('a refused subscription emits error and is dropped', async () => {
   client.close();
 });
 
+test('expiring: the token callback gives a new token for refresh; a 4002 close reconnects with a new one', async () => {
+  let calls = 0;
+  const { client, clock } = makeClient({ token: async () => `tok-${++calls}` });
+  const refreshed = [];
+  client.on('refreshed', (e) => refreshed.push(e.expiresAt));
+  let ws = await accept();
+  assert.equal(ws.last('connect').token, 'tok-1');
+  ws.push({ type: 'expiring', expires_at: 1893459600, in_ms: 30000 });
+  await tick();
+  const refresh = ws.last('refresh');
+  assert.equal(refresh.token, 'tok-2');
+  ws.push({ id: refresh.id, type: 'refreshed', expires_at: 1893463200 });
+  await tick();
+  assert.deepEqual(refreshed, [1893463200]);
+  assert.equal(FakeSocket.all.length, 1, 'the same connection carries on');
+  // Without a refresh in time the server closes 4002: with a callback, not fatal.
+  ws.serverClose(4002, 'token_expired');
+  clock.advance(1000);
+  ws = await accept();
+  assert.equal(ws.last('connect').token, 'tok-3');
+  assert.equal(FakeSocket.all.length, 2);
+  client.close();
+});
+
 test('a token callback is asked on every connect; user goes in the URL for load balancers', async () => {
   let calls = 0;
   const { client, clock } = makeClient({ token: async () => `tok-${++calls}`, user: 'al ice' });
