@@ -151,6 +151,26 @@ impl TestCluster {
         bail!("no {namespace} channel owned by {owner}")
     }
 
+    /// Drains node `i` (`POST /v1/admin/drain`, which answers 202 and hands its slots off).
+    pub async fn drain(&self, i: usize) -> Result<()> {
+        let auth = format!("Bearer {API_KEY}");
+        let r = http(self.nodes[i].addr, "POST", "/v1/admin/drain", &[("Authorization", &auth)], "").await?;
+        anyhow::ensure!(r.status == 202, "drain node {i}: {} {}", r.status, r.body);
+        Ok(())
+    }
+
+    /// Drains node `i` and waits until `channel`'s slot is claimed by another node.
+    pub async fn drain_moving(&self, i: usize, channel: &str) -> Result<()> {
+        self.drain(i).await?;
+        let deadline = Instant::now() + WAIT * 3;
+        let drained = format!("node-{i}");
+        while [drained.as_str(), ""].contains(&self.owner_of(channel).await?.as_str()) {
+            anyhow::ensure!(Instant::now() < deadline, "{channel} never moved off {drained}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// Waits until every node sees every node and no slot is vacant.
     pub async fn wait_settled(&self) -> Result<()> {
         let deadline = Instant::now() + WAIT * 3;

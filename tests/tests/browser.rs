@@ -346,9 +346,7 @@ async fn the_dashboard_draws_every_member_and_the_ring_follows_a_drain_and_a_joi
     b.screenshot(&shots.join("2-three-members.png")).await?;
 
     // Drain node-2: the ring moves its slots to the others, and its row goes.
-    let r = http(c.nodes[2].addr, "POST", "/v1/admin/drain", &[("Authorization", &format!("Bearer {API_KEY}"))], "")
-        .await?;
-    assert_eq!(r.status, 202, "{}", r.body);
+    c.drain(2).await?;
     let two = "const v = window.dashboard; \
         return v.members.length === 2 && v.members.every(m => m.node_id !== 'node-2') \
             && v.owners.every(o => o === 'node-0' || o === 'node-1') \

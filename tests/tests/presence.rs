@@ -252,9 +252,7 @@ async fn presence_is_rebuilt_after_a_drain_and_a_crash() -> Result<()> {
 
     // The owner drains: its slots move with a handoff, its clients are closed. The new
     // owner rebuilds the presence from its own clients and the others' re-announcements.
-    let r = http(c.nodes[2].addr, "POST", "/v1/admin/drain", &[("Authorization", &format!("Bearer {API_KEY}"))], "")
-        .await?;
-    assert_eq!(r.status, 202, "{}", r.body);
+    c.drain(2).await?;
     wait_presence(&c, 0, &ch, &[("node-0", "ann"), ("node-1", "ben")]).await?;
     wait_presence(&c, 1, &ch, &[("node-0", "ann"), ("node-1", "ben")]).await?;
 

@@ -106,14 +106,7 @@ async fn the_state_moves_with_a_drain_and_survives_an_owner_crash() -> Result<()
         publish(&c, 0, &ch, &format!("g{g}"), g).await?;
         want.insert(format!("g{g}"), g);
     }
-    let auth = format!("Bearer {API_KEY}");
-    let r = http(c.nodes[2].addr, "POST", "/v1/admin/drain", &[("Authorization", &auth)], "").await?;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ["node-2", ""].contains(&c.owner_of(&ch).await?.as_str()) {
-        anyhow::ensure!(Instant::now() < deadline, "the slot never moved off node-2");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.drain_moving(2, &ch).await?;
     assert_eq!(state_on(&c, 0, &ch).await?, (8, want.clone()), "after the drain");
     publish(&c, 1, &ch, "g1", 100).await?;
     want.insert("g1".into(), 100);
