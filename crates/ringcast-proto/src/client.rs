@@ -310,6 +310,8 @@ pub fn check_history_limit(limit: Option<u32>) -> Result<u32, String> {
 // ---------------------------------------------------------------------------------------
 // Server frames.
 
+/// A `message` push: whole (`data`) or, in `delta` namespaces, as a merge patch
+/// against the key's message at `base` (`base` and `patch`).
 #[derive(Serialize)]
 struct MessagePush<'a> {
     #[serde(rename = "type")]
@@ -317,9 +319,30 @@ struct MessagePush<'a> {
     channel: &'a str,
     epoch: Epoch,
     offset: Offset,
+    /// Keep-latest key; the empty key (a channel's single latest message) is not shown.
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<&'a str>,
-    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<Offset>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<&'a serde_json::Value>,
+}
+
+impl<'a> MessagePush<'a> {
+    fn new(channel: &'a ChannelName, position: StreamPosition, key: Option<&'a str>) -> MessagePush<'a> {
+        MessagePush {
+            kind: "message",
+            channel: channel.as_str(),
+            epoch: position.epoch,
+            offset: position.offset,
+            key: key.filter(|k| !k.is_empty()),
+            data: None,
+            base: None,
+            patch: None,
+        }
+    }
 }
 
 /// The `message` push for one sequenced publish. Encoded once, shared by every reader.
@@ -336,27 +359,7 @@ pub fn encode_keyed_message(
     key: Option<&str>,
     data: &RawValue,
 ) -> String {
-    to_json(&MessagePush {
-        kind: "message",
-        channel: channel.as_str(),
-        epoch: position.epoch,
-        offset: position.offset,
-        key: key.filter(|k| !k.is_empty()),
-        data,
-    })
-}
-
-#[derive(Serialize)]
-struct DeltaPush<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    channel: &'a str,
-    epoch: Epoch,
-    offset: Offset,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<&'a str>,
-    base: Offset,
-    patch: &'a serde_json::Value,
+    to_json(&MessagePush { data: Some(data), ..MessagePush::new(channel, position, key) })
 }
 
 /// A keyed `message` as a delta: `patch` (an RFC 7396 merge patch) turns the data of the
@@ -370,15 +373,7 @@ pub fn encode_delta_message(
     base: Offset,
     patch: &serde_json::Value,
 ) -> String {
-    to_json(&DeltaPush {
-        kind: "message",
-        channel: channel.as_str(),
-        epoch: position.epoch,
-        offset: position.offset,
-        key: Some(key).filter(|k| !k.is_empty()),
-        base,
-        patch,
-    })
+    to_json(&MessagePush { base: Some(base), patch: Some(patch), ..MessagePush::new(channel, position, Some(key)) })
 }
 
 /// The `data` of an encoded full `message` frame (read without parsing the frame: the
