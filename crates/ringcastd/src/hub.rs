@@ -406,6 +406,20 @@ impl Hub {
         self.replica_paused[usize::from(slot.get())].store(paused, Ordering::SeqCst);
     }
 
+    /// Every channel with state here (the shards are locked one at a time).
+    fn all_cells(&self) -> Vec<(ChannelName, Arc<Channel>)> {
+        self.cells_where(|_| true)
+    }
+
+    /// The channels with state here whose names pass `select`.
+    fn cells_where(&self, select: impl Fn(&ChannelName) -> bool) -> Vec<(ChannelName, Arc<Channel>)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            out.extend(lock(shard).iter().filter(|(name, _)| select(name)).map(|(k, v)| (k.clone(), v.clone())));
+        }
+        out
+    }
+
     /// The channels of `slot` that have state here.
     fn slot_cells(&self, slot: Slot) -> Vec<(ChannelName, Arc<Channel>)> {
         lock(&self.shards[usize::from(slot.get()) % SHARDS])
@@ -1115,11 +1129,8 @@ impl Hub {
         if let Some(total) = self.patterns.drop_peer(peer) {
             self.metrics.peer_patterns.store(i64::try_from(total).unwrap_or(i64::MAX), Ordering::Relaxed);
         }
-        for shard in &self.shards {
-            let cells: Vec<Arc<Channel>> = lock(shard).values().cloned().collect();
-            for cell in cells {
-                lock(&cell.state).interest.remove(peer);
-            }
+        for (_, cell) in self.all_cells() {
+            lock(&cell.state).interest.remove(peer);
         }
     }
 
@@ -1151,14 +1162,10 @@ impl Hub {
         patience: std::time::Duration,
     ) -> Vec<(ChannelName, ringcast_core::mirror::Fill)> {
         let mut out = Vec::new();
-        for shard in &self.shards {
-            let cells: Vec<(ChannelName, Arc<Channel>)> =
-                lock(shard).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            for (name, cell) in cells {
-                let mut st = lock(&cell.state);
-                if let Some(fill) = st.mirror.as_mut().and_then(|m| m.fill_due(now, patience)) {
-                    out.push((name, fill));
-                }
+        for (name, cell) in self.all_cells() {
+            let mut st = lock(&cell.state);
+            if let Some(fill) = st.mirror.as_mut().and_then(|m| m.fill_due(now, patience)) {
+                out.push((name, fill));
             }
         }
         out
@@ -1199,14 +1206,10 @@ impl Hub {
     /// with the position delivered up to.
     pub fn mirrored_channels(&self) -> Vec<(ChannelName, StreamPosition)> {
         let mut out = Vec::new();
-        for shard in &self.shards {
-            let cells: Vec<(ChannelName, Arc<Channel>)> =
-                lock(shard).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            for (name, cell) in cells {
-                let st = lock(&cell.state);
-                if let (Some(m), false) = (st.mirror.as_ref(), st.subscribers.is_empty()) {
-                    out.push((name, m.position()));
-                }
+        for (name, cell) in self.all_cells() {
+            let st = lock(&cell.state);
+            if let (Some(m), false) = (st.mirror.as_ref(), st.subscribers.is_empty()) {
+                out.push((name, m.position()));
             }
         }
         out
@@ -1551,15 +1554,11 @@ impl Hub {
     /// Owner: `node` is gone (left the cluster or restarted): its clients leave every
     /// presence channel here, after the grace.
     pub fn presence_node_gone(&self, node: &NodeId, now: Millis) {
-        for shard in &self.shards {
-            let cells: Vec<(ChannelName, Arc<Channel>)> =
-                lock(shard).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            for (name, cell) in cells {
-                let mut st = lock(&cell.state);
-                if let Some(p) = st.presence.as_mut() {
-                    let events = p.drop_node(node, now);
-                    self.emit_presence(&name, &mut st, events, now);
-                }
+        for (name, cell) in self.all_cells() {
+            let mut st = lock(&cell.state);
+            if let Some(p) = st.presence.as_mut() {
+                let events = p.drop_node(node, now);
+                self.emit_presence(&name, &mut st, events, now);
             }
         }
     }
@@ -1606,21 +1605,17 @@ impl Hub {
     /// Sends the leaves whose grace has passed and prunes typing gates. Runs with the
     /// sweep.
     fn presence_tick(&self, now: Millis) {
-        for shard in &self.shards {
-            let cells: Vec<(ChannelName, Arc<Channel>)> =
-                lock(shard).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            for (name, cell) in cells {
-                let mut st = lock(&cell.state);
-                if let Some(g) = st.typing.as_mut() {
-                    g.prune(now);
+        for (name, cell) in self.all_cells() {
+            let mut st = lock(&cell.state);
+            if let Some(g) = st.typing.as_mut() {
+                g.prune(now);
+            }
+            if let Some(p) = st.presence.as_mut() {
+                let events = p.tick(now);
+                if p.is_empty() {
+                    st.presence = None;
                 }
-                if let Some(p) = st.presence.as_mut() {
-                    let events = p.tick(now);
-                    if p.is_empty() {
-                        st.presence = None;
-                    }
-                    self.emit_presence(&name, &mut st, events, now);
-                }
+                self.emit_presence(&name, &mut st, events, now);
             }
         }
     }

@@ -253,13 +253,4 @@ impl Hub {
         self.patterns.any_peer.store(!peers.by_node.is_empty(), Ordering::Release);
         self.patterns.generation.fetch_add(1, Ordering::AcqRel);
     }
-
-    /// The channels with state here whose names pass `select`.
-    fn cells_where(&self, select: impl Fn(&ChannelName) -> bool) -> Vec<(ChannelName, Arc<super::Channel>)> {
-        let mut out = Vec::new();
-        for shard in &self.shards {
-            out.extend(lock(shard).iter().filter(|(name, _)| select(name)).map(|(k, v)| (k.clone(), v.clone())));
-        }
-        out
-    }
 }
