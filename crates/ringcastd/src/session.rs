@@ -176,14 +176,14 @@ impl Session {
                     match frame {
                         None => return None,
                         Some(Ok(Message::Text(text))) if self.encoding == Encoding::Json => {
-                            if let Some(code) = self.on_text(Ok(text.as_str())).await {
+                            if let Some(code) = self.on_command(Ok(text.as_str())).await {
                                 let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await;
                                 return Some(self.close(&mut ws, code).await);
                             }
                         }
                         Some(Ok(Message::Binary(bytes))) if self.encoding == Encoding::MsgPack => {
                             let text = msgpack_to_json(&bytes);
-                            if let Some(code) = self.on_text(text.as_deref().map_err(Clone::clone)).await {
+                            if let Some(code) = self.on_command(text.as_deref().map_err(Clone::clone)).await {
                                 let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await;
                                 return Some(self.close(&mut ws, code).await);
                             }
@@ -380,7 +380,7 @@ impl Session {
 
     /// Handles one command frame: its JSON text, or (MessagePack) why it has none.
     /// Returns a close code when the session must end.
-    async fn on_text(&mut self, text: Result<&str, String>) -> Option<CloseCode> {
+    async fn on_command(&mut self, text: Result<&str, String>) -> Option<CloseCode> {
         if !self.bucket.try_take(self.node.now()) {
             self.strikes += 1;
             if self.strikes >= MAX_RATE_LIMIT_STRIKES {
