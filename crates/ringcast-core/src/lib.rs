@@ -22,6 +22,10 @@
 //!   notices.
 //! - [`presence`]: who is in a channel (debounced join/leave per user), the typing
 //!   rate limit and the last-seen table of the connection registry.
+//! - [`occupancy`]: whether a channel has subscribers anywhere, debounced, for the
+//!   `channel_occupied` / `channel_vacated` webhooks.
+//! - [`webhook`]: a node's webhook outbox: bounded queue, one batch in flight, retries
+//!   with backoff for a bounded time, then dead letters.
 //! - [`caps`]: channel capability patterns carried in client tokens.
 //! - [`pattern`]: subscription patterns (`scores:nba:*`, `scores:>`) and their matching.
 //! - [`ratelimit`]: token buckets on an injected clock.
@@ -39,6 +43,7 @@ pub mod log;
 pub mod mirror;
 pub mod name;
 pub mod namespace;
+pub mod occupancy;
 pub mod ownership;
 pub mod pattern;
 pub mod position;
@@ -48,11 +53,12 @@ pub mod ring;
 pub mod send_queue;
 pub mod slot;
 pub mod time;
+pub mod webhook;
 
 pub use caps::{ChannelPattern, PatternError};
 pub use log::{Appended, ChannelLog, HistoryPage, NotRecoveredReason, Recovery};
 pub use name::{ChannelName, ConnId, NameError, NamespaceName, NodeId};
-pub use namespace::{BackpressurePolicy, NamespaceError, NamespaceOptions};
+pub use namespace::{BackpressurePolicy, NamespaceError, NamespaceOptions, WebhookKind, WebhookSet};
 pub use pattern::{Pattern, PatternSyntaxError};
 pub use position::{Epoch, Offset, PositionError, StreamPosition};
 pub use ratelimit::TokenBucket;

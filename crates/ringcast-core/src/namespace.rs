@@ -127,6 +127,35 @@ pub struct NamespaceOptions {
     /// Ask the application backend (`hooks.publish_url`) before each client `publish`;
     /// it may rewrite the data (default false).
     pub publish_hook: bool,
+    /// Webhooks this namespace's channels send to `webhooks.url` (default none), any of
+    /// `"occupancy"` (`channel_occupied`, `channel_vacated`), `"presence"`
+    /// (`member_joined`, `member_left`; needs `presence`) and `"messages"` (every
+    /// message published).
+    pub webhooks: Vec<WebhookKind>,
+}
+
+/// A group of webhook events a namespace may select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookKind {
+    Occupancy,
+    Presence,
+    Messages,
+}
+
+/// A namespace's webhook selection as flags (cheap to copy into channel state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WebhookSet {
+    pub occupancy: bool,
+    pub presence: bool,
+    pub messages: bool,
+}
+
+impl WebhookSet {
+    #[must_use]
+    pub fn any(self) -> bool {
+        self.occupancy || self.presence || self.messages
+    }
 }
 
 impl Default for NamespaceOptions {
@@ -154,6 +183,7 @@ impl Default for NamespaceOptions {
             patterns: false,
             subscribe_hook: false,
             publish_hook: false,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -191,6 +221,12 @@ impl NamespaceOptions {
         if self.join_leave && !self.presence {
             return err("join_leave", "needs presence = true (joins and leaves come from the presence state)".into());
         }
+        if self.webhooks.contains(&WebhookKind::Presence) && !self.presence {
+            return err(
+                "webhooks",
+                "\"presence\" needs presence = true (the events come from the presence state)".into(),
+            );
+        }
         if self.delta && !self.keep_latest {
             return err("delta", "needs keep_latest = true (a patch is taken against the key's latest message)".into());
         }
@@ -218,6 +254,17 @@ impl NamespaceOptions {
             return err("client_publish_burst", "must be at least 1 when client_publish_rate is set".into());
         }
         Ok(())
+    }
+
+    /// The webhook events this namespace selected.
+    #[must_use]
+    pub fn webhook_set(&self) -> WebhookSet {
+        let has = |k| self.webhooks.contains(&k);
+        WebhookSet {
+            occupancy: has(WebhookKind::Occupancy),
+            presence: has(WebhookKind::Presence),
+            messages: has(WebhookKind::Messages),
+        }
     }
 
     #[must_use]
@@ -272,6 +319,8 @@ mod tests {
         assert_eq!(bad.validate().map_err(|e| e.field), Err("join_leave"));
         let bad = NamespaceOptions { presence: true, presence_grace: Duration::from_secs(7200), ..Default::default() };
         assert_eq!(bad.validate().map_err(|e| e.field), Err("presence_grace"));
+        let bad = NamespaceOptions { webhooks: vec![WebhookKind::Presence], ..Default::default() };
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("webhooks"));
     }
 
     #[test]
@@ -288,6 +337,16 @@ mod tests {
         assert!(serde_json::from_str::<BackpressurePolicy>("\"drop_all\"").is_err());
         let keep = NamespaceOptions { backpressure: BackpressurePolicy::KeepLatest, ..Default::default() };
         assert_eq!(keep.validate(), Ok(()));
+    }
+
+    #[test]
+    fn webhook_selections_parse_by_name() {
+        let ns: NamespaceOptions =
+            serde_json::from_str(r#"{"presence":true,"webhooks":["occupancy","presence"]}"#).expect("test value");
+        assert_eq!(ns.validate(), Ok(()));
+        assert_eq!(ns.webhook_set(), WebhookSet { occupancy: true, presence: true, messages: false });
+        assert!(!NamespaceOptions::default().webhook_set().any());
+        assert!(serde_json::from_str::<NamespaceOptions>(r#"{"webhooks":["typing"]}"#).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use bincode::{Decode, Encode};
 
 /// Version of this frame catalogue, sent in `Hello`.
-pub const FRAMES_VERSION: u16 = 6;
+pub const FRAMES_VERSION: u16 = 7;
 
 /// A message's delta form between nodes: a `message` frame carrying a merge patch
 /// against the message at `base`.
@@ -66,6 +66,9 @@ pub struct ChannelSnapshotWire {
     pub interest: Vec<String>,
     /// Keep-latest state: `(key, offset, age in ms, message frame)`.
     pub latest: Vec<(String, u64, u64, String)>,
+    /// Whether the old owner told the backend the channel is occupied (occupancy
+    /// webhooks); the new owner goes on from there, so nothing is reported twice.
+    pub occupied: bool,
 }
 
 /// Every frame of the cluster protocol.

@@ -4,6 +4,8 @@
 //!   with precise, client-visible errors, and encoding replies and pushes.
 //! - [`cluster`]: the frames nodes exchange over QUIC (types only; the transport in
 //!   `ringcast-cluster` owns the codec).
+//! - [`webhook`]: the batches sent to the application's backend and their HMAC
+//!   signature.
 //! - [`codes`]: the stable [`ErrorCode`]s and WebSocket [`CloseCode`]s, whose tables in
 //!   `proto/client.md` are kept in sync by a test.
 //!
@@ -14,5 +16,6 @@ pub mod client;
 pub mod cluster;
 pub mod codes;
 pub mod msgpack;
+pub mod webhook;
 
 pub use codes::{CloseCode, ErrorCode};

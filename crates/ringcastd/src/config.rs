@@ -41,6 +41,9 @@ pub struct Config {
     /// `[hooks]`: the application backend's HTTP endpoints asked about connects,
     /// refreshes, subscribes and publishes (`crate::hooks`).
     pub hooks: crate::hooks::HooksConfig,
+    /// `[webhooks]`: where channel events of the namespaces that select them are sent
+    /// (`crate::webhooks`).
+    pub webhooks: crate::webhooks::WebhooksConfig,
     /// `[web]`: the browser pages.
     pub web: WebConfig,
 }
@@ -401,12 +404,13 @@ pub fn parse_membership(s: &str) -> Result<Vec<String>, String> {
 }
 
 /// Environment variables read, and the field each overrides.
-pub const ENV_VARS: [(&str, &str); 5] = [
+pub const ENV_VARS: [(&str, &str); 6] = [
     ("RINGCAST_LISTEN", "node.listen"),
     ("RINGCAST_NODE_ID", "node.id"),
     ("RINGCAST_API_KEY", "api.key"),
     ("RINGCAST_HMAC_SECRET", "auth.hmac_secret"),
     ("RINGCAST_ALLOWED_ORIGINS", "auth.allowed_origins (comma-separated)"),
+    ("RINGCAST_WEBHOOK_SECRET", "webhooks.secret"),
 ];
 
 impl Config {
@@ -480,6 +484,9 @@ impl Config {
         if let Some(v) = env.get("RINGCAST_HMAC_SECRET") {
             self.auth.hmac_secret = Some(v.clone());
         }
+        if let Some(v) = env.get("RINGCAST_WEBHOOK_SECRET") {
+            self.webhooks.secret = Some(v.clone());
+        }
         if let Some(v) = env.get("RINGCAST_ALLOWED_ORIGINS") {
             self.auth.allowed_origins =
                 v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
@@ -504,6 +511,9 @@ impl Config {
             return invalid("limits.max_channels_per_connection", "must be at least 1".into());
         }
         if let Err((field, problem)) = self.hooks.validate() {
+            return invalid(field, problem);
+        }
+        if let Err((field, problem)) = self.webhooks.validate() {
             return invalid(field, problem);
         }
         if self.auth.refresh_notice > Duration::from_secs(3600) {
@@ -593,6 +603,9 @@ impl Config {
             }
             if ns.publish_hook && self.hooks.publish_url.is_none() {
                 return invalid(&format!("{name}.publish_hook"), "needs hooks.publish_url".into());
+            }
+            if !ns.webhooks.is_empty() && self.webhooks.url.is_none() {
+                return invalid(&format!("{name}.webhooks"), "needs webhooks.url (and webhooks.secret)".into());
             }
             if ns.durable && self.cluster.is_none() {
                 return invalid(

@@ -30,9 +30,11 @@
 
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Pushed};
+use crate::webhooks::Webhooks;
 use ringcast_core::dedup::payload_digest;
 use ringcast_core::log::AppendError;
 use ringcast_core::mirror::{Mirror, Offer, DEFAULT_MAX_PENDING};
+use ringcast_core::occupancy::{Occupancy, OccupancyEvent};
 use ringcast_core::ownership::SlotEpoch;
 use ringcast_core::presence::{
     ChannelPresence, LastSeen, Member, PresenceEvent, PresenceStats, TypingGate, TYPING_INTERVAL,
@@ -41,6 +43,7 @@ use ringcast_core::send_queue::{Alt, GapCause, GapNotice, MessagePolicy};
 use ringcast_core::BackpressurePolicy;
 use ringcast_core::NodeId;
 use ringcast_core::TokenBucket;
+use ringcast_core::WebhookSet;
 use ringcast_core::{
     Appended, ChannelLog, ChannelName, ConnId, Epoch, HistoryPage, Millis, NamespaceOptions, NotRecoveredReason,
     Offset, Recovery, Slot, StreamPosition,
@@ -51,8 +54,10 @@ use ringcast_proto::client::{
     encode_subscribed, message_data, message_key, EphemeralKind, Since,
 };
 use ringcast_proto::cluster::{DeltaWire, OutcomeWire, PeerFrame};
+use ringcast_proto::webhook::{Event as WebhookEvent, EventType};
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -131,6 +136,11 @@ struct ChannelState {
     /// Owner role: the nodes whose pattern subscriptions match the channel, as of a
     /// generation of the peers' pattern table (`patterns`).
     pattern_nodes: Option<(u64, Vec<NodeId>)>,
+    /// Owner role: the webhook events the namespace selected (noted whenever the
+    /// owner's log is used).
+    webhooks: WebhookSet,
+    /// Owner role, namespaces with occupancy webhooks: what the backend was told.
+    occupancy: Occupancy,
     /// Set by the sweeper when it drops the channel from its shard; a caller holding a
     /// stale handle retries with a fresh one.
     removed: bool,
@@ -360,6 +370,8 @@ pub struct Hub {
     replica_paused: Vec<std::sync::atomic::AtomicBool>,
     /// Pattern subscriptions: this node's, and its peers' (`patterns`).
     patterns: patterns::Patterns,
+    /// The webhook sender, when `[webhooks]` has a URL.
+    webhooks: OnceLock<Arc<Webhooks>>,
 }
 
 /// One channel of a slot being handed off.
@@ -368,6 +380,9 @@ pub struct ChannelHandoff {
     pub channel: ChannelName,
     pub log: ringcast_core::log::LogSnapshot<Utf8Bytes>,
     pub interest: Vec<NodeId>,
+    /// Whether the backend was told the channel is occupied (occupancy webhooks); `None`
+    /// when taken from a replica after a crash, where nobody knows.
+    pub occupied: Option<bool>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -389,7 +404,13 @@ impl Hub {
             sealed: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
             replica_paused: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
             patterns: patterns::Patterns::default(),
+            webhooks: OnceLock::new(),
         }
+    }
+
+    /// Connects the hub to the node's webhook sender (once, at start-up).
+    pub fn set_webhooks(&self, webhooks: Arc<Webhooks>) {
+        let _ = self.webhooks.set(webhooks);
     }
 
     fn is_sealed(&self, channel: &ChannelName) -> bool {
@@ -437,11 +458,19 @@ impl Hub {
             let mut st = lock(&cell.state);
             let local = !st.subscribers.is_empty();
             let mut interest: Vec<NodeId> = st.interest.iter().cloned().collect();
+            if st.log.is_none() {
+                continue;
+            }
+            // A pending vacancy is reported now; the new owner inherits the rest.
+            if let Some(event) = st.occupancy.flush() {
+                self.emit_occupancy(&channel, event);
+            }
+            let occupied = Some(st.occupancy.reported_occupied());
             if let Some(log) = st.log.as_mut() {
                 if local {
                     interest.push(me.clone());
                 }
-                out.push(ChannelHandoff { channel, log: log.snapshot(now), interest });
+                out.push(ChannelHandoff { channel, log: log.snapshot(now), interest, occupied });
             }
         }
         out
@@ -471,6 +500,13 @@ impl Hub {
                 st.uncommitted.clear();
                 st.interest = h.interest.into_iter().filter(|n| n != me).collect();
                 st.remote_interest = false;
+                st.webhooks = ns.webhook_set();
+                st.occupancy = match h.occupied {
+                    _ if !st.webhooks.occupancy => Occupancy::Vacant,
+                    Some(occupied) => Occupancy::inherited(occupied),
+                    None => Occupancy::after_failover(now),
+                };
+                self.observe_occupancy(&h.channel, st, now);
                 // Presence is rebuilt here: our own clients now, the other nodes' from
                 // their re-announcements when they see the slot move.
                 self.sync_own_presence(&h.channel, st, &ns, now);
@@ -490,6 +526,7 @@ impl Hub {
                 st.interest.clear();
                 st.presence = None;
                 st.typing = None;
+                st.occupancy = Occupancy::Vacant;
                 // Messages not committed here went with the snapshot; the new owner
                 // delivers them (to this node's subscribers too, through the mirror).
                 st.uncommitted.clear();
@@ -545,6 +582,8 @@ impl Hub {
                                 typing: None,
                                 join_leave: false,
                                 pattern_nodes: None,
+                                webhooks: WebhookSet::default(),
+                                occupancy: Occupancy::Vacant,
                                 removed: false,
                             }),
                         })
@@ -579,6 +618,7 @@ impl Hub {
         st: &'a mut ChannelState,
         ns: &NamespaceOptions,
     ) -> &'a mut ChannelLog<Utf8Bytes> {
+        st.webhooks = ns.webhook_set();
         st.log.get_or_insert_with(|| {
             let epoch = self.epochs.next();
             debug!(%channel, epoch = epoch.get(), "the channel's stream starts here in a new epoch");
@@ -612,8 +652,7 @@ impl Hub {
                 }
                 Appended::Fresh { position, payload } => {
                     let msg = self.with_delta(channel, position, p.state_key(), prev, data, payload);
-                    self.fan_out(channel, st, position, &msg);
-                    self.fan_out_remote(channel, st, position, &msg, slot_epoch);
+                    self.fan_out_owned(channel, st, position, &msg, (slot_epoch, now));
                     Ok(Published { position, duplicate: false })
                 }
             }
@@ -685,8 +724,14 @@ impl Hub {
     /// Owner, durable channel: the replica holds everything up to `offset`: commit it and
     /// fan out what became visible, in order (under `slot_epoch`). Returns the committed
     /// position.
-    pub fn commit(&self, channel: &ChannelName, offset: Offset, slot_epoch: SlotEpoch) -> Option<StreamPosition> {
-        self.with_existing(channel, |st| self.commit_locked(channel, st, offset, slot_epoch)).flatten()
+    pub fn commit(
+        &self,
+        channel: &ChannelName,
+        offset: Offset,
+        slot_epoch: SlotEpoch,
+        now: Millis,
+    ) -> Option<StreamPosition> {
+        self.with_existing(channel, |st| self.commit_locked(channel, st, offset, (slot_epoch, now))).flatten()
     }
 
     fn commit_locked(
@@ -694,7 +739,7 @@ impl Hub {
         channel: &ChannelName,
         st: &mut ChannelState,
         offset: Offset,
-        slot_epoch: SlotEpoch,
+        (slot_epoch, now): (SlotEpoch, Millis),
     ) -> Option<StreamPosition> {
         let log = st.log.as_mut()?;
         let before = log.top();
@@ -704,8 +749,7 @@ impl Hub {
             if let Some((position, msg)) = st.uncommitted.pop_front() {
                 // Only what this commit made visible: never a message fanned out before.
                 if position.epoch == top.epoch && position.epoch == before.epoch && position.offset > before.offset {
-                    self.fan_out(channel, st, position, &msg);
-                    self.fan_out_remote(channel, st, position, &msg, slot_epoch);
+                    self.fan_out_owned(channel, st, position, &msg, (slot_epoch, now));
                 }
             }
         }
@@ -714,11 +758,11 @@ impl Hub {
 
     /// Owner: commits everything sequenced in `slot`'s channels (a new replica was
     /// given all of it in its snapshot).
-    pub fn commit_slot(&self, slot: Slot, slot_epoch: SlotEpoch) {
+    pub fn commit_slot(&self, slot: Slot, slot_epoch: SlotEpoch, now: Millis) {
         for (channel, cell) in self.slot_cells(slot) {
             let mut st = lock(&cell.state);
             if let Some(top) = st.log.as_ref().map(|l| l.sequenced().offset) {
-                self.commit_locked(&channel, &mut st, top, slot_epoch);
+                self.commit_locked(&channel, &mut st, top, (slot_epoch, now));
             }
         }
     }
@@ -743,7 +787,7 @@ impl Hub {
             }
             let mut st = lock(&cell.state);
             if let Some(log) = st.log.as_mut() {
-                out.push(ChannelHandoff { channel, log: log.snapshot(now), interest: Vec::new() });
+                out.push(ChannelHandoff { channel, log: log.snapshot(now), interest: Vec::new(), occupied: None });
             }
         }
         out
@@ -826,7 +870,7 @@ impl Hub {
         for (channel, cell) in self.slot_cells(slot) {
             let mut st = lock(&cell.state);
             if let Some(mut r) = st.replica.take() {
-                promoted.push(ChannelHandoff { channel, log: r.snapshot(now), interest: Vec::new() });
+                promoted.push(ChannelHandoff { channel, log: r.snapshot(now), interest: Vec::new(), occupied: None });
             }
         }
         let n = promoted.len();
@@ -984,6 +1028,25 @@ impl Hub {
         }
     }
 
+    /// Owner: a message just became visible: to local subscribers, to every interested
+    /// node, and to the backend (`messages` webhooks). Local subscribers dropped as too
+    /// slow may leave the channel vacant.
+    fn fan_out_owned(
+        &self,
+        channel: &ChannelName,
+        st: &mut ChannelState,
+        position: StreamPosition,
+        msg: &Msg,
+        (slot_epoch, now): (SlotEpoch, Millis),
+    ) {
+        self.fan_out(channel, st, position, msg);
+        self.fan_out_remote(channel, st, position, msg, slot_epoch);
+        if st.webhooks.messages {
+            self.emit_message(channel, position, msg);
+        }
+        self.observe_occupancy(channel, st, now);
+    }
+
     /// One `Deliver` per interested node: those in `interest`, and those whose pattern
     /// subscriptions match the channel. A node in `interest` whose link cannot take it
     /// loses its interest: when its link comes back it re-subscribes from its position
@@ -1059,6 +1122,7 @@ impl Hub {
             if st.subscribers.insert(sub.conn, Subscriber::of(sub)).is_none() {
                 self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
+            self.observe_occupancy(channel, st, now);
             if let Some(m) = &sub.member {
                 let events = st.presence_mut(ns).join(&self.me, sub.conn, &m.user, m.info.clone(), now);
                 self.emit_presence(channel, st, events.into_iter().collect(), now);
@@ -1114,23 +1178,29 @@ impl Hub {
             let sent = self.send_peer(peer, reply);
             if sent && interest {
                 st.interest.insert(peer.clone());
+                self.observe_occupancy(channel, st, now);
             }
             sent
         })
     }
 
     /// Owner: `peer` has no subscribers on the channel any more.
-    pub fn drop_interest(&self, channel: &ChannelName, peer: &NodeId) {
-        self.with_existing(channel, |st| st.interest.remove(peer));
+    pub fn drop_interest(&self, channel: &ChannelName, peer: &NodeId, now: Millis) {
+        self.with_existing(channel, |st| {
+            st.interest.remove(peer);
+            self.observe_occupancy(channel, st, now);
+        });
     }
 
     /// Owner: `peer`'s link is gone; it re-subscribes from its positions when it returns.
-    pub fn drop_peer(&self, peer: &NodeId) {
+    pub fn drop_peer(&self, peer: &NodeId, now: Millis) {
         if let Some(total) = self.patterns.drop_peer(peer) {
             self.metrics.peer_patterns.store(i64::try_from(total).unwrap_or(i64::MAX), Ordering::Relaxed);
         }
-        for (_, cell) in self.all_cells() {
-            lock(&cell.state).interest.remove(peer);
+        for (channel, cell) in self.all_cells() {
+            let mut st = lock(&cell.state);
+            st.interest.remove(peer);
+            self.observe_occupancy(&channel, &mut st, now);
         }
     }
 
@@ -1200,6 +1270,12 @@ impl Hub {
             }
             self.fan_out_ready(channel, st, mine, ready);
         });
+    }
+
+    /// Gateway: whether this node has asked the channel's remote owner for its messages
+    /// (and not released that interest since).
+    pub fn follows_remote(&self, channel: &ChannelName) -> bool {
+        self.with_existing(channel, |st| st.remote_interest).unwrap_or(false)
     }
 
     /// Gateway: channels this node follows from a remote owner for local subscribers,
@@ -1399,6 +1475,7 @@ impl Hub {
                         member_elsewhere = true;
                     }
                 }
+                self.observe_occupancy(channel, st, now);
                 let release = st.subscribers.is_empty() && st.remote_interest;
                 if release {
                     st.remote_interest = false;
@@ -1436,12 +1513,70 @@ impl Hub {
     }
 
     // ---------------------------------------------------------------------------------
+    // Webhooks (`crate::webhooks`): only a channel's owner reports, so each event is
+    // sent once cluster-wide.
+
+    /// Owner, occupancy webhooks: records whether anyone subscribes to the channel now
+    /// (a direct local subscriber, or a node in `interest`) and reports the change.
+    fn observe_occupancy(&self, channel: &ChannelName, st: &mut ChannelState, now: Millis) {
+        if !st.webhooks.occupancy || st.log.is_none() {
+            return;
+        }
+        let occupied = !st.interest.is_empty() || st.subscribers.values().any(|s| s.direct);
+        if let Some(event) = st.occupancy.observe(occupied, now) {
+            self.emit_occupancy(channel, event);
+        }
+    }
+
+    fn emit_occupancy(&self, channel: &ChannelName, event: OccupancyEvent) {
+        let Some(w) = self.webhooks.get() else { return };
+        let kind = match event {
+            OccupancyEvent::Occupied => EventType::ChannelOccupied,
+            OccupancyEvent::Vacated => EventType::ChannelVacated,
+        };
+        w.emit(WebhookEvent::new("", kind, channel.as_str(), unix_ms()));
+    }
+
+    fn emit_member(&self, channel: &ChannelName, event: &PresenceEvent, now: Millis) {
+        let Some(w) = self.webhooks.get() else { return };
+        let (kind, user, info, at) = match event {
+            PresenceEvent::Join { user, info } => (EventType::MemberJoined, user, info, unix_ms()),
+            PresenceEvent::Leave { user, info, left_at } => {
+                (EventType::MemberLeft, user, info, unix_ms().saturating_sub(now.0.saturating_sub(left_at.0)))
+            }
+        };
+        let info = info.as_deref().and_then(|i| serde_json::from_str::<&RawValue>(i).ok());
+        w.emit(WebhookEvent {
+            user: Some(Cow::Borrowed(&**user)),
+            info,
+            ..WebhookEvent::new("", kind, channel.as_str(), at)
+        });
+    }
+
+    fn emit_message(&self, channel: &ChannelName, position: StreamPosition, msg: &Msg) {
+        let Some(w) = self.webhooks.get() else { return };
+        let frame = msg.frame.as_str();
+        w.emit(WebhookEvent {
+            epoch: Some(Cow::Owned(position.epoch.get().to_string())),
+            offset: Some(position.offset.0),
+            key: message_key(frame).map(Cow::Borrowed),
+            data: message_data(frame).and_then(|d| serde_json::from_str::<&RawValue>(d).ok()),
+            ..WebhookEvent::new("", EventType::Message, channel.as_str(), unix_ms())
+        });
+    }
+
+    // ---------------------------------------------------------------------------------
     // Presence, typing and the registry.
 
     /// Owner: pushes presence events to the channel: `join`/`leave` to local subscribers
     /// that receive them and once to each interested node (namespace `join_leave`),
     /// and, for a registry channel, notes when its user went offline.
     fn emit_presence(&self, channel: &ChannelName, st: &mut ChannelState, events: Vec<PresenceEvent>, now: Millis) {
+        if st.webhooks.presence {
+            for event in &events {
+                self.emit_member(channel, event, now);
+            }
+        }
         for event in events {
             let (kind, user, info) = match &event {
                 PresenceEvent::Join { user, info } => (EphemeralKind::Join, user, info),
@@ -1602,9 +1737,10 @@ impl Hub {
         })
     }
 
-    /// Sends the leaves whose grace has passed and prunes typing gates. Runs with the
-    /// sweep.
-    fn presence_tick(&self, now: Millis) {
+    /// Sends the leaves and vacancies whose grace has passed and prunes typing gates.
+    /// Runs with the sweep.
+    fn owner_tick(&self, now: Millis) {
+        let grace = self.webhooks.get().map(|w| w.vacated_grace());
         for (name, cell) in self.all_cells() {
             let mut st = lock(&cell.state);
             if let Some(g) = st.typing.as_mut() {
@@ -1617,12 +1753,15 @@ impl Hub {
                 }
                 self.emit_presence(&name, &mut st, events, now);
             }
+            if let Some(event) = grace.and_then(|g| st.occupancy.tick(now, g)) {
+                self.emit_occupancy(&name, event);
+            }
         }
     }
 
     /// Expires history and forgets idle channels. Returns how many were forgotten.
     pub fn sweep(&self, now: Millis) -> usize {
-        self.presence_tick(now);
+        self.owner_tick(now);
         let mut forgotten = 0;
         for shard in &self.shards {
             let mut map = lock(shard);
@@ -1638,6 +1777,7 @@ impl Hub {
                     && st.uncommitted.is_empty()
                     && st.presence.as_ref().is_none_or(ChannelPresence::is_empty)
                     && st.typing.as_ref().is_none_or(TypingGate::is_empty)
+                    && st.occupancy.is_vacant()
                 {
                     st.removed = true;
                     forgotten += 1;
@@ -1909,7 +2049,7 @@ mod tests {
             assert!(matches!(out, Ok(DurableAppend::Pending { sent: true, .. })), "{out:?}");
         }
         assert_eq!(frames(&o).len(), 1, "only the subscribed reply: nothing is visible before the replica holds it");
-        h.commit(&c, Offset(1), SlotEpoch(2));
+        h.commit(&c, Offset(1), SlotEpoch(2), Millis(0));
         let got = frames(&o);
         assert_eq!(got.iter().filter_map(|m| m["offset"].as_u64()).collect::<Vec<_>>(), vec![1]);
         // Handed off with offset 2 still pending, then owned again (a snapshot back):
@@ -1924,7 +2064,7 @@ mod tests {
             vec![2],
             "once, from the snapshot"
         );
-        h.commit(&c, Offset(2), SlotEpoch(3));
+        h.commit(&c, Offset(2), SlotEpoch(3), Millis(0));
         assert!(frames(&o).is_empty(), "nothing delivered twice");
     }
 
@@ -1967,6 +2107,139 @@ mod tests {
         NodeId::new(s).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// A hub with a webhook sender (never run: tests read its queue) and 5 s grace.
+    fn hub_with_webhooks() -> (Hub, Arc<Webhooks>) {
+        let h = hub();
+        let config = crate::webhooks::WebhooksConfig {
+            url: Some("http://127.0.0.1:9/hooks".into()),
+            secret: Some("0123456789abcdef".into()),
+            ..Default::default()
+        };
+        let w = Webhooks::new(&config, &node("me"), 1, Arc::new(Metrics::default()))
+            .unwrap_or_else(|| unreachable!("configured"));
+        h.set_webhooks(w.clone());
+        (h, w)
+    }
+
+    fn kinds(events: &[serde_json::Value]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| format!("{} {}", e["type"].as_str().unwrap_or("?"), e["channel"].as_str().unwrap_or("?")))
+            .collect()
+    }
+
+    #[test]
+    fn occupancy_is_reported_once_per_change_by_the_owner() {
+        let (h, w) = hub_with_webhooks();
+        let rec = Arc::new(Recorder::default());
+        h.set_peers(rec.clone());
+        let ns = NamespaceOptions { webhooks: vec![ringcast_core::WebhookKind::Occupancy], ..Default::default() };
+        let c = ch("chat:occ");
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        h.subscribe(&c, &ns, &sub(1, &o, None, 1), Millis(0)).ok();
+        h.subscribe(&c, &ns, &sub(2, &o, None, 2), Millis(0)).ok();
+        let g = node("gw");
+        assert!(h.serve_peer_subscribe(&c, &ns, &g, 7, (None, false), true, Millis(0)));
+        assert_eq!(kinds(&w.take_queued()), ["channel_occupied chat:occ"], "the first subscriber only");
+        h.unsubscribe(&c, ConnId(1), Millis(10));
+        h.unsubscribe(&c, ConnId(2), Millis(10));
+        h.sweep(Millis(60_000));
+        assert!(w.take_queued().is_empty(), "a node still has subscribers");
+        h.drop_interest(&c, &g, Millis(100));
+        h.sweep(Millis(5_099));
+        assert!(w.take_queued().is_empty(), "within the grace");
+        h.subscribe(&c, &ns, &sub(3, &o, None, 3), Millis(5_000)).ok();
+        h.sweep(Millis(20_000));
+        assert!(w.take_queued().is_empty(), "back within the grace: nothing to report");
+        h.unsubscribe(&c, ConnId(3), Millis(20_000));
+        h.sweep(Millis(25_000));
+        h.sweep(Millis(30_000));
+        assert_eq!(kinds(&w.take_queued()), ["channel_vacated chat:occ"]);
+        h.sweep(Millis(40_000));
+        assert_eq!(h.info(&c).local_subscribers, 0);
+        // Namespaces that did not select occupancy report nothing.
+        let plain = NamespaceOptions::default();
+        h.subscribe(&ch("chat:plain"), &plain, &sub(4, &o, None, 4), Millis(0)).ok();
+        assert!(w.take_queued().is_empty());
+    }
+
+    #[test]
+    fn messages_are_reported_once_with_their_position_and_data() {
+        let (h, w) = hub_with_webhooks();
+        let ns = NamespaceOptions { webhooks: vec![ringcast_core::WebhookKind::Messages], ..Default::default() };
+        let c = ch("chat:msg");
+        let p1 = publish(&h, &c, &ns, &raw(r#"{"t":"hi"}"#), Some("k1"), Origin::Client, Millis(0), SlotEpoch(1));
+        let dup = publish(&h, &c, &ns, &raw(r#"{"t":"hi"}"#), Some("k1"), Origin::Client, Millis(1), SlotEpoch(1));
+        assert!(dup.is_ok_and(|d| d.duplicate));
+        publish(&h, &c, &ns, &raw("2"), None, Origin::Api, Millis(2), SlotEpoch(1)).ok();
+        let events = w.take_queued();
+        assert_eq!(kinds(&events), ["message chat:msg", "message chat:msg"], "the duplicate is not a new message");
+        let Ok(p1) = p1 else { panic!("published") };
+        assert_eq!(events[0]["epoch"], p1.position.epoch.get().to_string());
+        assert_eq!((events[0]["offset"].as_u64(), events[1]["offset"].as_u64()), (Some(1), Some(2)));
+        assert_eq!(events[0]["data"], serde_json::json!({"t": "hi"}));
+        assert_ne!(events[0]["id"], events[1]["id"]);
+    }
+
+    #[test]
+    fn presence_members_are_reported_after_the_grace() {
+        let (h, w) = hub_with_webhooks();
+        let ns = NamespaceOptions {
+            presence: true,
+            presence_grace: Duration::from_secs(2),
+            webhooks: vec![ringcast_core::WebhookKind::Presence],
+            ..Default::default()
+        };
+        let c = ch("chat:room");
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        let member = |conn| LocalSubscriber {
+            member: Some(MemberTag { user: Arc::from("alice"), info: Some(Arc::from(r#"{"n":"A"}"#)) }),
+            ..sub(conn, &o, None, conn)
+        };
+        h.subscribe(&c, &ns, &member(1), Millis(0)).ok();
+        h.subscribe(&c, &ns, &member(2), Millis(0)).ok();
+        let joined = w.take_queued();
+        assert_eq!(kinds(&joined), ["member_joined chat:room"], "one per user");
+        assert_eq!((joined[0]["user"].as_str(), &joined[0]["info"]), (Some("alice"), &serde_json::json!({"n": "A"})));
+        h.unsubscribe(&c, ConnId(1), Millis(10));
+        h.unsubscribe(&c, ConnId(2), Millis(10));
+        h.subscribe(&c, &ns, &member(3), Millis(1_000)).ok();
+        h.unsubscribe(&c, ConnId(3), Millis(1_500));
+        h.sweep(Millis(3_000));
+        assert!(w.take_queued().is_empty(), "a flap within the grace");
+        h.sweep(Millis(3_600));
+        assert_eq!(kinds(&w.take_queued()), ["member_left chat:room"]);
+    }
+
+    #[test]
+    fn a_handoff_flushes_a_pending_vacancy_and_the_new_owner_inherits_the_rest() {
+        let (old, w_old) = hub_with_webhooks();
+        let (new, w_new) = hub_with_webhooks();
+        let ns = NamespaceOptions { webhooks: vec![ringcast_core::WebhookKind::Occupancy], ..Default::default() };
+        let busy = ch("chat:busy");
+        let idle = ch("chat:idle");
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        // Two channels of one slot would be luckier than needed: hand each slot off.
+        old.subscribe(&busy, &ns, &sub(1, &o, None, 1), Millis(0)).ok();
+        old.subscribe(&idle, &ns, &sub(2, &o, None, 2), Millis(0)).ok();
+        old.unsubscribe(&idle, ConnId(2), Millis(10));
+        assert_eq!(w_old.take_queued().len(), 2);
+        let mut handed = Vec::new();
+        for c in [&busy, &idle] {
+            handed.extend(old.snapshot_slot(Slot::of(c), &node("me"), Millis(20)));
+        }
+        assert_eq!(kinds(&w_old.take_queued()), ["channel_vacated chat:idle"], "the pending vacancy, at once");
+        let occupied: Vec<_> = handed.iter().map(|h| (h.channel.to_string(), h.occupied)).collect();
+        assert!(
+            occupied.contains(&("chat:busy".into(), Some(true)))
+                && occupied.contains(&("chat:idle".into(), Some(false)))
+        );
+        new.install(handed, &node("new"), |_| Some(ns.clone()), Millis(30));
+        assert!(w_new.take_queued().is_empty(), "the backend already knows both");
+        new.subscribe(&idle, &ns, &sub(5, &o, None, 5), Millis(40)).ok();
+        assert_eq!(kinds(&w_new.take_queued()), ["channel_occupied chat:idle"]);
+    }
+
     #[test]
     fn owner_replies_before_delivering_and_fans_out_once_per_node() {
         let h = hub();
@@ -1984,7 +2257,7 @@ mod tests {
         assert!(matches!(&frames[1].1, PeerFrame::Subscribed { req: 8, offset: 1, .. }));
         assert!(matches!(&frames[2].1, PeerFrame::Deliver { offset: 2, slot_epoch: 5, .. }));
         assert_eq!(frames.len(), 3, "one Deliver per node, however many subscribers it has");
-        h.drop_interest(&c, &g);
+        h.drop_interest(&c, &g, Millis(0));
         publish(&h, &c, &ns, &raw("3"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
         assert_eq!(lock(&rec.0).len(), 3);
     }
@@ -2387,7 +2660,7 @@ mod tests {
         h.peer_patterns(&a, true, vec![pat("scores:mlb:*")], &[]);
         pub_(&nba);
         assert_eq!(delivered(&rec), vec![("a".to_owned(), "scores:nba:x".to_owned())], "a's own subscription only");
-        h.drop_peer(&a);
+        h.drop_peer(&a, Millis(0));
         pub_(&ch("scores:mlb:y"));
         assert!(delivered(&rec).is_empty());
     }

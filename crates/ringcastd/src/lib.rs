@@ -34,3 +34,4 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod web;
+pub mod webhooks;

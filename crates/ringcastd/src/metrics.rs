@@ -76,6 +76,16 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_nanos: AtomicU64,
+    /// Webhook events queued, delivered (answered 2xx), dropped on a full queue and
+    /// given up after retries (`crate::webhooks`), and the `POST`s by outcome.
+    pub webhook_events: AtomicU64,
+    pub webhook_delivered: AtomicU64,
+    pub webhook_dropped: AtomicU64,
+    pub webhook_dead_letters: AtomicU64,
+    pub webhook_requests_ok: AtomicU64,
+    pub webhook_requests_failed: AtomicU64,
+    /// Webhook events waiting to be sent (the batch in flight included).
+    pub webhook_pending: AtomicI64,
     /// Backend hook calls by hook and result (`crate::hooks`).
     hook_calls: [[AtomicU64; CallResult::ALL.len()]; Hook::ALL.len()],
     hook_nanos: [AtomicU64; Hook::ALL.len()],
@@ -161,6 +171,12 @@ impl Metrics {
             "ringcast_peer_patterns",
             "Patterns other nodes registered here; this node sends them the matching channels it owns.",
             self.peer_patterns.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "ringcast_webhook_pending",
+            "Webhook events waiting to be sent, the batch in flight included.",
+            self.webhook_pending.load(Relaxed),
         );
         let counter = |o: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -284,6 +300,37 @@ impl Metrics {
             "ringcast_handshakes_rejected_total",
             "WebSocket upgrades refused (origin, rate, readiness, malformed).",
             self.handshakes_rejected.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_webhook_events_total",
+            "Webhook events queued by this node as channel owner.",
+            self.webhook_events.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_webhook_delivered_total",
+            "Webhook events the backend accepted (2xx).",
+            self.webhook_delivered.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_webhook_dropped_total",
+            "Webhook events dropped because webhooks.max_pending events were waiting.",
+            self.webhook_dropped.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_webhook_dead_letters_total",
+            "Webhook events given up: refused for good (4xx) or still failing after webhooks.retry_for.",
+            self.webhook_dead_letters.load(Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP ringcast_webhook_requests_total Webhook batch POSTs, by outcome.\n# TYPE ringcast_webhook_requests_total counter\n\
+             ringcast_webhook_requests_total{{result=\"ok\"}} {}\nringcast_webhook_requests_total{{result=\"failed\"}} {}",
+            self.webhook_requests_ok.load(Relaxed),
+            self.webhook_requests_failed.load(Relaxed)
         );
         let _ = writeln!(
             o,

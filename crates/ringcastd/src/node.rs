@@ -49,6 +49,8 @@ pub struct Node {
     pub verifier: Verifier,
     /// Backend hooks (`[hooks]`).
     pub hooks: crate::hooks::Hooks,
+    /// The webhook sender (`[webhooks]`), when configured.
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the node should start draining (SIGTERM).
     pub drain: CancellationToken,
@@ -97,6 +99,10 @@ impl Node {
             Millis(0),
         );
         let hub = Arc::new(Hub::new(node_id.clone(), EpochSource::new(epoch_seed), metrics.clone()));
+        let webhooks = crate::webhooks::Webhooks::new(&config.webhooks, &node_id, epoch_seed, metrics.clone());
+        if let Some(w) = &webhooks {
+            hub.set_webhooks(w.clone());
+        }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let cluster = match &config.cluster {
@@ -139,6 +145,7 @@ impl Node {
             node_id,
             verifier,
             hooks: crate::hooks::Hooks::new(config.hooks.clone(), metrics.clone()),
+            webhooks,
             metrics,
             drain,
             shutdown,
@@ -204,6 +211,10 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
             tokio::time::sleep(node.config.node.drain_delay).await;
             node.shutdown.cancel();
         });
+    }
+    if let Some(w) = &node.webhooks {
+        // Sends until shutdown, then what is still queued (the tracker's grace bounds it).
+        node.tracker.spawn(w.clone().run(node.shutdown.clone()));
     }
     let sweeper = {
         let node = node.clone();

@@ -5,6 +5,11 @@ use futures_util::StreamExt;
 
 /// Channels re-subscribed at once when an owner's stream ends.
 const RESYNC_CONCURRENCY: usize = 64;
+/// How long a released interest is remembered, to be repeated to a slot's next owner
+/// (longer than a handoff takes to show in every view).
+const RELEASE_MEMORY: Duration = Duration::from_secs(30);
+/// Released interests remembered at most (the oldest are forgotten first).
+const RELEASE_MEMORY_ENTRIES: usize = 10_000;
 
 /// One forwarding attempt: a boxed future so the retry loop can run it again on a new
 /// route (and stay `Send`).
@@ -475,6 +480,12 @@ impl Runtime {
     }
 
     /// This node's last subscriber on a remote channel left: tell the owner.
+    ///
+    /// The release is remembered for [`RELEASE_MEMORY`]: an owner that handed the slot off
+    /// just before the `Unsubscribe` arrived has already passed this node's interest on
+    /// with the channel, and nothing would correct it until the channel's next message
+    /// (its occupancy would never read vacant). So when this node sees the slot move,
+    /// it repeats the release to the new owner ([`Runtime::repeat_releases`]).
     pub(crate) fn release_interest(&self, router: &Router, channel: &ChannelName) {
         if let Ok(Target::Remote { owner, epoch }) = router.target(channel) {
             let frame = PeerFrame::Unsubscribe {
@@ -483,6 +494,41 @@ impl Runtime {
                 channel: channel.as_str().to_owned(),
             };
             self.send(&owner, frame);
+            let now = Instant::now();
+            let mut released = lock(&self.released);
+            while released.front().is_some_and(|(at, _)| now.duration_since(*at) > RELEASE_MEMORY)
+                || released.len() >= RELEASE_MEMORY_ENTRIES
+            {
+                released.pop_front();
+            }
+            released.push_back((now, channel.clone()));
+        }
+    }
+
+    /// The owner of `slots` changed: repeats to the new owner this node's recent
+    /// releases of their channels that it has not followed again since.
+    fn repeat_releases(&self, slots: &HashSet<Slot>) {
+        let recent: Vec<ChannelName> = {
+            let released = lock(&self.released);
+            released
+                .iter()
+                .filter(|(at, c)| at.elapsed() <= RELEASE_MEMORY && slots.contains(&Slot::of(c)))
+                .map(|(_, c)| c.clone())
+                .collect()
+        };
+        let table = self.table();
+        for channel in recent.into_iter().filter(|c| !self.hub.follows_remote(c)) {
+            if let Route::Claimed { owner, epoch } = table.route(Slot::of(&channel)) {
+                if owner != self.me {
+                    debug!(%channel, %owner, "repeating a released interest to the slot's new owner");
+                    let frame = PeerFrame::Unsubscribe {
+                        slot: Slot::of(&channel).get(),
+                        slot_epoch: epoch.0,
+                        channel: channel.as_str().to_owned(),
+                    };
+                    self.send(&owner, frame);
+                }
+            }
         }
     }
 }
@@ -501,6 +547,7 @@ impl Runtime {
     /// The owner of `slots` changed (a failover, or a handoff elsewhere): re-subscribe
     /// their mirrored channels at the new owner.
     pub(super) async fn resync_slots(self: Arc<Self>, slots: HashSet<Slot>) {
+        self.repeat_releases(&slots);
         self.resync_where(|c| slots.contains(&Slot::of(c))).await;
     }
 

@@ -269,7 +269,7 @@ impl Runtime {
             }
             PeerFrame::Unsubscribe { channel, .. } => {
                 if let Ok(channel) = ChannelName::new(&channel) {
-                    self.hub.drop_interest(&channel, peer);
+                    self.hub.drop_interest(&channel, peer, self.now());
                 }
             }
             PeerFrame::History { req, slot, slot_epoch, channel, before, limit } => {

@@ -57,7 +57,7 @@ use ringcast_proto::cluster::{
 };
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -153,6 +153,9 @@ pub struct Runtime {
     sync_locks: Vec<tokio::sync::Mutex<()>>,
     /// Replica: slots this node holds copies of, with the newest slot epoch seen for them.
     replica_slots: Mutex<HashMap<Slot, u64>>,
+    /// Gateway: channels whose interest this node released lately (`forward.rs`,
+    /// `repeat_releases`).
+    released: Mutex<VecDeque<(Instant, ChannelName)>>,
     /// The etcd revision of our record's registration on the lease the current route
     /// table was built under (`u64::MAX` without a lease). A claim in our name with an
     /// older revision was made under a lease that is gone (a previous process after a
@@ -268,6 +271,7 @@ impl Runtime {
             own_epochs: Mutex::new(HashMap::new()),
             sync_locks: Slot::all().map(|_| tokio::sync::Mutex::new(())).collect(),
             replica_slots: Mutex::new(HashMap::new()),
+            released: Mutex::new(VecDeque::new()),
             incarnation: AtomicU64::new(u64::MAX),
             latest: Mutex::new((Arc::new(View::default()), false)),
             apply_lock: Mutex::new(()),
@@ -356,6 +360,7 @@ fn snapshot_to_wire(h: crate::hub::ChannelHandoff) -> ChannelSnapshotWire {
         dedup: h.log.dedup.into_iter().map(|d| (d.key, d.digest, d.position.offset.0, ms(d.age))).collect(),
         interest: h.interest.iter().map(ToString::to_string).collect(),
         latest: h.log.latest.into_iter().map(|(k, o, age, f)| (k, o.0, ms(age), f.as_str().to_owned())).collect(),
+        occupied: h.occupied.unwrap_or(false),
     }
 }
 
@@ -400,6 +405,7 @@ fn snapshot_from_wire(w: ChannelSnapshotWire, slot: Slot) -> Option<crate::hub::
         channel,
         log: ringcast_core::log::LogSnapshot { epoch, top: Offset(w.top), history, dedup, latest },
         interest,
+        occupied: Some(w.occupied),
     })
 }
 

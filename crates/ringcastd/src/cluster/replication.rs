@@ -104,7 +104,7 @@ impl Runtime {
                     lock(&self.replicas).insert(slot, (target.clone(), e));
                     self.fences[usize::from(slot.get())].fetch_max(e.0, Ordering::AcqRel);
                     // The replica holds everything sequenced so far: commit it.
-                    self.hub.commit_slot(slot, e);
+                    self.hub.commit_slot(slot, e, self.now());
                     return Ok((target.clone(), e));
                 }
                 Ok(ringcast_cluster::membership::ClaimOutcome::Lost { current: Some(c) }) if c.owner == self.me => {
@@ -188,7 +188,7 @@ impl Runtime {
                     let epoch = self.my_epoch(channel);
                     // The channel may have been handed off meanwhile: the snapshot carried
                     // the message and the new owner holds it as committed.
-                    self.hub.commit(channel, Offset(offset), epoch);
+                    self.hub.commit(channel, Offset(offset), epoch, self.now());
                     Ok(Published { position, duplicate: false })
                 }
                 Ok(Ok(other)) => {

@@ -177,7 +177,7 @@ impl Runtime {
         *self.members.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(view.members.clone());
         for gone in old.keys().filter(|id| !view.members.contains_key(*id)) {
             lock(&self.links).remove(gone);
-            self.hub.drop_peer(gone);
+            self.hub.drop_peer(gone, self.now());
             self.hub.presence_node_gone(gone, self.now());
             info!(peer = %gone, "peer left the cluster");
         }
@@ -186,7 +186,7 @@ impl Runtime {
                 old.get(id).is_some_and(|o| o.started_at_ms != record.started_at_ms || o.quic_addr != record.quic_addr);
             if restarted {
                 lock(&self.links).remove(id);
-                self.hub.drop_peer(id);
+                self.hub.drop_peer(id, self.now());
                 // The old process's clients are gone with it.
                 self.hub.presence_node_gone(id, self.now());
                 info!(peer = %id, "peer restarted; dropping its old link");
