@@ -108,6 +108,12 @@ impl Dispatch {
         self.queue.len()
     }
 
+    /// Whether a batch was sent and has not been delivered or given up yet.
+    #[must_use]
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
     /// The batch to send now: the one in flight, or a new one taken from the queue
     /// (first attempt at `now`). `None` when nothing waits. Also returns the attempt
     /// number, from 1.

@@ -244,11 +244,13 @@ impl Webhooks {
                 }
                 continue;
             }
-            // A fresh batch waits a little for company unless it is full already.
-            if !shutdown.is_cancelled()
-                && self.lock().queued() < self.config.batch_max
-                && pending < self.config.batch_max
-            {
+            // A fresh batch waits a little for company unless it is full already (a
+            // batch being retried goes as it is).
+            let fresh = {
+                let d = self.lock();
+                !d.in_flight() && d.queued() < self.config.batch_max
+            };
+            if fresh && !shutdown.is_cancelled() {
                 tokio::select! {
                     () = tokio::time::sleep(self.config.batch_delay) => {}
                     () = shutdown.cancelled() => {}
