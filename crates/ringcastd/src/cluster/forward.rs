@@ -488,12 +488,7 @@ impl Runtime {
     /// it repeats the release to the new owner ([`Runtime::repeat_releases`]).
     pub(crate) fn release_interest(&self, router: &Router, channel: &ChannelName) {
         if let Ok(Target::Remote { owner, epoch }) = router.target(channel) {
-            let frame = PeerFrame::Unsubscribe {
-                slot: Slot::of(channel).get(),
-                slot_epoch: epoch.0,
-                channel: channel.as_str().to_owned(),
-            };
-            self.send(&owner, frame);
+            self.send(&owner, unsubscribe_frame(channel, epoch));
             let now = Instant::now();
             let mut released = lock(&self.released);
             while released.front().is_some_and(|(at, _)| now.duration_since(*at) > RELEASE_MEMORY)
@@ -521,12 +516,7 @@ impl Runtime {
             if let Route::Claimed { owner, epoch } = table.route(Slot::of(&channel)) {
                 if owner != self.me {
                     debug!(%channel, %owner, "repeating a released interest to the slot's new owner");
-                    let frame = PeerFrame::Unsubscribe {
-                        slot: Slot::of(&channel).get(),
-                        slot_epoch: epoch.0,
-                        channel: channel.as_str().to_owned(),
-                    };
-                    self.send(&owner, frame);
+                    self.send(&owner, unsubscribe_frame(&channel, epoch));
                 }
             }
         }
@@ -623,4 +613,9 @@ impl Runtime {
             self.table_change(until).await;
         }
     }
+}
+
+/// Tells `channel`'s owner (claimed at `epoch`) that this node has no subscribers left.
+fn unsubscribe_frame(channel: &ChannelName, epoch: SlotEpoch) -> PeerFrame {
+    PeerFrame::Unsubscribe { slot: Slot::of(channel).get(), slot_epoch: epoch.0, channel: channel.as_str().to_owned() }
 }
