@@ -85,13 +85,14 @@ async fn backend(fail_first: Option<usize>, fail_status: u16) -> Result<(SocketA
 fn config(backend: SocketAddr, retry_for: &str) -> String {
     format!(
         "[namespaces.room]\npresence = true\npresence_grace = \"1s\"\nwebhooks = [\"occupancy\", \"presence\", \"messages\"]\n\n\
+         [namespaces.lobby]\npresence = true\npresence_grace = \"6s\"\nwebhooks = [\"presence\"]\n\n\
          [webhooks]\nurl = \"http://{backend}/webhooks\"\nsecret = \"{WEBHOOK_SECRET}\"\nbatch_delay = \"200ms\"\n\
          vacated_grace = \"2s\"\nretry_for = \"{retry_for}\"\ntimeout = \"2s\"\n"
     )
 }
 
 fn token(user: &str) -> String {
-    let caps = ["room:*"];
+    let caps = ["room:*", "lobby:*"];
     ringcast_tests::token(&json!({"sub": user, "exp": unix_now() + 600,
         "caps": {"subscribe": caps, "publish": caps, "presence": caps}}))
 }
@@ -200,6 +201,15 @@ async fn events_arrive_signed_batched_retried_and_once_across_the_cluster() -> R
         }
     }
 
+    // Carol leaves a lobby owned by node-1 just before node-1 drains: her pending leave
+    // moves with the slot and is sent once, by the new owner, when her grace ends.
+    let lobby = c.channel_owned_by("lobby", "node-1").await?;
+    let (mut carol, _) = WsClient::connect(&c.nodes[0].ws_url(), Some(&token("carol"))).await?;
+    let r = carol.subscribe(&lobby, None).await?;
+    anyhow::ensure!(r["type"] == "subscribed", "{r}");
+    wait_for(&seen, "carol's join", |e| story(e, &lobby) == ["member_joined carol"]).await?;
+    drop(carol);
+
     // The slot of `moved` is handed off: its new owner inherits what was reported.
     c.drain_moving(1, &moved).await?;
     let new_owner = c.owner_of(&moved).await?;
@@ -209,7 +219,7 @@ async fn events_arrive_signed_batched_retried_and_once_across_the_cluster() -> R
     // Everyone leaves: members leave and channels empty, after their graces.
     drop(alice);
     drop(bob);
-    let total = wanted.len() + 1 + 3 * 3;
+    let total = wanted.len() + 1 + 3 * 3 + 2;
     let events = wait_for(&seen, "every leave and vacancy", |e| e.len() >= total).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let events_after = accepted(&seen)?;
@@ -230,6 +240,10 @@ async fn events_arrive_signed_batched_retried_and_once_across_the_cluster() -> R
         }
     }
     assert!(story(&events, &moved).contains(&"message 7".to_owned()), "the new owner reports its messages");
+    assert_eq!(story(&events, &lobby), ["member_joined carol", "member_left carol"]);
+    let lobby_owner = c.owner_of(&lobby).await?;
+    let left_by: Vec<&str> = events.iter().filter(|(_, e)| e["channel"] == *lobby).map(|(n, _)| n.as_str()).collect();
+    assert_eq!(left_by, ["node-1", lobby_owner.as_str()], "the join from the old owner, the leave from the new");
 
     // Exactly once: unique ids, and the 500s were retried with the same events.
     let ids: Vec<&str> = events.iter().map(|(_, e)| e["id"].as_str().unwrap_or_default()).collect();

@@ -48,6 +48,15 @@ pub enum PresenceEvent {
     Leave { user: Arc<str>, info: Option<Arc<str>>, left_at: Millis },
 }
 
+/// A user whose last client left and whose `leave` is not due yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeavingUser {
+    pub user: Arc<str>,
+    pub info: Option<Arc<str>>,
+    /// How long ago the user's last client left.
+    pub ago: Duration,
+}
+
 /// Counts of a channel's presence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PresenceStats {
@@ -258,6 +267,39 @@ impl ChannelPresence {
         self.users.values().filter(|u| u.clients == 0).count()
     }
 
+    /// Users whose leave is pending, with how long ago their last client left: what a
+    /// handoff carries to the channel's next owner, so their `leave` is not lost.
+    #[must_use]
+    pub fn pending_leaves(&self, now: Millis) -> Vec<LeavingUser> {
+        let mut out: Vec<LeavingUser> = self
+            .users
+            .iter()
+            .filter_map(|(user, u)| {
+                let left_at = u.left_at.filter(|_| u.clients == 0)?;
+                let ago = Duration::from_millis(now.0.saturating_sub(left_at.0));
+                Some(LeavingUser { user: user.clone(), info: u.info.clone(), ago })
+            })
+            .collect();
+        out.sort_by(|a, b| a.user.cmp(&b.user));
+        out
+    }
+
+    /// Continues the leaves the previous owner had pending: each user not known here is
+    /// leaving since `ago` before `now`, and gets its `leave` when the rest of the grace
+    /// has passed, unless a client of theirs is announced first. Users known here are
+    /// left as they are. (A leave that happened before this process started is taken as
+    /// at its start: such a `leave` may come later than the grace, never earlier.)
+    pub fn adopt_leaves(&mut self, leaving: impl IntoIterator<Item = LeavingUser>, now: Millis) {
+        for l in leaving.into_iter().filter(|l| !l.user.is_empty()) {
+            let ago = u64::try_from(l.ago.as_millis()).unwrap_or(u64::MAX);
+            self.users.entry(l.user).or_insert(User {
+                clients: 0,
+                left_at: Some(Millis(now.0.saturating_sub(ago))),
+                info: l.info,
+            });
+        }
+    }
+
     /// Nothing is held: no client, no pending leave.
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -382,6 +424,31 @@ mod tests {
 
     fn join(user: &str) -> PresenceEvent {
         PresenceEvent::Join { user: u(user), info: None }
+    }
+
+    #[test]
+    fn pending_leaves_move_to_the_next_owner_with_the_rest_of_their_grace() {
+        let a = node("a");
+        let mut old = ChannelPresence::new(GRACE);
+        old.join(&a, ConnId(1), &u("alice"), Some(u("{}")), Millis(0));
+        old.join(&a, ConnId(2), &u("bob"), None, Millis(0));
+        old.join(&a, ConnId(3), &u("carol"), None, Millis(0));
+        old.leave(&a, ConnId(1), Millis(1_000));
+        old.leave(&a, ConnId(2), Millis(5_000));
+        let leaving = old.pending_leaves(Millis(10_000));
+        let ago: Vec<(&str, u128)> = leaving.iter().map(|l| (&*l.user, l.ago.as_millis())).collect();
+        assert_eq!(ago, [("alice", 9_000), ("bob", 5_000)], "carol is present, not leaving");
+
+        let mut new = ChannelPresence::new(GRACE);
+        // The new owner already knows bob is back (a node re-announced him).
+        let t = 50_000;
+        new.sync_node(&node("b"), [(ConnId(7), u("bob"), None)], Millis(t));
+        new.adopt_leaves(leaving, Millis(t));
+        assert_eq!(new.leaving(), 1);
+        assert_eq!(new.tick(Millis(t + 20_999)), vec![], "alice's grace runs from her real leave");
+        let due = new.tick(Millis(t + 21_000));
+        assert!(matches!(&due[..], [PresenceEvent::Leave { user, info: Some(_), .. }] if &**user == "alice"));
+        assert!(new.is_present("bob"));
     }
 
     #[test]

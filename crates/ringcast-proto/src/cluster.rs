@@ -69,6 +69,10 @@ pub struct ChannelSnapshotWire {
     /// Whether the old owner told the backend the channel is occupied (occupancy
     /// webhooks); the new owner goes on from there, so nothing is reported twice.
     pub occupied: bool,
+    /// Presence users whose `leave` was pending at the old owner: `(user, token info
+    /// JSON, ms since their last client left)`; the new owner sends it when the rest of
+    /// the grace has passed, unless they come back.
+    pub leaving: Vec<(String, Option<String>, u64)>,
 }
 
 /// Every frame of the cluster protocol.

@@ -37,7 +37,7 @@ use ringcast_core::mirror::{Mirror, Offer, DEFAULT_MAX_PENDING};
 use ringcast_core::occupancy::{Occupancy, OccupancyEvent};
 use ringcast_core::ownership::SlotEpoch;
 use ringcast_core::presence::{
-    ChannelPresence, LastSeen, Member, PresenceEvent, PresenceStats, TypingGate, TYPING_INTERVAL,
+    ChannelPresence, LastSeen, LeavingUser, Member, PresenceEvent, PresenceStats, TypingGate, TYPING_INTERVAL,
 };
 use ringcast_core::send_queue::{Alt, GapCause, GapNotice, MessagePolicy};
 use ringcast_core::BackpressurePolicy;
@@ -383,6 +383,8 @@ pub struct ChannelHandoff {
     /// Whether the backend was told the channel is occupied (occupancy webhooks); `None`
     /// when taken from a replica after a crash, where nobody knows.
     pub occupied: Option<bool>,
+    /// Presence users whose `leave` is pending (the rest of their grace goes with them).
+    pub leaving: Vec<LeavingUser>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -466,11 +468,12 @@ impl Hub {
                 self.emit_occupancy(&channel, event);
             }
             let occupied = Some(st.occupancy.reported_occupied());
+            let leaving = st.presence.as_ref().map(|p| p.pending_leaves(now)).unwrap_or_default();
             if let Some(log) = st.log.as_mut() {
                 if local {
                     interest.push(me.clone());
                 }
-                out.push(ChannelHandoff { channel, log: log.snapshot(now), interest, occupied });
+                out.push(ChannelHandoff { channel, log: log.snapshot(now), interest, occupied, leaving });
             }
         }
         out
@@ -507,8 +510,12 @@ impl Hub {
                     None => Occupancy::after_failover(now),
                 };
                 self.observe_occupancy(&h.channel, st, now);
-                // Presence is rebuilt here: our own clients now, the other nodes' from
-                // their re-announcements when they see the slot move.
+                // Presence is rebuilt here: the leaves the old owner had pending, our own
+                // clients now, the other nodes' from their re-announcements when they see
+                // the slot move.
+                if ns.presence && !h.leaving.is_empty() {
+                    st.presence_mut(&ns).adopt_leaves(h.leaving, now);
+                }
                 self.sync_own_presence(&h.channel, st, &ns, now);
             });
         }
@@ -787,7 +794,13 @@ impl Hub {
             }
             let mut st = lock(&cell.state);
             if let Some(log) = st.log.as_mut() {
-                out.push(ChannelHandoff { channel, log: log.snapshot(now), interest: Vec::new(), occupied: None });
+                out.push(ChannelHandoff {
+                    channel,
+                    log: log.snapshot(now),
+                    interest: Vec::new(),
+                    occupied: None,
+                    leaving: Vec::new(),
+                });
             }
         }
         out
@@ -870,7 +883,13 @@ impl Hub {
         for (channel, cell) in self.slot_cells(slot) {
             let mut st = lock(&cell.state);
             if let Some(mut r) = st.replica.take() {
-                promoted.push(ChannelHandoff { channel, log: r.snapshot(now), interest: Vec::new(), occupied: None });
+                promoted.push(ChannelHandoff {
+                    channel,
+                    log: r.snapshot(now),
+                    interest: Vec::new(),
+                    occupied: None,
+                    leaving: Vec::new(),
+                });
             }
         }
         let n = promoted.len();
@@ -2238,6 +2257,45 @@ mod tests {
         assert!(w_new.take_queued().is_empty(), "the backend already knows both");
         new.subscribe(&idle, &ns, &sub(5, &o, None, 5), Millis(40)).ok();
         assert_eq!(kinds(&w_new.take_queued()), ["channel_occupied chat:idle"]);
+    }
+
+    #[test]
+    fn a_pending_leave_moves_with_the_handoff_and_is_sent_once_by_the_new_owner() {
+        let (old, w_old) = hub_with_webhooks();
+        let (new, w_new) = hub_with_webhooks();
+        let ns = NamespaceOptions {
+            presence: true,
+            presence_grace: Duration::from_secs(2),
+            webhooks: vec![ringcast_core::WebhookKind::Presence],
+            ..Default::default()
+        };
+        let c = ch("chat:moving");
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        let member = |conn, user: &str| LocalSubscriber {
+            member: Some(MemberTag { user: Arc::from(user), info: None }),
+            ..sub(conn, &o, None, conn)
+        };
+        old.subscribe(&c, &ns, &member(1, "alice"), Millis(0)).ok();
+        old.subscribe(&c, &ns, &member(2, "bob"), Millis(0)).ok();
+        old.unsubscribe(&c, ConnId(1), Millis(1_000));
+        old.unsubscribe(&c, ConnId(2), Millis(1_000));
+        assert_eq!(w_old.take_queued().len(), 2, "two joins");
+        let handed = old.snapshot_slot(Slot::of(&c), &node("me"), Millis(1_500));
+        let leaving: Vec<_> = handed.iter().flat_map(|h| h.leaving.iter().map(|l| l.ago.as_millis())).collect();
+        assert_eq!(leaving, [500, 500]);
+        old.demote_slot(Slot::of(&c));
+        // The new owner's clock reads differently; bob comes back through it.
+        new.install(handed, &node("new"), |_| Some(ns.clone()), Millis(50_000));
+        new.subscribe(&c, &ns, &member(5, "bob"), Millis(50_100)).ok();
+        new.sweep(Millis(51_499));
+        old.sweep(Millis(10_000));
+        assert!(w_new.take_queued().is_empty() && w_old.take_queued().is_empty(), "within the grace");
+        new.sweep(Millis(51_500));
+        let events = w_new.take_queued();
+        assert_eq!(kinds(&events), ["member_left chat:moving"]);
+        assert_eq!(events[0]["user"], "alice", "bob came back in time");
+        new.sweep(Millis(60_000));
+        assert!(w_new.take_queued().is_empty(), "once");
     }
 
     #[test]

@@ -361,6 +361,11 @@ fn snapshot_to_wire(h: crate::hub::ChannelHandoff) -> ChannelSnapshotWire {
         interest: h.interest.iter().map(ToString::to_string).collect(),
         latest: h.log.latest.into_iter().map(|(k, o, age, f)| (k, o.0, ms(age), f.as_str().to_owned())).collect(),
         occupied: h.occupied.unwrap_or(false),
+        leaving: h
+            .leaving
+            .into_iter()
+            .map(|l| (l.user.to_string(), l.info.map(|i| i.to_string()), ms(l.ago)))
+            .collect(),
     }
 }
 
@@ -401,11 +406,24 @@ fn snapshot_from_wire(w: ChannelSnapshotWire, slot: Slot) -> Option<crate::hub::
         .into_iter()
         .map(|(k, o, age, f)| (k, Offset(o), Duration::from_millis(age), Utf8Bytes::from(f)))
         .collect();
+    // An empty user is no user (anonymous clients have no leaves); the frame size
+    // bounds how many there are.
+    let leaving = w
+        .leaving
+        .into_iter()
+        .filter(|(user, _, _)| !user.is_empty())
+        .map(|(user, info, ago)| ringcast_core::presence::LeavingUser {
+            user: user.into(),
+            info: info.map(Into::into),
+            ago: Duration::from_millis(ago),
+        })
+        .collect();
     Some(crate::hub::ChannelHandoff {
         channel,
         log: ringcast_core::log::LogSnapshot { epoch, top: Offset(w.top), history, dedup, latest },
         interest,
         occupied: Some(w.occupied),
+        leaving,
     })
 }
 
