@@ -7,6 +7,7 @@
 //! or too large headers, 400 for an unparsable request head) have empty bodies. Bodies
 //! are read with an explicit size limit (`limits.max_frame_bytes`).
 
+use crate::lazy_read::LazyRead;
 use crate::node::Node;
 use crate::server::ConnPermit;
 use crate::session;
@@ -41,9 +42,12 @@ use tracing::debug;
 pub const MAX_BROADCAST_CHANNELS: usize = 1000;
 /// Most items of one `POST /v1/publish/batch`.
 pub const MAX_BATCH_ITEMS: usize = 1000;
-/// Per-connection read buffer for WebSocket sessions (tungstenite's default is 128 KiB,
-/// allocated eagerly; small buffers keep idle connections cheap).
-pub const WS_READ_BUFFER_BYTES: usize = 4096;
+/// tungstenite's per-connection read buffer for WebSocket sessions: allocated when the
+/// session starts, resident for its life (tungstenite zero-fills it), and the most it
+/// reads at once. Room for a typical command; larger frames are read from the socket in
+/// chunks by [`LazyRead`], which holds nothing while a connection is idle (tungstenite's
+/// default is 128 KiB).
+pub const WS_READ_BUFFER_BYTES: usize = 256;
 /// Bytes tungstenite buffers before writing; a batch of small frames goes out in writes
 /// of about this size.
 pub const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
@@ -720,7 +724,8 @@ async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Res
         let _permit = permit;
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+                let io = LazyRead::new(TokioIo::new(upgraded));
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
                 session::run(session_node, ws, conn, encoding).await;
             }
             Err(e) => debug!(error = %e, "upgrade failed"),
