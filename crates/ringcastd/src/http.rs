@@ -7,7 +7,6 @@
 //! or too large headers, 400 for an unparsable request head) have empty bodies. Bodies
 //! are read with an explicit size limit (`limits.max_frame_bytes`).
 
-use crate::lazy_read::LazyRead;
 use crate::node::Node;
 use crate::server::ConnPermit;
 use crate::session;
@@ -34,23 +33,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
 /// Most channels one broadcast may target.
 pub const MAX_BROADCAST_CHANNELS: usize = 1000;
 /// Most items of one `POST /v1/publish/batch`.
 pub const MAX_BATCH_ITEMS: usize = 1000;
-/// tungstenite's per-connection read buffer for WebSocket sessions: allocated when the
-/// session starts, resident for its life (tungstenite zero-fills it), and the most it
-/// reads at once. Room for a typical command; larger frames are read from the socket in
-/// chunks by [`LazyRead`], which holds nothing while a connection is idle (tungstenite's
-/// default is 128 KiB).
-pub const WS_READ_BUFFER_BYTES: usize = 256;
-/// Bytes tungstenite buffers before writing; a batch of small frames goes out in writes
-/// of about this size.
-pub const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 type AppState = Arc<Node>;
 
@@ -713,20 +701,12 @@ async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Res
     let on_upgrade = hyper::upgrade::on(&mut req);
     let permit = req.extensions().get::<ConnPermit>().cloned();
     let conn = node.next_conn_id();
-    let limits = &node.config.limits;
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
-        .max_message_size(Some(limits.max_frame_bytes))
-        .max_frame_size(Some(limits.max_frame_bytes));
     let session_node = node.clone();
     node.tracker.spawn(async move {
         let _permit = permit;
         match on_upgrade.await {
             Ok(upgraded) => {
-                let io = LazyRead::new(TokioIo::new(upgraded));
-                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-                session::run(session_node, ws, conn, encoding).await;
+                session::run(session_node, TokioIo::new(upgraded), conn, encoding).await;
             }
             Err(e) => debug!(error = %e, "upgrade failed"),
         }

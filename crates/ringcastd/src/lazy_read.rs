@@ -7,7 +7,7 @@
 //! largest part of an idle connection's memory (docs/benchmarks.md, finding 4), and a
 //! smaller one alone would turn a large frame into a system call per few hundred bytes.
 //!
-//! So tungstenite's buffer is small ([`crate::http::WS_READ_BUFFER_BYTES`], room for a
+//! So tungstenite's buffer is small ([`crate::session::WS_READ_BUFFER_BYTES`], room for a
 //! typical command) and [`LazyRead`] sits between it and the socket. A read goes straight
 //! into tungstenite's buffer (no copy, nothing of ours allocated) until one fills it: then
 //! more is probably waiting (a large frame), and the next read takes up to
