@@ -433,7 +433,8 @@ impl<F> SendQueue<F> {
     }
 
     /// Moves everything queued to `out` in write order, each gap notice just before the
-    /// first later message of its channel, and the rest at the end.
+    /// first later message of its channel, and the rest at the end. The queue keeps no
+    /// allocation for its entries once drained.
     pub fn drain(&mut self, out: &mut Vec<Drained<F>>) {
         self.messages = Usage::default();
         self.control = Usage::default();
@@ -462,8 +463,8 @@ impl<F> SendQueue<F> {
             };
             out.push(Drained::Frame(frame));
         }
-        // Keep the allocation for the next batch.
-        self.entries = entries;
+        // `entries` (the allocation) is freed here rather than kept for the next batch:
+        // most connections are idle most of the time, and the next push allocates again.
         out.extend(self.gaps.drain(..).map(Drained::Gap));
     }
 

@@ -9,8 +9,8 @@
 //!
 //! Most connections are idle most of the time, so what an idle session holds is kept
 //! small (docs/benchmarks.md, "Idle memory"): its future holds the WebSocket once and one
-//! timer, a command's or the close's future is boxed while it runs, and the socket is
-//! read through [`LazyRead`].
+//! timer, a command's or the close's future is boxed while it runs, the write batch is
+//! freed once written, and the socket is read through [`LazyRead`].
 //!
 //! Every client frame is rate-limited, decoded into a command, checked against the
 //! namespace and the session's capabilities, and answered with a reply or an `error`
@@ -177,7 +177,6 @@ impl Session {
         let mut dead_at = TokioInstant::from_std(last_seen + silence_limit);
         let mut ping_at = TokioInstant::now() + hb.ping_interval;
         let far_future = TokioInstant::now() + Duration::from_secs(86_400 * 365);
-        let mut batch: Vec<Utf8Bytes> = Vec::new();
         let shutdown = self.node.shutdown.clone();
 
         loop {
@@ -197,12 +196,12 @@ impl Session {
             match wake {
                 Wake::Shutdown => {
                     // Write what is queued, then tell the client to go elsewhere.
-                    let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await;
+                    let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws)).await;
                     return Some(self.close(&mut ws, CloseCode::GoingAway).await);
                 }
                 Wake::Outbox => {
                     let written = tokio::select! {
-                        r = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)) => r.ok(),
+                        r = tokio::time::timeout(write_timeout, self.write_batch(&mut ws)) => r.ok(),
                         // The queue overflowed while this write waited on a full socket:
                         // give up now rather than at the write timeout.
                         () = self.outbox.overflowed() => None,
@@ -229,16 +228,14 @@ impl Session {
                         None => return None,
                         Some(Ok(Message::Text(text))) if self.encoding == Encoding::Json => {
                             if let Some(code) = self.on_command(Ok(text.as_str())).await {
-                                let _ =
-                                    tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await;
+                                let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws)).await;
                                 return Some(self.close(&mut ws, code).await);
                             }
                         }
                         Some(Ok(Message::Binary(bytes))) if self.encoding == Encoding::MsgPack => {
                             let text = msgpack_to_json(&bytes);
                             if let Some(code) = self.on_command(text.as_deref().map_err(Clone::clone)).await {
-                                let _ =
-                                    tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await;
+                                let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws)).await;
                                 return Some(self.close(&mut ws, code).await);
                             }
                         }
@@ -294,16 +291,14 @@ impl Session {
         }
     }
 
-    /// Writes everything queued as one batch. Returns a close the outbox asked for.
-    async fn write_batch<S>(
-        &self,
-        ws: &mut WebSocketStream<S>,
-        batch: &mut Vec<Utf8Bytes>,
-    ) -> Result<Option<CloseCode>, WsError>
+    /// Writes everything queued as one batch. Returns a close the outbox asked for. The
+    /// batch is freed once written: an idle session holds no frame list.
+    async fn write_batch<S>(&self, ws: &mut WebSocketStream<S>) -> Result<Option<CloseCode>, WsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let close = self.outbox.drain(batch);
+        let mut batch = Vec::new();
+        let close = self.outbox.drain(&mut batch);
         if !batch.is_empty() {
             for frame in batch.drain(..) {
                 let message = match self.encoding {
