@@ -10,8 +10,10 @@
 //! channel.
 //!
 //! The session's writer drains everything queued in one go and writes it as one batch, so
-//! a connection holds at most its queue plus the batch being written; neither keeps an
-//! allocation once written, so an idle connection holds only the empty outbox.
+//! a connection holds at most its queue plus the batch being written. The batch is freed
+//! once written, and the queue's own allocation after a small batch
+//! ([`ringcast_core::send_queue::FREE_UP_TO_ENTRIES`]), so an idle connection holds only
+//! the empty outbox.
 
 use ringcast_core::send_queue::{Alt, Bounds, Drained, GapCause, GapNotice, MessagePolicy, SendQueue};
 use ringcast_core::BackpressurePolicy;
@@ -193,8 +195,8 @@ impl Outbox {
     }
 
     /// Moves every queued frame into `out`, `gap` notices encoded in their places;
-    /// returns the close requested, if any. Nothing of the batch stays allocated in the
-    /// outbox, and an empty `out` takes over the batch's one allocation.
+    /// returns the close requested, if any. An empty `out` takes over the batch's one
+    /// allocation.
     pub fn drain(&self, out: &mut Vec<Utf8Bytes>) -> Option<CloseCode> {
         let mut drained = Vec::new();
         let close = {
