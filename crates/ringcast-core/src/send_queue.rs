@@ -166,6 +166,11 @@ impl Usage {
     }
 }
 
+/// Batches of at most this many entries free the queue's allocation when drained; larger
+/// ones keep it for the next batch. Four is the least a queue of entries this size
+/// allocates, so a small batch never grows its allocation.
+pub const FREE_UP_TO_ENTRIES: usize = 4;
+
 /// A connection's send queue (see the module docs).
 #[derive(Debug)]
 pub struct SendQueue<F> {
@@ -433,11 +438,13 @@ impl<F> SendQueue<F> {
     }
 
     /// Moves everything queued to `out` in write order, each gap notice just before the
-    /// first later message of its channel, and the rest at the end.
+    /// first later message of its channel, and the rest at the end. After a batch of at
+    /// most [`FREE_UP_TO_ENTRIES`] the queue keeps no allocation for its entries.
     pub fn drain(&mut self, out: &mut Vec<Drained<F>>) {
         self.messages = Usage::default();
         self.control = Usage::default();
         let mut entries = std::mem::take(&mut self.entries);
+        let drained_entries = entries.len();
         for e in entries.drain(..) {
             let frame = match e {
                 Entry::Control(frame) | Entry::Exempt(frame) | Entry::Ephemeral(frame) => frame,
@@ -462,8 +469,13 @@ impl<F> SendQueue<F> {
             };
             out.push(Drained::Frame(frame));
         }
-        // Keep the allocation for the next batch.
-        self.entries = entries;
+        // A small batch gives its allocation back: allocating again costs the next push
+        // one allocation, and an idle connection, whose last batch was a reply or two,
+        // then holds none. A larger one keeps it, as a busy connection would only grow it
+        // again entry by entry.
+        if drained_entries > FREE_UP_TO_ENTRIES {
+            self.entries = entries;
+        }
         out.extend(self.gaps.drain(..).map(Drained::Gap));
     }
 

@@ -269,7 +269,13 @@ impl Hooks {
             Err(_) => format!("no answer within {:?}", self.config.timeout),
         };
         self.metrics.hook_call(hook.index(), CallResult::Failed.index());
-        warn!(hook = hook.as_str(), error = %failure, policy = ?self.config.on_failure, "backend hook failed");
+        warn!(
+            hook = hook.as_str(),
+            client = caller.client,
+            error = %failure,
+            policy = ?self.config.on_failure,
+            "backend hook failed"
+        );
         match self.config.on_failure {
             FailurePolicy::Allow => Verdict::Allow { data: None, info: None },
             FailurePolicy::Deny => Verdict::Deny {

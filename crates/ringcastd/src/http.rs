@@ -33,20 +33,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
 /// Most channels one broadcast may target.
 pub const MAX_BROADCAST_CHANNELS: usize = 1000;
 /// Most items of one `POST /v1/publish/batch`.
 pub const MAX_BATCH_ITEMS: usize = 1000;
-/// Per-connection read buffer for WebSocket sessions (tungstenite's default is 128 KiB,
-/// allocated eagerly; small buffers keep idle connections cheap).
-pub const WS_READ_BUFFER_BYTES: usize = 4096;
-/// Bytes tungstenite buffers before writing; a batch of small frames goes out in writes
-/// of about this size.
-pub const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 type AppState = Arc<Node>;
 
@@ -709,19 +701,12 @@ async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Res
     let on_upgrade = hyper::upgrade::on(&mut req);
     let permit = req.extensions().get::<ConnPermit>().cloned();
     let conn = node.next_conn_id();
-    let limits = &node.config.limits;
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
-        .max_message_size(Some(limits.max_frame_bytes))
-        .max_frame_size(Some(limits.max_frame_bytes));
     let session_node = node.clone();
     node.tracker.spawn(async move {
         let _permit = permit;
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-                session::run(session_node, ws, conn, encoding).await;
+                session::run(session_node, TokioIo::new(upgraded), conn, encoding).await;
             }
             Err(e) => debug!(error = %e, "upgrade failed"),
         }

@@ -208,12 +208,14 @@ pub struct MemberTag {
     pub info: Option<Arc<str>>,
 }
 
-/// A subscriber in a channel's fan-out.
+/// A subscriber in a channel's fan-out: one per connection and channel, so the rare
+/// parts are boxed (a channel's map of them is most of a subscription's memory).
 #[derive(Debug)]
 struct Subscriber {
     outbox: Arc<Outbox>,
     policy: MessagePolicy,
-    member: Option<MemberTag>,
+    /// Presence namespaces only.
+    member: Option<Box<MemberTag>>,
     join_leave: bool,
     delta: bool,
     /// Subscribed to the channel itself; false when attached for a pattern subscription
@@ -222,7 +224,7 @@ struct Subscriber {
     /// Gateway: the position the subscriber was attached at while the mirror was still
     /// behind it (waiting on a gap). What the mirror releases up to there, the
     /// subscriber already has from its replay; cleared once the stream passes it.
-    caught_up_to: Option<StreamPosition>,
+    caught_up_to: Option<Box<StreamPosition>>,
 }
 
 impl Subscriber {
@@ -230,7 +232,7 @@ impl Subscriber {
         Subscriber {
             outbox: sub.outbox.clone(),
             policy: sub.policy,
-            member: sub.member.clone(),
+            member: sub.member.clone().map(Box::new),
             join_leave: sub.join_leave,
             delta: sub.delta,
             direct: !sub.pattern,
@@ -958,7 +960,7 @@ impl Hub {
         // The keep-latest key, read out of the frame once for the message.
         let mut key: Option<Option<&str>> = None;
         for (conn, sub) in &mut st.subscribers {
-            if let Some(at) = sub.caught_up_to {
+            if let Some(at) = sub.caught_up_to.as_deref() {
                 if position.epoch == at.epoch && position.offset <= at.offset {
                     continue;
                 }
@@ -1395,7 +1397,7 @@ impl Hub {
                 // The mirror is still waiting for messages the owner's reply already
                 // counts (a gap being filled): the replay gives them to this subscriber,
                 // so it must not get them again when the mirror releases them.
-                Some(m) if m.position().offset < top.offset => caught_up_to = Some(top),
+                Some(m) if m.position().offset < top.offset => caught_up_to = Some(Box::new(top)),
                 Some(_) => {}
                 None => st.mirror = Some(Mirror::new(top, DEFAULT_MAX_PENDING)),
             }

@@ -10,7 +10,8 @@
 //! - [`config`]: the typed configuration tree and its layering.
 //! - [`server`]: the accept loop and per-connection HTTP/1.1 with limits.
 //! - [`http`]: the HTTP API, health, metrics and the WebSocket upgrade.
-//! - [`session`]: one task per WebSocket client.
+//! - [`session`]: one task per WebSocket client, over [`lazy_read`] (the socket read
+//!   without a resident buffer).
 //! - [`router`]: runs each channel operation on the local hub or forwards it to the
 //!   slot's owner through [`cluster`] (membership, peer links, forwarding).
 //! - [`hub`] and [`outbox`]: channels, their logs and local fan-out into bounded
@@ -27,6 +28,7 @@ pub mod config;
 pub mod hooks;
 pub mod http;
 pub mod hub;
+pub mod lazy_read;
 pub mod metrics;
 pub mod node;
 pub mod outbox;

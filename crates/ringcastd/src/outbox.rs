@@ -10,7 +10,10 @@
 //! channel.
 //!
 //! The session's writer drains everything queued in one go and writes it as one batch, so
-//! a connection holds at most its queue plus the batch being written.
+//! a connection holds at most its queue plus the batch being written. The batch is freed
+//! once written, and the queue's own allocation after a small batch
+//! ([`ringcast_core::send_queue::FREE_UP_TO_ENTRIES`]), so an idle connection holds only
+//! the empty outbox.
 
 use ringcast_core::send_queue::{Alt, Bounds, Drained, GapCause, GapNotice, MessagePolicy, SendQueue};
 use ringcast_core::BackpressurePolicy;
@@ -192,7 +195,8 @@ impl Outbox {
     }
 
     /// Moves every queued frame into `out`, `gap` notices encoded in their places;
-    /// returns the close requested, if any.
+    /// returns the close requested, if any. An empty `out` takes over the batch's one
+    /// allocation.
     pub fn drain(&self, out: &mut Vec<Utf8Bytes>) -> Option<CloseCode> {
         let mut drained = Vec::new();
         let close = {
@@ -200,18 +204,27 @@ impl Outbox {
             s.queue.drain(&mut drained);
             s.close
         };
-        // Encoding happens outside the lock; gaps are rare.
-        out.extend(drained.into_iter().map(|d| match d {
-            Drained::Frame(f) => f,
-            Drained::Gap(g) => {
-                let reason = match g.cause {
-                    GapCause::SlowConsumer => GapReason::SlowConsumer,
-                    GapCause::Unavailable => GapReason::Unavailable,
-                    GapCause::Conflated => GapReason::Conflated,
-                };
-                Utf8Bytes::from(encode_gap(&g.channel, g.epoch, g.from, g.to, reason))
-            }
-        }));
+        // Encoding happens outside the lock; gaps are rare. Collected in place, into
+        // `drained`'s allocation.
+        let frames: Vec<Utf8Bytes> = drained
+            .into_iter()
+            .map(|d| match d {
+                Drained::Frame(f) => f,
+                Drained::Gap(g) => {
+                    let reason = match g.cause {
+                        GapCause::SlowConsumer => GapReason::SlowConsumer,
+                        GapCause::Unavailable => GapReason::Unavailable,
+                        GapCause::Conflated => GapReason::Conflated,
+                    };
+                    Utf8Bytes::from(encode_gap(&g.channel, g.epoch, g.from, g.to, reason))
+                }
+            })
+            .collect();
+        if out.is_empty() {
+            *out = frames;
+        } else {
+            out.extend(frames);
+        }
         close
     }
 

@@ -1,9 +1,16 @@
 //! One WebSocket session: the task that owns a client connection.
 //!
 //! The loop races, in priority order: node shutdown, queued frames to write (replies
-//! and pushes from the [`Outbox`]), the next client frame, the heartbeat deadline, the
-//! ping tick, and the auth deadline (connect timeout, then token expiry). Reads and
-//! writes happen in this one task; producers elsewhere only push into the outbox.
+//! and pushes from the [`Outbox`]), the next client frame, and one timer for the
+//! heartbeat deadline, the ping tick, the `expiring` notice and the auth deadline
+//! (connect timeout, then token expiry), handled in that order when several are due.
+//! Reads and writes happen in this one task; producers elsewhere only push into the
+//! outbox.
+//!
+//! Most connections are idle most of the time, so what an idle session holds is kept
+//! small (docs/benchmarks.md, "Idle memory"): its future holds the WebSocket once and one
+//! timer, a command's or the close's future is boxed while it runs, the write batch is
+//! freed once written, and the socket is read through [`LazyRead`].
 //!
 //! Every client frame is rate-limited, decoded into a command, checked against the
 //! namespace and the session's capabilities, and answered with a reply or an `error`
@@ -14,6 +21,7 @@
 use crate::auth::Identity;
 use crate::hooks::{Caller, Hook, Verdict};
 use crate::hub::{Origin, PublishRequest};
+use crate::lazy_read::LazyRead;
 use crate::metrics::Source;
 use crate::node::Node;
 use crate::outbox::{Outbox, Pushed};
@@ -31,6 +39,7 @@ use ringcast_proto::msgpack::{json_to_msgpack, msgpack_to_json, Encoding};
 use ringcast_proto::{CloseCode, ErrorCode};
 use serde_json::value::RawValue;
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -38,11 +47,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, debug_span, Instrument};
 
+/// tungstenite's per-connection read buffer: allocated when the session starts,
+/// resident for its life (tungstenite zero-fills it), and the most it reads at once.
+/// Room for a typical command; larger frames are read from the socket in chunks by
+/// [`LazyRead`], which holds nothing while a connection is idle (tungstenite's default
+/// is 128 KiB).
+pub const WS_READ_BUFFER_BYTES: usize = 256;
+/// Bytes tungstenite buffers before writing; a batch of small frames goes out in writes
+/// of about this size.
+pub const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Consecutive rate-limited commands after which the session is closed with 4009.
 pub const MAX_RATE_LIMIT_STRIKES: u32 = 50;
 /// Channels of a `psubscribe`'s `since` resumed at once.
@@ -82,13 +100,20 @@ struct Session {
     encoding: Encoding,
 }
 
-/// Runs a session to completion on an upgraded connection.
-pub async fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, conn: ConnId, encoding: Encoding)
+/// Runs a session to completion on an upgraded connection, `io`.
+///
+/// The WebSocket is built here, inside the one future that owns it: an async fn keeps
+/// its arguments for its whole life, so a `WebSocketStream` (or its config) passed down
+/// through nested futures would be held once per level by every connection.
+pub fn run<S>(node: Arc<Node>, io: S, conn: ConnId, encoding: Encoding) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let span = info_span!("session", conn = conn.0);
+    // A debug span: every event it labels is debug-level, and an enabled span costs each
+    // connection about 340 bytes in the subscriber's registry.
+    let span = debug_span!("session", conn = conn.0);
     async move {
+        let ws = WebSocketStream::from_raw_socket(LazyRead::new(io), Role::Server, Some(ws_config(&node))).await;
         node.metrics.connections.fetch_add(1, Ordering::Relaxed);
         node.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         let limits = &node.config.limits;
@@ -118,7 +143,25 @@ where
         node.metrics.connections.fetch_sub(1, Ordering::Relaxed);
     }
     .instrument(span)
-    .await;
+}
+
+/// tungstenite's settings for a session: small buffers (see the constants) and the
+/// frame limit of `limits.max_frame_bytes`.
+fn ws_config(node: &Node) -> WebSocketConfig {
+    let max = node.config.limits.max_frame_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+/// What woke the session loop.
+enum Wake {
+    Shutdown,
+    Outbox,
+    Frame(Option<Result<Message, WsError>>),
+    Timer,
 }
 
 impl Session {
@@ -127,30 +170,38 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let hb = self.node.config.heartbeat.clone();
-        let shutdown = self.node.shutdown.clone();
-        let write_timeout = self.node.config.limits.write_timeout;
+        let node = self.node.clone();
+        let (hb, write_timeout) = (&node.config.heartbeat, node.config.limits.write_timeout);
         let silence_limit = hb.ping_interval + hb.pong_timeout;
         let mut last_seen = Instant::now();
         let mut dead_at = TokioInstant::from_std(last_seen + silence_limit);
-        let mut ping = tokio::time::interval_at(TokioInstant::now() + hb.ping_interval, hb.ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch: Vec<Utf8Bytes> = Vec::new();
+        let mut ping_at = TokioInstant::now() + hb.ping_interval;
         let far_future = TokioInstant::now() + Duration::from_secs(86_400 * 365);
+        let shutdown = self.node.shutdown.clone();
 
         loop {
             let auth_at = self.auth_deadline.map_or(far_future, TokioInstant::from_std);
             let notice_at = self.refresh_notice.map_or(far_future, |(at, _)| TokioInstant::from_std(at));
-            tokio::select! {
+            // One timer for the four deadlines (a timer is a good share of an idle
+            // session's future); when several are due, `Wake::Timer` handles them one at
+            // a time, in its order.
+            let wake_at = dead_at.min(ping_at).min(notice_at).min(auth_at);
+            let wake = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
+                () = shutdown.cancelled() => Wake::Shutdown,
+                () = self.outbox.ready() => Wake::Outbox,
+                frame = ws.next() => Wake::Frame(frame),
+                () = sleep_until(wake_at) => Wake::Timer,
+            };
+            match wake {
+                Wake::Shutdown => {
                     // Write what is queued, then tell the client to go elsewhere.
-                    let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await;
+                    let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws)).await;
                     return Some(self.close(&mut ws, CloseCode::GoingAway).await);
                 }
-                () = self.outbox.ready() => {
+                Wake::Outbox => {
                     let written = tokio::select! {
-                        r = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)) => r.ok(),
+                        r = tokio::time::timeout(write_timeout, self.write_batch(&mut ws)) => r.ok(),
                         // The queue overflowed while this write waited on a full socket:
                         // give up now rather than at the write timeout.
                         () = self.outbox.overflowed() => None,
@@ -171,20 +222,20 @@ impl Session {
                         }
                     }
                 }
-                frame = ws.next() => {
+                Wake::Frame(frame) => {
                     last_seen = Instant::now();
                     match frame {
                         None => return None,
                         Some(Ok(Message::Text(text))) if self.encoding == Encoding::Json => {
                             if let Some(code) = self.on_command(Ok(text.as_str())).await {
-                                let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await;
+                                let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws)).await;
                                 return Some(self.close(&mut ws, code).await);
                             }
                         }
                         Some(Ok(Message::Binary(bytes))) if self.encoding == Encoding::MsgPack => {
                             let text = msgpack_to_json(&bytes);
                             if let Some(code) = self.on_command(text.as_deref().map_err(Clone::clone)).await {
-                                let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws, &mut batch)).await;
+                                let _ = tokio::time::timeout(write_timeout, self.write_batch(&mut ws)).await;
                                 return Some(self.close(&mut ws, code).await);
                             }
                         }
@@ -208,44 +259,46 @@ impl Session {
                         }
                     }
                 }
-                () = sleep_until(dead_at) => {
-                    let deadline = last_seen + silence_limit;
-                    if deadline <= Instant::now() {
-                        return Some(self.close(&mut ws, CloseCode::HeartbeatTimeout).await);
+                Wake::Timer => {
+                    let now = TokioInstant::now();
+                    if dead_at <= now {
+                        let deadline = last_seen + silence_limit;
+                        if deadline <= Instant::now() {
+                            return Some(self.close(&mut ws, CloseCode::HeartbeatTimeout).await);
+                        }
+                        dead_at = TokioInstant::from_std(deadline);
+                    } else if ping_at <= now {
+                        // The next ping a full interval after this one, however late it is.
+                        ping_at = now + hb.ping_interval;
+                        let sent =
+                            tokio::time::timeout(write_timeout, ws.send(Message::Ping(Default::default()))).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            return None;
+                        }
+                    } else if notice_at <= now {
+                        if let Some((_, expires_at)) = self.refresh_notice.take() {
+                            let left = Duration::from_secs(expires_at).saturating_sub(unix_now());
+                            let in_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                            self.reply(encode_expiring(expires_at, in_ms));
+                        }
+                    } else if auth_at <= now {
+                        let code =
+                            if self.identity.is_some() { CloseCode::TokenExpired } else { CloseCode::ConnectTimeout };
+                        return Some(self.close(&mut ws, code).await);
                     }
-                    dead_at = TokioInstant::from_std(deadline);
-                }
-                _ = ping.tick() => {
-                    let sent = tokio::time::timeout(write_timeout, ws.send(Message::Ping(Default::default()))).await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        return None;
-                    }
-                }
-                () = sleep_until(notice_at) => {
-                    if let Some((_, expires_at)) = self.refresh_notice.take() {
-                        let left = Duration::from_secs(expires_at).saturating_sub(unix_now());
-                        let in_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-                        self.reply(encode_expiring(expires_at, in_ms));
-                    }
-                }
-                () = sleep_until(auth_at) => {
-                    let code = if self.identity.is_some() { CloseCode::TokenExpired } else { CloseCode::ConnectTimeout };
-                    return Some(self.close(&mut ws, code).await);
                 }
             }
         }
     }
 
-    /// Writes everything queued as one batch. Returns a close the outbox asked for.
-    async fn write_batch<S>(
-        &self,
-        ws: &mut WebSocketStream<S>,
-        batch: &mut Vec<Utf8Bytes>,
-    ) -> Result<Option<CloseCode>, WsError>
+    /// Writes everything queued as one batch. Returns a close the outbox asked for. The
+    /// batch is freed once written: an idle session holds no frame list.
+    async fn write_batch<S>(&self, ws: &mut WebSocketStream<S>) -> Result<Option<CloseCode>, WsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let close = self.outbox.drain(batch);
+        let mut batch = Vec::new();
+        let close = self.outbox.drain(&mut batch);
         if !batch.is_empty() {
             for frame in batch.drain(..) {
                 let message = match self.encoding {
@@ -280,7 +333,9 @@ impl Session {
     {
         self.node.metrics.close(code);
         let frame = CloseFrame { code: WsCloseCode::from(code.code()), reason: Utf8Bytes::from_static(code.reason()) };
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, async {
+        // Boxed, like `dispatch`: it runs once per session, and inline its state (a
+        // timer and the close and discard futures) would be part of every idle session.
+        let _ = Box::pin(tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, async {
             if ws.close(Some(frame)).await.is_err() {
                 return;
             }
@@ -289,7 +344,7 @@ impl Session {
             } else {
                 while let Some(Ok(_)) = ws.next().await {}
             }
-        })
+        }))
         .await;
         code
     }
@@ -406,7 +461,11 @@ impl Session {
             }
         };
         let id = request.id;
-        match self.dispatch(id, request.command).await {
+        // Boxed: a command's future (a hook's HTTP request, a forwarded publish, a
+        // pattern's resumes) is kilobytes, and the session's own future is sized for its
+        // largest await. Boxed, it costs one allocation per command instead of being
+        // held by every idle connection.
+        match Box::pin(self.dispatch(id, request.command)).await {
             Ok(None) => None,
             Ok(Some(code)) => Some(code),
             Err(r) => {
@@ -924,6 +983,33 @@ mod tests {
     fn too_long(size: usize) -> WsError {
         WsError::Capacity(CapacityError::MessageTooLong { size, max_size: 131_072 })
     }
+
+    /// What an idle connection holds is mostly this future (inside its task): what a
+    /// command or the close needs is boxed, and the WebSocket is held once
+    /// (docs/benchmarks.md, finding 4). A bound, not a timing: it moves only with the
+    /// code, the compiler or tokio/tungstenite.
+    #[tokio::test]
+    async fn an_idle_session_future_stays_small() {
+        let node = crate::node::Node::start(
+            crate::config::Config::default(),
+            1,
+            tokio_util::sync::CancellationToken::new(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (io, _client) = tokio::io::duplex(64);
+        let future = run(node, io, ConnId(1), Encoding::Json);
+        let size = std::mem::size_of_val(&future);
+        // 1,904 bytes with rustc 1.95, tokio 1.54 and tungstenite 0.30; the whole task
+        // of a session was 4,352 bytes (heaptrack) while a command's future was inline
+        // and the WebSocket was passed down by value.
+        assert!(size <= MAX_IDLE_SESSION_FUTURE_BYTES, "the session future is {size} bytes");
+    }
+
+    /// Room above today's size for compiler and dependency updates, not for another
+    /// kilobyte per connection.
+    const MAX_IDLE_SESSION_FUTURE_BYTES: usize = 2_304;
 
     #[test]
     fn read_errors_map_to_rfc_close_codes() {
