@@ -19,10 +19,10 @@ pub struct Figure {
 pub const CPU_PER_DELIVERY_UNBATCHED_US: f64 = 4.13;
 /// Server CPU per delivery when writes batch (ringcast, 1k x 1000/s: 0.51 CPU-s per 1M).
 pub const CPU_PER_DELIVERY_BATCHED_US: f64 = 0.51;
-/// Server RSS per idle subscribed connection (ringcast, 5,000 connections, 1 subscription).
-pub const MEMORY_PER_CONNECTION_KIB: f64 = 9.60;
+/// Server RSS per idle subscribed connection (ringcast, 15,000 connections, 1 subscription).
+pub const MEMORY_PER_CONNECTION_KIB: f64 = 3.93;
 /// The same with 10 subscriptions per connection.
-pub const MEMORY_PER_CONNECTION_10_SUBS_KIB: f64 = 10.65;
+pub const MEMORY_PER_CONNECTION_10_SUBS_KIB: f64 = 5.55;
 /// Wire bytes of one 100 B message pushed to a client (JSON envelope included).
 pub const WIRE_BYTES_PER_DELIVERY: f64 = 196.0;
 /// Bytes of one node-to-node `Deliver` of a 100 B message (assumed equal to the client
