@@ -57,8 +57,9 @@ impl Occupancy {
         }
     }
 
-    /// Whether nothing is pending or reported as occupied (the channel's state may be
-    /// forgotten).
+    /// Whether the backend was last told the channel is vacant (or never told
+    /// otherwise) and nothing is pending: the channel's state may be forgotten. Its
+    /// negation is what a new owner inherits (`Vacating` was reported occupied).
     #[must_use]
     pub fn is_vacant(self) -> bool {
         self == Occupancy::Vacant
@@ -107,13 +108,6 @@ impl Occupancy {
             _ => None,
         }
     }
-
-    /// Whether the backend was told the channel is occupied and has not yet been told
-    /// otherwise (what a new owner inherits).
-    #[must_use]
-    pub fn reported_occupied(self) -> bool {
-        self != Occupancy::Vacant
-    }
 }
 
 #[cfg(test)]
@@ -151,15 +145,15 @@ mod tests {
         let mut old = Occupancy::default();
         old.observe(true, Millis(0));
         old.observe(false, Millis(100));
-        assert!(old.reported_occupied(), "still reported occupied while vacating");
+        assert!(!old.is_vacant(), "still reported occupied while vacating");
         assert_eq!(old.flush(), Some(OccupancyEvent::Vacated));
-        let mut new = Occupancy::inherited(old.reported_occupied());
+        let mut new = Occupancy::inherited(!old.is_vacant());
         assert_eq!(new.observe(true, Millis(200)), Some(OccupancyEvent::Occupied));
 
         let mut old = Occupancy::default();
         old.observe(true, Millis(0));
         assert_eq!(old.flush(), None);
-        let mut new = Occupancy::inherited(old.reported_occupied());
+        let mut new = Occupancy::inherited(!old.is_vacant());
         assert_eq!(new.observe(true, Millis(200)), None, "the backend already knows");
     }
 

@@ -461,20 +461,20 @@ impl Hub {
         for (channel, cell) in self.slot_cells(slot) {
             let mut st = lock(&cell.state);
             let local = !st.subscribers.is_empty();
-            let mut interest: Vec<NodeId> = st.interest.iter().cloned().collect();
             if st.log.is_none() {
                 continue;
+            }
+            let mut interest: Vec<NodeId> = st.interest.iter().cloned().collect();
+            if local {
+                interest.push(me.clone());
             }
             // A pending vacancy is reported now; the new owner inherits the rest.
             if let Some(event) = st.occupancy.flush() {
                 self.emit_occupancy(&channel, event);
             }
-            let occupied = Some(st.occupancy.reported_occupied());
+            let occupied = Some(!st.occupancy.is_vacant());
             let leaving = st.presence.as_ref().map(|p| p.pending_leaves(now)).unwrap_or_default();
             if let Some(log) = st.log.as_mut() {
-                if local {
-                    interest.push(me.clone());
-                }
                 out.push(ChannelHandoff { channel, log: log.snapshot(now), interest, occupied, leaving });
             }
         }
@@ -627,7 +627,10 @@ impl Hub {
         st: &'a mut ChannelState,
         ns: &NamespaceOptions,
     ) -> &'a mut ChannelLog<Utf8Bytes> {
-        st.webhooks = ns.webhook_set();
+        if st.log.is_none() {
+            // Noted once per stream, not per publish (`install` notes it for a restored one).
+            st.webhooks = ns.webhook_set();
+        }
         st.log.get_or_insert_with(|| {
             let epoch = self.epochs.next();
             debug!(%channel, epoch = epoch.get(), "the channel's stream starts here in a new epoch");
@@ -1060,12 +1063,16 @@ impl Hub {
         msg: &Msg,
         (slot_epoch, now): (SlotEpoch, Millis),
     ) {
+        let before = (st.subscribers.len(), st.interest.len());
         self.fan_out(channel, st, position, msg);
         self.fan_out_remote(channel, st, position, msg, slot_epoch);
         if st.webhooks.messages {
             self.emit_message(channel, position, msg);
         }
-        self.observe_occupancy(channel, st, now);
+        // Only a fan-out that dropped someone can have changed the occupancy.
+        if (st.subscribers.len(), st.interest.len()) != before {
+            self.observe_occupancy(channel, st, now);
+        }
     }
 
     /// One `Deliver` per interested node: those in `interest`, and those whose pattern
@@ -1558,19 +1565,13 @@ impl Hub {
         w.emit(WebhookEvent::new("", kind, channel.as_str(), unix_ms()));
     }
 
-    fn emit_member(&self, channel: &ChannelName, event: &PresenceEvent, now: Millis) {
+    /// `member_joined` or `member_left` (`kind`) of `user`, which happened at `at_ms` (UNIX).
+    fn emit_member(&self, channel: &ChannelName, kind: EventType, user: &str, info: Option<&RawValue>, at_ms: u64) {
         let Some(w) = self.webhooks.get() else { return };
-        let (kind, user, info, at) = match event {
-            PresenceEvent::Join { user, info } => (EventType::MemberJoined, user, info, unix_ms()),
-            PresenceEvent::Leave { user, info, left_at } => {
-                (EventType::MemberLeft, user, info, unix_ms().saturating_sub(now.0.saturating_sub(left_at.0)))
-            }
-        };
-        let info = info.as_deref().and_then(|i| serde_json::from_str::<&RawValue>(i).ok());
         w.emit(WebhookEvent {
-            user: Some(Cow::Borrowed(&**user)),
+            user: Some(Cow::Borrowed(user)),
             info,
-            ..WebhookEvent::new("", kind, channel.as_str(), at)
+            ..WebhookEvent::new("", kind, channel.as_str(), at_ms)
         });
     }
 
@@ -1593,25 +1594,29 @@ impl Hub {
     /// that receive them and once to each interested node (namespace `join_leave`),
     /// and, for a registry channel, notes when its user went offline.
     fn emit_presence(&self, channel: &ChannelName, st: &mut ChannelState, events: Vec<PresenceEvent>, now: Millis) {
-        if st.webhooks.presence {
-            for event in &events {
-                self.emit_member(channel, event, now);
-            }
-        }
         for event in events {
-            let (kind, user, info) = match &event {
-                PresenceEvent::Join { user, info } => (EphemeralKind::Join, user, info),
+            let (kind, hook, user, info, at_ms) = match &event {
+                PresenceEvent::Join { user, info } => {
+                    (EphemeralKind::Join, EventType::MemberJoined, user, info, unix_ms())
+                }
                 PresenceEvent::Leave { user, info, left_at } => {
+                    let at_ms = unix_ms().saturating_sub(now.0.saturating_sub(left_at.0));
                     if channel.registry_user() == Some(&**user) {
-                        let ago = now.0.saturating_sub(left_at.0);
-                        lock(&self.last_seen).record(user, unix_ms().saturating_sub(ago));
+                        lock(&self.last_seen).record(user, at_ms);
                     }
-                    (EphemeralKind::Leave, user, info)
+                    (EphemeralKind::Leave, EventType::MemberLeft, user, info, at_ms)
                 }
             };
+            if !st.join_leave && !st.webhooks.presence {
+                continue;
+            }
+            // The token's info, parsed once for the push and the webhook.
+            let info = info.as_deref().and_then(|i| serde_json::from_str::<&RawValue>(i).ok());
+            if st.webhooks.presence {
+                self.emit_member(channel, hook, user, info, at_ms);
+            }
             if st.join_leave {
                 self.metrics.presence_events.fetch_add(1, Ordering::Relaxed);
-                let info = info.as_deref().and_then(|i| serde_json::from_str::<&RawValue>(i).ok());
                 let frame = Utf8Bytes::from(encode_ephemeral(kind, channel, user, info));
                 self.fan_out_ephemeral(channel, st, &frame, true);
             }
