@@ -244,6 +244,13 @@ impl Drop for Ringcastd {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // `RINGCAST_TEST_LOGS=DIR` keeps every node's debug log (the temp dir goes with
+        // the node), for reading after a failure.
+        if let Some(dir) = std::env::var_os("RINGCAST_TEST_LOGS") {
+            let dir = PathBuf::from(dir);
+            let name = format!("{}-{}.log", if self.node.is_empty() { "node" } else { &self.node }, self.addr.port());
+            let _ = std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(&self.stderr_path, dir.join(name)));
+        }
     }
 }
 
