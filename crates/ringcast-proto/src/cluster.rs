@@ -73,6 +73,9 @@ pub struct ChannelSnapshotWire {
     /// JSON, ms since their last client left)`; the new owner sends it when the rest of
     /// the grace has passed, unless they come back.
     pub leaving: Vec<(String, Option<String>, u64)>,
+    /// Presence: the clients subscribed on every node; the new owner answers for them
+    /// (and reports their leaves) until their nodes re-announce them.
+    pub members: Vec<PresentWire>,
 }
 
 /// Every frame of the cluster protocol.
@@ -96,17 +99,19 @@ pub enum PeerFrame {
         /// The keep-latest key the message updates.
         key: Option<String>,
     },
-    /// Gateway -> owner: answer a subscribe (recovery from `since`), and with `interest`
-    /// start sending this node every message of the channel.
-    /// `snapshot`: also answer with the keep-latest state at the reply's position.
+    /// Gateway -> owner: answer a subscribe (recovery from `since`) and send this node
+    /// every later message of the channel (registering a node already registered is a
+    /// no-op). `snapshot`: also answer with the keep-latest state at the reply's
+    /// position. `member`: the subscribing client joins the channel's presence under the
+    /// same lock as the reply, so the owner answers for it as soon as it is subscribed.
     Subscribe {
         req: u64,
         slot: u16,
         slot_epoch: u64,
         channel: String,
         since: Option<SinceWire>,
-        interest: bool,
         snapshot: bool,
+        member: Option<MemberWire>,
     },
     /// Gateway -> owner: this node has no subscribers on the channel any more.
     Unsubscribe { slot: u16, slot_epoch: u64, channel: String },
@@ -276,9 +281,11 @@ impl PeerFrame {
                     + idempotency_key.as_ref().map_or(0, String::len)
                     + key.as_ref().map_or(0, String::len)
             }
-            PeerFrame::Subscribe { channel, .. }
-            | PeerFrame::Unsubscribe { channel, .. }
-            | PeerFrame::History { channel, .. } => channel.len(),
+            PeerFrame::Subscribe { channel, member, .. } => {
+                channel.len()
+                    + member.as_ref().map_or(0, |m| m.user.len() + m.info.as_ref().map_or(0, String::len) + 16)
+            }
+            PeerFrame::Unsubscribe { channel, .. } | PeerFrame::History { channel, .. } => channel.len(),
             PeerFrame::Presence { channel, joins, leaves, .. } => {
                 channel.len()
                     + joins.iter().map(|m| m.user.len() + m.info.as_ref().map_or(0, String::len) + 16).sum::<usize>()
@@ -338,6 +345,14 @@ impl PeerFrame {
                         + c.dedup.iter().map(|(k, ..)| k.len() + 32).sum::<usize>()
                         + c.interest.iter().map(String::len).sum::<usize>()
                         + c.latest.iter().map(|(k, _, _, m)| k.len() + m.len() + 24).sum::<usize>()
+                        + c.leaving
+                            .iter()
+                            .map(|(u, i, _)| u.len() + i.as_ref().map_or(0, String::len) + 16)
+                            .sum::<usize>()
+                        + c.members
+                            .iter()
+                            .map(|m| m.node.len() + m.user.len() + m.info.as_ref().map_or(0, String::len) + 16)
+                            .sum::<usize>()
                 })
                 .sum(),
         };

@@ -58,7 +58,7 @@ use ringcast_proto::webhook::{Event as WebhookEvent, EventType};
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -103,6 +103,9 @@ pub trait PeerSink: Send + Sync + 'static {
     fn slot_epoch(&self, slot: Slot) -> SlotEpoch;
 }
 
+/// `Unsubscribe`s noted per sealed slot at most (a takeover lasts a moment).
+const MAX_RELEASES_WHILE_SEALED: usize = 10_000;
+
 /// Users one node remembers the last-seen time of (the registry channels it owns).
 pub const LAST_SEEN_CAPACITY: usize = 100_000;
 /// Users a channel's typing gate tracks at once (those who typed in the last second).
@@ -117,6 +120,10 @@ struct ChannelState {
     mirror: Option<Mirror<Msg>>,
     /// Gateway role: this node asked the remote owner for the channel's messages.
     remote_interest: bool,
+    /// Gateway role: subscribes sent to the remote owner and not yet answered. While
+    /// one is in flight the interest it registers must not be released: its subscriber
+    /// is not in `subscribers` yet.
+    subscribing: u16,
     subscribers: HashMap<ConnId, Subscriber>,
     /// Owner role, durable channels: messages sequenced but not yet held by the replica,
     /// in offset order; fanned out when committed.
@@ -153,6 +160,17 @@ impl ChannelState {
         let p = self.presence.get_or_insert_with(|| ChannelPresence::new(ns.presence_grace));
         p.set_grace(ns.presence_grace);
         p
+    }
+
+    /// Gateway: when no local subscriber is left, forgets the mirror; and when no
+    /// subscribe is in flight either, the remote interest. Returns whether that interest
+    /// was held (the owner must be told).
+    fn release_if_unfollowed(&mut self) -> bool {
+        if !self.subscribers.is_empty() || self.log.is_some() {
+            return false;
+        }
+        self.mirror = None;
+        self.subscribing == 0 && std::mem::take(&mut self.remote_interest)
     }
 
     /// Local subscribers that are presence members, as `(connection, user, info)`.
@@ -366,6 +384,11 @@ pub struct Hub {
     /// channel's lock, so the snapshot, which takes the same locks after sealing, holds
     /// every message sequenced before the seal and none after.
     sealed: Vec<std::sync::atomic::AtomicBool>,
+    /// `Unsubscribe`s received for channels of sealed slots, per slot: a slot being
+    /// taken over has no channels yet, and the peer that saw the claim first would
+    /// otherwise be put back in the interest the handoff carries. Applied by
+    /// [`Hub::install`]; cleared when the slot is unsealed.
+    released_while_sealed: Mutex<HashMap<Slot, Vec<(ChannelName, NodeId)>>>,
     /// Slots whose replica is being (re)built: durable publishes wait. Checked under
     /// each channel's lock, so the replica's snapshot (taken after setting it) holds
     /// every message sequenced before and none after.
@@ -387,6 +410,9 @@ pub struct ChannelHandoff {
     pub occupied: Option<bool>,
     /// Presence users whose `leave` is pending (the rest of their grace goes with them).
     pub leaving: Vec<LeavingUser>,
+    /// Presence: the clients subscribed on every node, so the new owner answers for them
+    /// (and reports their leaves) before their nodes re-announce them.
+    pub members: Vec<Member>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -406,6 +432,7 @@ impl Hub {
             metrics,
             peers: OnceLock::new(),
             sealed: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+            released_while_sealed: Mutex::new(HashMap::new()),
             replica_paused: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
             patterns: patterns::Patterns::default(),
             webhooks: OnceLock::new(),
@@ -424,6 +451,9 @@ impl Hub {
     /// Seals or unseals a slot (see the `sealed` field).
     pub fn set_sealed(&self, slot: Slot, sealed: bool) {
         self.sealed[usize::from(slot.get())].store(sealed, Ordering::SeqCst);
+        if !sealed {
+            lock(&self.released_while_sealed).remove(&slot);
+        }
     }
 
     /// Pauses or resumes `slot`'s durable publishes (see the `replica_paused` field).
@@ -474,8 +504,9 @@ impl Hub {
             }
             let occupied = Some(!st.occupancy.is_vacant());
             let leaving = st.presence.as_ref().map(|p| p.pending_leaves(now)).unwrap_or_default();
+            let members = st.presence.as_ref().map(|p| p.members(usize::MAX)).unwrap_or_default();
             if let Some(log) = st.log.as_mut() {
-                out.push(ChannelHandoff { channel, log: log.snapshot(now), interest, occupied, leaving });
+                out.push(ChannelHandoff { channel, log: log.snapshot(now), interest, occupied, leaving, members });
             }
         }
         out
@@ -504,6 +535,11 @@ impl Hub {
                 st.log = Some(restored_log(h.log, &ns, now));
                 st.uncommitted.clear();
                 st.interest = h.interest.into_iter().filter(|n| n != me).collect();
+                if let Some(notes) = lock(&self.released_while_sealed).get(&Slot::of(&h.channel)) {
+                    for (_, peer) in notes.iter().filter(|(c, _)| *c == h.channel) {
+                        st.interest.remove(peer);
+                    }
+                }
                 st.remote_interest = false;
                 st.webhooks = ns.webhook_set();
                 st.occupancy = match h.occupied {
@@ -512,11 +548,20 @@ impl Hub {
                     None => Occupancy::after_failover(now),
                 };
                 self.observe_occupancy(&h.channel, st, now);
-                // Presence is rebuilt here: the leaves the old owner had pending, our own
-                // clients now, the other nodes' from their re-announcements when they see
-                // the slot move.
-                if ns.presence && !h.leaving.is_empty() {
-                    st.presence_mut(&ns).adopt_leaves(h.leaving, now);
+                // Presence goes on from the old owner's: the leaves it had pending and
+                // the other nodes' clients (which those nodes re-announce when they see
+                // the slot move), then our own clients as they are now.
+                if ns.presence {
+                    let p = st.presence_mut(&ns);
+                    p.adopt_leaves(h.leaving, now);
+                    let mut by_node: BTreeMap<NodeId, Vec<_>> = BTreeMap::new();
+                    for m in h.members.into_iter().filter(|m| m.node != *me) {
+                        by_node.entry(m.node).or_default().push((m.conn, m.user, m.info));
+                    }
+                    for (node, clients) in by_node {
+                        // Adding to a fresh presence announces nothing.
+                        let _ = p.sync_node(&node, clients, now);
+                    }
                 }
                 self.sync_own_presence(&h.channel, st, &ns, now);
             });
@@ -583,6 +628,7 @@ impl Hub {
                                 interest: BTreeSet::new(),
                                 mirror: None,
                                 remote_interest: false,
+                                subscribing: 0,
                                 subscribers: HashMap::new(),
                                 uncommitted: VecDeque::new(),
                                 replica: None,
@@ -805,6 +851,7 @@ impl Hub {
                     interest: Vec::new(),
                     occupied: None,
                     leaving: Vec::new(),
+                    members: Vec::new(),
                 });
             }
         }
@@ -894,6 +941,7 @@ impl Hub {
                     interest: Vec::new(),
                     occupied: None,
                     leaving: Vec::new(),
+                    members: Vec::new(),
                 });
             }
         }
@@ -1159,9 +1207,11 @@ impl Hub {
         })
     }
 
-    /// Owner: serves a peer's subscribe. The `Subscribed` reply is queued on the peer's
-    /// stream under the channel lock, before any later `Deliver`, so the peer can attach
-    /// its subscriber exactly at the reply's position.
+    /// Owner: serves a peer's subscribe and registers the peer's interest. The
+    /// `Subscribed` reply is queued on the peer's stream under the channel lock, before
+    /// any later `Deliver`, so the peer can attach its subscriber exactly at the reply's
+    /// position. A presence `member` joins under the same lock, so from the reply on the
+    /// owner answers for it; its `join` push follows the reply.
     #[allow(clippy::too_many_arguments)]
     pub fn serve_peer_subscribe(
         &self,
@@ -1170,7 +1220,7 @@ impl Hub {
         peer: &NodeId,
         req: u64,
         (since, snapshot): (Option<Since>, bool),
-        interest: bool,
+        member: Option<(ConnId, Arc<str>, Option<Arc<str>>)>,
         now: Millis,
     ) -> bool {
         self.with_channel(channel, |st| {
@@ -1204,9 +1254,13 @@ impl Hub {
                 snapshot,
             };
             let sent = self.send_peer(peer, reply);
-            if sent && interest {
+            if sent {
                 st.interest.insert(peer.clone());
                 self.observe_occupancy(channel, st, now);
+                if let Some((conn, user, info)) = member.filter(|_| ns.presence) {
+                    let events = st.presence_mut(ns).join(peer, conn, &user, info, now);
+                    self.emit_presence(channel, st, events.into_iter().collect(), now);
+                }
             }
             sent
         })
@@ -1214,6 +1268,15 @@ impl Hub {
 
     /// Owner: `peer` has no subscribers on the channel any more.
     pub fn drop_interest(&self, channel: &ChannelName, peer: &NodeId, now: Millis) {
+        if self.is_sealed(channel) {
+            // Noted before looking for the channel, so an install that runs meanwhile
+            // either finds the note or has created the channel for the lookup below.
+            let mut released = lock(&self.released_while_sealed);
+            let notes = released.entry(Slot::of(channel)).or_default();
+            if notes.len() < MAX_RELEASES_WHILE_SEALED {
+                notes.push((channel.clone(), peer.clone()));
+            }
+        }
         self.with_existing(channel, |st| {
             st.interest.remove(peer);
             self.observe_occupancy(channel, st, now);
@@ -1232,24 +1295,31 @@ impl Hub {
         }
     }
 
-    /// Gateway: sends a `Subscribe` to the remote owner, asking for the channel's
-    /// messages (`interest`) only if this node has not asked yet. Decided and queued
-    /// under the channel lock, so the frame that registers interest always precedes the
-    /// others on the owner's stream. Returns `(interest, sent)`.
-    pub fn send_subscribe(
-        &self,
-        channel: &ChannelName,
-        owner: &NodeId,
-        make: impl FnOnce(bool) -> PeerFrame,
-    ) -> (bool, bool) {
+    /// Gateway: sends a `Subscribe` to the remote owner (which registers this node's
+    /// interest), under the channel lock, so it is ordered with this node's
+    /// `Unsubscribe`s of the channel on the owner's stream. The subscribe counts as in
+    /// flight until [`Hub::attach_remote`] or [`Hub::subscribe_abandoned`]. Returns
+    /// whether it was sent.
+    pub fn send_subscribe(&self, channel: &ChannelName, owner: &NodeId, frame: PeerFrame) -> bool {
         self.with_channel(channel, |st| {
-            let interest = !st.remote_interest;
-            let sent = self.send_peer(owner, make(interest));
-            if sent {
-                st.remote_interest = true;
-            }
-            (interest, sent)
+            st.subscribing = st.subscribing.saturating_add(1);
+            let sent = self.send_peer(owner, frame);
+            st.remote_interest |= sent;
+            sent
         })
+    }
+
+    /// Gateway: a subscribe sent with [`Hub::send_subscribe`] got no `Subscribed` reply
+    /// (refused, unanswered, or never sent). Returns whether this node now follows the
+    /// channel for nobody, so the owner must be told (a subscriber that left while the
+    /// subscribe was in flight kept the interest for it).
+    #[must_use]
+    pub fn subscribe_abandoned(&self, channel: &ChannelName) -> bool {
+        self.with_existing(channel, |st| {
+            st.subscribing = st.subscribing.saturating_sub(1);
+            st.subscribers.is_empty() && st.subscribing == 0 && std::mem::take(&mut st.remote_interest)
+        })
+        .unwrap_or(false)
     }
 
     /// Gateway: mirrors whose gap has stayed open for `patience`, with the range to
@@ -1324,6 +1394,9 @@ impl Hub {
     /// `lost_before` the oldest offset it still holds when the position had expired;
     /// `replay` what followed the position. Offsets the owner no longer holds are
     /// announced to local subscribers as a `gap`; the rest is delivered or fetched.
+    /// Returns whether nobody here follows the channel any more, so the interest the
+    /// reply registered must be released.
+    #[must_use]
     pub fn resynced(
         &self,
         channel: &ChannelName,
@@ -1331,19 +1404,23 @@ impl Hub {
         lost_before: Option<Offset>,
         replay: Vec<(StreamPosition, Utf8Bytes)>,
         now: Millis,
-    ) {
+    ) -> bool {
         self.with_existing(channel, |st| {
             if st.subscribers.is_empty() {
-                return;
+                // The last subscriber left while the resync was on its way, and the
+                // owner registered this node's interest with its reply: release it
+                // (unless a new subscribe, in flight, needs it).
+                st.remote_interest |= st.log.is_none();
+                return st.release_if_unfollowed();
             }
             st.remote_interest = true;
-            let Some(mirror) = st.mirror.as_mut() else { return };
+            let Some(mirror) = st.mirror.as_mut() else { return false };
             if mirror.position().epoch != top.epoch {
                 // The owner's stream restarted (state was lost): follow the new epoch
                 // and tell the subscribers.
                 mirror.rebase(top);
                 self.announce_restart(channel, st, top);
-                return;
+                return false;
             }
             let mut ready = Vec::new();
             if let Some(oldest) = lost_before {
@@ -1351,13 +1428,16 @@ impl Hub {
                     self.announce_lost(channel, st, top.epoch, range);
                 }
             }
-            let Some(mirror) = st.mirror.as_mut() else { return };
+            let Some(mirror) = st.mirror.as_mut() else { return false };
             for (pos, frame) in replay {
                 mirror.offer(pos.epoch, pos.offset, Msg::from(frame), now, &mut ready);
             }
             mirror.expect(top.epoch, top.offset, now);
             self.fan_out_ready(channel, st, top.epoch, ready);
-        });
+            false
+        })
+        // Forgotten meanwhile: nobody here follows it.
+        .unwrap_or(true)
     }
 
     /// Gateway: the owner's stream for `channel` reaches `top` (a re-subscription's
@@ -1366,16 +1446,6 @@ impl Hub {
         self.with_existing(channel, |st| {
             if let Some(m) = st.mirror.as_mut() {
                 m.expect(top.epoch, top.offset, now);
-            }
-        });
-    }
-
-    /// Gateway: forgets a remote interest that could not be registered.
-    pub fn release_remote_interest(&self, channel: &ChannelName) {
-        self.with_existing(channel, |st| {
-            if st.subscribers.is_empty() {
-                st.remote_interest = false;
-                st.mirror = None;
             }
         });
     }
@@ -1393,6 +1463,10 @@ impl Hub {
         snapshot: Option<Vec<String>>,
     ) -> Result<(), ErrorCode> {
         self.with_channel(channel, |st| {
+            st.subscribing = st.subscribing.saturating_sub(1);
+            // The owner registered this node's interest with its reply (unless this node
+            // has taken the channel over since).
+            st.remote_interest |= st.log.is_none();
             check_not_subscribed(st, sub)?;
             let mut caught_up_to = None;
             match &mut st.mirror {
@@ -1439,8 +1513,13 @@ impl Hub {
     pub fn deliver_remote(&self, channel: &ChannelName, position: StreamPosition, frame: Msg, now: Millis) -> bool {
         let deliver = |st: &mut ChannelState| {
             if st.subscribers.is_empty() {
-                st.remote_interest = false;
                 st.mirror = None;
+                if st.subscribing > 0 {
+                    // A subscribe is in flight: its reply, behind this frame on the same
+                    // stream, covers this message, and the interest stays.
+                    return true;
+                }
+                st.remote_interest = false;
                 return false;
             }
             if st.mirror.is_none() {
@@ -1504,11 +1583,7 @@ impl Hub {
                     }
                 }
                 self.observe_occupancy(channel, st, now);
-                let release = st.subscribers.is_empty() && st.remote_interest;
-                if release {
-                    st.remote_interest = false;
-                    st.mirror = None;
-                }
+                let release = st.release_if_unfollowed();
                 if !st.subscribers.contains_key(&conn) {
                     self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
                 }
@@ -1798,6 +1873,7 @@ impl Hub {
                 if st.subscribers.is_empty()
                     && st.interest.is_empty()
                     && !st.remote_interest
+                    && st.subscribing == 0
                     && log_idle
                     && replica_idle
                     && st.uncommitted.is_empty()
@@ -1925,7 +2001,11 @@ mod tests {
     }
 
     fn hub() -> Hub {
-        Hub::new(node("me"), EpochSource::new(1000), Arc::new(Metrics::default()))
+        hub_as("me")
+    }
+
+    fn hub_as(me: &str) -> Hub {
+        Hub::new(node(me), EpochSource::new(1000), Arc::new(Metrics::default()))
     }
 
     fn ch(s: &str) -> ChannelName {
@@ -2135,7 +2215,11 @@ mod tests {
 
     /// A hub with a webhook sender (never run: tests read its queue) and 5 s grace.
     fn hub_with_webhooks() -> (Hub, Arc<Webhooks>) {
-        let h = hub();
+        hub_with_webhooks_as("me")
+    }
+
+    fn hub_with_webhooks_as(me: &str) -> (Hub, Arc<Webhooks>) {
+        let h = hub_as(me);
         let config = crate::webhooks::WebhooksConfig {
             url: Some("http://127.0.0.1:9/hooks".into()),
             secret: Some("0123456789abcdef".into()),
@@ -2165,7 +2249,7 @@ mod tests {
         h.subscribe(&c, &ns, &sub(1, &o, None, 1), Millis(0)).ok();
         h.subscribe(&c, &ns, &sub(2, &o, None, 2), Millis(0)).ok();
         let g = node("gw");
-        assert!(h.serve_peer_subscribe(&c, &ns, &g, 7, (None, false), true, Millis(0)));
+        assert!(h.serve_peer_subscribe(&c, &ns, &g, 7, (None, false), None, Millis(0)));
         assert_eq!(kinds(&w.take_queued()), ["channel_occupied chat:occ"], "the first subscriber only");
         h.unsubscribe(&c, ConnId(1), Millis(10));
         h.unsubscribe(&c, ConnId(2), Millis(10));
@@ -2306,6 +2390,79 @@ mod tests {
     }
 
     #[test]
+    fn the_members_move_with_the_handoff_and_leave_through_the_new_owner() {
+        let (old, _w_old) = hub_with_webhooks();
+        let (new, w_new) = hub_with_webhooks_as("new");
+        let rec = Arc::new(Recorder::default());
+        old.set_peers(rec.clone());
+        let ns = NamespaceOptions {
+            presence: true,
+            presence_grace: Duration::from_secs(2),
+            webhooks: vec![ringcast_core::WebhookKind::Presence],
+            ..Default::default()
+        };
+        let c = ch("chat:members");
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        let ann =
+            LocalSubscriber { member: Some(MemberTag { user: Arc::from("ann"), info: None }), ..sub(1, &o, None, 1) };
+        old.subscribe(&c, &ns, &ann, Millis(0)).ok();
+        let bob = Some((ConnId(7), Arc::<str>::from("bob"), Some(Arc::<str>::from(r#"{"n":2}"#))));
+        assert!(old.serve_peer_subscribe(&c, &ns, &node("gw"), 1, (None, false), bob, Millis(0)));
+        let handed = old.snapshot_slot(Slot::of(&c), &node("me"), Millis(100));
+        old.demote_slot(Slot::of(&c));
+        new.install(handed, &node("new"), |_| Some(ns.clone()), Millis(1_000));
+        let view = new.presence(&c, 10).unwrap_or_else(|| unreachable!("installed"));
+        let mut present: Vec<(String, String)> =
+            view.members.iter().map(|m| (m.node.to_string(), m.user.to_string())).collect();
+        present.sort();
+        assert_eq!(present, [("gw".to_owned(), "bob".to_owned()), ("me".to_owned(), "ann".to_owned())]);
+        assert!(w_new.take_queued().is_empty(), "inherited members are not joins");
+        // Bob's node tells the new owner he left, before it re-announces anything.
+        new.presence_update(&c, &ns, &node("gw"), Vec::new(), &[ConnId(7)], false, Millis(1_100));
+        new.sweep(Millis(3_100));
+        let events = w_new.take_queued();
+        assert_eq!(kinds(&events), ["member_left chat:members"]);
+        assert_eq!((events[0]["user"].as_str(), events[0]["info"]["n"].as_u64()), (Some("bob"), Some(2)));
+    }
+
+    #[test]
+    fn a_release_that_reaches_the_new_owner_before_its_install_is_kept() {
+        let (old, new) = (hub(), hub_as("new"));
+        old.set_peers(Arc::new(Recorder::default()));
+        let ns = NamespaceOptions::default();
+        let c = ch("chat:early");
+        assert!(old.serve_peer_subscribe(&c, &ns, &node("gw"), 1, (None, false), None, Millis(0)));
+        assert!(old.serve_peer_subscribe(&c, &ns, &node("gw2"), 2, (None, false), None, Millis(0)));
+        let slot = Slot::of(&c);
+        let handed = old.snapshot_slot(slot, &node("me"), Millis(0));
+        // The new owner has claimed the slot (gw saw it) but not installed it yet.
+        new.set_sealed(slot, true);
+        new.drop_interest(&c, &node("gw"), Millis(1));
+        new.install(handed, &node("new"), |_| Some(ns.clone()), Millis(2));
+        new.set_sealed(slot, false);
+        let interest = new.with_existing(&c, |st| st.interest.iter().map(ToString::to_string).collect::<Vec<_>>());
+        assert_eq!(interest, Some(vec!["gw2".to_owned()]));
+        // Unsealing forgets the notes: a later handoff in starts clean.
+        assert!(lock(&new.released_while_sealed).is_empty());
+    }
+
+    #[test]
+    fn a_resync_answered_after_the_last_subscriber_left_releases_the_interest() {
+        let h = hub();
+        let c = ch("chat:resync");
+        let epoch = Epoch::new(3).unwrap_or_else(|| unreachable!());
+        let at = |o: u64| StreamPosition { epoch, offset: Offset(o) };
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        h.attach_remote(&c, &sub(1, &o, None, 1), at(5), SubscribeOutcome::Fresh, vec![], None).ok();
+        assert!(!h.resynced(&c, at(6), None, vec![], Millis(0)), "a subscriber follows it");
+        assert!(h.unsubscribe(&c, ConnId(1), Millis(0)).release);
+        assert!(h.resynced(&c, at(7), None, vec![], Millis(0)), "the reply registered the interest again");
+        assert!(!h.follows_remote(&c));
+        h.sweep(Millis(600_000));
+        assert!(h.resynced(&c, at(8), None, vec![], Millis(0)), "and a forgotten channel is followed by nobody");
+    }
+
+    #[test]
     fn owner_replies_before_delivering_and_fans_out_once_per_node() {
         let h = hub();
         let rec = Arc::new(Recorder::default());
@@ -2314,8 +2471,8 @@ mod tests {
         let c = ch("chat:remote");
         publish(&h, &c, &ns, &raw("1"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
         let g = node("gw");
-        assert!(h.serve_peer_subscribe(&c, &ns, &g, 7, (None, false), true, Millis(0)));
-        assert!(h.serve_peer_subscribe(&c, &ns, &g, 8, (None, false), false, Millis(0)));
+        assert!(h.serve_peer_subscribe(&c, &ns, &g, 7, (None, false), None, Millis(0)));
+        assert!(h.serve_peer_subscribe(&c, &ns, &g, 8, (None, false), None, Millis(0)));
         publish(&h, &c, &ns, &raw("2"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
         let frames = lock(&rec.0).clone();
         assert!(matches!(&frames[0].1, PeerFrame::Subscribed { req: 7, offset: 1, .. }), "{frames:?}");
@@ -2350,7 +2507,7 @@ mod tests {
         assert_eq!(offsets, vec![10, 11, 12, 13], "the subscribed reply (at 10), then 11..=13 once each");
         // The last local subscriber leaving releases the remote interest.
         let out = h.unsubscribe(&c, ConnId(1), Millis(0));
-        assert_eq!((out.removed, out.release), (true, false), "no interest was requested in this test");
+        assert_eq!((out.removed, out.release), (true, true), "the owner registered it with its reply");
         let _ = ns;
     }
 
@@ -2409,33 +2566,70 @@ mod tests {
     }
 
     #[test]
-    fn interest_is_requested_once_per_node() {
+    fn an_interest_is_not_released_while_a_subscribe_is_in_flight() {
         let h = hub();
         let rec = Arc::new(Recorder::default());
         h.set_peers(rec.clone());
-        let c = ch("chat:once");
+        let c = ch("chat:inflight");
         let owner = node("owner");
-        let mk = |interest: bool| PeerFrame::Unsubscribe {
-            slot: 0,
-            slot_epoch: u64::from(interest),
-            channel: String::new(),
-        };
-        assert_eq!(h.send_subscribe(&c, &owner, mk), (true, true));
-        assert_eq!(h.send_subscribe(&c, &owner, mk), (false, true));
+        let frame = || PeerFrame::Unsubscribe { slot: 0, slot_epoch: 0, channel: String::new() };
         let o = Arc::new(Outbox::new(100, 1 << 20));
         let epoch = Epoch::new(1).unwrap_or_else(|| unreachable!());
-        h.attach_remote(
-            &c,
-            &sub(1, &o, None, 1),
-            StreamPosition { epoch, offset: Offset(0) },
-            SubscribeOutcome::Fresh,
-            vec![],
-            None,
-        )
-        .ok();
+        let at = |o: u64| StreamPosition { epoch, offset: Offset(o) };
+        let msg = |o: u64| Msg::from(Utf8Bytes::from(ringcast_proto::client::encode_message(&c, at(o), &raw("1"))));
+        assert!(h.send_subscribe(&c, &owner, frame()));
+        h.attach_remote(&c, &sub(1, &o, None, 1), at(0), SubscribeOutcome::Fresh, vec![], None).ok();
+
+        // Connection 2 subscribes; connection 1 leaves before the owner's reply.
+        assert!(h.send_subscribe(&c, &owner, frame()));
         let out = h.unsubscribe(&c, ConnId(1), Millis(0));
-        assert_eq!((out.removed, out.release), (true, true), "the last subscriber releases the interest");
-        assert_eq!(h.send_subscribe(&c, &owner, mk), (true, true), "and the next one asks again");
+        assert_eq!((out.removed, out.release), (true, false), "the subscribe in flight needs the interest");
+        assert!(h.deliver_remote(&c, at(1), msg(1), Millis(0)), "a Deliver ahead of the reply releases nothing");
+        assert_eq!(h.sweep(Millis(600_000)), 0, "nor does the sweeper forget the channel");
+        let o2 = Arc::new(Outbox::new(100, 1 << 20));
+        h.attach_remote(&c, &sub(2, &o2, None, 2), at(1), SubscribeOutcome::Fresh, vec![], None).ok();
+        assert!(h.follows_remote(&c));
+        assert!(h.deliver_remote(&c, at(2), msg(2), Millis(0)));
+        let got: Vec<(String, u64)> = frames(&o2)
+            .iter()
+            .map(|m| (m["type"].as_str().unwrap_or_default().to_owned(), m["offset"].as_u64().unwrap_or(0)))
+            .collect();
+        assert_eq!(got, [("subscribed".to_owned(), 1), ("message".to_owned(), 2)], "from its reply on");
+
+        // Connection 3's subscribe fails after connection 2 left: the release is due then.
+        assert!(h.send_subscribe(&c, &owner, frame()));
+        assert!(!h.unsubscribe(&c, ConnId(2), Millis(0)).release);
+        assert!(h.subscribe_abandoned(&c), "nobody follows the channel any more");
+        assert!(!h.follows_remote(&c));
+        assert!(!h.subscribe_abandoned(&c), "released once");
+
+        // A failed subscribe beside a subscriber keeps the interest that one relies on.
+        assert!(h.send_subscribe(&c, &owner, frame()));
+        h.attach_remote(&c, &sub(4, &o, None, 4), at(2), SubscribeOutcome::Fresh, vec![], None).ok();
+        assert!(h.send_subscribe(&c, &owner, frame()));
+        assert!(!h.subscribe_abandoned(&c));
+        assert!(h.follows_remote(&c));
+        assert!(h.unsubscribe(&c, ConnId(4), Millis(0)).release, "the last subscriber releases it");
+    }
+
+    #[test]
+    fn a_member_subscribing_through_a_peer_is_present_with_the_reply() {
+        let h = hub();
+        let rec = Arc::new(Recorder::default());
+        h.set_peers(rec.clone());
+        let ns = NamespaceOptions { presence: true, join_leave: true, ..Default::default() };
+        let c = ch("chat:room");
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        h.subscribe(&c, &ns, &member(1, &o, "ann", true), Millis(0)).ok();
+        let g = node("gw");
+        let bob = Some((ConnId(7), Arc::<str>::from("bob"), None));
+        assert!(h.serve_peer_subscribe(&c, &ns, &g, 9, (None, false), bob, Millis(10)));
+        let view = h.presence(&c, 10).unwrap_or_else(|| unreachable!("owned"));
+        let users: BTreeSet<&str> = view.members.iter().map(|m| m.user.as_ref()).collect();
+        assert_eq!(users, BTreeSet::from(["ann", "bob"]), "bob is present as soon as he is subscribed");
+        let frames = lock(&rec.0).clone();
+        assert!(matches!(&frames[0].1, PeerFrame::Subscribed { req: 9, .. }), "{frames:?}");
+        assert!(matches!(&frames[1].1, PeerFrame::Ephemeral { .. }), "bob's join follows the reply: {frames:?}");
     }
 
     fn member(conn: u64, outbox: &Arc<Outbox>, user: &str, join_leave: bool) -> LocalSubscriber {
@@ -2460,7 +2654,7 @@ mod tests {
         let watcher = Arc::new(Outbox::new(100, 1 << 20));
         h.subscribe(&c, &ns, &member(1, &watcher, "w", true), Millis(0)).ok();
         // A peer with subscribers: events go to it once, as one frame.
-        h.serve_peer_subscribe(&c, &ns, &node("b"), 1, (None, false), true, Millis(0));
+        h.serve_peer_subscribe(&c, &ns, &node("b"), 1, (None, false), None, Millis(0));
         let quiet = Arc::new(Outbox::new(100, 1 << 20));
         h.subscribe(&c, &ns, &member(2, &quiet, "q", false), Millis(0)).ok();
         // alice joins on node b twice (two tabs), flaps, and comes back within the grace.
@@ -2702,7 +2896,7 @@ mod tests {
         h.peer_patterns(&b, false, vec![pat("scores:nba:*"), pat("scores:nfl:*")], &[]);
         let nba = ch("scores:nba:x");
         // `a` also subscribed to the channel itself: still one Deliver per message.
-        assert!(h.serve_peer_subscribe(&nba, &ns, &a, 1, (None, false), true, Millis(0)));
+        assert!(h.serve_peer_subscribe(&nba, &ns, &a, 1, (None, false), None, Millis(0)));
         let pub_ = |c: &ChannelName| publish(&h, c, &ns, &raw("1"), None, Origin::Api, Millis(0), SlotEpoch(5)).ok();
         pub_(&nba);
         pub_(&ch("scores:mlb:y"));

@@ -169,7 +169,7 @@ impl Router {
                 c.presence_leave(self, channel, conn);
             }
             if out.release {
-                c.release_interest(self, channel);
+                c.release_interest(channel);
             }
         }
         out.removed
@@ -190,7 +190,7 @@ impl Router {
         let out = self.hub.remove_pattern(conn, pattern);
         if let Some(c) = &self.cluster {
             for channel in &out.released {
-                c.release_interest(self, channel);
+                c.release_interest(channel);
             }
             if out.last {
                 c.remove_pattern(pattern);

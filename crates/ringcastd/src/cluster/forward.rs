@@ -132,18 +132,23 @@ impl Runtime {
                         let (done, rx) = oneshot::channel();
                         let req =
                             self.register(Pending::Subscribe { channel: channel.clone(), sub: sub.clone(), done });
-                        let (interest, sent) =
-                            self.hub.send_subscribe(channel, &owner, |interest| PeerFrame::Subscribe {
-                                req,
-                                slot: Slot::of(channel).get(),
-                                slot_epoch: epoch.0,
-                                channel: channel.as_str().to_owned(),
-                                since: sub
-                                    .since
-                                    .map(|s| SinceWire { epoch: s.epoch.map(Epoch::get), offset: s.offset.0 }),
-                                interest,
-                                snapshot: sub.snapshot,
-                            });
+                        // A presence member joins at the owner with the subscribe, so the
+                        // owner answers for it from its reply on.
+                        let member = sub.member.as_ref().map(|m| MemberWire {
+                            conn: sub.conn.0,
+                            user: m.user.to_string(),
+                            info: m.info.as_deref().map(str::to_owned),
+                        });
+                        let frame = PeerFrame::Subscribe {
+                            req,
+                            slot: Slot::of(channel).get(),
+                            slot_epoch: epoch.0,
+                            channel: channel.as_str().to_owned(),
+                            since: sub.since.map(|s| SinceWire { epoch: s.epoch.map(Epoch::get), offset: s.offset.0 }),
+                            snapshot: sub.snapshot,
+                            member,
+                        };
+                        let sent = self.hub.send_subscribe(channel, &owner, frame);
                         let outcome = if sent {
                             match tokio::time::timeout(until.saturating_duration_since(Instant::now()), rx).await {
                                 Ok(Ok(r)) => r,
@@ -154,20 +159,13 @@ impl Runtime {
                         } else {
                             Err(Refusal::new(ErrorCode::Unavailable, format!("no link to {owner}")))
                         };
-                        lock(&self.pending).remove(&req);
-                        if outcome.is_err() && interest {
-                            self.hub.release_remote_interest(channel);
-                        }
-                        if outcome.is_ok() {
-                            if let Some(m) = &sub.member {
-                                // Presence: the owner learns of the new member (after
-                                // the subscribe, before any leave of it, on one stream).
-                                let join = MemberWire {
-                                    conn: sub.conn.0,
-                                    user: m.user.to_string(),
-                                    info: m.info.as_deref().map(str::to_owned),
-                                };
-                                self.send_presence(&owner, epoch, channel, vec![join], Vec::new(), false);
+                        if lock(&self.pending).remove(&req).is_some() {
+                            // No reply was taken for it (the reader resolves those).
+                            self.abandon_subscribe(channel);
+                            if sent && sub.member.is_some() {
+                                // The owner may have served it after all: take the
+                                // member back (a leave of an unknown one is a no-op).
+                                self.send_presence(&owner, epoch, channel, Vec::new(), vec![sub.conn.0], false);
                             }
                         }
                         outcome
@@ -252,10 +250,12 @@ impl Runtime {
     }
 
     /// Re-announces this node's presence members of `channel` to its owner `owner`
-    /// (the complete list, replacing what the owner held for this node).
+    /// (the complete list, replacing what the owner held for this node; in a presence
+    /// namespace an empty list too, as the owner may have inherited members of ours that
+    /// have left since).
     pub(super) fn announce_members(&self, owner: &NodeId, epoch: SlotEpoch, channel: &ChannelName) {
         let members = self.hub.local_members(channel);
-        if members.is_empty() {
+        if members.is_empty() && !self.namespaces.get(channel.namespace()).is_some_and(|ns| ns.presence) {
             return;
         }
         let joins = members
@@ -486,8 +486,11 @@ impl Runtime {
     /// with the channel, and nothing would correct it until the channel's next message
     /// (its occupancy would never read vacant). So when this node sees the slot move,
     /// it repeats the release to the new owner ([`Runtime::repeat_releases`]).
-    pub(crate) fn release_interest(&self, router: &Router, channel: &ChannelName) {
-        if let Ok(Target::Remote { owner, epoch }) = router.target(channel) {
+    pub(crate) fn release_interest(&self, channel: &ChannelName) {
+        if let Route::Claimed { owner, epoch } = self.table().route(Slot::of(channel)) {
+            if owner == self.me {
+                return;
+            }
             self.send(&owner, unsubscribe_frame(channel, epoch));
             let now = Instant::now();
             let mut released = lock(&self.released);
@@ -497,6 +500,15 @@ impl Runtime {
                 released.pop_front();
             }
             released.push_back((now, channel.clone()));
+        }
+    }
+
+    /// A subscribe sent to a remote owner ended without attaching its subscriber: stops
+    /// counting it, and releases the owner's interest when nobody here follows the
+    /// channel any more.
+    pub(super) fn abandon_subscribe(&self, channel: &ChannelName) {
+        if self.hub.subscribe_abandoned(channel) {
+            self.release_interest(channel);
         }
     }
 
@@ -517,6 +529,10 @@ impl Runtime {
                 if owner != self.me {
                     debug!(%channel, %owner, "repeating a released interest to the slot's new owner");
                     self.send(&owner, unsubscribe_frame(&channel, epoch));
+                    // The new owner inherited the old one's presence: none of those
+                    // members are here any more (their leaves may have gone to the old
+                    // owner after it handed off).
+                    self.announce_members(&owner, epoch, &channel);
                 }
             }
         }
@@ -572,8 +588,8 @@ impl Runtime {
                         slot_epoch: epoch.0,
                         channel: channel.as_str().to_owned(),
                         since: Some(SinceWire { epoch: Some(position.epoch.get()), offset: position.offset.0 }),
-                        interest: true,
                         snapshot: false,
+                        member: None,
                     };
                     match self.request(&owner, frame, until).await {
                         Ok(PeerFrame::Subscribed { epoch, offset, outcome, replay, .. }) => {
@@ -589,8 +605,11 @@ impl Runtime {
                                 .into_iter()
                                 .filter_map(|m| message_position(&m).map(|p| (p, Utf8Bytes::from(m))))
                                 .collect();
-                            self.hub.resynced(channel, top, lost_before, replay, self.now());
+                            let unfollowed = self.hub.resynced(channel, top, lost_before, replay, self.now());
                             self.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+                            if unfollowed {
+                                self.send(&owner, unsubscribe_frame(channel, epoch_of_route));
+                            }
                             // The owner may not know our presence members (a new owner,
                             // or frames lost with the stream): announce them all.
                             self.announce_members(&owner, epoch_of_route, channel);

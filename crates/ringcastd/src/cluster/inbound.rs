@@ -3,7 +3,7 @@
 use super::*;
 use crate::auth::MAX_INFO_BYTES;
 use ringcast_proto::client::MAX_PRESENCE_MEMBERS;
-use ringcast_proto::cluster::{BatchItemWire, BatchResultWire, PresentWire};
+use ringcast_proto::cluster::{BatchItemWire, BatchResultWire};
 
 /// Most items one `PublishBatch` may carry (the HTTP API sends at most this many).
 const MAX_BATCH_ITEMS: usize = crate::http::MAX_BATCH_ITEMS;
@@ -34,7 +34,7 @@ impl CheckedPublish {
 /// channel; beyond this the frame is refused as malformed).
 const MAX_PRESENCE_BATCH: usize = 100_000;
 /// Longest user id a peer may announce (tokens allow 256 bytes).
-const MAX_USER_BYTES: usize = 256;
+pub(super) const MAX_USER_BYTES: usize = 256;
 
 impl Runtime {
     // ---------------------------------------------------------------------------------
@@ -251,7 +251,7 @@ impl Runtime {
                     rt.send(&peer, PeerFrame::PublishedBatch { req, results });
                 });
             }
-            PeerFrame::Subscribe { req, slot, slot_epoch, channel, since, interest, snapshot } => {
+            PeerFrame::Subscribe { req, slot, slot_epoch, channel, since, snapshot, member } => {
                 let checked = self
                     .serve_slot(slot, slot_epoch)
                     .and_then(|()| self.parse_channel(&channel, slot).map_err(|r| (r, false)));
@@ -260,7 +260,8 @@ impl Runtime {
                         let since =
                             since.map(|s| Since { epoch: s.epoch.and_then(Epoch::new), offset: Offset(s.offset) });
                         let now = self.now();
-                        if !self.hub.serve_peer_subscribe(&channel, &ns, peer, req, (since, snapshot), interest, now) {
+                        let member = member.filter(member_fits).map(member_from_wire);
+                        if !self.hub.serve_peer_subscribe(&channel, &ns, peer, req, (since, snapshot), member, now) {
                             self.metrics.peer_drops.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -336,13 +337,7 @@ impl Runtime {
                     warn!(%peer, %channel, "oversized presence update dropped");
                     return;
                 }
-                let joins = joins
-                    .into_iter()
-                    .filter(|m| {
-                        m.user.len() <= MAX_USER_BYTES && m.info.as_ref().is_none_or(|i| i.len() <= MAX_INFO_BYTES)
-                    })
-                    .map(|m| (ringcast_core::ConnId(m.conn), Arc::<str>::from(m.user), m.info.map(Arc::<str>::from)))
-                    .collect();
+                let joins = joins.into_iter().filter(member_fits).map(member_from_wire).collect();
                 let leaves: Vec<ringcast_core::ConnId> = leaves.into_iter().map(ringcast_core::ConnId).collect();
                 self.hub.presence_update(&channel, &ns, peer, joins, &leaves, sync, self.now());
             }
@@ -507,23 +502,39 @@ impl Runtime {
                 }
             }
             Pending::Subscribe { channel, sub, done } => {
-                let result = match reply {
+                let answer = match reply {
                     PeerFrame::Subscribed { epoch, offset, outcome, replay, snapshot, .. } => match Epoch::new(epoch) {
-                        Some(epoch) => {
-                            let top = ringcast_core::StreamPosition { epoch, offset: Offset(offset) };
-                            let outcome = outcome_from_wire(outcome, replay.len());
-                            let replay = replay.into_iter().map(Utf8Bytes::from).collect();
-                            self.hub
-                                .attach_remote(&channel, &sub, top, outcome, replay, snapshot)
-                                .map_err(|code| Refusal::new(code, format!("cannot subscribe to {channel}")))
-                        }
+                        Some(epoch) => Ok((epoch, offset, outcome, replay, snapshot)),
                         None => Err(Refusal::new(ErrorCode::Internal, "owner answered with epoch 0")),
                     },
                     PeerFrame::Refused { code, message, retry, .. } => Err(refusal_from_wire(&code, message, retry)),
                     _ => Err(Refusal::new(ErrorCode::Internal, "unexpected reply to subscribe")),
                 };
+                let result = match answer {
+                    Ok((epoch, offset, outcome, replay, snapshot)) => {
+                        let top = ringcast_core::StreamPosition { epoch, offset: Offset(offset) };
+                        let outcome = outcome_from_wire(outcome, replay.len());
+                        let replay = replay.into_iter().map(Utf8Bytes::from).collect();
+                        self.hub
+                            .attach_remote(&channel, &sub, top, outcome, replay, snapshot)
+                            .map_err(|code| Refusal::new(code, format!("cannot subscribe to {channel}")))
+                    }
+                    Err(refusal) => {
+                        self.abandon_subscribe(&channel);
+                        Err(refusal)
+                    }
+                };
                 let _ = done.send(result);
             }
         }
     }
+}
+
+/// Whether a presence member from a peer is within the bounds a client's token has.
+fn member_fits(m: &MemberWire) -> bool {
+    m.user.len() <= MAX_USER_BYTES && m.info.as_ref().is_none_or(|i| i.len() <= MAX_INFO_BYTES)
+}
+
+fn member_from_wire(m: MemberWire) -> (ringcast_core::ConnId, Arc<str>, Option<Arc<str>>) {
+    (ringcast_core::ConnId(m.conn), Arc::from(m.user), m.info.map(Arc::from))
 }

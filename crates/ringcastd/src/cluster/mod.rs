@@ -53,7 +53,7 @@ use ringcast_core::ownership::{plan_with_ring, Claim, ClusterView, MemberInfo, R
 use ringcast_core::{ChannelName, Epoch, Millis, NamespaceOptions, NodeId, NotRecoveredReason, Offset, Pattern, Slot};
 use ringcast_proto::client::{check_history_limit, check_idempotency_key, Since, SubscribeOutcome};
 use ringcast_proto::cluster::{
-    ChannelSnapshotWire, DeltaWire, MemberWire, OutcomeWire, PeerFrame, SinceWire, FRAMES_VERSION,
+    ChannelSnapshotWire, DeltaWire, MemberWire, OutcomeWire, PeerFrame, PresentWire, SinceWire, FRAMES_VERSION,
 };
 use ringcast_proto::ErrorCode;
 use serde_json::value::RawValue;
@@ -366,6 +366,16 @@ fn snapshot_to_wire(h: crate::hub::ChannelHandoff) -> ChannelSnapshotWire {
             .into_iter()
             .map(|l| (l.user.to_string(), l.info.map(|i| i.to_string()), ms(l.ago)))
             .collect(),
+        members: h
+            .members
+            .into_iter()
+            .map(|m| PresentWire {
+                node: m.node.to_string(),
+                conn: m.conn.0,
+                user: m.user.to_string(),
+                info: m.info.map(|i| i.to_string()),
+            })
+            .collect(),
     }
 }
 
@@ -418,12 +428,29 @@ fn snapshot_from_wire(w: ChannelSnapshotWire, slot: Slot) -> Option<crate::hub::
             ago: Duration::from_millis(ago),
         })
         .collect();
+    // Members are checked like a node's own announcements (`Presence`).
+    let members = w
+        .members
+        .into_iter()
+        .filter_map(|m| {
+            let node = NodeId::new(&m.node).ok()?;
+            let fits = m.user.len() <= inbound::MAX_USER_BYTES
+                && m.info.as_ref().is_none_or(|i| i.len() <= crate::auth::MAX_INFO_BYTES);
+            fits.then(|| ringcast_core::presence::Member {
+                node,
+                conn: ringcast_core::ConnId(m.conn),
+                user: m.user.into(),
+                info: m.info.map(Into::into),
+            })
+        })
+        .collect();
     Some(crate::hub::ChannelHandoff {
         channel,
         log: ringcast_core::log::LogSnapshot { epoch, top: Offset(w.top), history, dedup, latest },
         interest,
         occupied: Some(w.occupied),
         leaving,
+        members,
     })
 }
 

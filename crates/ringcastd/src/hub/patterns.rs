@@ -203,12 +203,9 @@ impl Hub {
                 sub.outbox.forget(&channel);
                 self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
             }
-            if st.subscribers.is_empty() && st.log.is_none() {
+            if st.release_if_unfollowed() {
                 // Nothing here follows the channel any more.
-                st.mirror = None;
-                if std::mem::take(&mut st.remote_interest) {
-                    out.released.push(channel);
-                }
+                out.released.push(channel);
             }
         }
         out
