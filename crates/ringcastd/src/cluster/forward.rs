@@ -486,21 +486,23 @@ impl Runtime {
     /// with the channel, and nothing would correct it until the channel's next message
     /// (its occupancy would never read vacant). So when this node sees the slot move,
     /// it repeats the release to the new owner ([`Runtime::repeat_releases`]).
+    ///
+    /// A route that still names this node (it handed the slot off and its table has not
+    /// caught up) or no owner sends nothing now; the repeat does, once the move shows.
     pub(crate) fn release_interest(&self, channel: &ChannelName) {
         if let Route::Claimed { owner, epoch } = self.table().route(Slot::of(channel)) {
-            if owner == self.me {
-                return;
+            if owner != self.me {
+                self.send(&owner, unsubscribe_frame(channel, epoch));
             }
-            self.send(&owner, unsubscribe_frame(channel, epoch));
-            let now = Instant::now();
-            let mut released = lock(&self.released);
-            while released.front().is_some_and(|(at, _)| now.duration_since(*at) > RELEASE_MEMORY)
-                || released.len() >= RELEASE_MEMORY_ENTRIES
-            {
-                released.pop_front();
-            }
-            released.push_back((now, channel.clone()));
         }
+        let now = Instant::now();
+        let mut released = lock(&self.released);
+        while released.front().is_some_and(|(at, _)| now.duration_since(*at) > RELEASE_MEMORY)
+            || released.len() >= RELEASE_MEMORY_ENTRIES
+        {
+            released.pop_front();
+        }
+        released.push_back((now, channel.clone()));
     }
 
     /// A subscribe sent to a remote owner ended without attaching its subscriber: stops
