@@ -75,6 +75,13 @@ impl Report {
             "deliveries {}, gap pushes {}, recovered:false {}, final reads {} ({} failed)",
             f.deliveries, f.gaps, f.recovered_false, f.final_reads, f.final_read_failures
         );
+        if f.resequenced_best_effort > 0 {
+            let _ = writeln!(
+                s,
+                "best-effort keys sequenced again after an owner loss (new epoch, no dedup window): {}",
+                f.resequenced_best_effort
+            );
+        }
         for (id, ex) in &f.examples {
             for e in ex.iter().take(3) {
                 let _ = writeln!(s, "  {id} e.g. {e}");
