@@ -386,16 +386,7 @@ impl Runtime {
                             req,
                             clients: p.stats.clients as u64,
                             users: p.stats.users as u64,
-                            members: p
-                                .members
-                                .into_iter()
-                                .map(|m| PresentWire {
-                                    node: m.node.to_string(),
-                                    conn: m.conn.0,
-                                    user: m.user.to_string(),
-                                    info: m.info.as_deref().map(str::to_owned),
-                                })
-                                .collect(),
+                            members: p.members.into_iter().map(present_to_wire).collect(),
                             last_seen: p.last_seen,
                         };
                         self.send(peer, frame);

@@ -366,16 +366,17 @@ fn snapshot_to_wire(h: crate::hub::ChannelHandoff) -> ChannelSnapshotWire {
             .into_iter()
             .map(|l| (l.user.to_string(), l.info.map(|i| i.to_string()), ms(l.ago)))
             .collect(),
-        members: h
-            .members
-            .into_iter()
-            .map(|m| PresentWire {
-                node: m.node.to_string(),
-                conn: m.conn.0,
-                user: m.user.to_string(),
-                info: m.info.map(|i| i.to_string()),
-            })
-            .collect(),
+        members: h.members.into_iter().map(present_to_wire).collect(),
+    }
+}
+
+/// A presence client as peers exchange it (presence answers, handoffs).
+fn present_to_wire(m: ringcast_core::presence::Member) -> PresentWire {
+    PresentWire {
+        node: m.node.to_string(),
+        conn: m.conn.0,
+        user: m.user.to_string(),
+        info: m.info.as_deref().map(str::to_owned),
     }
 }
 
