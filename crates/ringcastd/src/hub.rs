@@ -2231,6 +2231,16 @@ mod tests {
         (h, w)
     }
 
+    /// A presence namespace with a 2 s grace whose presence events go to webhooks.
+    fn presence_webhooks_ns() -> NamespaceOptions {
+        NamespaceOptions {
+            presence: true,
+            presence_grace: Duration::from_secs(2),
+            webhooks: vec![ringcast_core::WebhookKind::Presence],
+            ..Default::default()
+        }
+    }
+
     fn kinds(events: &[serde_json::Value]) -> Vec<String> {
         events
             .iter()
@@ -2294,12 +2304,7 @@ mod tests {
     #[test]
     fn presence_members_are_reported_after_the_grace() {
         let (h, w) = hub_with_webhooks();
-        let ns = NamespaceOptions {
-            presence: true,
-            presence_grace: Duration::from_secs(2),
-            webhooks: vec![ringcast_core::WebhookKind::Presence],
-            ..Default::default()
-        };
+        let ns = presence_webhooks_ns();
         let c = ch("chat:room");
         let o = Arc::new(Outbox::new(100, 1 << 20));
         let member = |conn| LocalSubscriber {
@@ -2354,12 +2359,7 @@ mod tests {
     fn a_pending_leave_moves_with_the_handoff_and_is_sent_once_by_the_new_owner() {
         let (old, w_old) = hub_with_webhooks();
         let (new, w_new) = hub_with_webhooks();
-        let ns = NamespaceOptions {
-            presence: true,
-            presence_grace: Duration::from_secs(2),
-            webhooks: vec![ringcast_core::WebhookKind::Presence],
-            ..Default::default()
-        };
+        let ns = presence_webhooks_ns();
         let c = ch("chat:moving");
         let o = Arc::new(Outbox::new(100, 1 << 20));
         let member = |conn, user: &str| LocalSubscriber {
@@ -2395,12 +2395,7 @@ mod tests {
         let (new, w_new) = hub_with_webhooks_as("new");
         let rec = Arc::new(Recorder::default());
         old.set_peers(rec.clone());
-        let ns = NamespaceOptions {
-            presence: true,
-            presence_grace: Duration::from_secs(2),
-            webhooks: vec![ringcast_core::WebhookKind::Presence],
-            ..Default::default()
-        };
+        let ns = presence_webhooks_ns();
         let c = ch("chat:members");
         let o = Arc::new(Outbox::new(100, 1 << 20));
         let ann =
