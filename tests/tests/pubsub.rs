@@ -1,9 +1,10 @@
 //! Publish/subscribe behaviour of a real standalone node: fan-out to many clients,
 //! per-channel order, recovery (true and false), idempotent retries, history paging.
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use ringcast_tests::*;
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn fan_out_reaches_every_subscriber_in_order() -> Result<()> {
@@ -221,5 +222,51 @@ async fn broadcast_publishes_to_many_channels_with_per_channel_results() -> Resu
     // Clients may not publish on `scores` (client_publish = false), the server may.
     let r = a.publish("scores:game1", json!(1)).await?;
     assert_eq!(error_code(&r), "permission_denied", "{r}");
+    Ok(())
+}
+
+/// `limits.min_write_interval`: a push to a connection that wrote less than the interval
+/// ago waits for its end and goes out with everything queued by then, in order; a
+/// connection that has not written for the interval is written at once; and a
+/// command's reply never waits.
+#[tokio::test]
+async fn pushes_within_the_write_interval_go_out_together_and_replies_do_not_wait() -> Result<()> {
+    const INTERVAL: Duration = Duration::from_secs(1);
+    let node = Ringcastd::start(&base_config("\n[limits]\nmin_write_interval = \"1s\"\n"))?;
+    let url = node.ws_url();
+    let (mut sub, _) = WsClient::connect(&url, None).await?;
+    sub.subscribe("chat:coalesced", None).await?;
+
+    // 20 publishes over HTTP: only the subscriber's session writes meanwhile.
+    let writes_before = node.metric("ringcast_client_writes_total").await?;
+    let start = Instant::now();
+    publish_n(&node, "chat:coalesced", 1, 20).await?;
+    let got = sub.messages(20).await?;
+    let took = start.elapsed();
+    assert_eq!(offsets(&got), (1..=20).collect::<Vec<u64>>(), "complete and in order");
+    let writes = node.metric("ringcast_client_writes_total").await? - writes_before;
+    // One write at once (or a first one waiting for the interval since `subscribed`),
+    // then at most one per interval; a write per message would be 20.
+    let most = 2.0 + took.as_secs_f64() / INTERVAL.as_secs_f64();
+    ensure!(writes <= most.floor(), "{writes} writes for 20 messages in {took:?}; at most {most:.1} expected");
+
+    // Idle for longer than the interval: the next message is written at once.
+    tokio::time::sleep(INTERVAL + Duration::from_millis(200)).await;
+    let start = Instant::now();
+    publish_n(&node, "chat:coalesced", 21, 1).await?;
+    let got = sub.messages(1).await?;
+    let took = start.elapsed();
+    assert_eq!(offsets(&got), vec![21]);
+    ensure!(took < INTERVAL - Duration::from_millis(100), "an isolated message waited {took:?}");
+
+    // Replies go out at once, also on a connection that just received pushes: 20
+    // publishes, each waiting for its ack, would take 20 intervals if acks waited.
+    let start = Instant::now();
+    for i in 0..20 {
+        let ack = sub.publish("chat:coalesced", json!({"n": i})).await?;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let took = start.elapsed();
+    ensure!(took < 5 * INTERVAL, "20 acknowledged publishes took {took:?}");
     Ok(())
 }

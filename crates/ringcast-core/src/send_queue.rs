@@ -180,6 +180,8 @@ pub struct SendQueue<F> {
     control: Usage,
     gaps: Vec<GapNotice>,
     closed: bool,
+    /// A reply (control or exempt frame) is queued: the client is waiting for it.
+    reply_queued: bool,
     /// Channels marked for deltas: what the client was sent of each, as of the last
     /// drain.
     tracks: HashMap<ChannelName, Track>,
@@ -196,6 +198,7 @@ impl<F> SendQueue<F> {
             control: Usage::default(),
             gaps: Vec::new(),
             closed: false,
+            reply_queued: false,
             tracks: HashMap::new(),
         }
     }
@@ -215,6 +218,13 @@ impl<F> SendQueue<F> {
     /// Takes no more frames; what is queued can still be drained.
     pub fn close(&mut self) {
         self.closed = true;
+    }
+
+    /// Whether a reply to the client's own command (a control or exempt frame) is
+    /// queued: a writer that coalesces pushes writes it without waiting.
+    #[must_use]
+    pub fn holds_reply(&self) -> bool {
+        self.reply_queued
     }
 
     /// Frames queued (every kind).
@@ -239,6 +249,7 @@ impl<F> SendQueue<F> {
         self.gaps.clear();
         self.messages = Usage::default();
         self.control = Usage::default();
+        self.reply_queued = false;
         self.closed = true;
         Pushed::Overflow
     }
@@ -254,6 +265,7 @@ impl<F> SendQueue<F> {
             return self.overflow();
         }
         self.control.add(len);
+        self.reply_queued = true;
         self.entries.push_back(Entry::Control(frame));
         Pushed::Queued { dropped: 0 }
     }
@@ -263,7 +275,9 @@ impl<F> SendQueue<F> {
         if self.closed {
             return;
         }
+        let before = self.entries.len();
         self.entries.extend(frames.into_iter().map(Entry::Exempt));
+        self.reply_queued |= self.entries.len() > before;
     }
 
     /// Queues one message of `channel` at `position` under the channel's policy.
@@ -443,6 +457,7 @@ impl<F> SendQueue<F> {
     pub fn drain(&mut self, out: &mut Vec<Drained<F>>) {
         self.messages = Usage::default();
         self.control = Usage::default();
+        self.reply_queued = false;
         let mut entries = std::mem::take(&mut self.entries);
         let drained_entries = entries.len();
         for e in entries.drain(..) {
@@ -490,6 +505,25 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn a_queued_reply_is_noted_until_drained() {
+        let mut q: SendQueue<u64> = SendQueue::new(Bounds { messages: 100, bytes: 1 << 20 });
+        let policy = MessagePolicy { policy: BackpressurePolicy::DropOldest, bounds: q.bounds() };
+        q.push_message(1, 1, &ch("chat:a"), at(1), policy);
+        q.push_ephemeral(2, 1);
+        assert!(!q.holds_reply(), "pushes alone are not replies");
+        q.push_control(3, 1);
+        assert!(q.holds_reply());
+        q.drain(&mut Vec::new());
+        assert!(!q.holds_reply());
+        q.push_exempt([]);
+        assert!(!q.holds_reply(), "an empty replay is nothing to write");
+        q.push_exempt([4, 5]);
+        assert!(q.holds_reply());
+        q.drain(&mut Vec::new());
+        assert!(!q.holds_reply());
+    }
 
     #[test]
     fn keep_latest_replaces_the_queued_message_of_the_same_key() {

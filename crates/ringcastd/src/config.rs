@@ -19,6 +19,10 @@ use std::time::Duration;
 /// instead of closing the connection with 1009.
 pub const ENVELOPE_ALLOWANCE_BYTES: usize = 1024;
 
+/// The longest `limits.min_write_interval`: beyond it, coalescing would add latency
+/// that no real-time client should see.
+pub const MAX_MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The built-in development config used when no `--config` is given.
 pub const DEMO_CONFIG: &str = include_str!("../demo.toml");
 
@@ -173,6 +177,13 @@ pub struct Limits {
     /// (default `"10s"`).
     #[serde(with = "ringcast_core::time::serde_duration")]
     pub write_timeout: Duration,
+    /// Least time between two writes to one client (default `"0ms"`: write as soon as
+    /// something is queued). Frames queued in between go out together in the next
+    /// write. A connection that has not written for this long writes at once, so an
+    /// isolated message is never delayed; under a steady stream each connection makes
+    /// at most one write (one system call) per interval.
+    #[serde(with = "ringcast_core::time::serde_duration")]
+    pub min_write_interval: Duration,
     /// The kernel send buffer of each client socket, in bytes (default: unset, the
     /// kernel's autotuning, which grows a slow reader's buffer to megabytes). Set it
     /// (4096..=16777216; for example 65536) so that what a slow client cannot take
@@ -335,6 +346,7 @@ impl Default for Limits {
             send_queue_messages: 1000,
             send_queue_bytes: 1024 * 1024,
             write_timeout: Duration::from_secs(10),
+            min_write_interval: Duration::ZERO,
             socket_send_buffer: None,
         }
     }
@@ -534,6 +546,9 @@ impl Config {
         if l.socket_send_buffer.is_some_and(|b| !(4096..=16 * 1024 * 1024).contains(&b)) {
             return invalid("limits.socket_send_buffer", "must be between 4096 and 16777216 bytes".into());
         }
+        if l.min_write_interval > MAX_MIN_WRITE_INTERVAL {
+            return invalid("limits.min_write_interval", "must be at most 1s".into());
+        }
         if l.send_queue_messages == 0 || l.send_queue_bytes < l.max_frame_bytes {
             return invalid(
                 "limits.send_queue_*",
@@ -687,6 +702,8 @@ mod tests {
         assert!(msg("[namespaces.chat]\nbackpressure = \"yolo\"").contains("unknown variant"));
         assert!(msg("[auth]\nhmac_secret = \"short\"").contains("auth.hmac_secret"));
         assert!(msg("[limits]\nsocket_send_buffer = 100").contains("limits.socket_send_buffer"));
+        assert!(msg("[limits]\nmin_write_interval = \"2s\"").contains("limits.min_write_interval"));
+        assert!(load("[limits]\nmin_write_interval = \"1s\"").is_ok());
         assert!(msg("[namespaces.s]\ndelta = true").contains("needs keep_latest"));
         assert!(load("[limits]\nsocket_send_buffer = 65536\n[namespaces.s]\nkeep_latest = true\ndelta = true").is_ok());
         let env = HashMap::from([("RINGCAST_LISTEN".to_string(), "nope".to_string())]);

@@ -38,6 +38,9 @@ pub struct Metrics {
     /// Publishes in `delta` namespaces whose message got a delta form (a merge patch).
     pub deltas: AtomicU64,
     pub deliveries: AtomicU64,
+    /// Batches written to client sockets (one `write` of everything queued; compare
+    /// with `deliveries` for how well writes coalesce, `limits.min_write_interval`).
+    pub client_writes: AtomicU64,
     /// Connections closed 4008 because their queue overflowed (`disconnect`).
     pub slow_consumer_drops: AtomicU64,
     /// Messages dropped from connections' queues under `drop_oldest` and `drop_newest`.
@@ -211,6 +214,12 @@ impl Metrics {
             "ringcast_deliveries_total",
             "Messages queued to local subscribers.",
             self.deliveries.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_client_writes_total",
+            "Batches written to client connections (each is one socket write of everything queued).",
+            self.client_writes.load(Relaxed),
         );
         let _ = writeln!(
             o,

@@ -32,6 +32,19 @@ struct State {
     close: Option<CloseCode>,
 }
 
+/// What an [`Outbox`] holds for the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    Nothing,
+    /// Messages and other pushes only.
+    Pushes,
+    /// A reply to the client's own command, which it waits for (pushes may be queued
+    /// with it).
+    Reply,
+    /// A close was requested (frames may be queued before it).
+    Close,
+}
+
 /// A bounded queue of frames for one connection.
 #[derive(Debug)]
 pub struct Outbox {
@@ -226,6 +239,20 @@ impl Outbox {
             out.extend(frames);
         }
         close
+    }
+
+    /// What a write would do now.
+    pub fn pending(&self) -> Pending {
+        let s = self.lock();
+        if s.close.is_some() {
+            Pending::Close
+        } else if s.queue.holds_reply() {
+            Pending::Reply
+        } else if s.queue.is_empty() {
+            Pending::Nothing
+        } else {
+            Pending::Pushes
+        }
     }
 
     /// Resolves when something was pushed or a close was requested since the last call.

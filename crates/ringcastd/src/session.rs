@@ -24,7 +24,7 @@ use crate::hub::{Origin, PublishRequest};
 use crate::lazy_read::LazyRead;
 use crate::metrics::Source;
 use crate::node::Node;
-use crate::outbox::{Outbox, Pushed};
+use crate::outbox::{Outbox, Pending, Pushed};
 use futures_util::stream::FusedStream;
 use futures_util::{SinkExt, StreamExt};
 use ringcast_core::{ChannelName, ConnId, NamespaceOptions, Pattern, TokenBucket};
@@ -178,20 +178,51 @@ impl Session {
         let mut ping_at = TokioInstant::now() + hb.ping_interval;
         let far_future = TokioInstant::now() + Duration::from_secs(86_400 * 365);
         let shutdown = self.node.shutdown.clone();
+        // `limits.min_write_interval`: the earliest time of the next write, and a write
+        // waiting for it (frames queued, the outbox's wake-up taken).
+        let min_write_interval = node.config.limits.min_write_interval;
+        let mut next_write_at: Option<TokioInstant> = None;
+        let mut write_due: Option<TokioInstant> = None;
 
         loop {
+            // A command's reply goes out without waiting for the pushes' interval: the
+            // outbox's wake-up, taken while the write waited, is still pending.
+            if write_due.is_some() && self.outbox.pending() == Pending::Reply {
+                write_due = None;
+            }
             let auth_at = self.auth_deadline.map_or(far_future, TokioInstant::from_std);
             let notice_at = self.refresh_notice.map_or(far_future, |(at, _)| TokioInstant::from_std(at));
-            // One timer for the four deadlines (a timer is a good share of an idle
+            // One timer for the five deadlines (a timer is a good share of an idle
             // session's future); when several are due, `Wake::Timer` handles them one at
-            // a time, in its order.
-            let wake_at = dead_at.min(ping_at).min(notice_at).min(auth_at);
+            // a time, in its order, after a write waiting for its interval.
+            let wake_at = dead_at.min(ping_at).min(notice_at).min(auth_at).min(write_due.unwrap_or(far_future));
             let wake = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Wake::Shutdown,
-                () = self.outbox.ready() => Wake::Outbox,
+                () = self.outbox.ready(), if write_due.is_none() => Wake::Outbox,
                 frame = ws.next() => Wake::Frame(frame),
                 () = sleep_until(wake_at) => Wake::Timer,
+            };
+            let wake = match wake {
+                Wake::Timer if write_due.is_some_and(|at| at <= TokioInstant::now()) => {
+                    write_due = None;
+                    Wake::Outbox
+                }
+                // Pushes within the interval since the last write wait for its end; a
+                // reply the client waits for, or a close, goes at once (with what is
+                // queued before it). Nothing queued: a wake-up left from the frames the
+                // last write took.
+                Wake::Outbox if next_write_at.is_some_and(|at| at > TokioInstant::now()) => {
+                    match self.outbox.pending() {
+                        Pending::Nothing => continue,
+                        Pending::Pushes => {
+                            write_due = next_write_at;
+                            continue;
+                        }
+                        Pending::Reply | Pending::Close => Wake::Outbox,
+                    }
+                }
+                wake => wake,
             };
             match wake {
                 Wake::Shutdown => {
@@ -207,7 +238,11 @@ impl Session {
                         () = self.outbox.overflowed() => None,
                     };
                     match written {
-                        Some(Ok(None)) => {}
+                        Some(Ok(None)) => {
+                            if !min_write_interval.is_zero() {
+                                next_write_at = Some(TokioInstant::now() + min_write_interval);
+                            }
+                        }
                         Some(Ok(Some(code))) => return Some(self.close(&mut ws, code).await),
                         Some(Err(e)) => {
                             debug!(error = %e, "write failed");
@@ -315,6 +350,7 @@ impl Session {
                 ws.feed(message).await?;
             }
             ws.flush().await?;
+            self.node.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
         }
         Ok(close)
     }
