@@ -45,8 +45,16 @@ pub struct Spec {
     pub config: String,
     /// Workload id (`a`, `b`, `d`, `e`, `f`).
     pub workload: String,
+    /// Where subscribers connect (and the publisher, unless `publish_addr`).
     pub addr: SocketAddr,
+    /// Where the publisher connects (workload g: another node of a cluster).
+    #[serde(default)]
+    pub publish_addr: Option<SocketAddr>,
     pub server_pid: Option<u32>,
+    /// Further server processes whose CPU counts with `server_pid`'s (workload g: the
+    /// other nodes).
+    #[serde(default)]
+    pub other_server_pids: Vec<u32>,
     pub subscribers: usize,
     pub channels_per_conn: usize,
     /// Publishes per second on channel 0 (0: idle-memory run).
@@ -169,12 +177,12 @@ pub fn run(spec: Spec) -> anyhow::Result<Outcome> {
     local.block_on(&rt, run_local(spec))
 }
 
-async fn connect(spec: &Spec, channels: &[String]) -> anyhow::Result<(TcpStream, Vec<u8>)> {
-    let mut s = TcpStream::connect(spec.addr).await.context("connect")?;
+async fn connect(spec: &Spec, addr: SocketAddr, channels: &[String]) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr).await.context("connect")?;
     s.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
     if spec.system == System::Ringcast {
-        s.write_all(&proto::ws_upgrade(&spec.addr.to_string())).await?;
+        s.write_all(&proto::ws_upgrade(&addr.to_string())).await?;
         loop {
             if s.read_buf(&mut buf).await? == 0 {
                 bail!("closed during the WebSocket handshake");
@@ -416,7 +424,7 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         let (gate, shared, spec, channels) = (gate.clone(), shared.clone(), spec_rc.clone(), channels.clone());
         tokio::task::spawn_local(async move {
             let permit = gate.acquire().await;
-            match connect(&spec, &channels).await {
+            match connect(&spec, spec.addr, &channels).await {
                 Ok((s, buf)) => {
                     shared.borrow_mut().ready += 1;
                     drop(permit);
@@ -453,7 +461,7 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         server_cpu = None;
         generator_cpu = 0.0;
     } else {
-        let (stream, buf) = connect(&spec, &[]).await.context("publisher")?;
+        let (stream, buf) = connect(&spec, spec.publish_addr.unwrap_or(spec.addr), &[]).await.context("publisher")?;
         if !buf.is_empty() {
             bail!("unexpected bytes before publishing");
         }
@@ -464,7 +472,12 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         tokio::time::sleep_until(start.into()).await;
         let pub_task = tokio::task::spawn_local(publisher(spec.system, w, shared.clone(), spec.payload));
         tokio::time::sleep_until((start + spec.warmup).into()).await;
-        let cpu0 = pid.as_deref().and_then(procfs::cpu_seconds);
+        // Every server process's CPU: one node, or all the nodes of a cluster.
+        let servers_cpu = || -> Option<f64> {
+            let first = procfs::cpu_seconds(pid.as_deref()?)?;
+            spec.other_server_pids.iter().try_fold(first, |sum, p| Some(sum + procfs::cpu_seconds(&p.to_string())?))
+        };
+        let cpu0 = servers_cpu();
         let self0 = procfs::cpu_seconds("self").unwrap_or(0.0);
         let t0 = Instant::now();
         let perf_child = match (spec.perf, spec.server_pid) {
@@ -475,7 +488,7 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         tokio::time::sleep_until((start + spec.warmup + spec.measure).into()).await;
         shared.borrow_mut().counting = false;
         let secs = t0.elapsed().as_secs_f64();
-        let cpu1 = pid.as_deref().and_then(procfs::cpu_seconds);
+        let cpu1 = servers_cpu();
         let self1 = procfs::cpu_seconds("self").unwrap_or(0.0);
         server_cpu = cpu0.zip(cpu1).map(|(a, b)| (b - a) / secs);
         generator_cpu = (self1 - self0) / secs;

@@ -152,11 +152,19 @@ struct ScoreboardArgs {
 struct RunArgs {
     #[arg(long, value_enum)]
     system: System,
+    /// Where the subscribers connect (and the publisher, without --publish-addr).
     #[arg(long)]
     addr: SocketAddr,
+    /// Where the publisher connects: another node of the cluster (workload g).
+    #[arg(long)]
+    publish_addr: Option<SocketAddr>,
     /// The server's process id, for CPU and memory from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Another server process whose CPU counts too (the other nodes of a cluster);
+    /// repeatable.
+    #[arg(long)]
+    other_server_pid: Vec<u32>,
     #[arg(long, default_value = "1 thread")]
     config: String,
     #[arg(long, default_value = "a")]
@@ -210,7 +218,9 @@ fn main() -> anyhow::Result<()> {
                 config: a.config,
                 workload: a.workload,
                 addr: a.addr,
+                publish_addr: a.publish_addr,
                 server_pid: a.server_pid,
+                other_server_pids: a.other_server_pid,
                 subscribers: a.subscribers,
                 channels_per_conn: a.channels_per_conn,
                 rate: a.rate,

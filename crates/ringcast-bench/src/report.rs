@@ -18,6 +18,11 @@ pub const CPU_TARGET_RATIO_10K: f64 = 1.0;
 /// The configuration label of ringcast runs with `limits.min_write_interval` set
 /// (`scripts/bench`, `WRITE_INTERVAL`), followed by the interval.
 pub const COALESCED_CONFIG_PREFIX: &str = "1 thread, min_write_interval ";
+/// Workload (g): the configuration labels of the cluster and the single-node runs.
+pub const CLUSTER_CONFIG: &str = "2 nodes";
+pub const SINGLE_NODE_CONFIG: &str = "1 node";
+/// Target: what crossing nodes may add to p99 at low load, ms.
+pub const CLUSTER_EXTRA_P99_MS: f64 = 1.0;
 /// Target: idle RSS per subscribed connection, KiB.
 pub const IDLE_TARGET_KIB: f64 = 4.0;
 
@@ -266,7 +271,10 @@ fn targets(rows: &[Row]) -> Vec<Target> {
     // 5. CPU-s per 1M deliveries at 10k subscribers x 10 publishes/s (full sweep only).
     out.push(cpu_target(rows, 10_000, 10.0, CPU_TARGET_RATIO_10K, "1 thread"));
 
-    // 6. Target 1 with ringcast's writes coalesced, per interval measured.
+    // 6. Cross-node delivery (g): extra p99 of two nodes over one at the lowest rate.
+    out.push(cluster_target(rows));
+
+    // 7. Target 1 with ringcast's writes coalesced, per interval measured.
     let mut coalesced: Vec<&str> = rows
         .iter()
         .filter(|r| r.system == System::Ringcast && r.config.starts_with(COALESCED_CONFIG_PREFIX))
@@ -278,6 +286,49 @@ fn targets(rows: &[Row]) -> Vec<Target> {
         out.push(cpu_target(rows, 1000, 1000.0, CPU_TARGET_RATIO, config));
     }
     out
+}
+
+/// Workload (g) at its lowest publish rate: the p99 of [`CLUSTER_CONFIG`] (publisher and
+/// subscribers on different nodes) minus that of [`SINGLE_NODE_CONFIG`] at the same
+/// point, and the CPU per delivery of all nodes against the one node's.
+fn cluster_target(rows: &[Row]) -> Target {
+    let name = format!("cross-node delivery (g) adds <= {CLUSTER_EXTRA_P99_MS} ms p99 at low load");
+    let g = |config: &str| {
+        rows.iter()
+            .filter(|r| r.system == System::Ringcast && r.workload == "g" && r.config == config && r.valid)
+            .min_by(|a, b| a.rate.total_cmp(&b.rate))
+    };
+    let (Some(two), Some(one)) = (g(CLUSTER_CONFIG), g(SINGLE_NODE_CONFIG)) else {
+        return Target { name, measured: "not measured".into(), ratio: None, met: None };
+    };
+    let one = rows
+        .iter()
+        .find(|r| {
+            r.system == System::Ringcast
+                && r.workload == "g"
+                && r.config == SINGLE_NODE_CONFIG
+                && r.valid
+                && r.subscribers == two.subscribers
+                && r.rate == two.rate
+        })
+        .unwrap_or(one);
+    let extra_ms = (two.p99_us as f64 - one.p99_us as f64) / 1000.0;
+    let cpu = match (two.cpu_per_million, one.cpu_per_million) {
+        (Some(t), Some(o)) => format!("; CPU-s per 1M deliveries {t:.2} (all nodes) against {o:.2}"),
+        _ => String::new(),
+    };
+    Target {
+        name,
+        measured: format!(
+            "p99 {} ms against {} ms on one node at {} subscribers x {} publishes/s{cpu}",
+            ms(two.p99_us),
+            ms(one.p99_us),
+            two.subscribers,
+            two.rate
+        ),
+        ratio: Some(extra_ms / CLUSTER_EXTRA_P99_MS),
+        met: Some(extra_ms <= CLUSTER_EXTRA_P99_MS),
+    }
 }
 
 /// Ringcast's CPU-s per 1M deliveries in `rc_config` against the better peer's ("1
@@ -356,6 +407,7 @@ pub fn markdown(summary: &Summary) -> String {
         ("a", "(a) Fan-out capacity"),
         ("e", "(e) Latency at fixed load"),
         ("f", "(f) Slow consumers (1 % stop reading; stalled excluded from latency and loss)"),
+        ("g", "(g) Cluster: publisher on one node, subscribers on another, against one node"),
     ] {
         let rows = rate_rows(w);
         if rows.is_empty() {
@@ -541,7 +593,9 @@ mod tests {
                 config: "1 thread".into(),
                 workload: "a".into(),
                 addr: ([127, 0, 0, 1], 1).into(),
+                publish_addr: None,
                 server_pid: None,
+                other_server_pids: vec![],
                 subscribers: 1000,
                 channels_per_conn: 1,
                 rate,
@@ -597,7 +651,8 @@ mod tests {
         assert_eq!(t.met, Some(true));
         assert_eq!(s.targets[3].met, Some(true), "equal capacity meets the target");
         assert!(markdown(&s).contains("| ringcast | 1 thread | 1000 | 0 % | 1000 |"));
-        assert_eq!(s.targets.len(), 5, "no coalesced run, no target for it");
+        assert_eq!(s.targets.len(), 6, "no coalesced run, no target for it");
+        assert_eq!(s.targets[5].met, None, "(g) was not run");
         assert_eq!(s.targets[4].met, None, "10k x 10/s was not run");
     }
 
@@ -616,6 +671,27 @@ mod tests {
         assert!(t.name.contains("min_write_interval 20ms"), "{}", t.name);
         assert!(t.ratio.is_some_and(|r| (r - 0.7).abs() < 1e-9));
         assert_eq!(t.met, Some(true));
+    }
+
+    #[test]
+    fn the_cluster_target_is_the_extra_p99_of_two_nodes_over_one() {
+        let run = |config: &str, rate: f64, p99_us: u64| {
+            let mut o = outcome(System::Ringcast, rate, 1.0, 1);
+            o.spec.workload = "g".into();
+            o.spec.config = config.into();
+            o.latency_us.p99 = p99_us;
+            o
+        };
+        let s = summarise(&[
+            run(CLUSTER_CONFIG, 10.0, 3_400),
+            run(SINGLE_NODE_CONFIG, 10.0, 2_900),
+            run(CLUSTER_CONFIG, 100.0, 9_000),
+            run(SINGLE_NODE_CONFIG, 100.0, 2_000),
+        ]);
+        let t = s.targets.iter().find(|t| t.name.starts_with("cross-node")).unwrap_or_else(|| panic!("no target"));
+        assert!(t.ratio.is_some_and(|r| (r - 0.5).abs() < 1e-9), "{t:?}: the lowest rate, 0.5 ms extra");
+        assert_eq!(t.met, Some(true));
+        assert!(markdown(&s).contains("### (g) Cluster"));
     }
 
     #[test]
