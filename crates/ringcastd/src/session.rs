@@ -5,7 +5,8 @@
 //! heartbeat deadline, the ping tick, the `expiring` notice and the auth deadline
 //! (connect timeout, then token expiry), handled in that order when several are due.
 //! Reads and writes happen in this one task; producers elsewhere only push into the
-//! outbox.
+//! outbox. With `limits.min_write_interval`, pushes queued less than the interval after
+//! the last write wait for its end and go out together; replies and closes never wait.
 //!
 //! Most connections are idle most of the time, so what an idle session holds is kept
 //! small (docs/benchmarks.md, "Idle memory"): its future holds the WebSocket once and one
@@ -185,9 +186,10 @@ impl Session {
         let mut write_due: Option<TokioInstant> = None;
 
         loop {
-            // A command's reply goes out without waiting for the pushes' interval: the
-            // outbox's wake-up, taken while the write waited, is still pending.
-            if write_due.is_some() && self.outbox.pending() == Pending::Reply {
+            // A command's reply, or a close (an overflow, the server's request), goes
+            // out without waiting for the pushes' interval: the outbox's wake-up, not
+            // awaited while the write waited, is still pending.
+            if write_due.is_some() && matches!(self.outbox.pending(), Pending::Reply | Pending::Close) {
                 write_due = None;
             }
             let auth_at = self.auth_deadline.map_or(far_future, TokioInstant::from_std);
