@@ -15,9 +15,12 @@ pub struct Figure {
 }
 
 /// Server CPU per delivery when every delivery is its own `write` (ringcast, 1k
-/// subscribers x 100 publishes/s: 4.13 CPU-s per 1M deliveries).
+/// subscribers x 100 publishes/s: 4.13 CPU-s per 1M deliveries, in the shared-machine
+/// sweep of `docs/benchmarks.json` at commit 695daa4; the quiet machine measured 7.60,
+/// as a server that is never starved batches less, `docs/benchmarks.md` finding 1).
 pub const CPU_PER_DELIVERY_UNBATCHED_US: f64 = 4.13;
-/// Server CPU per delivery when writes batch (ringcast, 1k x 1000/s: 0.51 CPU-s per 1M).
+/// Server CPU per delivery when writes batch (ringcast, 1k x 1000/s: 0.51 CPU-s per 1M,
+/// the same sweep; on the quiet machine every server saturates there, at 1.00).
 pub const CPU_PER_DELIVERY_BATCHED_US: f64 = 0.51;
 /// Server RSS per idle subscribed connection (ringcast, 15,000 connections, 1 subscription).
 pub const MEMORY_PER_CONNECTION_KIB: f64 = 3.93;
