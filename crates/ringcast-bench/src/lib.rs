@@ -4,7 +4,8 @@
 //! `docs/benchmarks.md`). Three protocol drivers over raw `TcpStream`s ([`proto`]) so
 //! the client side costs the same for every server; identical payloads carrying their
 //! scheduled send time and sequence number ([`payload`]); an open-loop publisher and
-//! latency from the scheduled time into HDR histograms ([`load`]); server CPU and memory
+//! latency from the scheduled time into HDR histograms ([`load`]); who subscribes
+//! to which channels and where each publish goes ([`layout`]); server CPU and memory
 //! from `/proc` ([`procfs`]); the Markdown/JSON report and the PNG chart ([`report`]);
 //! [`guard`], the deterministic in-process fan-out whose instruction count CI compares
 //! with a baseline; and [`storm`], the presence storm (a network blip that drops and
@@ -19,6 +20,7 @@
 //! invalid when it sees any.
 
 pub mod guard;
+pub mod layout;
 pub mod load;
 pub mod payload;
 pub mod procfs;

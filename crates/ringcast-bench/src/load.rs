@@ -7,7 +7,14 @@
 //! that scheduled time, not from when the write happened (no coordinated omission).
 //!
 //! With `rate == 0` nothing is published: the run measures idle memory after `settle`.
+//!
+//! Which channels each subscriber takes and where each publish goes is fixed before the
+//! run ([`crate::layout`]): one channel for most workloads, many for workload (c). Loss is
+//! counted against that layout (every live subscriber of a message's channel must receive
+//! it), and a message arriving twice, out of its channel's order or on a channel the
+//! connection did not subscribe to is an error.
 
+use crate::layout::{self, Layout};
 use crate::payload;
 use crate::procfs;
 use crate::proto::{self, Event, System};
@@ -57,7 +64,15 @@ pub struct Spec {
     pub other_server_pids: Vec<u32>,
     pub subscribers: usize,
     pub channels_per_conn: usize,
-    /// Publishes per second on channel 0 (0: idle-memory run).
+    /// Workload (c): how many channels there are; each subscriber takes
+    /// `channels_per_conn` of them at random ([`Layout::many`]). 0: everyone on the
+    /// first `channels_per_conn`, every publish on the first ([`Layout::single`]).
+    #[serde(default)]
+    pub channels: usize,
+    /// Workload (c): the Zipf exponent of the publishes' channels (0: uniform).
+    #[serde(default)]
+    pub zipf: f64,
+    /// Publishes per second, in all (0: idle-memory run).
     pub rate: f64,
     pub payload: usize,
     pub warmup: Duration,
@@ -81,8 +96,8 @@ pub struct Outcome {
     pub published: u64,
     pub offered_deliveries_per_s: f64,
     pub achieved_deliveries_per_s: f64,
-    /// Deliveries expected by live subscribers but never received (sequence gaps or
-    /// missing tail after the drain wait).
+    /// Deliveries expected by live subscribers (one per message of each of their
+    /// channels) but not received by the end of the drain wait.
     pub lost: u64,
     pub disconnects: u64,
     pub errors: u64,
@@ -139,14 +154,17 @@ struct Shared {
     latency: Histogram<u64>,
     /// Per sequence number: how many live subscribers have it, and the latest arrival.
     arrivals: Vec<(u32, u64)>,
+    /// Per sequence number, the index of its channel.
+    schedule: Rc<[u32]>,
+    /// Per channel, its live (connected and not stalling) subscribers.
+    fan: Vec<u32>,
     ready: usize,
     connect_failures: usize,
     disconnects: u64,
     errors: u64,
     first_error: Option<String>,
-    lost: u64,
-    /// Live subscribers that have received the last message.
-    done: usize,
+    /// Messages received by live subscribers, in all.
+    received: u64,
     total: u64,
     /// Scheduled send time of message `seq`, ns since `base`: `start_ns + seq * period`.
     start_ns: u64,
@@ -223,8 +241,16 @@ async fn connect(spec: &Spec, addr: SocketAddr, channels: &[String]) -> anyhow::
     Ok((s, buf))
 }
 
-/// A subscriber's read loop: parse pushes, check sequence, record latency.
-async fn subscriber(system: System, mut s: TcpStream, mut buf: Vec<u8>, shared: Rc<RefCell<Shared>>, stalls: bool) {
+/// A subscriber's read loop: parse pushes, check each channel's order, record latency.
+/// `mine`: the indices of the subscriber's channels.
+async fn subscriber(
+    system: System,
+    mut s: TcpStream,
+    mut buf: Vec<u8>,
+    shared: Rc<RefCell<Shared>>,
+    stalls: bool,
+    mine: Vec<u32>,
+) {
     if stalls {
         // Hold the connection and never read again (workload f): the server's queue
         // and socket buffers for it fill up.
@@ -233,7 +259,8 @@ async fn subscriber(system: System, mut s: TcpStream, mut buf: Vec<u8>, shared: 
         return;
     }
     let base = shared.borrow().base;
-    let mut expected = 0u64;
+    // Per channel of `mine`, the last sequence number received on it.
+    let mut last: Vec<Option<u64>> = vec![None; mine.len()];
     let mut pongs: Vec<u8> = Vec::new();
     loop {
         let now = now_ns(base);
@@ -258,10 +285,17 @@ async fn subscriber(system: System, mut s: TcpStream, mut buf: Vec<u8>, shared: 
                             sh.error("payload without a header".into());
                             continue;
                         };
-                        if seq != expected {
-                            sh.lost += seq.saturating_sub(expected);
+                        let channel = usize::try_from(seq).ok().and_then(|i| sh.schedule.get(i).copied());
+                        let Some(k) = channel.and_then(|c| mine.iter().position(|&m| m == c)) else {
+                            sh.error(format!("message {seq} on a channel the connection did not subscribe to"));
+                            continue;
+                        };
+                        if let Some(before) = last[k].filter(|&l| seq <= l) {
+                            sh.error(format!("message {seq} after {before} on its channel: repeated or out of order"));
+                            continue;
                         }
-                        expected = seq + 1;
+                        last[k] = Some(seq);
+                        sh.received += 1;
                         let lat_us = now.saturating_sub(ts) / 1000;
                         if seq >= sh.window_seq.0 && seq < sh.window_seq.1 {
                             let _ = sh.latency.record(lat_us.clamp(1, MAX_LATENCY_US));
@@ -272,9 +306,6 @@ async fn subscriber(system: System, mut s: TcpStream, mut buf: Vec<u8>, shared: 
                         if let Some(a) = usize::try_from(seq).ok().and_then(|i| sh.arrivals.get_mut(i)) {
                             a.0 += 1;
                             a.1 = a.1.max(now);
-                        }
-                        if seq + 1 == sh.total {
-                            sh.done += 1;
                         }
                     }
                     Event::Ping(p) => pongs.extend_from_slice(&p),
@@ -335,17 +366,18 @@ async fn publisher_reader(system: System, mut r: tokio::net::tcp::OwnedReadHalf,
     }
 }
 
-/// The open-loop publisher: message `i` is due at `start + i * period`; every tick
-/// writes every due message in one write (pipelined).
+/// The open-loop publisher: message `i` is due at `start + i * period`, on channel
+/// `names[schedule[i]]`; every tick writes every due message in one write (pipelined).
 async fn publisher(
     system: System,
     mut w: tokio::net::tcp::OwnedWriteHalf,
     shared: Rc<RefCell<Shared>>,
     size: usize,
+    names: Vec<String>,
 ) -> anyhow::Result<()> {
-    let (base, total, start_ns, period_ns) = {
+    let (base, total, start_ns, period_ns, schedule) = {
         let sh = shared.borrow();
-        (sh.base, sh.total, sh.start_ns, sh.period_ns)
+        (sh.base, sh.total, sh.start_ns, sh.period_ns, sh.schedule.clone())
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -358,7 +390,9 @@ async fn publisher(
         while sent < due {
             let ts = start_ns + (sent as f64 * period_ns) as u64;
             payload::encode(&mut p, ts, sent, size);
-            proto::publish(system, &mut out, "bench:c0", &p, sent + 2);
+            let channel = usize::try_from(sent).ok().and_then(|i| schedule.get(i)).and_then(|&c| names.get(c as usize));
+            let Some(channel) = channel else { bail!("message {sent} has no channel") };
+            proto::publish(system, &mut out, channel, &p, sent + 2);
             sent += 1;
         }
         if !out.is_empty() {
@@ -392,6 +426,12 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
     let rss_before = pid.as_deref().and_then(procfs::rss_kib);
     let total = (spec.rate * (spec.warmup + spec.measure).as_secs_f64()).round() as u64;
     let window = if spec.rate > 0.0 { ((spec.rate * spec.warmup.as_secs_f64()).ceil() as u64, total) } else { (0, 0) };
+    let messages = usize::try_from(total).context("too many messages")?;
+    let layout = if spec.channels > 0 {
+        Layout::many(spec.subscribers, spec.channels, spec.channels_per_conn, messages, spec.zipf, layout::SEED)
+    } else {
+        Layout::single(spec.subscribers, spec.channels_per_conn, messages)
+    };
     let shared = Rc::new(RefCell::new(Shared {
         base,
         window_seq: window,
@@ -399,21 +439,21 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         window_deliveries: 0,
         window_bytes: 0,
         latency: histogram()?,
-        arrivals: vec![(0, 0); usize::try_from(total).unwrap_or(0)],
+        arrivals: vec![(0, 0); messages],
+        schedule: layout.schedule.clone().into(),
+        fan: vec![0; layout.names.len()],
         ready: 0,
         connect_failures: 0,
         disconnects: 0,
         errors: 0,
         first_error: None,
-        lost: 0,
-        done: 0,
+        received: 0,
         total,
         start_ns: 0,
         period_ns: if spec.rate > 0.0 { 1e9 / spec.rate } else { 0.0 },
     }));
 
     // Subscribers, connected in waves.
-    let channels: Vec<String> = (0..spec.channels_per_conn.max(1)).map(|i| format!("bench:c{i}")).collect();
     let stall_every = if spec.stall_fraction > 0.0 { (1.0 / spec.stall_fraction).round() as usize } else { usize::MAX };
     let gate = Rc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let spec_rc = Rc::new(spec.clone());
@@ -421,14 +461,23 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
     for i in 0..spec.subscribers {
         let stalls = i % stall_every == stall_every - 1;
         stalled += usize::from(stalls);
-        let (gate, shared, spec, channels) = (gate.clone(), shared.clone(), spec_rc.clone(), channels.clone());
+        let (gate, shared, spec) = (gate.clone(), shared.clone(), spec_rc.clone());
+        let (channels, mine) = (layout.names_of(i), layout.subscriptions[i].clone());
         tokio::task::spawn_local(async move {
             let permit = gate.acquire().await;
             match connect(&spec, spec.addr, &channels).await {
                 Ok((s, buf)) => {
-                    shared.borrow_mut().ready += 1;
+                    {
+                        let mut sh = shared.borrow_mut();
+                        sh.ready += 1;
+                        if !stalls {
+                            for &c in &mine {
+                                sh.fan[c as usize] += 1;
+                            }
+                        }
+                    }
                     drop(permit);
-                    subscriber(spec.system, s, buf, shared, stalls).await;
+                    subscriber(spec.system, s, buf, shared, stalls, mine).await;
                 }
                 Err(e) => {
                     let mut sh = shared.borrow_mut();
@@ -451,7 +500,12 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let live = shared.borrow().ready.saturating_sub(stalled);
+    // What the live subscribers should receive: every message, once per subscriber of
+    // its channel.
+    let expected: u64 = {
+        let sh = shared.borrow();
+        sh.schedule.iter().map(|&c| u64::from(sh.fan[c as usize])).sum()
+    };
 
     let mut perf_out = None;
     let (server_cpu, generator_cpu, rss_after);
@@ -470,7 +524,8 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         let start = Instant::now() + Duration::from_millis(50);
         shared.borrow_mut().start_ns = u64::try_from((start - base).as_nanos()).unwrap_or(0);
         tokio::time::sleep_until(start.into()).await;
-        let pub_task = tokio::task::spawn_local(publisher(spec.system, w, shared.clone(), spec.payload));
+        let pub_task =
+            tokio::task::spawn_local(publisher(spec.system, w, shared.clone(), spec.payload, layout.names.clone()));
         tokio::time::sleep_until((start + spec.warmup).into()).await;
         // Every server process's CPU: one node, or all the nodes of a cluster.
         let servers_cpu = || -> Option<f64> {
@@ -503,9 +558,9 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
             Ok(Err(e)) => shared.borrow_mut().error(format!("{e:#}")),
             Err(e) => shared.borrow_mut().error(format!("publisher task: {e}")),
         }
-        // Drain: wait until every live subscriber has the last message.
+        // Drain: wait until every live subscriber has every message of its channels.
         let deadline = Instant::now() + DRAIN_WAIT;
-        while shared.borrow().done < live && Instant::now() < deadline {
+        while shared.borrow().received < expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -513,14 +568,14 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
     let sh = shared.borrow();
     let measure = spec.measure.as_secs_f64();
     let achieved = sh.window_deliveries as f64 / measure;
-    // Every live subscriber should have every message: count what is missing.
-    let received: u64 = sh.arrivals.iter().map(|a| u64::from(a.0)).sum();
-    let expected = total * live as u64;
-    let lost = expected.saturating_sub(received).max(sh.lost);
+    // Every live subscriber of a message's channel should have it: count what is
+    // missing (a message received twice is an error, so it cannot hide a loss).
+    let lost = expected.saturating_sub(sh.received);
     let mut completion = histogram()?;
     let start_ns = sh.start_ns;
     for (seq, (count, last)) in sh.arrivals.iter().enumerate().take(window.1 as usize).skip(window.0 as usize) {
-        if *count as usize >= live && live > 0 {
+        let fan = sh.schedule.get(seq).map_or(0, |&c| sh.fan[c as usize]);
+        if *count >= fan && fan > 0 {
             let scheduled = start_ns + (seq as f64 * sh.period_ns) as u64;
             let _ = completion.record((last.saturating_sub(scheduled) / 1000).clamp(1, MAX_LATENCY_US));
         }
@@ -553,7 +608,7 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         connect_failures: sh.connect_failures,
         stalled,
         published: total,
-        offered_deliveries_per_s: spec.rate * live as f64,
+        offered_deliveries_per_s: if total > 0 { spec.rate * expected as f64 / total as f64 } else { 0.0 },
         achieved_deliveries_per_s: achieved,
         lost,
         disconnects: sh.disconnects,

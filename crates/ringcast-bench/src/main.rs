@@ -173,7 +173,15 @@ struct RunArgs {
     subscribers: usize,
     #[arg(long, default_value_t = 1)]
     channels_per_conn: usize,
-    /// Publishes per second on channel 0; 0 measures idle memory.
+    /// Workload (c): this many channels, each connection subscribed to
+    /// --channels-per-conn of them at random, publishes spread over them (--zipf); 0:
+    /// every subscriber on the first --channels-per-conn channels, publishes on the first.
+    #[arg(long, default_value_t = 0)]
+    channels: usize,
+    /// With --channels: the Zipf exponent of the publishes' channels (0: uniform).
+    #[arg(long, default_value_t = 0.0)]
+    zipf: f64,
+    /// Publishes per second (in all); 0 measures idle memory.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
     #[arg(long, default_value_t = 100)]
@@ -223,6 +231,8 @@ fn main() -> anyhow::Result<()> {
                 other_server_pids: a.other_server_pid,
                 subscribers: a.subscribers,
                 channels_per_conn: a.channels_per_conn,
+                channels: a.channels,
+                zipf: a.zipf,
                 rate: a.rate,
                 payload: a.payload.max(ringcast_bench::payload::HEADER_BYTES),
                 warmup: Duration::from_secs_f64(a.warmup),

@@ -39,6 +39,12 @@ pub struct Row {
     pub config: String,
     pub subscribers: usize,
     pub channels_per_conn: usize,
+    /// Workload (c): the number of channels (0: the single-channel layout).
+    #[serde(default)]
+    pub channels: usize,
+    /// Workload (c): the publishes' Zipf exponent (0: uniform).
+    #[serde(default)]
+    pub zipf: f64,
     pub rate: f64,
     pub payload: usize,
     pub stall_fraction: f64,
@@ -93,7 +99,7 @@ fn median_u(mut v: Vec<u64>) -> u64 {
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
-type Key = (String, &'static str, String, usize, usize, u64, usize, u64);
+type Key = (String, &'static str, String, usize, usize, usize, u64, u64, usize, u64);
 
 fn key(o: &Outcome) -> Key {
     let s = &o.spec;
@@ -103,6 +109,8 @@ fn key(o: &Outcome) -> Key {
         s.config.clone(),
         s.subscribers,
         s.channels_per_conn,
+        s.channels,
+        (s.zipf * 1000.0) as u64,
         (s.rate * 1000.0) as u64,
         s.payload,
         (s.stall_fraction * 1e6) as u64,
@@ -143,6 +151,8 @@ fn row(g: &[&Outcome]) -> Row {
         config: s.config.clone(),
         subscribers: s.subscribers,
         channels_per_conn: s.channels_per_conn,
+        channels: s.channels,
+        zipf: s.zipf,
         rate: s.rate,
         payload: s.payload,
         stall_fraction: s.stall_fraction,
@@ -463,6 +473,40 @@ pub fn markdown(summary: &Summary) -> String {
         }
         s.push('\n');
     }
+    let rows = rate_rows("c");
+    if !rows.is_empty() {
+        let _ = writeln!(
+            s,
+            "### (c) Many channels: every connection on a few of many channels\n\n| System | Config | Conns | Channels each | Channels | Publishing | Pub/s | Offered/s | Achieved/s | Server CPU | CPU-s/1M (min–max) | p50 ms | p99 ms | p99.9 ms | max ms | Wire B/deliv | Gen CPU | Reps | Valid |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for r in rows {
+            let range = r.cpu_per_million_range.map_or_else(String::new, |(lo, hi)| format!(" ({lo:.2}–{hi:.2})"));
+            let publishing = if r.zipf > 0.0 { format!("Zipf {}", r.zipf) } else { "uniform".into() };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {publishing} | {} | {:.0} | {:.0} | {} | {}{range} | {} | {} | {} | {} | {} | {:.0} % | {} | {} |",
+                r.system.name(),
+                r.config,
+                r.subscribers,
+                r.channels_per_conn,
+                r.channels,
+                r.rate,
+                r.offered,
+                r.achieved,
+                r.server_cpu.map_or_else(|| "–".into(), |c| format!("{:.0} %", c * 100.0)),
+                opt(r.cpu_per_million, 2),
+                ms(r.p50_us),
+                ms(r.p99_us),
+                ms(r.p999_us),
+                ms(r.max_us),
+                opt(r.wire_bytes, 1),
+                r.generator_cpu * 100.0,
+                r.repetitions,
+                validity(r),
+            );
+        }
+        s.push('\n');
+    }
     let rows = rate_rows("d");
     if !rows.is_empty() {
         let _ = writeln!(
@@ -589,6 +633,8 @@ mod tests {
                 other_server_pids: vec![],
                 subscribers: 1000,
                 channels_per_conn: 1,
+                channels: 0,
+                zipf: 0.0,
                 rate,
                 payload: 100,
                 warmup: Duration::from_secs(1),
@@ -686,6 +732,31 @@ mod tests {
         let unpaired = summarise(&[run(CLUSTER_CONFIG, 10.0, 3_400), run(SINGLE_NODE_CONFIG, 100.0, 2_000)]);
         let t = unpaired.targets.iter().find(|t| t.name.starts_with("cross-node")).unwrap_or_else(|| panic!("none"));
         assert_eq!(t.met, None, "one node at another point is no comparison: {t:?}");
+    }
+
+    #[test]
+    fn many_channel_runs_are_rows_of_their_own_per_distribution() {
+        let run = |system: System, zipf: f64, cpu: f64| {
+            let mut o = outcome(system, 1000.0, cpu, 1);
+            o.spec.workload = "c".into();
+            o.spec.subscribers = 10_000;
+            o.spec.channels_per_conn = 3;
+            o.spec.channels = 10_000;
+            o.spec.zipf = zipf;
+            o
+        };
+        let s = summarise(&[
+            run(System::Ringcast, 0.0, 5.0),
+            run(System::Ringcast, 1.0, 4.0),
+            run(System::Redis, 0.0, 3.0),
+            outcome(System::Redis, 1000.0, 1.0, 1),
+        ]);
+        assert_eq!(s.rows.len(), 4, "uniform and Zipf are two points");
+        let md = markdown(&s);
+        assert!(md.contains("### (c) Many channels"), "{md}");
+        assert!(md.contains("| ringcast | 1 thread | 10000 | 3 | 10000 | uniform | 1000 |"), "{md}");
+        assert!(md.contains("| ringcast | 1 thread | 10000 | 3 | 10000 | Zipf 1 | 1000 |"), "{md}");
+        assert_eq!(s.targets[0].met, None, "(c) runs are not (a)'s: {:?}", s.targets[0]);
     }
 
     #[test]
