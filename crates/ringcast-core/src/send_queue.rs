@@ -227,6 +227,13 @@ impl<F> SendQueue<F> {
         self.reply_queued
     }
 
+    /// Whether the queue tracks `channel` for deltas (what the client was sent of it
+    /// decides which frame is written).
+    #[must_use]
+    pub fn tracks(&self, channel: &ChannelName) -> bool {
+        !self.tracks.is_empty() && self.tracks.contains_key(channel)
+    }
+
     /// Frames queued (every kind).
     #[must_use]
     pub fn len(&self) -> usize {

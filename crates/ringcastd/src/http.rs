@@ -705,9 +705,13 @@ async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Res
     node.tracker.spawn(async move {
         let _permit = permit;
         match on_upgrade.await {
-            Ok(upgraded) => {
-                session::run(session_node, TokioIo::new(upgraded), conn, encoding).await;
-            }
+            // The listener serves plain TCP, so the upgraded connection is that socket.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                Ok(parts) => {
+                    session::run_tcp(session_node, parts.io.into_inner(), parts.read_buf, conn, encoding).await
+                }
+                Err(upgraded) => session::run(session_node, TokioIo::new(upgraded), conn, encoding).await,
+            },
             Err(e) => debug!(error = %e, "upgrade failed"),
         }
     });

@@ -35,5 +35,6 @@ pub mod outbox;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod socket;
 pub mod web;
 pub mod webhooks;

@@ -14,15 +14,34 @@
 //! once written, and the queue's own allocation after a small batch
 //! ([`ringcast_core::send_queue::FREE_UP_TO_ENTRIES`]), so an idle connection holds only
 //! the empty outbox.
+//!
+//! # Direct writes
+//!
+//! A message for a connection that has nothing queued and nothing in flight is written
+//! by its producer straight to the socket ([`Outbox::attach`], [`crate::socket`]): one
+//! non-blocking `writev` of the frame's header and its shared bytes, and no wake-up of
+//! the session, which is most of what a delivery costs the node in user space. Anything
+//! else takes the queue as before: a socket that would block, a connection whose session
+//! holds frames it took from the queue or has written through tungstenite without
+//! flushing yet (`writing`), a channel the queue tracks for deltas, a close. What a short
+//! direct write leaves over (`unsent`) is written by the session before anything else, so
+//! the socket only ever carries whole frames in order. Sessions that speak MessagePack or
+//! coalesce their writes (`limits.min_write_interval`) are not attached.
 
 use ringcast_core::send_queue::{Alt, Bounds, Drained, GapCause, GapNotice, MessagePolicy, SendQueue};
 use ringcast_core::BackpressurePolicy;
 use ringcast_core::{ChannelName, StreamPosition};
 use ringcast_proto::client::{encode_gap, message_key, GapReason};
 use ringcast_proto::CloseCode;
-use std::sync::Mutex;
+use std::io::{self, IoSlice};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::metrics::Metrics;
 
 pub use ringcast_core::send_queue::Pushed;
 
@@ -30,6 +49,37 @@ pub use ringcast_core::send_queue::Pushed;
 struct State {
     queue: SendQueue<Utf8Bytes>,
     close: Option<CloseCode>,
+    /// The socket producers may write to directly (see the module docs).
+    direct: Option<Direct>,
+    /// The session took frames from the queue, or wrote through tungstenite, and has not
+    /// flushed everything since: nothing may be written directly before those bytes.
+    writing: bool,
+    /// The rest of a short direct write, written before anything else.
+    unsent: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Direct {
+    tcp: Arc<TcpStream>,
+    metrics: Arc<Metrics>,
+}
+
+/// The header of an unmasked, final WebSocket text frame of `len` bytes (RFC 6455 §5.2,
+/// as the server sends them); returns the header's length.
+fn text_frame_header(len: usize, out: &mut [u8; 10]) -> usize {
+    out[0] = 0x81;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if let Ok(len) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&len.to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
 }
 
 /// What an [`Outbox`] holds for the writer.
@@ -61,6 +111,9 @@ impl Outbox {
             state: Mutex::new(State {
                 queue: SendQueue::new(Bounds { messages: max_frames, bytes: max_bytes }),
                 close: None,
+                direct: None,
+                writing: false,
+                unsent: Vec::new(),
             }),
             notify: Notify::new(),
             overflow: Notify::new(),
@@ -71,6 +124,91 @@ impl Outbox {
         // A panic while holding this lock cannot leave State inconsistent (every update
         // is a single queue operation), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Lets producers write message frames straight to `tcp` (the session's socket) while
+    /// nothing else is queued or in flight; counts those writes in `metrics`.
+    pub fn attach(&self, tcp: Arc<TcpStream>, metrics: Arc<Metrics>) {
+        self.lock().direct = Some(Direct { tcp, metrics });
+    }
+
+    /// The session is over: no more direct writes, and nothing more is queued.
+    pub fn detach(&self) {
+        let mut s = self.lock();
+        s.direct = None;
+        s.queue.close();
+    }
+
+    /// Writes `frame` to the socket now if the connection has nothing queued or in flight
+    /// (see the module docs). `None`: it must be queued. `Some(true)`: written, but the
+    /// socket took part of it, so the session must be woken to write the rest.
+    fn write_direct(s: &mut State, frame: &Utf8Bytes, channel: &ChannelName) -> Option<bool> {
+        let d = s.direct.as_ref()?;
+        if s.writing || !s.unsent.is_empty() || !s.queue.is_empty() || s.queue.tracks(channel) {
+            return None;
+        }
+        let mut header = [0u8; 10];
+        let h = text_frame_header(frame.len(), &mut header);
+        let body = frame.as_bytes();
+        let n = match d.tcp.try_write_vectored(&[IoSlice::new(&header[..h]), IoSlice::new(body)]) {
+            // Would block, or failed (the session meets the error on its own write).
+            Ok(0) | Err(_) => return None,
+            Ok(n) => n,
+        };
+        d.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
+        if n == h + body.len() {
+            return Some(false);
+        }
+        if n < h {
+            s.unsent.extend_from_slice(&header[n..h]);
+        }
+        s.unsent.extend_from_slice(&body[n.saturating_sub(h)..]);
+        Some(true)
+    }
+
+    /// The session's write of `buf` (through tungstenite): what a direct write left over
+    /// goes first, and no direct write follows until [`Outbox::written`].
+    pub(crate) fn poll_write(&self, cx: &mut Context<'_>, tcp: &TcpStream, buf: &[u8]) -> Poll<io::Result<usize>> {
+        {
+            let mut s = self.lock();
+            s.writing = true;
+            ready!(Self::poll_unsent(&mut s, cx, tcp))?;
+        }
+        loop {
+            match tcp.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(tcp.poll_write_ready(cx))?,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    /// The session's flush: writes what a direct write left over.
+    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>, tcp: &TcpStream) -> Poll<io::Result<()>> {
+        Self::poll_unsent(&mut self.lock(), cx, tcp)
+    }
+
+    fn poll_unsent(s: &mut State, cx: &mut Context<'_>, tcp: &TcpStream) -> Poll<io::Result<()>> {
+        while !s.unsent.is_empty() {
+            match tcp.try_write(&s.unsent) {
+                Ok(n) => {
+                    s.unsent.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(tcp.poll_write_ready(cx))?,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        if s.unsent.capacity() > 0 {
+            s.unsent = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The session flushed everything it took and wrote: direct writes may resume.
+    pub fn written(&self) {
+        let mut s = self.lock();
+        if s.unsent.is_empty() {
+            s.writing = false;
+        }
     }
 
     /// The connection's bounds (a namespace's bounds are capped by them).
@@ -134,8 +272,15 @@ impl Outbox {
         alt: Option<Alt<Utf8Bytes>>,
     ) -> Pushed {
         let mut s = self.lock();
-        if s.close.is_some() {
+        if s.close.is_some() || s.queue.is_closed() {
             return Pushed::Closed;
+        }
+        if let Some(rest) = Self::write_direct(&mut s, &frame, channel) {
+            drop(s);
+            if rest {
+                self.notify.notify_one();
+            }
+            return Pushed::Queued { dropped: 0 };
         }
         let len = frame.len();
         let pushed = s.queue.push_message_with_alt(frame, len, channel, position, policy, key, alt);
@@ -209,12 +354,14 @@ impl Outbox {
 
     /// Moves every queued frame into `out`, `gap` notices encoded in their places;
     /// returns the close requested, if any. An empty `out` takes over the batch's one
-    /// allocation.
+    /// allocation. Until [`Outbox::written`], nothing is written directly: the session
+    /// holds frames that go first.
     pub fn drain(&self, out: &mut Vec<Utf8Bytes>) -> Option<CloseCode> {
         let mut drained = Vec::new();
         let close = {
             let mut s = self.lock();
             s.queue.drain(&mut drained);
+            s.writing |= !drained.is_empty();
             s.close
         };
         // Encoding happens outside the lock; gaps are rare. Collected in place, into
@@ -248,7 +395,7 @@ impl Outbox {
             Pending::Close
         } else if s.queue.holds_reply() {
             Pending::Reply
-        } else if s.queue.is_empty() {
+        } else if s.queue.is_empty() && s.unsent.is_empty() {
             Pending::Nothing
         } else {
             Pending::Pushes
@@ -355,5 +502,137 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(o.drain(&mut out), Some(CloseCode::GoingAway));
         assert_eq!(out.len(), 3);
+    }
+
+    /// A connected loopback pair: the server's socket (shared, as a session holds it) and
+    /// the client's.
+    async fn pair() -> (Arc<TcpStream>, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let client = client.unwrap_or_else(|e| panic!("connect: {e}"));
+        (Arc::new(server.unwrap_or_else(|e| panic!("accept: {e}")).0), client)
+    }
+
+    fn frame(text: &str) -> Vec<u8> {
+        let mut h = [0u8; 10];
+        let n = text_frame_header(text.len(), &mut h);
+        [&h[..n], text.as_bytes()].concat()
+    }
+
+    /// Reads exactly `n` bytes from the client's side (at most one second).
+    async fn read_n(c: &mut TcpStream, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0; n];
+        tokio::time::timeout(std::time::Duration::from_secs(1), c.read_exact(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{n} bytes did not arrive"))
+            .unwrap_or_else(|e| panic!("read: {e}"));
+        buf
+    }
+
+    fn nothing_to_read(c: &TcpStream) -> bool {
+        matches!(c.try_read(&mut [0u8; 64]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    #[test]
+    fn text_frame_headers_use_the_shortest_length_form() {
+        let mut h = [0u8; 10];
+        assert_eq!((text_frame_header(125, &mut h), &h[..2]), (2, &[0x81, 125][..]));
+        assert_eq!((text_frame_header(126, &mut h), &h[..4]), (4, &[0x81, 126, 0, 126][..]));
+        assert_eq!((text_frame_header(65_535, &mut h), &h[..4]), (4, &[0x81, 126, 255, 255][..]));
+        assert_eq!((text_frame_header(65_536, &mut h), &h[..10]), (10, &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0][..]));
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_gets_a_message_written_straight_to_its_socket() {
+        let (tcp, mut client) = pair().await;
+        let metrics = Arc::new(Metrics::default());
+        let o = Outbox::new(10, 10_000);
+        // The test keeps `tcp` (as the session's socket would), so the connection stays open.
+        o.attach(tcp.clone(), metrics.clone());
+        let p = policy(BackpressurePolicy::Disconnect);
+        assert_eq!(o.push_message_alt(f("m1"), &ch(), at(1), p, None, None), Pushed::Queued { dropped: 0 });
+        assert_eq!(o.pending(), Pending::Nothing, "nothing queued for the session");
+        assert_eq!(read_n(&mut client, 4).await, frame("m1"));
+        assert_eq!(metrics.client_writes.load(Ordering::Relaxed), 1);
+        // Closed or detached: nothing more is written, or queued.
+        o.detach();
+        assert_eq!(o.push_message_alt(f("m2"), &ch(), at(2), p, None, None), Pushed::Closed);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(nothing_to_read(&client));
+    }
+
+    #[tokio::test]
+    async fn frames_queued_or_taken_by_the_session_go_before_any_direct_write() {
+        let (tcp, mut client) = pair().await;
+        let o = Outbox::new(10, 10_000);
+        o.attach(tcp, Arc::new(Metrics::default()));
+        let p = policy(BackpressurePolicy::Disconnect);
+        o.push(f("reply"));
+        // Queued behind the reply.
+        o.push_message_alt(f("m1"), &ch(), at(1), p, None, None);
+        let mut batch = Vec::new();
+        o.drain(&mut batch);
+        assert_eq!(batch, [f("reply"), f("m1")]);
+        // The session holds the batch: m2 waits in the queue, though the queue was empty.
+        o.push_message_alt(f("m2"), &ch(), at(2), p, None, None);
+        assert_eq!(o.pending(), Pending::Pushes);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(nothing_to_read(&client), "m2 was written before the session's batch");
+        o.written();
+        // m2 is still queued, so m3 queues behind it.
+        o.push_message_alt(f("m3"), &ch(), at(3), p, None, None);
+        o.drain(&mut batch);
+        assert_eq!(batch[2..], [f("m2"), f("m3")]);
+        o.written();
+        // Only now, with nothing queued or held, does a message go out directly.
+        o.push_message_alt(f("m4"), &ch(), at(4), p, None, None);
+        assert_eq!(o.pending(), Pending::Nothing);
+        assert_eq!(read_n(&mut client, 4).await, frame("m4"));
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_short_direct_write_goes_out_first_through_the_session() {
+        use tokio::io::AsyncWriteExt as _;
+        let (tcp, mut client) = pair().await;
+        socket2::SockRef::from(&*tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
+        let o = Arc::new(Outbox::new(10, 10_000_000));
+        o.attach(tcp.clone(), Arc::new(Metrics::default()));
+        let p = MessagePolicy {
+            policy: BackpressurePolicy::Disconnect,
+            bounds: Bounds { messages: 10, bytes: 10_000_000 },
+        };
+        // Far more than the socket takes at once: part is written, the rest kept.
+        let big = "x".repeat(4 << 20);
+        assert_eq!(o.push_message_alt(f(&big), &ch(), at(1), p, None, None), Pushed::Queued { dropped: 0 });
+        assert_eq!(o.pending(), Pending::Pushes, "the session must write the rest");
+        // Behind the rest, so queued.
+        o.push_message_alt(f("m2"), &ch(), at(2), p, None, None);
+        let reader = tokio::spawn(async move {
+            let want = frame(&"x".repeat(4 << 20)).len() + 4;
+            read_n_slow(&mut client, want).await
+        });
+        // The session: drain, write through its socket (what is unsent first), flush.
+        let mut session = crate::socket::Socket::new(tcp, bytes::Bytes::new(), o.clone());
+        let mut batch = Vec::new();
+        o.drain(&mut batch);
+        assert_eq!(batch, [f("m2")]);
+        session.write_all(&frame("m2")).await.unwrap_or_else(|e| panic!("{e}"));
+        session.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        o.written();
+        let got = reader.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(got == [frame(&big), frame("m2")].concat(), "the stream is not the big frame then m2");
+        assert_eq!(o.pending(), Pending::Nothing);
+    }
+
+    async fn read_n_slow(c: &mut TcpStream, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0; n];
+        tokio::time::timeout(std::time::Duration::from_secs(10), c.read_exact(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{n} bytes did not arrive"))
+            .unwrap_or_else(|e| panic!("read: {e}"));
+        buf
     }
 }

@@ -4,9 +4,11 @@
 //! and pushes from the [`Outbox`]), the next client frame, and one timer for the
 //! heartbeat deadline, the ping tick, the `expiring` notice and the auth deadline
 //! (connect timeout, then token expiry), handled in that order when several are due.
-//! Reads and writes happen in this one task; producers elsewhere only push into the
-//! outbox. With `limits.min_write_interval`, pushes queued less than the interval after
-//! the last write wait for its end and go out together; replies and closes never wait.
+//! Reads and writes happen in this one task; producers elsewhere push into the outbox,
+//! or, when the connection has nothing queued or in flight, write a message straight to
+//! its socket ([`crate::outbox`], "Direct writes"; [`run_tcp`]). With
+//! `limits.min_write_interval`, pushes queued less than the interval after the last
+//! write wait for its end and go out together; replies and closes never wait.
 //!
 //! Most connections are idle most of the time, so what an idle session holds is kept
 //! small (docs/benchmarks.md, "Idle memory"): its future holds the WebSocket once and one
@@ -26,6 +28,8 @@ use crate::lazy_read::LazyRead;
 use crate::metrics::Source;
 use crate::node::Node;
 use crate::outbox::{Outbox, Pending, Pushed};
+use crate::socket::Socket;
+use bytes::Bytes;
 use futures_util::stream::FusedStream;
 use futures_util::{SinkExt, StreamExt};
 use ringcast_core::{ChannelName, ConnId, NamespaceOptions, Pattern, TokenBucket};
@@ -45,6 +49,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -110,6 +115,43 @@ pub fn run<S>(node: Arc<Node>, io: S, conn: ConnId, encoding: Encoding) -> impl 
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let outbox = new_outbox(&node);
+    run_with(node, outbox, io, conn, encoding)
+}
+
+/// [`run`] on a client's TCP socket (as hyper upgraded it, with the bytes it read past
+/// the request): a JSON session that does not coalesce its writes lets producers write
+/// messages straight to the socket while nothing else is queued or in flight.
+pub fn run_tcp(
+    node: Arc<Node>,
+    tcp: TcpStream,
+    early: Bytes,
+    conn: ConnId,
+    encoding: Encoding,
+) -> impl Future<Output = ()> {
+    let outbox = new_outbox(&node);
+    let tcp = Arc::new(tcp);
+    if encoding == Encoding::Json && node.config.limits.min_write_interval.is_zero() {
+        outbox.attach(tcp.clone(), node.metrics.clone());
+    }
+    let socket = Socket::new(tcp, early, outbox.clone());
+    run_with(node, outbox, socket, conn, encoding)
+}
+
+fn new_outbox(node: &Node) -> Arc<Outbox> {
+    Arc::new(Outbox::new(node.config.limits.send_queue_messages, node.config.limits.send_queue_bytes))
+}
+
+fn run_with<S>(
+    node: Arc<Node>,
+    outbox: Arc<Outbox>,
+    io: S,
+    conn: ConnId,
+    encoding: Encoding,
+) -> impl Future<Output = ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     // A debug span: every event it labels is debug-level, and an enabled span costs each
     // connection about 340 bytes in the subscriber's registry.
     let span = debug_span!("session", conn = conn.0);
@@ -119,7 +161,7 @@ where
         node.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         let limits = &node.config.limits;
         let mut s = Session {
-            outbox: Arc::new(Outbox::new(limits.send_queue_messages, limits.send_queue_bytes)),
+            outbox,
             bucket: TokenBucket::new(limits.commands_per_second, limits.command_burst, node.now()),
             identity: None,
             subscriptions: HashSet::new(),
@@ -132,6 +174,8 @@ where
             conn,
         };
         let code = s.run(ws).await;
+        // Producers that still hold the outbox write nothing more to the socket.
+        s.outbox.detach();
         debug!(close = code.map(|c| c.code()), "session ended");
         // Patterns first, so leaving a channel does not fall back to a pattern's copy.
         for pattern in std::mem::take(&mut s.patterns) {
@@ -336,7 +380,8 @@ impl Session {
     {
         let mut batch = Vec::new();
         let close = self.outbox.drain(&mut batch);
-        if !batch.is_empty() {
+        let wrote = !batch.is_empty();
+        if wrote {
             for frame in batch.drain(..) {
                 let message = match self.encoding {
                     Encoding::Json => Message::Text(frame),
@@ -351,9 +396,13 @@ impl Session {
                 };
                 ws.feed(message).await?;
             }
-            ws.flush().await?;
+        }
+        // Also what a short direct write left over.
+        ws.flush().await?;
+        if wrote {
             self.node.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
         }
+        self.outbox.written();
         Ok(close)
     }
 

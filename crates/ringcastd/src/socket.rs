@@ -1,0 +1,73 @@
+//! A client's TCP socket, shared by its session and the producers of its frames.
+//!
+//! The session reads the socket and writes through tungstenite as before; the producers
+//! (the hub's fan-out) write a message frame straight to the socket when the connection
+//! has nothing else queued or in flight ([`Outbox`], "Direct writes"), which spares the
+//! session a wake-up per delivery. Both sides write through the outbox's lock, and no
+//! side leaves part of a frame on the socket: what a short write leaves over is kept in
+//! the outbox and written before anything else, so the stream stays a sequence of whole
+//! frames.
+
+use crate::outbox::Outbox;
+use bytes::{Buf as _, Bytes};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The session's side of a client socket (see the module docs).
+#[derive(Debug)]
+pub struct Socket {
+    tcp: Arc<TcpStream>,
+    /// What hyper read past the upgrade request: the client's first frames.
+    early: Bytes,
+    outbox: Arc<Outbox>,
+}
+
+impl Socket {
+    #[must_use]
+    pub fn new(tcp: Arc<TcpStream>, early: Bytes, outbox: Arc<Outbox>) -> Socket {
+        Socket { tcp, early, outbox }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.early.is_empty() {
+            let n = this.early.len().min(buf.remaining());
+            buf.put_slice(&this.early[..n]);
+            this.early.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(this.tcp.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match this.tcp.try_read(unfilled) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.outbox.poll_write(cx, &self.tcp, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.outbox.poll_flush(cx, &self.tcp)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.outbox.poll_flush(cx, &self.tcp))?;
+        Poll::Ready(socket2::SockRef::from(&*self.tcp).shutdown(std::net::Shutdown::Write))
+    }
+}
