@@ -270,3 +270,43 @@ async fn pushes_within_the_write_interval_go_out_together_and_replies_do_not_wai
     ensure!(took < 5 * INTERVAL, "20 acknowledged publishes took {took:?}");
     Ok(())
 }
+
+/// Direct writes (`limits.direct_writes`): an idle subscriber's messages are written by
+/// the fan-out itself, and interleaved with the connection's own replies they still
+/// arrive complete and in order; off (the default), every write is the session's.
+#[tokio::test]
+async fn direct_writes_keep_order_with_replies_and_can_be_switched_off() -> Result<()> {
+    for direct in [true, false] {
+        let config = if direct { "\n[limits]\ndirect_writes = true\n" } else { "" };
+        let node = Ringcastd::start(&base_config(config))?;
+        let url = node.ws_url();
+        let (mut a, _) = WsClient::connect(&url, None).await?;
+        let (mut b, _) = WsClient::connect(&url, None).await?;
+        a.subscribe("chat:direct", None).await?;
+        b.subscribe("chat:direct", None).await?;
+        ensure!(node.metric("ringcast_saturated").await? == 0.0, "an idle node is not saturated");
+        let before = node.metric("ringcast_client_direct_writes_total").await?;
+        // HTTP publishes, with `a` publishing too: its acks and its own messages share
+        // its connection with everything else.
+        let mut published = 0;
+        for round in 0..10 {
+            publish_n(&node, "chat:direct", round * 3, 2).await?;
+            let ack = a.publish("chat:direct", json!({"from": "a", "round": round})).await?;
+            assert_eq!(ack["type"], "ack", "{ack}");
+            published += 3;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (who, c) in [("a", &mut a), ("b", &mut b)] {
+            let got = c.messages(published).await?;
+            assert_eq!(offsets(&got), (1..=published as u64).collect::<Vec<u64>>(), "{who}, direct {direct}");
+        }
+        let written = node.metric("ringcast_client_direct_writes_total").await? - before;
+        if direct {
+            // 60 deliveries to idle connections, 20 ms apart in rounds: most go direct.
+            ensure!(written >= 20.0, "only {written} direct writes for 60 deliveries");
+        } else {
+            ensure!(written == 0.0, "{written} direct writes without direct_writes");
+        }
+    }
+    Ok(())
+}

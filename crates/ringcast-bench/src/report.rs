@@ -18,6 +18,9 @@ pub const CPU_TARGET_RATIO_10K: f64 = 1.0;
 /// The configuration label of ringcast runs with `limits.min_write_interval` set
 /// (`scripts/bench`, `WRITE_INTERVAL`), followed by the interval.
 pub const COALESCED_CONFIG_PREFIX: &str = "1 thread, min_write_interval ";
+/// The configuration label of ringcast runs with `limits.direct_writes` (`scripts/bench`,
+/// `DIRECT`).
+pub const DIRECT_CONFIG: &str = "1 thread, direct writes";
 /// Workload (g): the configuration labels of the cluster and the single-node runs.
 pub const CLUSTER_CONFIG: &str = "2 nodes";
 pub const SINGLE_NODE_CONFIG: &str = "1 node";
@@ -215,38 +218,7 @@ fn targets(rows: &[Row]) -> Vec<Target> {
     });
 
     // 3. Fan-out completion p99, one publish to the most subscribers measured.
-    let burst = rows
-        .iter()
-        .filter(|r| r.system == System::Ringcast && r.workload == "b" && comparable(r) && r.valid)
-        // The most subscribers, then the lowest publish rate: one publish in isolation.
-        .max_by_key(|r| (r.subscribers, std::cmp::Reverse((r.rate * 1000.0) as u64)));
-    let peer_burst = |r: &Row| {
-        rows.iter()
-            .filter(|p| {
-                p.system != System::Ringcast
-                    && p.workload == "b"
-                    && comparable(p)
-                    && p.valid
-                    && p.subscribers == r.subscribers
-                    && p.rate == r.rate
-            })
-            .map(|p| p.completion_p99_us)
-            .min()
-    };
-    out.push(match burst {
-        Some(r) => Target {
-            name: format!("fan-out p99 for one publish to {} subscribers <= 100 ms (1 worker thread)", r.subscribers),
-            measured: format!(
-                "{:.1} ms at {} publish/s (better peer in the same run: {})",
-                r.completion_p99_us as f64 / 1000.0,
-                r.rate,
-                peer_burst(r).map_or_else(|| "–".into(), |p| format!("{:.1} ms", p as f64 / 1000.0))
-            ),
-            ratio: Some(r.completion_p99_us as f64 / SLO_P99_US as f64),
-            met: Some(r.completion_p99_us <= SLO_P99_US && r.subscribers >= 15_000),
-        },
-        None => Target { name: "fan-out p99 to 15k".into(), measured: "not measured".into(), ratio: None, met: None },
-    });
+    out.push(burst_target(rows, "1 thread"));
 
     // 4. Capacity at SLO in (a): highest achieved deliveries/s with p99 <= 100 ms.
     let capacity = |s: System| {
@@ -301,7 +273,59 @@ fn targets(rows: &[Row]) -> Vec<Target> {
     for config in coalesced {
         out.push(cpu_target(rows, 1000, 1000.0, CPU_TARGET_RATIO, config));
     }
+
+    // 8. Targets 5 and 3 with direct writes, when measured.
+    if rows.iter().any(|r| r.system == System::Ringcast && r.config == DIRECT_CONFIG) {
+        out.push(cpu_target(rows, 10_000, 10.0, CPU_TARGET_RATIO_10K, DIRECT_CONFIG));
+        out.push(burst_target(rows, DIRECT_CONFIG));
+    }
     out
+}
+
+/// Target 3 for ringcast in `rc_config`: fan-out completion p99 of one publish to the
+/// most subscribers measured, against the better peer's ("1 thread") at the same point.
+fn burst_target(rows: &[Row], rc_config: &str) -> Target {
+    let burst = rows
+        .iter()
+        .filter(|r| r.system == System::Ringcast && r.workload == "b" && comparable_in(r, rc_config) && r.valid)
+        // The most subscribers, then the lowest publish rate: one publish in isolation.
+        .max_by_key(|r| (r.subscribers, std::cmp::Reverse((r.rate * 1000.0) as u64)));
+    let peer_burst = |r: &Row| {
+        rows.iter()
+            .filter(|p| {
+                p.system != System::Ringcast
+                    && p.workload == "b"
+                    && comparable(p)
+                    && p.valid
+                    && p.subscribers == r.subscribers
+                    && p.rate == r.rate
+            })
+            .map(|p| p.completion_p99_us)
+            .min()
+    };
+    let suffix = if rc_config == "1 thread" { String::new() } else { format!(", ringcast {rc_config}") };
+    match burst {
+        Some(r) => Target {
+            name: format!(
+                "fan-out p99 for one publish to {} subscribers <= 100 ms (1 worker thread{suffix})",
+                r.subscribers
+            ),
+            measured: format!(
+                "{:.1} ms at {} publish/s (better peer in the same run: {})",
+                r.completion_p99_us as f64 / 1000.0,
+                r.rate,
+                peer_burst(r).map_or_else(|| "–".into(), |p| format!("{:.1} ms", p as f64 / 1000.0))
+            ),
+            ratio: Some(r.completion_p99_us as f64 / SLO_P99_US as f64),
+            met: Some(r.completion_p99_us <= SLO_P99_US && r.subscribers >= 15_000),
+        },
+        None => Target {
+            name: format!("fan-out p99 to 15k{suffix}"),
+            measured: "not measured".into(),
+            ratio: None,
+            met: None,
+        },
+    }
 }
 
 /// Workload (g) at the cluster's lowest publish rate: the p99 of [`CLUSTER_CONFIG`]
@@ -708,6 +732,35 @@ mod tests {
         assert!(t.name.contains("min_write_interval 20ms"), "{}", t.name);
         assert!(t.ratio.is_some_and(|r| (r - 0.7).abs() < 1e-9));
         assert_eq!(t.met, Some(true));
+    }
+
+    #[test]
+    fn direct_write_runs_get_the_10k_cpu_and_the_burst_targets_against_the_default_peers() {
+        let run = |system: System, config: &str, workload: &str, subs: usize, rate: f64, cpu: f64, compl: u64| {
+            let mut o = outcome(system, rate, cpu, 1);
+            o.spec.config = config.into();
+            o.spec.workload = workload.into();
+            o.spec.subscribers = subs;
+            o.completion_us.p99 = compl;
+            o
+        };
+        let plain = summarise(&[run(System::Ringcast, "1 thread", "a", 10_000, 10.0, 9.9, 0)]);
+        assert_eq!(plain.targets.len(), 6, "no direct-write runs, no targets for them");
+        let s = summarise(&[
+            run(System::Ringcast, "1 thread", "a", 10_000, 10.0, 9.9, 0),
+            run(System::Ringcast, DIRECT_CONFIG, "a", 10_000, 10.0, 6.8, 0),
+            run(System::Redis, "1 thread", "a", 10_000, 10.0, 8.0, 0),
+            run(System::Ringcast, DIRECT_CONFIG, "b", 15_000, 1.0, 9.0, 150_000),
+            run(System::Nats, "1 thread", "b", 15_000, 1.0, 9.0, 200_000),
+        ]);
+        let cpu = s.targets.iter().find(|t| t.name.contains("10k") && t.name.contains(DIRECT_CONFIG));
+        let cpu = cpu.unwrap_or_else(|| panic!("no direct 10k target: {:?}", s.targets));
+        assert!(cpu.ratio.is_some_and(|r| (r - 6.8 / 8.0).abs() < 1e-9), "{cpu:?}");
+        assert_eq!(cpu.met, Some(true));
+        let burst = s.targets.last().unwrap_or_else(|| panic!("no targets"));
+        assert!(burst.name.contains(DIRECT_CONFIG), "{burst:?}");
+        assert!(burst.measured.contains("150.0 ms") && burst.measured.contains("200.0 ms"), "{burst:?}");
+        assert_eq!(burst.met, Some(false));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::hooks::{CallResult, Hook};
 use ringcast_core::BackpressurePolicy;
 use ringcast_proto::{CloseCode, ErrorCode};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the publish latency histogram buckets.
@@ -38,9 +38,15 @@ pub struct Metrics {
     /// Publishes in `delta` namespaces whose message got a delta form (a merge patch).
     pub deltas: AtomicU64,
     pub deliveries: AtomicU64,
-    /// Batches written to client sockets (one `write` of everything queued; compare
-    /// with `deliveries` for how well writes coalesce, `limits.min_write_interval`).
+    /// Writes to client sockets: a session's batch (one `write` of everything queued) or
+    /// a producer's direct write of one message; compare with `deliveries` for how well
+    /// writes coalesce (`limits.min_write_interval`).
     pub client_writes: AtomicU64,
+    /// Of `client_writes`, the producers' direct writes (`outbox`, "Direct writes").
+    pub client_direct_writes: AtomicU64,
+    /// The node is saturated and the sessions' batching pays (`saturation`): producers
+    /// leave writes to the sessions.
+    pub saturated: AtomicBool,
     /// Connections closed 4008 because their queue overflowed (`disconnect`).
     pub slow_consumer_drops: AtomicU64,
     /// Messages dropped from connections' queues under `drop_oldest` and `drop_newest`.
@@ -165,6 +171,12 @@ impl Metrics {
         gauge(&mut o, "ringcast_channels", "Channels with state on this node.", self.channels.load(Relaxed));
         gauge(
             &mut o,
+            "ringcast_saturated",
+            "1 while the node is saturated and its sessions' batched writes are the cheaper path: no direct writes.",
+            i64::from(self.saturated.load(Relaxed)),
+        );
+        gauge(
+            &mut o,
             "ringcast_pattern_subscriptions",
             "Pattern subscriptions (psubscribe) of this node's connections.",
             self.pattern_subscriptions.load(Relaxed),
@@ -218,8 +230,14 @@ impl Metrics {
         counter(
             &mut o,
             "ringcast_client_writes_total",
-            "Batches written to client connections (each is one socket write of everything queued).",
+            "Writes to client connections: a session's batch (one socket write of everything queued) or a direct write of one message.",
             self.client_writes.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_client_direct_writes_total",
+            "Messages written straight to an idle connection's socket by the fan-out (also counted in ringcast_client_writes_total).",
+            self.client_direct_writes.load(Relaxed),
         );
         let _ = writeln!(
             o,

@@ -17,13 +17,16 @@
 //!
 //! # Direct writes
 //!
-//! A message for a connection that has nothing queued and nothing in flight is written
-//! by its producer straight to the socket ([`Outbox::attach`], [`crate::socket`]): one
+//! With `limits.direct_writes` (off by default), a message for a connection that has
+//! nothing queued and nothing in flight is written by its producer straight to the
+//! socket ([`Outbox::attach`], [`crate::socket`]): one
 //! non-blocking `writev` of the frame's header and its shared bytes, and no wake-up of
 //! the session, which is most of what a delivery costs the node in user space. Anything
 //! else takes the queue as before: a socket that would block, a connection whose session
 //! holds frames it took from the queue or has written through tungstenite without
-//! flushing yet (`writing`), a channel the queue tracks for deltas, a close. What a short
+//! flushing yet (`writing`), a channel the queue tracks for deltas, a close, and a
+//! saturated node whose sessions batch ([`crate::saturation`]: there their batching is
+//! the cheaper path). What a short
 //! direct write leaves over (`unsent`) is written by the session before anything else, so
 //! the socket only ever carries whole frames in order. Sessions that speak MessagePack or
 //! coalesce their writes (`limits.min_write_interval`) are not attached.
@@ -144,7 +147,12 @@ impl Outbox {
     /// socket took part of it, so the session must be woken to write the rest.
     fn write_direct(s: &mut State, frame: &Utf8Bytes, channel: &ChannelName) -> Option<bool> {
         let d = s.direct.as_ref()?;
-        if s.writing || !s.unsent.is_empty() || !s.queue.is_empty() || s.queue.tracks(channel) {
+        if s.writing
+            || !s.unsent.is_empty()
+            || !s.queue.is_empty()
+            || s.queue.tracks(channel)
+            || d.metrics.saturated.load(Ordering::Relaxed)
+        {
             return None;
         }
         let mut header = [0u8; 10];
@@ -156,6 +164,7 @@ impl Outbox {
             Ok(n) => n,
         };
         d.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
+        d.metrics.client_direct_writes.fetch_add(1, Ordering::Relaxed);
         if n == h + body.len() {
             return Some(false);
         }

@@ -5,8 +5,9 @@
 //! heartbeat deadline, the ping tick, the `expiring` notice and the auth deadline
 //! (connect timeout, then token expiry), handled in that order when several are due.
 //! Reads and writes happen in this one task; producers elsewhere push into the outbox,
-//! or, when the connection has nothing queued or in flight, write a message straight to
-//! its socket ([`crate::outbox`], "Direct writes"; [`run_tcp`]). With
+//! or, with `limits.direct_writes` and nothing queued or in flight for the connection,
+//! write a message straight to its socket ([`crate::outbox`], "Direct writes";
+//! [`run_tcp`]). With
 //! `limits.min_write_interval`, pushes queued less than the interval after the last
 //! write wait for its end and go out together; replies and closes never wait.
 //!
@@ -121,7 +122,8 @@ where
 
 /// [`run`] on a client's TCP socket (as hyper upgraded it, with the bytes it read past
 /// the request): a JSON session that does not coalesce its writes lets producers write
-/// messages straight to the socket while nothing else is queued or in flight.
+/// messages straight to the socket while nothing else is queued or in flight
+/// (`limits.direct_writes`).
 pub fn run_tcp(
     node: Arc<Node>,
     tcp: TcpStream,
@@ -131,7 +133,8 @@ pub fn run_tcp(
 ) -> impl Future<Output = ()> {
     let outbox = new_outbox(&node);
     let tcp = Arc::new(tcp);
-    if encoding == Encoding::Json && node.config.limits.min_write_interval.is_zero() {
+    let limits = &node.config.limits;
+    if limits.direct_writes && encoding == Encoding::Json && limits.min_write_interval.is_zero() {
         outbox.attach(tcp.clone(), node.metrics.clone());
     }
     let socket = Socket::new(tcp, early, outbox.clone());
