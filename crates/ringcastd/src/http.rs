@@ -702,19 +702,31 @@ async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Res
     let permit = req.extensions().get::<ConnPermit>().cloned();
     let conn = node.next_conn_id();
     let session_node = node.clone();
-    node.tracker.spawn(async move {
-        let _permit = permit;
-        match on_upgrade.await {
-            // The listener serves plain TCP, so the upgraded connection is that socket.
-            Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-                Ok(parts) => {
-                    session::run_tcp(session_node, parts.io.into_inner(), parts.read_buf, conn, encoding).await
-                }
-                Err(upgraded) => session::run(session_node, TokioIo::new(upgraded), conn, encoding).await,
-            },
-            Err(e) => debug!(error = %e, "upgrade failed"),
-        }
-    });
+    // Two tasks, so that a session without direct writes is not sized for the other kind.
+    if session::direct_writes(&node, encoding) {
+        node.tracker.spawn(async move {
+            let _permit = permit;
+            match on_upgrade.await {
+                // The session and the fan-out share the socket; the listener serves plain
+                // TCP, so the upgraded connection is that socket.
+                Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                    Ok(parts) => {
+                        session::run_tcp(session_node, parts.io.into_inner(), parts.read_buf, conn, encoding).await;
+                    }
+                    Err(upgraded) => session::run(session_node, TokioIo::new(upgraded), conn, encoding).await,
+                },
+                Err(e) => debug!(error = %e, "upgrade failed"),
+            }
+        });
+    } else {
+        node.tracker.spawn(async move {
+            let _permit = permit;
+            match on_upgrade.await {
+                Ok(upgraded) => session::run(session_node, TokioIo::new(upgraded), conn, encoding).await,
+                Err(e) => debug!(error = %e, "upgrade failed"),
+            }
+        });
+    }
     let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")

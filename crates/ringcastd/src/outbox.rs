@@ -52,19 +52,26 @@ pub use ringcast_core::send_queue::Pushed;
 struct State {
     queue: SendQueue<Utf8Bytes>,
     close: Option<CloseCode>,
-    /// The socket producers may write to directly (see the module docs).
-    direct: Option<Direct>,
+    /// The socket producers may write to directly (see the module docs); boxed, so an
+    /// outbox without it costs one pointer.
+    direct: Option<Box<Direct>>,
     /// The session took frames from the queue, or wrote through tungstenite, and has not
     /// flushed everything since: nothing may be written directly before those bytes.
     writing: bool,
-    /// The rest of a short direct write, written before anything else.
-    unsent: Vec<u8>,
 }
 
 #[derive(Debug)]
 struct Direct {
     tcp: Arc<TcpStream>,
     metrics: Arc<Metrics>,
+    /// The rest of a short direct write, written before anything else.
+    unsent: Vec<u8>,
+}
+
+impl State {
+    fn has_unsent(&self) -> bool {
+        self.direct.as_ref().is_some_and(|d| !d.unsent.is_empty())
+    }
 }
 
 /// The header of an unmasked, final WebSocket text frame of `len` bytes (RFC 6455 §5.2,
@@ -116,7 +123,6 @@ impl Outbox {
                 close: None,
                 direct: None,
                 writing: false,
-                unsent: Vec::new(),
             }),
             notify: Notify::new(),
             overflow: Notify::new(),
@@ -132,7 +138,7 @@ impl Outbox {
     /// Lets producers write message frames straight to `tcp` (the session's socket) while
     /// nothing else is queued or in flight; counts those writes in `metrics`.
     pub fn attach(&self, tcp: Arc<TcpStream>, metrics: Arc<Metrics>) {
-        self.lock().direct = Some(Direct { tcp, metrics });
+        self.lock().direct = Some(Box::new(Direct { tcp, metrics, unsent: Vec::new() }));
     }
 
     /// The session is over: no more direct writes, and nothing more is queued.
@@ -146,13 +152,11 @@ impl Outbox {
     /// (see the module docs). `None`: it must be queued. `Some(true)`: written, but the
     /// socket took part of it, so the session must be woken to write the rest.
     fn write_direct(s: &mut State, frame: &Utf8Bytes, channel: &ChannelName) -> Option<bool> {
-        let d = s.direct.as_ref()?;
-        if s.writing
-            || !s.unsent.is_empty()
-            || !s.queue.is_empty()
-            || s.queue.tracks(channel)
-            || d.metrics.saturated.load(Ordering::Relaxed)
-        {
+        if s.direct.is_none() || s.writing || s.has_unsent() || !s.queue.is_empty() || s.queue.tracks(channel) {
+            return None;
+        }
+        let d = s.direct.as_mut()?;
+        if d.metrics.saturated.load(Ordering::Relaxed) {
             return None;
         }
         let mut header = [0u8; 10];
@@ -169,9 +173,9 @@ impl Outbox {
             return Some(false);
         }
         if n < h {
-            s.unsent.extend_from_slice(&header[n..h]);
+            d.unsent.extend_from_slice(&header[n..h]);
         }
-        s.unsent.extend_from_slice(&body[n.saturating_sub(h)..]);
+        d.unsent.extend_from_slice(&body[n.saturating_sub(h)..]);
         Some(true)
     }
 
@@ -197,17 +201,18 @@ impl Outbox {
     }
 
     fn poll_unsent(s: &mut State, cx: &mut Context<'_>, tcp: &TcpStream) -> Poll<io::Result<()>> {
-        while !s.unsent.is_empty() {
-            match tcp.try_write(&s.unsent) {
+        let Some(d) = s.direct.as_mut() else { return Poll::Ready(Ok(())) };
+        while !d.unsent.is_empty() {
+            match tcp.try_write(&d.unsent) {
                 Ok(n) => {
-                    s.unsent.drain(..n);
+                    d.unsent.drain(..n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(tcp.poll_write_ready(cx))?,
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        if s.unsent.capacity() > 0 {
-            s.unsent = Vec::new();
+        if d.unsent.capacity() > 0 {
+            d.unsent = Vec::new();
         }
         Poll::Ready(Ok(()))
     }
@@ -215,7 +220,7 @@ impl Outbox {
     /// The session flushed everything it took and wrote: direct writes may resume.
     pub fn written(&self) {
         let mut s = self.lock();
-        if s.unsent.is_empty() {
+        if !s.has_unsent() {
             s.writing = false;
         }
     }
@@ -404,7 +409,7 @@ impl Outbox {
             Pending::Close
         } else if s.queue.holds_reply() {
             Pending::Reply
-        } else if s.queue.is_empty() && s.unsent.is_empty() {
+        } else if s.queue.is_empty() && !s.has_unsent() {
             Pending::Nothing
         } else {
             Pending::Pushes
@@ -623,7 +628,7 @@ mod tests {
             read_n_slow(&mut client, want).await
         });
         // The session: drain, write through its socket (what is unsent first), flush.
-        let mut session = crate::socket::Socket::new(tcp, bytes::Bytes::new(), o.clone());
+        let mut session = crate::socket::Socket::new(tcp, &[], o.clone());
         let mut batch = Vec::new();
         o.drain(&mut batch);
         assert_eq!(batch, [f("m2")]);

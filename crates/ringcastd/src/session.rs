@@ -120,10 +120,19 @@ where
     run_with(node, outbox, io, conn, encoding)
 }
 
+/// Whether a session of `encoding` lets producers write to its socket: with
+/// `limits.direct_writes`, for JSON sessions that do not coalesce their writes.
+#[must_use]
+pub fn direct_writes(node: &Node, encoding: Encoding) -> bool {
+    let limits = &node.config.limits;
+    limits.direct_writes && encoding == Encoding::Json && limits.min_write_interval.is_zero()
+}
+
 /// [`run`] on a client's TCP socket (as hyper upgraded it, with the bytes it read past
-/// the request): a JSON session that does not coalesce its writes lets producers write
-/// messages straight to the socket while nothing else is queued or in flight
-/// (`limits.direct_writes`).
+/// the request), letting producers write messages straight to the socket while nothing
+/// else is queued or in flight ([`direct_writes`] decides whether to call it). The
+/// socket costs a connection a little more memory than hyper's upgraded stream, so
+/// sessions without direct writes use [`run`].
 pub fn run_tcp(
     node: Arc<Node>,
     tcp: TcpStream,
@@ -133,11 +142,9 @@ pub fn run_tcp(
 ) -> impl Future<Output = ()> {
     let outbox = new_outbox(&node);
     let tcp = Arc::new(tcp);
-    let limits = &node.config.limits;
-    if limits.direct_writes && encoding == Encoding::Json && limits.min_write_interval.is_zero() {
-        outbox.attach(tcp.clone(), node.metrics.clone());
-    }
-    let socket = Socket::new(tcp, early, outbox.clone());
+    outbox.attach(tcp.clone(), node.metrics.clone());
+    let socket = Socket::new(tcp, &early, outbox.clone());
+    drop(early);
     run_with(node, outbox, socket, conn, encoding)
 }
 
@@ -383,8 +390,7 @@ impl Session {
     {
         let mut batch = Vec::new();
         let close = self.outbox.drain(&mut batch);
-        let wrote = !batch.is_empty();
-        if wrote {
+        if !batch.is_empty() {
             for frame in batch.drain(..) {
                 let message = match self.encoding {
                     Encoding::Json => Message::Text(frame),
@@ -399,12 +405,10 @@ impl Session {
                 };
                 ws.feed(message).await?;
             }
+            self.node.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
         }
         // Also what a short direct write left over.
         ws.flush().await?;
-        if wrote {
-            self.node.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
-        }
         self.outbox.written();
         Ok(close)
     }
@@ -1091,7 +1095,7 @@ mod tests {
         let (io, _client) = tokio::io::duplex(64);
         let future = run(node, io, ConnId(1), Encoding::Json);
         let size = std::mem::size_of_val(&future);
-        // 1,904 bytes with rustc 1.95, tokio 1.54 and tungstenite 0.30; the whole task
+        // 2,016 bytes with rustc 1.95, tokio 1.54 and tungstenite 0.30; the whole task
         // of a session was 4,352 bytes (heaptrack) while a command's future was inline
         // and the WebSocket was passed down by value.
         assert!(size <= MAX_IDLE_SESSION_FUTURE_BYTES, "the session future is {size} bytes");

@@ -27,9 +27,11 @@ pub struct Socket {
 }
 
 impl Socket {
+    /// `early` is copied out: as hyper hands it over, it is a view of hyper's whole
+    /// read buffer (kilobytes), which it would keep alive for the connection's life.
     #[must_use]
-    pub fn new(tcp: Arc<TcpStream>, early: Bytes, outbox: Arc<Outbox>) -> Socket {
-        Socket { tcp, early, outbox }
+    pub fn new(tcp: Arc<TcpStream>, early: &[u8], outbox: Arc<Outbox>) -> Socket {
+        Socket { tcp, early: Bytes::copy_from_slice(early), outbox }
     }
 }
 
@@ -40,6 +42,9 @@ impl AsyncRead for Socket {
             let n = this.early.len().min(buf.remaining());
             buf.put_slice(&this.early[..n]);
             this.early.advance(n);
+            if this.early.is_empty() {
+                this.early = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         loop {
