@@ -443,10 +443,9 @@ pub fn markdown(summary: &Summary) -> String {
             "### {title}\n\n| System | Config | Subs | Stalled | Pub/s | Payload B | Offered/s | Achieved/s | Server CPU | CPU-s/1M (min–max) | p50 ms | p99 ms | p99.9 ms | max ms | Wire B/deliv | Sends/deliv | Gen CPU | Reps | Valid |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for r in rows {
-            let range = r.cpu_per_million_range.map_or_else(String::new, |(lo, hi)| format!(" ({lo:.2}–{hi:.2})"));
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.0} % | {} | {} | {:.0} | {:.0} | {} | {}{range} | {} | {} | {} | {} | {} | {} | {:.0} % | {} | {} |",
+                "| {} | {} | {} | {:.0} % | {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.0} % | {} | {} |",
                 r.system.name(),
                 r.config,
                 r.subscribers,
@@ -455,12 +454,7 @@ pub fn markdown(summary: &Summary) -> String {
                 r.payload,
                 r.offered,
                 r.achieved,
-                r.server_cpu.map_or_else(|| "–".into(), |c| format!("{:.0} %", c * 100.0)),
-                opt(r.cpu_per_million, 2),
-                ms(r.p50_us),
-                ms(r.p99_us),
-                ms(r.p999_us),
-                ms(r.max_us),
+                load_cells(r),
                 opt(r.wire_bytes, 1),
                 opt(r.sends_per_delivery, 3),
                 r.generator_cpu * 100.0,
@@ -504,11 +498,10 @@ pub fn markdown(summary: &Summary) -> String {
             "### (c) Many channels: every connection on a few of many channels\n\n| System | Config | Conns | Channels each | Channels | Publishing | Pub/s | Offered/s | Achieved/s | Server CPU | CPU-s/1M (min–max) | p50 ms | p99 ms | p99.9 ms | max ms | Wire B/deliv | Gen CPU | Reps | Valid |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for r in rows {
-            let range = r.cpu_per_million_range.map_or_else(String::new, |(lo, hi)| format!(" ({lo:.2}–{hi:.2})"));
             let publishing = if r.zipf > 0.0 { format!("Zipf {}", r.zipf) } else { "uniform".into() };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {publishing} | {} | {:.0} | {:.0} | {} | {}{range} | {} | {} | {} | {} | {} | {:.0} % | {} | {} |",
+                "| {} | {} | {} | {} | {} | {publishing} | {} | {:.0} | {:.0} | {} | {} | {:.0} % | {} | {} |",
                 r.system.name(),
                 r.config,
                 r.subscribers,
@@ -517,12 +510,7 @@ pub fn markdown(summary: &Summary) -> String {
                 r.rate,
                 r.offered,
                 r.achieved,
-                r.server_cpu.map_or_else(|| "–".into(), |c| format!("{:.0} %", c * 100.0)),
-                opt(r.cpu_per_million, 2),
-                ms(r.p50_us),
-                ms(r.p99_us),
-                ms(r.p999_us),
-                ms(r.max_us),
+                load_cells(r),
                 opt(r.wire_bytes, 1),
                 r.generator_cpu * 100.0,
                 r.repetitions,
@@ -559,6 +547,21 @@ pub fn markdown(summary: &Summary) -> String {
         MAX_GENERATOR_CPU * 100.0
     );
     s
+}
+
+/// A load row's server CPU, CPU-s per 1M deliveries (with its range) and latency
+/// quantiles, as table cells.
+fn load_cells(r: &Row) -> String {
+    let range = r.cpu_per_million_range.map_or_else(String::new, |(lo, hi)| format!(" ({lo:.2}–{hi:.2})"));
+    format!(
+        "{} | {}{range} | {} | {} | {} | {}",
+        r.server_cpu.map_or_else(|| "–".into(), |c| format!("{:.0} %", c * 100.0)),
+        opt(r.cpu_per_million, 2),
+        ms(r.p50_us),
+        ms(r.p99_us),
+        ms(r.p999_us),
+        ms(r.max_us),
+    )
 }
 
 /// Draws workload (a): CPU-s per 1M deliveries and p99 latency against offered load.

@@ -141,11 +141,11 @@ impl Outbox {
         self.lock().direct = Some(Box::new(Direct { tcp, metrics, unsent: Vec::new() }));
     }
 
-    /// The session is over: no more direct writes, and nothing more is queued.
+    /// The session is over: no more direct writes. Pushes are still taken (and never
+    /// written) until the session's unsubscribes reach the hub, which then records the
+    /// leaves as usual.
     pub fn detach(&self) {
-        let mut s = self.lock();
-        s.direct = None;
-        s.queue.close();
+        self.lock().direct = None;
     }
 
     /// Writes `frame` to the socket now if the connection has nothing queued or in flight
@@ -534,11 +534,11 @@ mod tests {
         [&h[..n], text.as_bytes()].concat()
     }
 
-    /// Reads exactly `n` bytes from the client's side (at most one second).
-    async fn read_n(c: &mut TcpStream, n: usize) -> Vec<u8> {
+    /// Reads exactly `n` bytes from the client's side, within `secs` seconds.
+    async fn read_n(c: &mut TcpStream, n: usize, secs: u64) -> Vec<u8> {
         use tokio::io::AsyncReadExt as _;
         let mut buf = vec![0; n];
-        tokio::time::timeout(std::time::Duration::from_secs(1), c.read_exact(&mut buf))
+        tokio::time::timeout(std::time::Duration::from_secs(secs), c.read_exact(&mut buf))
             .await
             .unwrap_or_else(|_| panic!("{n} bytes did not arrive"))
             .unwrap_or_else(|e| panic!("read: {e}"));
@@ -568,11 +568,12 @@ mod tests {
         let p = policy(BackpressurePolicy::Disconnect);
         assert_eq!(o.push_message_alt(f("m1"), &ch(), at(1), p, None, None), Pushed::Queued { dropped: 0 });
         assert_eq!(o.pending(), Pending::Nothing, "nothing queued for the session");
-        assert_eq!(read_n(&mut client, 4).await, frame("m1"));
+        assert_eq!(read_n(&mut client, 4, 1).await, frame("m1"));
         assert_eq!(metrics.client_writes.load(Ordering::Relaxed), 1);
-        // Closed or detached: nothing more is written, or queued.
+        // Detached (the session ended): nothing more is written to the socket.
         o.detach();
-        assert_eq!(o.push_message_alt(f("m2"), &ch(), at(2), p, None, None), Pushed::Closed);
+        assert_eq!(o.push_message_alt(f("m2"), &ch(), at(2), p, None, None), Pushed::Queued { dropped: 0 });
+        assert_eq!(o.pending(), Pending::Pushes);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(nothing_to_read(&client));
     }
@@ -603,7 +604,7 @@ mod tests {
         // Only now, with nothing queued or held, does a message go out directly.
         o.push_message_alt(f("m4"), &ch(), at(4), p, None, None);
         assert_eq!(o.pending(), Pending::Nothing);
-        assert_eq!(read_n(&mut client, 4).await, frame("m4"));
+        assert_eq!(read_n(&mut client, 4, 1).await, frame("m4"));
     }
 
     #[tokio::test]
@@ -625,7 +626,7 @@ mod tests {
         o.push_message_alt(f("m2"), &ch(), at(2), p, None, None);
         let reader = tokio::spawn(async move {
             let want = frame(&"x".repeat(4 << 20)).len() + 4;
-            read_n_slow(&mut client, want).await
+            read_n(&mut client, want, 10).await
         });
         // The session: drain, write through its socket (what is unsent first), flush.
         let mut session = crate::socket::Socket::new(tcp, &[], o.clone());
@@ -638,15 +639,5 @@ mod tests {
         let got = reader.await.unwrap_or_else(|e| panic!("{e}"));
         assert!(got == [frame(&big), frame("m2")].concat(), "the stream is not the big frame then m2");
         assert_eq!(o.pending(), Pending::Nothing);
-    }
-
-    async fn read_n_slow(c: &mut TcpStream, n: usize) -> Vec<u8> {
-        use tokio::io::AsyncReadExt as _;
-        let mut buf = vec![0; n];
-        tokio::time::timeout(std::time::Duration::from_secs(10), c.read_exact(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("{n} bytes did not arrive"))
-            .unwrap_or_else(|e| panic!("read: {e}"));
-        buf
     }
 }

@@ -7,9 +7,9 @@
 //! Reads and writes happen in this one task; producers elsewhere push into the outbox,
 //! or, with `limits.direct_writes` and nothing queued or in flight for the connection,
 //! write a message straight to its socket ([`crate::outbox`], "Direct writes";
-//! [`run_tcp`]). With
-//! `limits.min_write_interval`, pushes queued less than the interval after the last
-//! write wait for its end and go out together; replies and closes never wait.
+//! [`run_tcp`]). With `limits.min_write_interval`, pushes queued less than the interval
+//! after the last write wait for its end and go out together; replies and closes never
+//! wait.
 //!
 //! Most connections are idle most of the time, so what an idle session holds is kept
 //! small (docs/benchmarks.md, "Idle memory"): its future holds the WebSocket once and one
