@@ -1003,14 +1003,16 @@ impl Hub {
         Ok(())
     }
 
-    /// Pushes one message to every local subscriber under its policy; removes those
-    /// whose queue overflowed or closed.
+    /// Pushes one message to every local subscriber under its policy.
+    ///
+    /// A subscriber whose queue overflowed (closed 4008) or closed stays in the channel
+    /// and takes nothing more: its session unsubscribes everything it held when it ends,
+    /// and that is where its presence leave and the channel's occupancy are recorded.
     fn fan_out(&self, channel: &ChannelName, st: &mut ChannelState, position: StreamPosition, msg: &Msg) {
         let mut delivered = 0u64;
-        let mut gone: Vec<ConnId> = Vec::new();
         // The keep-latest key, read out of the frame once for the message.
         let mut key: Option<Option<&str>> = None;
-        for (conn, sub) in &mut st.subscribers {
+        for sub in st.subscribers.values_mut() {
             if let Some(at) = sub.caught_up_to.as_deref() {
                 if position.epoch == at.epoch && position.offset <= at.offset {
                     continue;
@@ -1030,14 +1032,8 @@ impl Hub {
                 Pushed::Dropped { dropped } => self.metrics.dropped(sub.policy.policy, dropped),
                 Pushed::Overflow => {
                     self.metrics.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
-                    gone.push(*conn);
                 }
-                Pushed::Closed => gone.push(*conn),
-            }
-        }
-        for conn in gone {
-            if st.subscribers.remove(&conn).is_some() {
-                self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                Pushed::Closed => {}
             }
         }
         self.metrics.deliveries.fetch_add(delivered, Ordering::Relaxed);
@@ -2083,6 +2079,52 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(slow.drain(&mut out), Some(ringcast_proto::CloseCode::SlowConsumer));
         assert_eq!(frames(&fast).len(), 11);
+        assert_eq!(h.info(&c).local_subscribers, 2, "until its session ends");
+        assert!(h.unsubscribe(&c, ConnId(1), Millis(0)).removed);
+        assert_eq!(h.info(&c).local_subscribers, 1);
+    }
+
+    #[test]
+    fn a_member_dropped_as_a_slow_consumer_leaves_when_its_session_ends() {
+        let h = hub();
+        let ns = NamespaceOptions {
+            backpressure: BackpressurePolicy::Disconnect,
+            presence: true,
+            join_leave: true,
+            presence_grace: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let c = ch("chat:slow-member");
+        let watcher = Arc::new(Outbox::new(1000, 1 << 20));
+        let slow = Arc::new(Outbox::new(3, 1 << 20));
+        h.subscribe(
+            &c,
+            &ns,
+            &LocalSubscriber { policy: ns.message_policy(watcher.bounds()), ..member(1, &watcher, "w", true) },
+            Millis(0),
+        )
+        .ok();
+        h.subscribe(
+            &c,
+            &ns,
+            &LocalSubscriber { policy: ns.message_policy(slow.bounds()), ..member(2, &slow, "s", false) },
+            Millis(0),
+        )
+        .ok();
+        for i in 0..10 {
+            publish(&h, &c, &ns, &raw(&i.to_string()), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
+        }
+        let mut out = Vec::new();
+        assert_eq!(slow.drain(&mut out), Some(ringcast_proto::CloseCode::SlowConsumer));
+        frames(&watcher);
+        // The session closes 4008 and unsubscribes what it held, as every session does.
+        assert!(h.unsubscribe(&c, ConnId(2), Millis(10)).removed);
+        h.sweep(Millis(2_000));
+        let left: Vec<_> = frames(&watcher).into_iter().filter(|f| f["type"] == "leave").collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0]["user"], "s");
+        let p = h.presence(&c, 10).map(|v| v.stats);
+        assert_eq!(p, Some(PresenceStats { clients: 1, users: 1 }));
         assert_eq!(h.info(&c).local_subscribers, 1);
     }
 
