@@ -172,7 +172,7 @@ impl Metrics {
         gauge(
             &mut o,
             "ringcast_saturated",
-            "1 while the node is saturated and its sessions' batched writes are the cheaper path: no direct writes.",
+            "With limits.direct_writes: 1 while the node is saturated and its sessions' batched writes are the cheaper path (no direct writes). Always 0 without.",
             i64::from(self.saturated.load(Relaxed)),
         );
         gauge(

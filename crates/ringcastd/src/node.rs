@@ -212,12 +212,14 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
             node.shutdown.cancel();
         });
     }
-    // Direct writes only while they are the cheaper path (crate::saturation).
-    let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    if let Err(e) = crate::saturation::spawn_monitor(node.metrics.clone(), workers, node.shutdown.clone()) {
-        // Without the monitor, the session path: it cannot collapse under overload.
-        node.metrics.saturated.store(true, Ordering::Relaxed);
-        warn!(error = %e, "no saturation monitor thread: direct writes are off");
+    if node.config.limits.direct_writes {
+        // Direct writes only while they are the cheaper path (crate::saturation).
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        if let Err(e) = crate::saturation::spawn_monitor(node.metrics.clone(), workers, node.shutdown.clone()) {
+            // Without the monitor, the session path: it cannot collapse under overload.
+            node.metrics.saturated.store(true, Ordering::Relaxed);
+            warn!(error = %e, "no saturation monitor thread: direct writes are off");
+        }
     }
     if let Some(w) = &node.webhooks {
         // Sends until shutdown, then what is still queued (the tracker's grace bounds it).

@@ -105,6 +105,8 @@ struct Session {
     refresh_notice: Option<(Instant, u64)>,
     /// The frame encoding chosen at the upgrade.
     encoding: Encoding,
+    /// Producers may write to the socket directly ([`run_tcp`]).
+    direct: bool,
 }
 
 /// Runs a session to completion on an upgraded connection, `io`.
@@ -117,7 +119,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let outbox = new_outbox(&node);
-    run_with(node, outbox, io, conn, encoding)
+    run_with(node, outbox, io, conn, encoding, false)
 }
 
 /// Whether a session of `encoding` lets producers write to its socket: with
@@ -145,7 +147,7 @@ pub fn run_tcp(
     outbox.attach(tcp.clone(), node.metrics.clone());
     let socket = Socket::new(tcp, &early, outbox.clone());
     drop(early);
-    run_with(node, outbox, socket, conn, encoding)
+    run_with(node, outbox, socket, conn, encoding, true)
 }
 
 fn new_outbox(node: &Node) -> Arc<Outbox> {
@@ -158,6 +160,7 @@ fn run_with<S>(
     io: S,
     conn: ConnId,
     encoding: Encoding,
+    direct: bool,
 ) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -180,6 +183,7 @@ where
             auth_deadline: Some(Instant::now() + limits.connect_timeout),
             refresh_notice: None,
             encoding,
+            direct,
             node: node.clone(),
             conn,
         };
@@ -405,11 +409,15 @@ impl Session {
                 };
                 ws.feed(message).await?;
             }
+            ws.flush().await?;
             self.node.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
+        } else if self.direct {
+            // What a short direct write left over.
+            ws.flush().await?;
         }
-        // Also what a short direct write left over.
-        ws.flush().await?;
-        self.outbox.written();
+        if self.direct {
+            self.outbox.written();
+        }
         Ok(close)
     }
 
