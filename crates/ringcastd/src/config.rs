@@ -184,10 +184,10 @@ pub struct Limits {
     /// at most one write (one system call) per interval.
     #[serde(with = "ringcast_core::time::serde_duration")]
     pub min_write_interval: Duration,
-    /// Let the fan-out write a message straight to a connection's socket when nothing
-    /// else is queued or in flight for it and the node is not saturated (default
-    /// `false`: every write is the connection's session task's; see `outbox`, "Direct
-    /// writes").
+    /// Let a flusher task write the messages queued for a connection straight to its
+    /// socket, in one write per connection per turn, without waking the connection's
+    /// session task (default `true`; `false`: every write is the session's; see
+    /// `outbox`, "Direct writes").
     pub direct_writes: bool,
     /// The kernel send buffer of each client socket, in bytes (default: unset, the
     /// kernel's autotuning, which grows a slow reader's buffer to megabytes). Set it
@@ -352,7 +352,7 @@ impl Default for Limits {
             send_queue_bytes: 1024 * 1024,
             write_timeout: Duration::from_secs(10),
             min_write_interval: Duration::ZERO,
-            direct_writes: false,
+            direct_writes: true,
             socket_send_buffer: None,
         }
     }
@@ -710,8 +710,8 @@ mod tests {
         assert!(msg("[limits]\nsocket_send_buffer = 100").contains("limits.socket_send_buffer"));
         assert!(msg("[limits]\nmin_write_interval = \"2s\"").contains("limits.min_write_interval"));
         assert!(load("[limits]\nmin_write_interval = \"1s\"").is_ok());
-        assert!(load("").is_ok_and(|c| !c.limits.direct_writes), "off unless asked for");
-        assert!(load("[limits]\ndirect_writes = true").is_ok_and(|c| c.limits.direct_writes));
+        assert!(load("").is_ok_and(|c| c.limits.direct_writes), "on unless switched off");
+        assert!(load("[limits]\ndirect_writes = false").is_ok_and(|c| !c.limits.direct_writes));
         assert!(msg("[limits]\ndirect_writes = \"no\"").contains("direct_writes"));
         assert!(msg("[namespaces.s]\ndelta = true").contains("needs keep_latest"));
         assert!(load("[limits]\nsocket_send_buffer = 65536\n[namespaces.s]\nkeep_latest = true\ndelta = true").is_ok());

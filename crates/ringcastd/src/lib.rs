@@ -33,7 +33,6 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod router;
-pub mod saturation;
 pub mod server;
 pub mod session;
 pub mod socket;

@@ -8,7 +8,7 @@ use crate::hooks::{CallResult, Hook};
 use ringcast_core::BackpressurePolicy;
 use ringcast_proto::{CloseCode, ErrorCode};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the publish latency histogram buckets.
@@ -39,14 +39,11 @@ pub struct Metrics {
     pub deltas: AtomicU64,
     pub deliveries: AtomicU64,
     /// Writes to client sockets: a session's batch (one `write` of everything queued) or
-    /// a producer's direct write of one message; compare with `deliveries` for how well
-    /// writes coalesce (`limits.min_write_interval`).
+    /// a flusher's direct write of what was queued since its last turn; compare with
+    /// `deliveries` for how well writes coalesce.
     pub client_writes: AtomicU64,
-    /// Of `client_writes`, the producers' direct writes (`outbox`, "Direct writes").
+    /// Of `client_writes`, the flushers' direct writes (`outbox`, "Direct writes").
     pub client_direct_writes: AtomicU64,
-    /// The node is saturated and the sessions' batching pays (`saturation`): producers
-    /// leave writes to the sessions.
-    pub saturated: AtomicBool,
     /// Connections closed 4008 because their queue overflowed (`disconnect`).
     pub slow_consumer_drops: AtomicU64,
     /// Messages dropped from connections' queues under `drop_oldest` and `drop_newest`.
@@ -171,12 +168,6 @@ impl Metrics {
         gauge(&mut o, "ringcast_channels", "Channels with state on this node.", self.channels.load(Relaxed));
         gauge(
             &mut o,
-            "ringcast_saturated",
-            "With limits.direct_writes: 1 while the node is saturated and its sessions' batched writes are the cheaper path (no direct writes). Always 0 without.",
-            i64::from(self.saturated.load(Relaxed)),
-        );
-        gauge(
-            &mut o,
             "ringcast_pattern_subscriptions",
             "Pattern subscriptions (psubscribe) of this node's connections.",
             self.pattern_subscriptions.load(Relaxed),
@@ -230,13 +221,13 @@ impl Metrics {
         counter(
             &mut o,
             "ringcast_client_writes_total",
-            "Writes to client connections: a session's batch (one socket write of everything queued) or a direct write of one message.",
+            "Writes to client connections: a session's batch (one socket write of everything queued) or a flusher's direct write of what was queued since its last turn.",
             self.client_writes.load(Relaxed),
         );
         counter(
             &mut o,
             "ringcast_client_direct_writes_total",
-            "Messages written straight to an idle connection's socket by the fan-out (also counted in ringcast_client_writes_total).",
+            "Direct writes: a flusher's writes of what was queued for a connection since its last turn, straight to the socket (also counted in ringcast_client_writes_total).",
             self.client_direct_writes.load(Relaxed),
         );
         let _ = writeln!(

@@ -52,6 +52,9 @@ pub struct Node {
     /// The webhook sender (`[webhooks]`), when configured.
     pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
     pub metrics: Arc<Metrics>,
+    /// Write direct-write connections' messages (`limits.direct_writes`), one per worker
+    /// thread, each for a share of the connections.
+    pub flushers: Box<[Arc<crate::outbox::Flusher>]>,
     /// Cancelled when the node should start draining (SIGTERM).
     pub drain: CancellationToken,
     /// Cancelled when sessions must close (after the drain delay).
@@ -147,6 +150,9 @@ impl Node {
             hooks: crate::hooks::Hooks::new(config.hooks.clone(), metrics.clone()),
             webhooks,
             metrics,
+            flushers: (0..tokio::runtime::Handle::current().metrics().num_workers().max(1))
+                .map(|_| Arc::default())
+                .collect(),
             drain,
             shutdown,
             tracker,
@@ -213,12 +219,8 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         });
     }
     if node.config.limits.direct_writes {
-        // Direct writes only while they are the cheaper path (crate::saturation).
-        let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        if let Err(e) = crate::saturation::spawn_monitor(node.metrics.clone(), workers, node.shutdown.clone()) {
-            // Without the monitor, the session path: it cannot collapse under overload.
-            node.metrics.saturated.store(true, Ordering::Relaxed);
-            warn!(error = %e, "no saturation monitor thread: direct writes are off");
+        for flusher in node.flushers.iter() {
+            node.tracker.spawn(flusher.clone().run(node.shutdown.clone()));
         }
     }
     if let Some(w) = &node.webhooks {

@@ -17,19 +17,31 @@
 //!
 //! # Direct writes
 //!
-//! With `limits.direct_writes` (off by default), a message for a connection that has
-//! nothing queued and nothing in flight is written by its producer straight to the
-//! socket ([`Outbox::attach`], [`crate::socket`]): one
-//! non-blocking `writev` of the frame's header and its shared bytes, and no wake-up of
-//! the session, which is most of what a delivery costs the node in user space. Anything
-//! else takes the queue as before: a socket that would block, a connection whose session
-//! holds frames it took from the queue or has written through tungstenite without
-//! flushing yet (`writing`), a channel the queue tracks for deltas, a close, and a
-//! saturated node whose sessions batch ([`crate::saturation`]: there their batching is
-//! the cheaper path). What a short
-//! direct write leaves over (`unsent`) is written by the session before anything else, so
-//! the socket only ever carries whole frames in order. Sessions that speak MessagePack or
-//! coalesce their writes (`limits.min_write_interval`) are not attached.
+//! With `limits.direct_writes` (the default), a connection's messages are written by a
+//! [`Flusher`] task straight to its socket ([`Outbox::attach`], [`crate::socket`]), not by
+//! the connection's session task. A message queued for a connection whose session holds
+//! nothing marks the outbox dirty (once: a dirty outbox is already on the list) and adds
+//! it to its flusher's list; the flusher's turn takes the whole list and writes each
+//! connection's queue in one non-blocking `writev` of frame headers and shared frame
+//! bytes. So one publish to 15,000 idle subscribers costs one task wake-up, not 15,000,
+//! and under load a connection's messages batch by construction: whatever was queued
+//! before the flusher's turn goes in one write (like Redis's writes of pending clients
+//! before its event loop sleeps), with no monitor deciding when batching pays.
+//!
+//! The order of the socket's bytes is kept by one rule: the flusher writes only what it
+//! drains from the queue, under the outbox's lock, and only while the session holds
+//! nothing (`writing`: frames it drained, or bytes it wrote through tungstenite without
+//! flushing, say a reply or a pong) and nothing of an earlier direct write is left over
+//! (`unsent`). Otherwise the session is woken and writes the queue itself. What the
+//! socket does not take (the rest of a frame, and every later frame of the turn) goes to
+//! `unsent`, which the session writes before anything else (it is woken for it), so the
+//! stream only ever carries whole frames in order. A connection thus holds at most its
+//! queue plus one drained batch, as on the session path. The queue's delta and `gap`
+//! handling applies as before: the flusher drains it like the session does.
+//!
+//! There is one flusher per worker thread, each for a share of the connections, so with
+//! several workers the writes still spread over the cores. Sessions that speak
+//! MessagePack or coalesce their writes (`limits.min_write_interval`) are not attached.
 
 use ringcast_core::send_queue::{Alt, Bounds, Drained, GapCause, GapNotice, MessagePolicy, SendQueue};
 use ringcast_core::BackpressurePolicy;
@@ -58,13 +70,16 @@ struct State {
     /// The session took frames from the queue, or wrote through tungstenite, and has not
     /// flushed everything since: nothing may be written directly before those bytes.
     writing: bool,
+    /// In the [`Flusher`]'s list: it will write what is queued.
+    dirty: bool,
 }
 
 #[derive(Debug)]
 struct Direct {
     tcp: Arc<TcpStream>,
     metrics: Arc<Metrics>,
-    /// The rest of a short direct write, written before anything else.
+    flusher: Arc<Flusher>,
+    /// The rest of a direct write the socket did not take, written before anything else.
     unsent: Vec<u8>,
 }
 
@@ -91,6 +106,135 @@ fn text_frame_header(len: usize, out: &mut [u8; 10]) -> usize {
         10
     }
 }
+
+/// A `gap` notice as its frame.
+fn gap_frame(g: &GapNotice) -> Utf8Bytes {
+    let reason = match g.cause {
+        GapCause::SlowConsumer => GapReason::SlowConsumer,
+        GapCause::Unavailable => GapReason::Unavailable,
+        GapCause::Conflated => GapReason::Conflated,
+    };
+    Utf8Bytes::from(encode_gap(&g.channel, g.epoch, g.from, g.to, reason))
+}
+
+/// Frames per `writev` of a direct write (two slices each, far below `IOV_MAX`).
+const FRAMES_PER_WRITE: usize = 32;
+
+/// Writes `frames` (drained from the queue, in order) to `d`'s socket without waiting;
+/// what the socket does not take goes to `d.unsent`. Returns whether anything did.
+fn write_frames(d: &mut Direct, frames: &mut [Drained<Utf8Bytes>]) -> bool {
+    for f in frames.iter_mut() {
+        if let Drained::Gap(g) = f {
+            *f = Drained::Frame(gap_frame(g));
+        }
+    }
+    fn body(f: &Drained<Utf8Bytes>) -> &[u8] {
+        match f {
+            Drained::Frame(f) => f.as_bytes(),
+            // Encoded above.
+            Drained::Gap(_) => &[],
+        }
+    }
+    let mut headers = [[0u8; 10]; FRAMES_PER_WRITE];
+    let mut header_lens = [0usize; FRAMES_PER_WRITE];
+    for (at, chunk) in frames.chunks(FRAMES_PER_WRITE).enumerate() {
+        let mut total = 0;
+        for (k, f) in chunk.iter().enumerate() {
+            header_lens[k] = text_frame_header(body(f).len(), &mut headers[k]);
+            total += header_lens[k] + body(f).len();
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+        for (k, f) in chunk.iter().enumerate() {
+            slices[2 * k] = IoSlice::new(&headers[k][..header_lens[k]]);
+            slices[2 * k + 1] = IoSlice::new(body(f));
+        }
+        let slices = &slices[..2 * chunk.len()];
+        let written = match d.tcp.try_write_vectored(slices) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            // The connection failed: the session meets the error on its socket.
+            Err(_) => return false,
+        };
+        if written > 0 {
+            d.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
+            d.metrics.client_direct_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        if written == total {
+            continue;
+        }
+        // The socket is full: keep the rest of this chunk and every later frame.
+        let mut skip = written;
+        for slice in slices {
+            if skip >= slice.len() {
+                skip -= slice.len();
+            } else {
+                d.unsent.extend_from_slice(&slice[skip..]);
+                skip = 0;
+            }
+        }
+        for f in frames.iter().skip((at + 1) * FRAMES_PER_WRITE) {
+            let mut header = [0u8; 10];
+            let h = text_frame_header(body(f).len(), &mut header);
+            d.unsent.extend_from_slice(&header[..h]);
+            d.unsent.extend_from_slice(body(f));
+        }
+        return true;
+    }
+    false
+}
+
+/// Writes the queued messages of direct-write connections ([`Outbox::attach`]) in
+/// batches, on a task of its own (module docs, "Direct writes").
+#[derive(Debug, Default)]
+pub struct Flusher {
+    /// Outboxes with messages queued since the flusher's last turn, each once.
+    dirty: Mutex<Vec<Arc<Outbox>>>,
+    wake: Notify,
+}
+
+impl Flusher {
+    fn mark(&self, outbox: Arc<Outbox>) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        dirty.push(outbox);
+        if dirty.len() == 1 {
+            drop(dirty);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Writes what is marked, a turn at a time, until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut turn = Vec::new();
+        let mut scratch = Vec::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+            }
+            std::mem::swap(&mut *self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner), &mut turn);
+            for (i, outbox) in turn.drain(..).enumerate() {
+                outbox.flush_direct(&mut scratch);
+                if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                    // A large fan-out's turn lets other tasks (readers, replies) in.
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+
+    /// One turn, at once (tests).
+    #[cfg(test)]
+    fn turn(&self) {
+        let turn = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut scratch = Vec::new();
+        for outbox in turn {
+            outbox.flush_direct(&mut scratch);
+        }
+    }
+}
+
+/// Connections the flusher writes before it lets other tasks run.
+const YIELD_EVERY: usize = 1024;
 
 /// What an [`Outbox`] holds for the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +267,7 @@ impl Outbox {
                 close: None,
                 direct: None,
                 writing: false,
+                dirty: false,
             }),
             notify: Notify::new(),
             overflow: Notify::new(),
@@ -135,10 +280,10 @@ impl Outbox {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Lets producers write message frames straight to `tcp` (the session's socket) while
-    /// nothing else is queued or in flight; counts those writes in `metrics`.
-    pub fn attach(&self, tcp: Arc<TcpStream>, metrics: Arc<Metrics>) {
-        self.lock().direct = Some(Box::new(Direct { tcp, metrics, unsent: Vec::new() }));
+    /// Lets `flusher` write queued messages straight to `tcp` (the session's socket)
+    /// while the session holds nothing; counts those writes in `metrics`.
+    pub fn attach(&self, tcp: Arc<TcpStream>, metrics: Arc<Metrics>, flusher: Arc<Flusher>) {
+        self.lock().direct = Some(Box::new(Direct { tcp, metrics, flusher, unsent: Vec::new() }));
     }
 
     /// The session is over: no more direct writes. Pushes are still taken (and never
@@ -148,35 +293,27 @@ impl Outbox {
         self.lock().direct = None;
     }
 
-    /// Writes `frame` to the socket now if the connection has nothing queued or in flight
-    /// (see the module docs). `None`: it must be queued. `Some(true)`: written, but the
-    /// socket took part of it, so the session must be woken to write the rest.
-    fn write_direct(s: &mut State, frame: &Utf8Bytes, channel: &ChannelName) -> Option<bool> {
-        if s.direct.is_none() || s.writing || s.has_unsent() || !s.queue.is_empty() || s.queue.tracks(channel) {
-            return None;
+    /// The [`Flusher`]'s turn: writes everything queued to the socket if the session holds
+    /// nothing, else wakes the session to write it. `scratch` is the flusher's.
+    fn flush_direct(&self, scratch: &mut Vec<Drained<Utf8Bytes>>) {
+        let mut s = self.lock();
+        s.dirty = false;
+        if s.queue.is_empty() {
+            return;
         }
-        let d = s.direct.as_mut()?;
-        if d.metrics.saturated.load(Ordering::Relaxed) {
-            return None;
+        if s.close.is_some() || s.writing || s.has_unsent() {
+            drop(s);
+            self.notify.notify_one();
+            return;
         }
-        let mut header = [0u8; 10];
-        let h = text_frame_header(frame.len(), &mut header);
-        let body = frame.as_bytes();
-        let n = match d.tcp.try_write_vectored(&[IoSlice::new(&header[..h]), IoSlice::new(body)]) {
-            // Would block, or failed (the session meets the error on its own write).
-            Ok(0) | Err(_) => return None,
-            Ok(n) => n,
-        };
-        d.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
-        d.metrics.client_direct_writes.fetch_add(1, Ordering::Relaxed);
-        if n == h + body.len() {
-            return Some(false);
+        let s = &mut *s;
+        let Some(d) = s.direct.as_mut() else { return };
+        s.queue.drain(scratch);
+        let rest = write_frames(d, scratch);
+        scratch.clear();
+        if rest {
+            self.notify.notify_one();
         }
-        if n < h {
-            d.unsent.extend_from_slice(&header[n..h]);
-        }
-        d.unsent.extend_from_slice(&body[n.saturating_sub(h)..]);
-        Some(true)
     }
 
     /// The session's write of `buf` (through tungstenite): what a direct write left over
@@ -259,7 +396,7 @@ impl Outbox {
 
     /// Queues a message of `channel` under its namespace's policy.
     pub fn push_message(
-        &self,
+        self: &Arc<Self>,
         frame: Utf8Bytes,
         channel: &ChannelName,
         position: StreamPosition,
@@ -277,7 +414,7 @@ impl Outbox {
     /// delta form, written instead when the client holds its base
     /// (`ringcast_core::send_queue`, "Deltas").
     pub fn push_message_alt(
-        &self,
+        self: &Arc<Self>,
         frame: Utf8Bytes,
         channel: &ChannelName,
         position: StreamPosition,
@@ -289,15 +426,18 @@ impl Outbox {
         if s.close.is_some() || s.queue.is_closed() {
             return Pushed::Closed;
         }
-        if let Some(rest) = Self::write_direct(&mut s, &frame, channel) {
-            drop(s);
-            if rest {
-                self.notify.notify_one();
-            }
-            return Pushed::Queued { dropped: 0 };
-        }
         let len = frame.len();
         let pushed = s.queue.push_message_with_alt(frame, len, channel, position, policy, key, alt);
+        if matches!(pushed, Pushed::Queued { .. } | Pushed::Dropped { .. }) && !s.writing && !s.has_unsent() {
+            // Direct writes: the flusher writes it, with whatever else comes before its turn.
+            if let Some(d) = &s.direct {
+                if !s.dirty {
+                    d.flusher.mark(self.clone());
+                    s.dirty = true;
+                }
+                return pushed;
+            }
+        }
         self.after_push(s, pushed)
     }
 
@@ -384,14 +524,7 @@ impl Outbox {
             .into_iter()
             .map(|d| match d {
                 Drained::Frame(f) => f,
-                Drained::Gap(g) => {
-                    let reason = match g.cause {
-                        GapCause::SlowConsumer => GapReason::SlowConsumer,
-                        GapCause::Unavailable => GapReason::Unavailable,
-                        GapCause::Conflated => GapReason::Conflated,
-                    };
-                    Utf8Bytes::from(encode_gap(&g.channel, g.epoch, g.from, g.to, reason))
-                }
+                Drained::Gap(g) => gap_frame(&g),
             })
             .collect();
         if out.is_empty() {
@@ -457,7 +590,7 @@ mod tests {
 
     #[test]
     fn overflow_closes_and_frees() {
-        let o = Outbox::new(2, 1000);
+        let o = Arc::new(Outbox::new(2, 1000));
         let p = policy(BackpressurePolicy::Disconnect);
         assert_eq!(o.push_message(f("a"), &ch(), at(1), p), Pushed::Queued { dropped: 0 });
         assert_eq!(o.push_message(f("b"), &ch(), at(2), p), Pushed::Queued { dropped: 0 });
@@ -470,7 +603,7 @@ mod tests {
 
     #[test]
     fn drops_become_an_encoded_gap_push() {
-        let o = Outbox::new(100, 1000);
+        let o = Arc::new(Outbox::new(100, 1000));
         let p = policy(BackpressurePolicy::DropOldest);
         for i in 1..=4 {
             o.push_message(f(&format!("m{i}")), &ch(), at(i), p);
@@ -498,7 +631,7 @@ mod tests {
         o.close(CloseCode::GoingAway);
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "a graceful close is not an overflow");
-        let o2 = Outbox::new(1, 1000);
+        let o2 = Arc::new(Outbox::new(1, 1000));
         o2.push(f("a"));
         o2.push(f("b"));
         tokio::time::timeout(std::time::Duration::from_secs(1), o2.overflowed())
@@ -509,7 +642,7 @@ mod tests {
 
     #[test]
     fn unbounded_replay_and_graceful_close_keep_frames() {
-        let o = Outbox::new(1, 1);
+        let o = Arc::new(Outbox::new(1, 1));
         o.push_unbounded([f("reply"), f("m1"), f("m2")]);
         o.close(CloseCode::GoingAway);
         o.close(CloseCode::SlowConsumer);
@@ -558,53 +691,101 @@ mod tests {
         assert_eq!((text_frame_header(65_536, &mut h), &h[..10]), (10, &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0][..]));
     }
 
+    fn attached(tcp: Arc<TcpStream>) -> (Arc<Outbox>, Arc<Flusher>, Arc<Metrics>) {
+        let (metrics, flusher) = (Arc::new(Metrics::default()), Arc::new(Flusher::default()));
+        let o = Arc::new(Outbox::new(10, 10_000));
+        o.attach(tcp, metrics.clone(), flusher.clone());
+        (o, flusher, metrics)
+    }
+
     #[tokio::test]
-    async fn an_idle_connection_gets_a_message_written_straight_to_its_socket() {
+    async fn the_flusher_writes_what_an_idle_connection_was_sent_in_one_write() {
         let (tcp, mut client) = pair().await;
-        let metrics = Arc::new(Metrics::default());
-        let o = Outbox::new(10, 10_000);
         // The test keeps `tcp` (as the session's socket would), so the connection stays open.
-        o.attach(tcp.clone(), metrics.clone());
+        let (o, flusher, metrics) = attached(tcp.clone());
         let p = policy(BackpressurePolicy::Disconnect);
         assert_eq!(o.push_message_alt(f("m1"), &ch(), at(1), p, None, None), Pushed::Queued { dropped: 0 });
-        assert_eq!(o.pending(), Pending::Nothing, "nothing queued for the session");
-        assert_eq!(read_n(&mut client, 4, 1).await, frame("m1"));
+        assert_eq!(o.push_message_alt(f("m2"), &ch(), at(2), p, None, None), Pushed::Queued { dropped: 0 });
+        flusher.turn();
+        assert_eq!(o.pending(), Pending::Nothing, "nothing left for the session");
+        assert_eq!(read_n(&mut client, 8, 1).await, [frame("m1"), frame("m2")].concat());
         assert_eq!(metrics.client_writes.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.client_direct_writes.load(Ordering::Relaxed), 1);
         // Detached (the session ended): nothing more is written to the socket.
         o.detach();
-        assert_eq!(o.push_message_alt(f("m2"), &ch(), at(2), p, None, None), Pushed::Queued { dropped: 0 });
+        assert_eq!(o.push_message_alt(f("m3"), &ch(), at(3), p, None, None), Pushed::Queued { dropped: 0 });
+        flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(nothing_to_read(&client));
     }
 
     #[tokio::test]
-    async fn frames_queued_or_taken_by_the_session_go_before_any_direct_write() {
+    async fn frames_the_session_holds_go_before_any_direct_write() {
         let (tcp, mut client) = pair().await;
-        let o = Outbox::new(10, 10_000);
-        o.attach(tcp, Arc::new(Metrics::default()));
+        let (o, flusher, _) = attached(tcp);
         let p = policy(BackpressurePolicy::Disconnect);
         o.push(f("reply"));
-        // Queued behind the reply.
         o.push_message_alt(f("m1"), &ch(), at(1), p, None, None);
         let mut batch = Vec::new();
         o.drain(&mut batch);
         assert_eq!(batch, [f("reply"), f("m1")]);
-        // The session holds the batch: m2 waits in the queue, though the queue was empty.
+        // The session holds the batch: m2 is queued for the session, not the flusher.
         o.push_message_alt(f("m2"), &ch(), at(2), p, None, None);
+        flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(nothing_to_read(&client), "m2 was written before the session's batch");
         o.written();
-        // m2 is still queued, so m3 queues behind it.
+        // m2 waits, so m3 follows it, and the flusher writes both.
         o.push_message_alt(f("m3"), &ch(), at(3), p, None, None);
-        o.drain(&mut batch);
-        assert_eq!(batch[2..], [f("m2"), f("m3")]);
-        o.written();
-        // Only now, with nothing queued or held, does a message go out directly.
-        o.push_message_alt(f("m4"), &ch(), at(4), p, None, None);
+        flusher.turn();
         assert_eq!(o.pending(), Pending::Nothing);
-        assert_eq!(read_n(&mut client, 4, 1).await, frame("m4"));
+        assert_eq!(read_n(&mut client, 8, 1).await, [frame("m2"), frame("m3")].concat());
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_tells_of_dropped_messages_before_the_next() {
+        let (tcp, mut client) = pair().await;
+        let (o, flusher, _) = attached(tcp);
+        let p = policy(BackpressurePolicy::DropOldest);
+        for i in 1..=4 {
+            o.push_message_alt(f(&format!("m{i}")), &ch(), at(i), p, None, None);
+        }
+        flusher.turn();
+        let gap = r#"{"type":"gap","channel":"chat:a","epoch":"3","from":1,"to":2,"reason":"slow_consumer"}"#;
+        let want = [frame(gap), frame("m3"), frame("m4")].concat();
+        assert_eq!(String::from_utf8_lossy(&read_n(&mut client, want.len(), 1).await), String::from_utf8_lossy(&want));
+    }
+
+    #[tokio::test]
+    async fn many_frames_the_socket_cannot_take_at_once_arrive_whole_and_in_order() {
+        use tokio::io::AsyncWriteExt as _;
+        let (tcp, mut client) = pair().await;
+        socket2::SockRef::from(&*tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
+        let (metrics, flusher) = (Arc::new(Metrics::default()), Arc::new(Flusher::default()));
+        let o = Arc::new(Outbox::new(100, 100_000_000));
+        o.attach(tcp.clone(), metrics.clone(), flusher.clone());
+        let p = MessagePolicy {
+            policy: BackpressurePolicy::Disconnect,
+            bounds: Bounds { messages: 100, bytes: 100_000_000 },
+        };
+        // More frames than one write carries, more bytes than the socket takes.
+        let texts: Vec<String> = (0..70).map(|i| format!("{i:03}").repeat(30_000 + i)).collect();
+        for (i, t) in texts.iter().enumerate() {
+            o.push_message_alt(f(t), &ch(), at(i as u64 + 1), p, None, None);
+        }
+        flusher.turn();
+        assert_eq!(o.pending(), Pending::Pushes, "the session must write the rest");
+        let want: Vec<u8> = texts.iter().flat_map(|t| frame(t)).collect();
+        let len = want.len();
+        let reader = tokio::spawn(async move { read_n(&mut client, len, 10).await });
+        let mut session = crate::socket::Socket::new(tcp, &[], o.clone());
+        session.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        o.written();
+        let got = reader.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(got == want, "the frames did not arrive whole and in order");
+        assert_eq!(o.pending(), Pending::Nothing);
     }
 
     #[tokio::test]
@@ -613,7 +794,8 @@ mod tests {
         let (tcp, mut client) = pair().await;
         socket2::SockRef::from(&*tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
         let o = Arc::new(Outbox::new(10, 10_000_000));
-        o.attach(tcp.clone(), Arc::new(Metrics::default()));
+        let flusher = Arc::new(Flusher::default());
+        o.attach(tcp.clone(), Arc::new(Metrics::default()), flusher.clone());
         let p = MessagePolicy {
             policy: BackpressurePolicy::Disconnect,
             bounds: Bounds { messages: 10, bytes: 10_000_000 },
@@ -621,6 +803,7 @@ mod tests {
         // Far more than the socket takes at once: part is written, the rest kept.
         let big = "x".repeat(4 << 20);
         assert_eq!(o.push_message_alt(f(&big), &ch(), at(1), p, None, None), Pushed::Queued { dropped: 0 });
+        flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes, "the session must write the rest");
         // Behind the rest, so queued.
         o.push_message_alt(f("m2"), &ch(), at(2), p, None, None);

@@ -144,7 +144,8 @@ pub fn run_tcp(
 ) -> impl Future<Output = ()> {
     let outbox = new_outbox(&node);
     let tcp = Arc::new(tcp);
-    outbox.attach(tcp.clone(), node.metrics.clone());
+    let flusher = &node.flushers[usize::try_from(conn.0).unwrap_or(0) % node.flushers.len()];
+    outbox.attach(tcp.clone(), node.metrics.clone(), flusher.clone());
     let socket = Socket::new(tcp, &early, outbox.clone());
     drop(early);
     run_with(node, outbox, socket, conn, encoding, true)

@@ -1,12 +1,11 @@
 //! A client's TCP socket, shared by its session and the producers of its frames.
 //!
-//! The session reads the socket and writes through tungstenite as before; the producers
-//! (the hub's fan-out) write a message frame straight to the socket when the connection
-//! has nothing else queued or in flight ([`Outbox`], "Direct writes"), which spares the
-//! session a wake-up per delivery. Both sides write through the outbox's lock, and no
-//! side leaves part of a frame on the socket: what a short write leaves over is kept in
-//! the outbox and written before anything else, so the stream stays a sequence of whole
-//! frames.
+//! The session reads the socket and writes through tungstenite as before; a flusher
+//! task writes the connection's queued messages straight to the socket while the session
+//! holds nothing ([`Outbox`], "Direct writes"), which spares the session a wake-up per
+//! delivery. Both sides write through the outbox's lock, and no side leaves part of a
+//! frame on the socket: what a short write leaves over is kept in the outbox and written
+//! before anything else, so the stream stays a sequence of whole frames.
 
 use crate::outbox::Outbox;
 use bytes::{Buf as _, Bytes};
