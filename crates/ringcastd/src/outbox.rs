@@ -149,7 +149,8 @@ fn write_frames(d: &mut Direct, frames: &mut [Drained<Utf8Bytes>]) -> bool {
             slices[2 * k + 1] = IoSlice::new(body(f));
         }
         let slices = &slices[..2 * chunk.len()];
-        let written = match d.tcp.try_write_vectored(slices) {
+        // sendmsg(2), not writev(2): a socket's write skips the file layer's checks.
+        let written = match socket2::SockRef::from(&*d.tcp).send_vectored(slices) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             // The connection failed: the session meets the error on its socket.
