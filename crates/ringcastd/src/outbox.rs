@@ -22,7 +22,7 @@
 //! the connection's session task. A message queued for a connection whose session holds
 //! nothing marks the outbox dirty (once: a dirty outbox is already on the list) and adds
 //! it to its flusher's list; the flusher's turn takes the whole list and writes each
-//! connection's queue in one non-blocking `writev` of frame headers and shared frame
+//! connection's queue in one non-blocking `sendmsg` of frame headers and shared frame
 //! bytes. So one publish to 15,000 idle subscribers costs one task wake-up, not 15,000,
 //! and under load a connection's messages batch by construction: whatever was queued
 //! before the flusher's turn goes in one write (like Redis's writes of pending clients
@@ -117,7 +117,7 @@ fn gap_frame(g: &GapNotice) -> Utf8Bytes {
     Utf8Bytes::from(encode_gap(&g.channel, g.epoch, g.from, g.to, reason))
 }
 
-/// Frames per `writev` of a direct write (two slices each, far below `IOV_MAX`).
+/// Frames per `sendmsg` of a direct write (two slices each, far below `IOV_MAX`).
 const FRAMES_PER_WRITE: usize = 32;
 
 /// Writes `frames` (drained from the queue, in order) to `d`'s socket without waiting;

@@ -105,7 +105,7 @@ struct Session {
     refresh_notice: Option<(Instant, u64)>,
     /// The frame encoding chosen at the upgrade.
     encoding: Encoding,
-    /// Producers may write to the socket directly ([`run_tcp`]).
+    /// A flusher writes the connection's messages to the socket too ([`run_tcp`]).
     direct: bool,
 }
 
