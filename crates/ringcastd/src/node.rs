@@ -149,10 +149,10 @@ impl Node {
             verifier,
             hooks: crate::hooks::Hooks::new(config.hooks.clone(), metrics.clone()),
             webhooks,
-            metrics,
             flushers: (0..tokio::runtime::Handle::current().metrics().num_workers().max(1))
-                .map(|_| Arc::default())
+                .map(|_| Arc::new(crate::outbox::Flusher::new(metrics.clone())))
                 .collect(),
+            metrics,
             drain,
             shutdown,
             tracker,

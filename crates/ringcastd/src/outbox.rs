@@ -77,7 +77,7 @@ struct State {
 #[derive(Debug)]
 struct Direct {
     tcp: Arc<TcpStream>,
-    metrics: Arc<Metrics>,
+    /// Also where the writes are counted.
     flusher: Arc<Flusher>,
     /// The rest of a direct write the socket did not take, written before anything else.
     unsent: Vec<u8>,
@@ -157,8 +157,8 @@ fn write_frames(d: &mut Direct, frames: &mut [Drained<Utf8Bytes>]) -> bool {
             Err(_) => return false,
         };
         if written > 0 {
-            d.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
-            d.metrics.client_direct_writes.fetch_add(1, Ordering::Relaxed);
+            d.flusher.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
+            d.flusher.metrics.client_direct_writes.fetch_add(1, Ordering::Relaxed);
         }
         if written == total {
             continue;
@@ -186,14 +186,21 @@ fn write_frames(d: &mut Direct, frames: &mut [Drained<Utf8Bytes>]) -> bool {
 
 /// Writes the queued messages of direct-write connections ([`Outbox::attach`]) in
 /// batches, on a task of its own (module docs, "Direct writes").
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Flusher {
     /// Outboxes with messages queued since the flusher's last turn, each once.
     dirty: Mutex<Vec<Arc<Outbox>>>,
     wake: Notify,
+    metrics: Arc<Metrics>,
 }
 
 impl Flusher {
+    /// A flusher that counts its writes in `metrics`.
+    #[must_use]
+    pub fn new(metrics: Arc<Metrics>) -> Flusher {
+        Flusher { dirty: Mutex::default(), wake: Notify::new(), metrics }
+    }
+
     fn mark(&self, outbox: Arc<Outbox>) {
         let mut dirty = self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         dirty.push(outbox);
@@ -282,9 +289,9 @@ impl Outbox {
     }
 
     /// Lets `flusher` write queued messages straight to `tcp` (the session's socket)
-    /// while the session holds nothing; counts those writes in `metrics`.
-    pub fn attach(&self, tcp: Arc<TcpStream>, metrics: Arc<Metrics>, flusher: Arc<Flusher>) {
-        self.lock().direct = Some(Box::new(Direct { tcp, metrics, flusher, unsent: Vec::new() }));
+    /// while the session holds nothing.
+    pub fn attach(&self, tcp: Arc<TcpStream>, flusher: Arc<Flusher>) {
+        self.lock().direct = Some(Box::new(Direct { tcp, flusher, unsent: Vec::new() }));
     }
 
     /// The session is over: no more direct writes. Pushes are still taken (and never
@@ -693,9 +700,10 @@ mod tests {
     }
 
     fn attached(tcp: Arc<TcpStream>) -> (Arc<Outbox>, Arc<Flusher>, Arc<Metrics>) {
-        let (metrics, flusher) = (Arc::new(Metrics::default()), Arc::new(Flusher::default()));
+        let metrics = Arc::new(Metrics::default());
+        let flusher = Arc::new(Flusher::new(metrics.clone()));
         let o = Arc::new(Outbox::new(10, 10_000));
-        o.attach(tcp, metrics.clone(), flusher.clone());
+        o.attach(tcp, flusher.clone());
         (o, flusher, metrics)
     }
 
@@ -764,9 +772,10 @@ mod tests {
         use tokio::io::AsyncWriteExt as _;
         let (tcp, mut client) = pair().await;
         socket2::SockRef::from(&*tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
-        let (metrics, flusher) = (Arc::new(Metrics::default()), Arc::new(Flusher::default()));
+        let metrics = Arc::new(Metrics::default());
+        let flusher = Arc::new(Flusher::new(metrics.clone()));
         let o = Arc::new(Outbox::new(100, 100_000_000));
-        o.attach(tcp.clone(), metrics.clone(), flusher.clone());
+        o.attach(tcp.clone(), flusher.clone());
         let p = MessagePolicy {
             policy: BackpressurePolicy::Disconnect,
             bounds: Bounds { messages: 100, bytes: 100_000_000 },
@@ -795,8 +804,8 @@ mod tests {
         let (tcp, mut client) = pair().await;
         socket2::SockRef::from(&*tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
         let o = Arc::new(Outbox::new(10, 10_000_000));
-        let flusher = Arc::new(Flusher::default());
-        o.attach(tcp.clone(), Arc::new(Metrics::default()), flusher.clone());
+        let flusher = Arc::new(Flusher::new(Arc::new(Metrics::default())));
+        o.attach(tcp.clone(), flusher.clone());
         let p = MessagePolicy {
             policy: BackpressurePolicy::Disconnect,
             bounds: Bounds { messages: 10, bytes: 10_000_000 },

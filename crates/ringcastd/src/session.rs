@@ -145,7 +145,7 @@ pub fn run_tcp(
     let outbox = new_outbox(&node);
     let tcp = Arc::new(tcp);
     let flusher = &node.flushers[usize::try_from(conn.0).unwrap_or(0) % node.flushers.len()];
-    outbox.attach(tcp.clone(), node.metrics.clone(), flusher.clone());
+    outbox.attach(tcp.clone(), flusher.clone());
     let socket = Socket::new(tcp, &early, outbox.clone());
     drop(early);
     run_with(node, outbox, socket, conn, encoding, true)
