@@ -17,9 +17,10 @@ use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use futures_util::future::Either;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use ringcast_core::{ChannelName, NamespaceOptions, Offset, Slot};
+use ringcast_core::{ChannelName, ConnId, NamespaceOptions, Offset, Slot};
 use ringcast_proto::client::{
     check_history_limit, check_idempotency_key, encode_history, encode_http_error, encode_presence, encode_snapshot,
     Ack, MAX_PRESENCE_MEMBERS,
@@ -29,6 +30,8 @@ use ringcast_proto::ErrorCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -703,28 +706,25 @@ async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Res
     let conn = node.next_conn_id();
     let session_node = node.clone();
     // Two tasks, so that a session without direct writes is not sized for the other kind.
+    // Each builds its session's future before awaiting it, so the task holds the session
+    // and nothing of the upgrade (hyper's parts and result were 176 bytes of every task).
     if session::direct_writes(&node, encoding) {
         node.tracker.spawn(async move {
             let _permit = permit;
-            match on_upgrade.await {
-                // The session and the fan-out share the socket; the listener serves plain
-                // TCP, so the upgraded connection is that socket.
-                Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-                    Ok(parts) => {
-                        session::run_tcp(session_node, parts.io.into_inner(), parts.read_buf, conn, encoding).await;
-                    }
-                    Err(upgraded) => session::run(session_node, TokioIo::new(upgraded), conn, encoding).await,
-                },
-                Err(e) => debug!(error = %e, "upgrade failed"),
-            }
+            let session = match on_upgrade.await {
+                Ok(upgraded) => direct_session(session_node, upgraded, conn, encoding),
+                Err(e) => return debug!(error = %e, "upgrade failed"),
+            };
+            session.await;
         });
     } else {
         node.tracker.spawn(async move {
             let _permit = permit;
-            match on_upgrade.await {
-                Ok(upgraded) => session::run(session_node, TokioIo::new(upgraded), conn, encoding).await,
-                Err(e) => debug!(error = %e, "upgrade failed"),
-            }
+            let session = match on_upgrade.await {
+                Ok(upgraded) => session::run(session_node, TokioIo::new(upgraded), conn, encoding),
+                Err(e) => return debug!(error = %e, "upgrade failed"),
+            };
+            session.await;
         });
     }
     let mut response = Response::builder()
@@ -736,6 +736,22 @@ async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Res
         response = response.header(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
     response.body(Body::empty()).unwrap_or_else(|_| error(ErrorCode::Internal, "cannot build the upgrade response"))
+}
+
+/// The session of a direct-write connection: the session and the fan-out share the
+/// socket. The listener serves plain TCP, so the upgraded connection is that socket; any
+/// other stream gets a session without direct writes, boxed so that it does not size
+/// every task.
+fn direct_session(
+    node: Arc<Node>,
+    upgraded: hyper::upgrade::Upgraded,
+    conn: ConnId,
+    encoding: Encoding,
+) -> Either<impl Future<Output = ()>, Pin<Box<dyn Future<Output = ()> + Send>>> {
+    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => Either::Left(session::run_tcp(node, parts.io.into_inner(), parts.read_buf, conn, encoding)),
+        Err(upgraded) => Either::Right(Box::pin(session::run(node, TokioIo::new(upgraded), conn, encoding))),
+    }
 }
 
 #[cfg(test)]
