@@ -135,9 +135,10 @@ enum Entry<F> {
         len: usize,
         channel: ChannelName,
         position: StreamPosition,
-        /// `keep_latest` only: the message's key.
-        key: Option<Box<str>>,
-        alt: Option<Alt<F>>,
+        /// What few messages carry, boxed: every entry is written into a queue and moved
+        /// out of it once per subscriber, so its size is on the fan-out's hot path (88
+        /// bytes with these boxed, 136 inline).
+        rare: Option<Box<Rare<F>>>,
     },
     /// A channel's stream starts (or restarts) for this client at `position`
     /// ([`SendQueue::mark_stream`]); nothing is written for it.
@@ -146,6 +147,15 @@ enum Entry<F> {
         position: StreamPosition,
         holds_state: bool,
     },
+}
+
+/// A queued message's rarely present parts.
+#[derive(Debug)]
+struct Rare<F> {
+    /// `keep_latest` only: the message's key.
+    key: Option<Box<str>>,
+    /// Its delta form.
+    alt: Option<Alt<F>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -339,7 +349,8 @@ impl<F> SendQueue<F> {
         if !fits(&self.messages) {
             if policy.policy == BackpressurePolicy::KeepLatest {
                 let same = self.entries.iter().position(|e| {
-                    matches!(e, Entry::Message { channel: c, key: Some(k), .. } if c == channel && Some(&**k) == key)
+                    matches!(e, Entry::Message { channel: c, rare: Some(r), .. }
+                        if c == channel && r.key.is_some() && r.key.as_deref() == key)
                 });
                 if let Some(Entry::Message { len, channel, position, .. }) = same.and_then(|i| self.entries.remove(i)) {
                     self.messages.sub(len);
@@ -374,7 +385,8 @@ impl<F> SendQueue<F> {
         }
         self.messages.add(len);
         let key = (policy.policy == BackpressurePolicy::KeepLatest).then(|| key.map(Box::from)).flatten();
-        self.entries.push_back(Entry::Message { frame, len, channel: channel.clone(), position, key, alt });
+        let rare = (key.is_some() || alt.is_some()).then(|| Box::new(Rare { key, alt }));
+        self.entries.push_back(Entry::Message { frame, len, channel: channel.clone(), position, rare });
         Pushed::Queued { dropped }
     }
 
@@ -474,9 +486,12 @@ impl<F> SendQueue<F> {
                     self.start_track(channel, position, holds_state);
                     continue;
                 }
-                Entry::Message { frame, channel, position, alt, .. } => {
-                    let frame =
-                        if self.tracks.is_empty() { frame } else { self.choose(&channel, position, frame, alt) };
+                Entry::Message { frame, channel, position, rare, .. } => {
+                    let frame = if self.tracks.is_empty() {
+                        frame
+                    } else {
+                        self.choose(&channel, position, frame, rare.and_then(|r| r.alt))
+                    };
                     let mut i = 0;
                     while i < self.gaps.len() {
                         let g = &self.gaps[i];
@@ -512,6 +527,17 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
+
+    /// A queue entry is written and moved once per subscriber of every message, so its
+    /// size is a fan-out cost (docs/benchmarks.md, findings): with ringcastd's frames
+    /// (a `Bytes`, 32 bytes) it is 88 bytes, 136 while a message's key and delta form were
+    /// inline. A bound, not a timing.
+    #[test]
+    fn a_queued_message_stays_small() {
+        assert_eq!(std::mem::size_of::<bytes::Bytes>(), 32);
+        let size = std::mem::size_of::<Entry<bytes::Bytes>>();
+        assert!(size <= 88, "a queue entry is {size} bytes");
+    }
 
     #[test]
     fn a_queued_reply_is_noted_until_drained() {
