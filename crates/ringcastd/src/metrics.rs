@@ -227,7 +227,7 @@ impl Metrics {
         counter(
             &mut o,
             "ringcast_client_direct_writes_total",
-            "Direct writes: a flusher's writes of what was queued for a connection since its last turn, straight to the socket (also counted in ringcast_client_writes_total).",
+            "Direct writes: pre-framed writes of what was queued for a connection, straight to the socket, by a flusher or, when the socket was full, by the connection's session (also counted in ringcast_client_writes_total).",
             self.client_direct_writes.load(Relaxed),
         );
         let _ = writeln!(

@@ -35,7 +35,10 @@
 //! (`unsent`). Otherwise the session is woken and writes the queue itself. What the
 //! socket does not take (the rest of a frame, and every later frame of the turn) goes to
 //! `unsent`, which the session writes before anything else (it is woken for it), so the
-//! stream only ever carries whole frames in order. A connection thus holds at most its
+//! stream only ever carries whole frames in order. The session then writes what is
+//! queued the flusher's way ([`Outbox::poll_write_queued`]: pre-framed, shared bytes,
+//! one `sendmsg` for many frames), waiting while the socket is full; tungstenite's
+//! buffer carries only its own frames (pongs, pings, the close). A connection thus holds at most its
 //! queue plus one drained batch, as on the session path. The queue's delta and `gap`
 //! handling applies as before: the flusher drains it like the session does.
 //!
@@ -343,6 +346,31 @@ impl Outbox {
     /// The session's flush: writes what a direct write left over.
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>, tcp: &TcpStream) -> Poll<io::Result<()>> {
         Self::poll_unsent(&mut self.lock(), cx, tcp)
+    }
+
+    /// A direct-write session's write, when the flusher could not write (the socket was
+    /// full, or the session held bytes): what a direct write left over, then everything
+    /// queued, pre-framed in `sendmsg`s as the flusher writes it, waiting while the
+    /// socket is full. Returns the close requested, if any. tungstenite's own frames (a
+    /// pong, a ping) go before: the session flushes them first.
+    pub(crate) fn poll_write_queued(
+        &self,
+        cx: &mut Context<'_>,
+        scratch: &mut Vec<Drained<Utf8Bytes>>,
+    ) -> Poll<io::Result<Option<CloseCode>>> {
+        let mut s = self.lock();
+        let Some(tcp) = s.direct.as_ref().map(|d| d.tcp.clone()) else { return Poll::Ready(Ok(s.close)) };
+        loop {
+            ready!(Self::poll_unsent(&mut s, cx, &tcp))?;
+            let st = &mut *s;
+            let Some(d) = st.direct.as_mut() else { return Poll::Ready(Ok(st.close)) };
+            if st.queue.is_empty() {
+                return Poll::Ready(Ok(st.close));
+            }
+            st.queue.drain(scratch);
+            write_frames(d, scratch);
+            scratch.clear();
+        }
     }
 
     fn poll_unsent(s: &mut State, cx: &mut Context<'_>, tcp: &TcpStream) -> Poll<io::Result<()>> {
@@ -796,6 +824,49 @@ mod tests {
         let got = reader.await.unwrap_or_else(|e| panic!("{e}"));
         assert!(got == want, "the frames did not arrive whole and in order");
         assert_eq!(o.pending(), Pending::Nothing);
+    }
+
+    #[tokio::test]
+    async fn a_direct_session_writes_the_rest_then_the_queue_the_flushers_way() {
+        let (tcp, mut client) = pair().await;
+        socket2::SockRef::from(&*tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
+        let metrics = Arc::new(Metrics::default());
+        let o = Arc::new(Outbox::new(100, 100_000_000));
+        let flusher = Arc::new(Flusher::new(metrics.clone()));
+        o.attach(tcp.clone(), flusher.clone());
+        let p = MessagePolicy {
+            policy: BackpressurePolicy::Disconnect,
+            bounds: Bounds { messages: 100, bytes: 100_000_000 },
+        };
+        let big = "x".repeat(4 << 20);
+        o.push_message_alt(f(&big), &ch(), at(1), p, None, None);
+        flusher.turn();
+        assert_eq!(o.pending(), Pending::Pushes, "the socket took part of the big frame");
+        // Behind the rest, so queued for the session: more than one write carries.
+        let texts: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+        for (i, t) in texts.iter().enumerate() {
+            o.push_message_alt(f(t), &ch(), at(i as u64 + 2), p, None, None);
+        }
+        assert_eq!(o.push(f("reply")), Pushed::Queued { dropped: 0 });
+        let want: Vec<u8> = std::iter::once(frame(&big))
+            .chain(texts.iter().map(|t| frame(t)))
+            .chain(std::iter::once(frame("reply")))
+            .flatten()
+            .collect();
+        let len = want.len();
+        let reader = tokio::spawn(async move { read_n(&mut client, len, 10).await });
+        let writes_before = metrics.client_direct_writes.load(Ordering::Relaxed);
+        let mut scratch = Vec::new();
+        let close =
+            std::future::poll_fn(|cx| o.poll_write_queued(cx, &mut scratch)).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(close, None);
+        o.written();
+        let got = reader.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(got == want, "the frames did not arrive whole and in order");
+        assert_eq!(o.pending(), Pending::Nothing);
+        // The 41 small frames went in a few writes, not one each.
+        let writes = metrics.client_direct_writes.load(Ordering::Relaxed) - writes_before;
+        assert!((1..=10).contains(&writes), "{writes} writes");
     }
 
     #[tokio::test]

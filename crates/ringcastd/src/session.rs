@@ -408,12 +408,23 @@ impl Session {
         Box::pin(tokio::time::timeout(limit, self.write_batch(ws)))
     }
 
-    /// Writes everything queued as one batch. Returns a close the outbox asked for. The
-    /// batch is freed once written: an idle session holds no frame list.
+    /// Writes everything queued as one batch: a direct-write session the flusher's way
+    /// (pre-framed `sendmsg`s, [`Outbox::poll_write_queued`]), any other through
+    /// tungstenite. Returns a close the outbox asked for. The batch is freed once
+    /// written: an idle session holds no frame list.
     async fn write_batch<S>(&self, ws: &mut WebSocketStream<S>) -> WriteResult
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        if self.direct {
+            // tungstenite's own frames (a pong, a ping) first, then what the socket did not
+            // take from the flusher and the queue, written the flusher's way.
+            ws.flush().await?;
+            let mut scratch = Vec::new();
+            let close = std::future::poll_fn(|cx| self.outbox.poll_write_queued(cx, &mut scratch)).await?;
+            self.outbox.written();
+            return Ok(close);
+        }
         let mut batch = Vec::new();
         let close = self.outbox.drain(&mut batch);
         if !batch.is_empty() {
@@ -433,12 +444,6 @@ impl Session {
             }
             ws.flush().await?;
             self.node.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
-        } else if self.direct {
-            // What a short direct write left over.
-            ws.flush().await?;
-        }
-        if self.direct {
-            self.outbox.written();
         }
         Ok(close)
     }
