@@ -36,11 +36,11 @@
 //! socket does not take (the rest of a frame, and every later frame of the turn) goes to
 //! `unsent`, which the session writes before anything else (it is woken for it), so the
 //! stream only ever carries whole frames in order. The session then writes what is
-//! queued the flusher's way ([`Outbox::poll_write_queued`]: pre-framed, shared bytes,
-//! one `sendmsg` for many frames), waiting while the socket is full; tungstenite's
-//! buffer carries only its own frames (pongs, pings, the close). A connection thus holds at most its
-//! queue plus one drained batch, as on the session path. The queue's delta and `gap`
-//! handling applies as before: the flusher drains it like the session does.
+//! queued the flusher's way (`Outbox::poll_write_queued`: pre-framed, shared bytes, one
+//! `sendmsg` for many frames), waiting while the socket is full; tungstenite's buffer
+//! carries only its own frames (pongs, pings, the close). A connection thus holds at
+//! most its queue plus one drained batch, as on the session path. The queue's delta and
+//! `gap` handling applies as before: the flusher drains it like the session does.
 //!
 //! There is one flusher per worker thread, each for a share of the connections, so with
 //! several workers the writes still spread over the cores. Sessions that speak
