@@ -7,8 +7,7 @@
 //! latency from the scheduled time into HDR histograms ([`load`]); who subscribes
 //! to which channels and where each publish goes ([`layout`]); server CPU and memory
 //! from `/proc` ([`procfs`]); the Markdown/JSON report and the PNG chart ([`report`]);
-//! [`guard`], the deterministic in-process fan-out whose instruction count CI compares
-//! with a baseline; and [`storm`], the presence storm (a network blip that drops and
+//! and [`storm`], the presence storm (a network blip that drops and
 //! reconnects every user of many presence channels) counted against the naive cost;
 //! and [`scoreboard`], live scores to many viewers with a few slow ones: deliveries,
 //! wire bytes with and without deltas, and how stale the slow viewers' scores get
@@ -19,7 +18,6 @@
 //! although every run checks for loss (sequence gaps) and disconnects and is marked
 //! invalid when it sees any.
 
-pub mod guard;
 pub mod layout;
 pub mod load;
 pub mod payload;

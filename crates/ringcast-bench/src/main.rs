@@ -86,15 +86,6 @@ enum Cmd {
         #[arg(long)]
         input: PathBuf,
     },
-    /// The fixed in-process fan-out measured under callgrind (`scripts/bench --guard`).
-    Guard {
-        #[arg(long, default_value_t = 1000)]
-        subscribers: usize,
-        #[arg(long, default_value_t = 200)]
-        messages: u64,
-        #[arg(long, default_value_t = 100)]
-        payload: usize,
-    },
 }
 
 /// Whether scoreboard viewers ask for deltas.
@@ -318,11 +309,6 @@ fn main() -> anyhow::Result<()> {
                 .map(serde_json::from_str)
                 .collect::<Result<Vec<ringcast_bench::storm::StormOutcome>, _>>()?;
             print!("{}", ringcast_bench::storm::markdown(&outcomes));
-            Ok(())
-        }
-        Cmd::Guard { subscribers, messages, payload } => {
-            let drained = ringcast_bench::guard::fan_out(subscribers, messages, payload)?;
-            println!("{{\"subscribers\":{subscribers},\"messages\":{messages},\"frames\":{drained}}}");
             Ok(())
         }
         Cmd::Report { input, markdown, json, chart, font } => {

@@ -1,5 +1,6 @@
-//! The CI regression guard: a fixed, in-process fan-out whose instruction count
-//! (under `valgrind --tool=callgrind`) is compared with a committed baseline.
+//! `ringcast-guard`: CI's performance regression guard, a fixed, in-process fan-out
+//! whose instruction count (under `valgrind --tool=callgrind`, `scripts/bench --guard`)
+//! is compared with a committed baseline (`callgrind-baseline.txt`).
 //!
 //! It runs the per-publish and per-subscriber work of ringcastd's hot path without
 //! sockets, threads or clocks, so the count is deterministic for a given binary: each
@@ -7,7 +8,11 @@
 //! pushed into every subscriber's [`SendQueue`] under the namespace policy (as
 //! `Outbox::push_message` does), and every `DRAIN_EVERY` messages each queue is drained
 //! (as a session writer does). Wall-clock time is never compared: on a shared 2-core
-//! machine it is noise; an instruction count moves only when the code does.
+//! machine it is noise; an instruction count moves only when the code does (or the
+//! build: docs/benchmarks.md, "Regression guard").
+//!
+//! It is a crate of its own, with few dependencies, so that CI's release build of it
+//! takes seconds rather than the minutes `ringcast-bench` takes.
 
 use bytes::Bytes;
 use ringcast_core::send_queue::{Bounds, Drained, MessagePolicy, Pushed, SendQueue};
