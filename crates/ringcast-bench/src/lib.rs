@@ -6,12 +6,13 @@
 //! scheduled send time and sequence number ([`payload`]); an open-loop publisher and
 //! latency from the scheduled time into HDR histograms ([`load`]); who subscribes
 //! to which channels and where each publish goes ([`layout`]); server CPU and memory
-//! from `/proc` ([`procfs`]); the Markdown/JSON report and the PNG chart ([`report`]);
-//! and [`storm`], the presence storm (a network blip that drops and
-//! reconnects every user of many presence channels) counted against the naive cost;
+//! from `/proc` ([`procfs`]); the Markdown/JSON report and the PNG chart ([`report`]).
+//! Two scenarios of their own: [`storm`], the presence storm (a network blip that drops
+//! and reconnects every user of many presence channels) counted against the naive cost,
 //! and [`scoreboard`], live scores to many viewers with a few slow ones: deliveries,
 //! wire bytes with and without deltas, and how stale the slow viewers' scores get
-//! (`ringcast_core::delta::apply` rebuilds states from deltas).
+//! (`ringcast_core::delta::apply` rebuilds states from deltas). CI's regression guard
+//! is the `ringcast-guard` crate.
 //!
 //! What it deliberately does not do: start or pin servers (the script does, with
 //! `taskset`), or use any client library. It is not a correctness test of ringcast,
