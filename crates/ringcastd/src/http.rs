@@ -713,7 +713,10 @@ async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Res
             let _permit = permit;
             let session = match on_upgrade.await {
                 Ok(upgraded) => direct_session(session_node, upgraded, conn, encoding),
-                Err(e) => return debug!(error = %e, "upgrade failed"),
+                Err(e) => {
+                    debug!(error = %e, "upgrade failed");
+                    return;
+                }
             };
             session.await;
         });
@@ -722,7 +725,10 @@ async fn ws_upgrade(State(node): State<AppState>, mut req: Request<Body>) -> Res
             let _permit = permit;
             let session = match on_upgrade.await {
                 Ok(upgraded) => session::run(session_node, TokioIo::new(upgraded), conn, encoding),
-                Err(e) => return debug!(error = %e, "upgrade failed"),
+                Err(e) => {
+                    debug!(error = %e, "upgrade failed");
+                    return;
+                }
             };
             session.await;
         });

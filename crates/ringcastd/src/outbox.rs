@@ -90,6 +90,17 @@ impl State {
     fn has_unsent(&self) -> bool {
         self.direct.as_ref().is_some_and(|d| !d.unsent.is_empty())
     }
+
+    /// A direct write of everything queued (drained into `scratch`, left empty), as the
+    /// flusher and a direct-write session both write it. Returns whether the socket left
+    /// some of it over in `unsent`; without a socket it writes nothing.
+    fn write_queued(&mut self, scratch: &mut Vec<Drained<Utf8Bytes>>) -> bool {
+        let Some(d) = self.direct.as_mut() else { return false };
+        self.queue.drain(scratch);
+        let rest = write_frames(d, scratch);
+        scratch.clear();
+        rest
+    }
 }
 
 /// The header of an unmasked, final WebSocket text frame of `len` bytes (RFC 6455 §5.2,
@@ -317,12 +328,7 @@ impl Outbox {
             self.notify.notify_one();
             return;
         }
-        let s = &mut *s;
-        let Some(d) = s.direct.as_mut() else { return };
-        s.queue.drain(scratch);
-        let rest = write_frames(d, scratch);
-        scratch.clear();
-        if rest {
+        if s.write_queued(scratch) {
             self.notify.notify_one();
         }
     }
@@ -333,7 +339,7 @@ impl Outbox {
         {
             let mut s = self.lock();
             s.writing = true;
-            ready!(Self::poll_unsent(&mut s, cx, tcp))?;
+            ready!(Self::poll_unsent(&mut s, cx))?;
         }
         loop {
             match tcp.try_write(buf) {
@@ -344,8 +350,8 @@ impl Outbox {
     }
 
     /// The session's flush: writes what a direct write left over.
-    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>, tcp: &TcpStream) -> Poll<io::Result<()>> {
-        Self::poll_unsent(&mut self.lock(), cx, tcp)
+    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Self::poll_unsent(&mut self.lock(), cx)
     }
 
     /// A direct-write session's write, when the flusher could not write (the socket was
@@ -359,28 +365,25 @@ impl Outbox {
         scratch: &mut Vec<Drained<Utf8Bytes>>,
     ) -> Poll<io::Result<Option<CloseCode>>> {
         let mut s = self.lock();
-        let Some(tcp) = s.direct.as_ref().map(|d| d.tcp.clone()) else { return Poll::Ready(Ok(s.close)) };
         loop {
-            ready!(Self::poll_unsent(&mut s, cx, &tcp))?;
-            let st = &mut *s;
-            let Some(d) = st.direct.as_mut() else { return Poll::Ready(Ok(st.close)) };
-            if st.queue.is_empty() {
-                return Poll::Ready(Ok(st.close));
+            ready!(Self::poll_unsent(&mut s, cx))?;
+            if s.direct.is_none() || s.queue.is_empty() {
+                return Poll::Ready(Ok(s.close));
             }
-            st.queue.drain(scratch);
-            write_frames(d, scratch);
-            scratch.clear();
+            s.write_queued(scratch);
         }
     }
 
-    fn poll_unsent(s: &mut State, cx: &mut Context<'_>, tcp: &TcpStream) -> Poll<io::Result<()>> {
+    /// Writes what a direct write left over to the attached socket (the session's own),
+    /// waiting while it is full; nothing to do without one.
+    fn poll_unsent(s: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(d) = s.direct.as_mut() else { return Poll::Ready(Ok(())) };
         while !d.unsent.is_empty() {
-            match tcp.try_write(&d.unsent) {
+            match d.tcp.try_write(&d.unsent) {
                 Ok(n) => {
                     d.unsent.drain(..n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(tcp.poll_write_ready(cx))?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(d.tcp.poll_write_ready(cx))?,
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }

@@ -67,11 +67,11 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.outbox.poll_flush(cx, &self.tcp)
+        self.outbox.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.outbox.poll_flush(cx, &self.tcp))?;
+        ready!(self.outbox.poll_flush(cx))?;
         Poll::Ready(socket2::SockRef::from(&*self.tcp).shutdown(std::net::Shutdown::Write))
     }
 }
