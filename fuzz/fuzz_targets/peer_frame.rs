@@ -1,4 +1,4 @@
-//! The cluster frame codec (`ringcast_cluster::transport::frame`) decoding
+//! The cluster frame codec (`ringcast_proto::cluster::codec`) decoding
 //! `ringcast_proto::cluster::PeerFrame`s: raw bytes, and structured frames built with
 //! `arbitrary`.
 //!
@@ -20,8 +20,8 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use ringcast_cluster::transport::{
-    decode_frame, encode_frame, frame_len, FrameCodecConfig, FrameError, LENGTH_PREFIX_BYTES, MAX_FRAME_BYTES,
+use ringcast_proto::cluster::codec::{
+    decode_frame, encode_frame, frame_len, CodecError, FrameCodecConfig, LENGTH_PREFIX_BYTES, MAX_FRAME_BYTES,
 };
 use ringcast_proto::cluster::PeerFrame;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -79,7 +79,7 @@ fn round_trip(frame: &PeerFrame) -> Vec<u8> {
     let cfg = FrameCodecConfig::default();
     let bytes = match encode_frame(frame, cfg) {
         Ok(bytes) => bytes,
-        Err(FrameError::EncodeTooLarge { .. }) => return Vec::new(),
+        Err(CodecError::EncodeTooLarge { .. }) => return Vec::new(),
         Err(e) => panic!("a decodable frame does not encode: {e}"),
     };
     match decode_frame::<PeerFrame>(&bytes, cfg) {

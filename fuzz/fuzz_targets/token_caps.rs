@@ -1,4 +1,4 @@
-//! Token verification (`ringcastd::auth::Verifier`), capability patterns
+//! Token verification (`ringcast_auth::Verifier`), capability patterns
 //! (`ringcast_core::ChannelPattern`) and channel-name validation (`ChannelName::new`).
 //!
 //! Properties:
@@ -22,8 +22,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;
 use ringcast_core::{ChannelName, ChannelPattern, NamespaceName};
 use ringcast_proto::ErrorCode;
-use ringcastd::auth::{AuthError, Identity, Verifier, MAX_PATTERNS_PER_CAP};
-use ringcastd::config::AuthConfig;
+use ringcast_auth::{AuthConfig, AuthError, Identity, Verifier, MAX_PATTERNS_PER_CAP};
 use std::sync::OnceLock;
 
 const SECRET: &str = "fuzz-secret-fuzz-secret-fuzz-secret!";

@@ -8,8 +8,9 @@
 //! it meant to reach. Whether that id matches the peer's etcd registration is the
 //! router's check.
 //!
-//! Streams carry length-prefixed bincode frames; see [`frame`] for the wire format and
-//! limits. The normative description is `proto/cluster.md`.
+//! Streams carry length-prefixed bincode frames: [`frame`] reads and writes them with
+//! the codec in `ringcast_proto::cluster::codec` (the wire format and its limits). The
+//! normative description is `proto/cluster.md`.
 //!
 //! What this module does not do: decide which frames exist (that is
 //! `ringcast_proto::cluster`), keep links alive across failures, or queue outbound
@@ -23,11 +24,8 @@
 
 pub mod frame;
 
-pub use frame::{
-    decode_frame, encode_frame, frame_len, read_frame, reset_on_error, write_frame, FrameCodecConfig, FrameError,
-    FrameLimitError, CLUSTER_PROTOCOL_VERSION, FRAME_HEADER_BYTES, LENGTH_PREFIX_BYTES, MAX_FRAME_BYTES,
-    RESET_PROTOCOL_ERROR,
-};
+pub use frame::{read_frame, reset_on_error, write_frame, FrameError, RESET_PROTOCOL_ERROR};
+pub use ringcast_proto::cluster::codec::{CodecError, FrameCodecConfig, FrameLimitError, MAX_FRAME_BYTES};
 
 use crate::tls::{node_server_name, peer_node_id, ClusterTls, TlsError};
 use quinn::{Connection, ConnectionError, VarInt};

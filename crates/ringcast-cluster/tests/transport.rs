@@ -4,7 +4,7 @@
 
 use ringcast_cluster::tls::{ca_init, ca_issue, peer_node_id, ClusterTls, ALPN};
 use ringcast_cluster::transport::{
-    read_frame, reset_on_error, write_frame, FrameCodecConfig, FrameError, Transport, TransportError,
+    read_frame, reset_on_error, write_frame, CodecError, FrameCodecConfig, FrameError, Transport, TransportError,
     RESET_PROTOCOL_ERROR,
 };
 use ringcast_core::NodeId;
@@ -269,13 +269,19 @@ async fn malformed_frames_reset_their_stream_and_nothing_else() {
         ("truncated prefix", vec![0, 0], true, |e| matches!(e, FrameError::Truncated { got: 2, expected: 4 })),
         // Not finished: the length alone must be refused, without waiting for a payload.
         ("oversized length", vec![0xff, 0xff, 0xff, 0xff, 1, 0], false, |e| {
-            matches!(e, FrameError::TooLarge { len: 0xffff_ffff, .. })
+            matches!(e, FrameError::Codec(CodecError::TooLarge { len: 0xffff_ffff, .. }))
         }),
-        ("just over the limit", vec![0x01, 0, 0, 1, 1], false, |e| matches!(e, FrameError::TooLarge { .. })),
-        ("zero length", vec![0, 0, 0, 0, 9, 9], false, |e| matches!(e, FrameError::Empty)),
-        ("unknown version", vec![0, 0, 0, 3, 2, 0, 7], false, |e| matches!(e, FrameError::UnknownVersion { got: 2 })),
+        ("just over the limit", vec![0x01, 0, 0, 1, 1], false, |e| {
+            matches!(e, FrameError::Codec(CodecError::TooLarge { .. }))
+        }),
+        ("zero length", vec![0, 0, 0, 0, 9, 9], false, |e| matches!(e, FrameError::Codec(CodecError::Empty))),
+        ("unknown version", vec![0, 0, 0, 3, 2, 0, 7], false, |e| {
+            matches!(e, FrameError::Codec(CodecError::UnknownVersion { got: 2 }))
+        }),
         // Variant 200 of a three-variant enum.
-        ("garbage payload", vec![0, 0, 0, 4, 1, 200, 1, 1], false, |e| matches!(e, FrameError::Malformed { .. })),
+        ("garbage payload", vec![0, 0, 0, 4, 1, 200, 1, 1], false, |e| {
+            matches!(e, FrameError::Codec(CodecError::Malformed { .. }))
+        }),
     ];
     for (name, bytes, finish, check) in cases {
         let mut send = within(a_conn.open_uni()).await.unwrap_or_else(|e| panic!("{name}: {e}"));

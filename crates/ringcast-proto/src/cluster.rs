@@ -1,7 +1,8 @@
 //! Cluster frames: what nodes say to each other over their QUIC links.
 //!
-//! Types only. Encoding (length prefix, version byte, bincode 2 with a size limit) is
-//! the transport codec's job in `ringcast-cluster`, the one place bincode is called.
+//! The frame types, and in [`codec`] their encoding (length prefix, version byte,
+//! bincode 2 with a size limit), the one place bincode is called. `ringcast-cluster`
+//! reads and writes them on QUIC streams.
 //! Strings and integers are plain here and validated by the receiver (a channel name
 //! from a peer is parsed like one from a client), because a peer is input too.
 //!
@@ -14,6 +15,8 @@
 //! Owners refuse requests routed with an epoch newer than their own claim (they are
 //! stale); subscriber nodes drop `Deliver` frames whose slot epoch is older than the
 //! newest they have seen for that slot (a zombie owner).
+
+pub mod codec;
 
 use bincode::{Decode, Encode};
 

@@ -2,8 +2,9 @@
 //!
 //! - [`client`]: the WebSocket client protocol (JSON text frames): decoding commands
 //!   with precise, client-visible errors, and encoding replies and pushes.
-//! - [`cluster`]: the frames nodes exchange over QUIC (types only; the transport in
-//!   `ringcast-cluster` owns the codec).
+//! - [`cluster`]: the frames nodes exchange over QUIC, and their codec
+//!   ([`cluster::codec`]: length prefix, version byte, bounded bincode); the transport
+//!   in `ringcast-cluster` drives it over quinn streams.
 //! - [`webhook`]: the batches sent to the application's backend and their HMAC
 //!   signature.
 //! - [`codes`]: the stable [`ErrorCode`]s and WebSocket [`CloseCode`]s, whose tables in

@@ -388,7 +388,7 @@ fn read_access<'n>(
     node: &'n Node,
     channel: &ChannelName,
     headers: &HeaderMap,
-    allowed: impl Fn(&crate::auth::Identity, &ChannelName) -> bool,
+    allowed: impl Fn(&ringcast_auth::Identity, &ChannelName) -> bool,
     capability: &str,
 ) -> Result<&'n NamespaceOptions, ApiError> {
     let api_key = has_api_key(node, headers);

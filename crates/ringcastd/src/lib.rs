@@ -16,13 +16,12 @@
 //!   slot's owner through [`cluster`] (membership, peer links, forwarding).
 //! - [`hub`] and [`outbox`]: channels, their logs and local fan-out into bounded
 //!   per-connection queues.
-//! - [`auth`]: JWT verification and capabilities. [`metrics`]: Prometheus counters.
+//! - [`metrics`]: Prometheus counters. Tokens and capabilities are `ringcast-auth`'s.
 //! - [`node`]: shared state and the serve/drain lifecycle.
 //! - [`web`]: `ringcast.js`, the scoreboard demo and the dashboard, compiled in.
 //!
 //! Pure logic lives in `ringcast-core`; this crate is the I/O around it.
 
-pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod hooks;

@@ -98,7 +98,7 @@ fn main() -> ExitCode {
     };
     // Key files are part of the configuration: unreadable or invalid ones are usage
     // errors too, caught before anything starts.
-    if let Err(e) = ringcastd::auth::Verifier::from_config(&config.auth) {
+    if let Err(e) = ringcast_auth::Verifier::from_config(&config.auth) {
         report(&format!("ringcastd: configuration error: {e}"));
         return ExitCode::from(EXIT_USAGE);
     }

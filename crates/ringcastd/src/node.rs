@@ -7,12 +7,12 @@
 //! working; then the shutdown token is cancelled, the listener stops, sessions are
 //! closed with 1001, and tasks get `node.shutdown_grace` to finish.
 
-use crate::auth::{AuthConfigError, Verifier};
 use crate::cluster::{Runtime, Settings};
 use crate::config::Config;
 use crate::hub::{EpochSource, Hub};
 use crate::metrics::Metrics;
 use crate::router::Router;
+use ringcast_auth::{AuthConfigError, Verifier};
 use ringcast_core::{ChannelName, ConnId, Millis, NamespaceOptions, NodeId, TokenBucket};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

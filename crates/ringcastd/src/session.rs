@@ -22,7 +22,6 @@
 //! loss, a slow reader or persistent flooding end the session, each with its documented
 //! close code. On exit the session removes all its subscriptions.
 
-use crate::auth::Identity;
 use crate::hooks::{Caller, Hook, Verdict};
 use crate::hub::{Origin, PublishRequest};
 use crate::lazy_read::LazyRead;
@@ -33,6 +32,7 @@ use crate::socket::Socket;
 use bytes::Bytes;
 use futures_util::stream::FusedStream;
 use futures_util::{SinkExt, StreamExt};
+use ringcast_auth::Identity;
 use ringcast_core::{ChannelName, ConnId, NamespaceOptions, Pattern, TokenBucket};
 use ringcast_proto::client::DecodeError;
 use ringcast_proto::client::{

@@ -1,7 +1,7 @@
 //! Inbound peer links: accepting them and dispatching their frames.
 
 use super::*;
-use crate::auth::MAX_INFO_BYTES;
+use ringcast_auth::MAX_INFO_BYTES;
 use ringcast_proto::client::MAX_PRESENCE_MEMBERS;
 use ringcast_proto::cluster::{BatchItemWire, BatchResultWire};
 

@@ -436,7 +436,7 @@ fn snapshot_from_wire(w: ChannelSnapshotWire, slot: Slot) -> Option<crate::hub::
         .filter_map(|m| {
             let node = NodeId::new(&m.node).ok()?;
             let fits = m.user.len() <= inbound::MAX_USER_BYTES
-                && m.info.as_ref().is_none_or(|i| i.len() <= crate::auth::MAX_INFO_BYTES);
+                && m.info.as_ref().is_none_or(|i| i.len() <= ringcast_auth::MAX_INFO_BYTES);
             fits.then(|| ringcast_core::presence::Member {
                 node,
                 conn: ringcast_core::ConnId(m.conn),

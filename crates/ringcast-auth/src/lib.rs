@@ -1,4 +1,4 @@
-//! Client authentication: JWT connection tokens and channel capabilities.
+//! # ringcast-auth: client tokens and channel capabilities
 //!
 //! A token is a JWT signed with HS256 (shared secret), RS256 or ES256 (public keys from
 //! config). The key is chosen by the token's `alg` header among the algorithms that have
@@ -18,9 +18,17 @@
 //! needs a matching `caps` pattern unless its namespace is `anonymous`. History reads
 //! follow `subscribe`; `presence` queries and receiving `join`/`leave` need a
 //! `caps.presence` pattern (or an `anonymous` namespace). `info` (any JSON, at most
-//! [`MAX_INFO_BYTES`]) is shown to others in presence answers and join/leave pushes. Rejections never say more than `unauthorized` or `token_expired`.
+//! [`MAX_INFO_BYTES`]) is shown to others in presence answers and join/leave pushes.
+//! Rejections never say more than `unauthorized` or `token_expired`.
+//!
+//! The crate does no I/O beyond reading the configured key files in
+//! [`Verifier::from_config`]: `ringcastd` calls it from its sessions and HTTP handlers,
+//! and the `token_caps` fuzz target (`fuzz/`) drives it without the server's stack.
 
-use crate::config::AuthConfig;
+mod config;
+
+pub use config::AuthConfig;
+
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use ringcast_core::{ChannelName, ChannelPattern};
