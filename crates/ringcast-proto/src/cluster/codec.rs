@@ -31,6 +31,7 @@ pub const FRAME_HEADER_BYTES: usize = LENGTH_PREFIX_BYTES + 1;
 /// It is also bincode's byte limit, which is a compile-time constant in bincode 2: a
 /// config can lower the frame limit below it, never raise it.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
 /// bincode's standard configuration with the frame ceiling as its byte limit.
 type Bincode = Configuration<LittleEndian, Varint, bincode::config::Limit<MAX_FRAME_BYTES>>;
 const BINCODE: Bincode = bincode::config::standard().with_limit::<MAX_FRAME_BYTES>();
