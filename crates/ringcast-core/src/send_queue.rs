@@ -176,9 +176,9 @@ impl Usage {
     }
 }
 
-/// Batches of at most this many entries free the queue's allocation when drained; larger
-/// ones keep it for the next batch. Four is the least a queue of entries this size
-/// allocates, so a small batch never grows its allocation.
+/// Batches of at most this many entries free the queue's allocation when drained unless
+/// they carried a message; larger ones keep it for the next batch. Four is the least a
+/// queue of entries this size allocates, so a small batch never grows its allocation.
 pub const FREE_UP_TO_ENTRIES: usize = 4;
 
 /// A connection's send queue (see the module docs).
@@ -472,13 +472,15 @@ impl<F> SendQueue<F> {
 
     /// Moves everything queued to `out` in write order, each gap notice just before the
     /// first later message of its channel, and the rest at the end. After a batch of at
-    /// most [`FREE_UP_TO_ENTRIES`] the queue keeps no allocation for its entries.
+    /// most [`FREE_UP_TO_ENTRIES`] entries the queue keeps no allocation for them, unless
+    /// the batch carried a message: then it keeps room for [`FREE_UP_TO_ENTRIES`].
     pub fn drain(&mut self, out: &mut Vec<Drained<F>>) {
         self.messages = Usage::default();
         self.control = Usage::default();
         self.reply_queued = false;
         let mut entries = std::mem::take(&mut self.entries);
         let drained_entries = entries.len();
+        let mut carried_message = false;
         for e in entries.drain(..) {
             let frame = match e {
                 Entry::Control(frame) | Entry::Exempt(frame) | Entry::Ephemeral(frame) => frame,
@@ -487,6 +489,7 @@ impl<F> SendQueue<F> {
                     continue;
                 }
                 Entry::Message { frame, channel, position, rare, .. } => {
+                    carried_message = true;
                     let frame = if self.tracks.is_empty() {
                         frame
                     } else {
@@ -506,11 +509,17 @@ impl<F> SendQueue<F> {
             };
             out.push(Drained::Frame(frame));
         }
-        // A small batch gives its allocation back: allocating again costs the next push
-        // one allocation, and an idle connection, whose last batch was a reply or two,
-        // then holds none. A larger one keeps it, as a busy connection would only grow it
-        // again entry by entry.
+        // A larger batch keeps its allocation, as a busy connection would only grow it
+        // again entry by entry. A small one of replies gives it back: an idle connection,
+        // whose last batch was a reply or two, then holds none. A small one that carried
+        // a message keeps room for FREE_UP_TO_ENTRIES (352 bytes with ringcastd's
+        // frames): a subscriber that gets one message per write would otherwise pay an
+        // allocation and a free per message (2.5 % of the server's CPU at 10k
+        // subscribers x 10 publishes/s, docs/benchmarks.md).
         if drained_entries > FREE_UP_TO_ENTRIES {
+            self.entries = entries;
+        } else if carried_message {
+            entries.shrink_to(FREE_UP_TO_ENTRIES);
             self.entries = entries;
         }
         out.extend(self.gaps.drain(..).map(Drained::Gap));
@@ -537,6 +546,31 @@ mod tests {
         assert_eq!(std::mem::size_of::<bytes::Bytes>(), 32);
         let size = std::mem::size_of::<Entry<bytes::Bytes>>();
         assert!(size <= 88, "a queue entry is {size} bytes");
+    }
+
+    #[test]
+    fn only_a_queue_that_carried_messages_keeps_a_small_allocation() {
+        let mut q: SendQueue<u64> = SendQueue::new(Bounds { messages: 100, bytes: 1 << 20 });
+        let policy = MessagePolicy { policy: BackpressurePolicy::DropOldest, bounds: q.bounds() };
+        let mut out = Vec::new();
+        q.push_control(1, 1);
+        q.drain(&mut out);
+        assert_eq!(q.entries.capacity(), 0, "replies alone leave no allocation");
+        q.push_message(2, 1, &ch("chat:a"), at(1), policy);
+        q.drain(&mut out);
+        let kept = q.entries.capacity();
+        assert!((1..=FREE_UP_TO_ENTRIES).contains(&kept), "a message keeps a small one: {kept}");
+        for o in 2..40 {
+            q.push_message(o, 1, &ch("chat:a"), at(o), policy);
+        }
+        q.drain(&mut out);
+        assert!(q.entries.capacity() >= 38, "a large batch keeps its allocation");
+        q.push_message(40, 1, &ch("chat:a"), at(40), policy);
+        q.drain(&mut out);
+        assert!(q.entries.capacity() <= FREE_UP_TO_ENTRIES, "a small batch shrinks it again");
+        q.push_control(41, 1);
+        q.drain(&mut out);
+        assert_eq!(q.entries.capacity(), 0, "and a batch of replies frees it");
     }
 
     #[test]
