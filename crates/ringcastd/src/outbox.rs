@@ -11,9 +11,10 @@
 //!
 //! The session's writer drains everything queued in one go and writes it as one batch, so
 //! a connection holds at most its queue plus the batch being written. The batch is freed
-//! once written, and the queue's own allocation after a small batch
+//! once written, and the queue's own allocation after a small batch of replies
 //! ([`ringcast_core::send_queue::FREE_UP_TO_ENTRIES`]), so an idle connection holds only
-//! the empty outbox.
+//! the empty outbox; a subscriber whose last small batch carried a message keeps room
+//! for that many entries, instead of allocating it again for every message.
 //!
 //! # Direct writes
 //!
