@@ -103,7 +103,14 @@ impl CodecError {
     /// encoding failure).
     #[must_use]
     pub fn is_protocol_violation(&self) -> bool {
-        !matches!(self, CodecError::EncodeTooLarge { .. } | CodecError::Encode { .. })
+        match self {
+            CodecError::TooLarge { .. }
+            | CodecError::Empty
+            | CodecError::UnknownVersion { .. }
+            | CodecError::Malformed { .. }
+            | CodecError::TrailingBytes { .. } => true,
+            CodecError::EncodeTooLarge { .. } | CodecError::Encode { .. } => false,
+        }
     }
 }
 
