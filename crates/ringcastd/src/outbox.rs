@@ -68,9 +68,10 @@ pub use ringcast_core::send_queue::Pushed;
 struct State {
     queue: SendQueue<Utf8Bytes>,
     close: Option<CloseCode>,
-    /// The socket producers may write to directly (see the module docs); boxed, so an
-    /// outbox without it costs one pointer.
-    direct: Option<Box<Direct>>,
+    /// The socket producers may write to directly (see the module docs). Inline, not
+    /// boxed: the fan-out's push and the flusher's write both read it, and a box is one
+    /// more cache miss for each (see [`Outbox`]).
+    direct: Option<Direct>,
     /// The session took frames from the queue, or wrote through tungstenite, and has not
     /// flushed everything since: nothing may be written directly before those bytes.
     writing: bool,
@@ -273,7 +274,14 @@ pub enum Pending {
 }
 
 /// A bounded queue of frames for one connection.
+///
+/// `repr(C)`, the state first: its lock then shares a cache line with the reference
+/// count that the flusher's list takes and drops, and the notifiers, which a direct write
+/// does not touch, come last. At 10,000 subscribers every outbox a delivery touches is
+/// cold, once for the fan-out's push and again for the flusher's write, so each line
+/// spared counts (docs/benchmarks.md, "Status check, 2026-11-30 evening").
 #[derive(Debug)]
+#[repr(C)]
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
@@ -306,7 +314,7 @@ impl Outbox {
     /// Lets `flusher` write queued messages straight to `tcp` (the session's socket)
     /// while the session holds nothing.
     pub fn attach(&self, tcp: Arc<TcpStream>, flusher: Arc<Flusher>) {
-        self.lock().direct = Some(Box::new(Direct { tcp, flusher, unsent: Vec::new() }));
+        self.lock().direct = Some(Direct { tcp, flusher, unsent: Vec::new() });
     }
 
     /// The session is over: no more direct writes. Pushes are still taken (and never
