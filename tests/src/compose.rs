@@ -259,8 +259,12 @@ pub async fn rolling_restart_under_load(
     ensure!(restarted["rolling_restart"] == "ok", "rolling restart: {restarted}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while acked.iter().any(|(ch, a)| seen.get(ch).map_or(0, Vec::len) < a.len()) {
-        ensure!(Instant::now() < deadline, "the subscriber fell short: acked {acked:?}, seen {seen:?}");
-        let e = tokio::time::timeout(Duration::from_secs(10), subscriber.next()).await.context("subscriber")??;
+        // One bound for the whole catch-up, not one per event: the subscriber may be
+        // between reconnects (its backoff reaches 8 s, and a dial to a node still
+        // starting costs it another), so a single wait can take longer than 10 s.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let short = || format!("the subscriber fell short within 30 s: acked {acked:?}, seen {seen:?}");
+        let e = tokio::time::timeout(left, subscriber.next()).await.with_context(short)??;
         record(e, &mut seen, &mut not_recovered);
     }
     ensure!(not_recovered.is_empty(), "not a lossless resume during the rolling restart: {not_recovered:?}");
