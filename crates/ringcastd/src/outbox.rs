@@ -40,7 +40,9 @@
 //! queued the flusher's way (`Outbox::poll_write_queued`: pre-framed, shared bytes, one
 //! `sendmsg` for many frames), waiting while the socket is full; tungstenite's buffer
 //! carries only its own frames (pongs, pings, the close). A connection thus holds at
-//! most its queue plus one drained batch, as on the session path. The queue's delta and
+//! most its queue plus one drained batch, as on the session path. A direct write that
+//! fails (the connection broke) drops its frames with the connection, stops direct
+//! writes, and wakes the session, whose next write returns that error and ends it. The queue's delta and
 //! `gap` handling applies as before: the flusher drains it like the session does.
 //!
 //! There is one flusher per worker thread, each for a share of the connections, so with
@@ -86,16 +88,22 @@ struct Direct {
     flusher: Arc<Flusher>,
     /// The rest of a direct write the socket did not take, written before anything else.
     unsent: Vec<u8>,
+    /// A direct write failed (the connection is broken): nothing more is written
+    /// directly, and the session's next write returns this error and ends it.
+    failed: Option<io::ErrorKind>,
 }
 
 impl State {
-    fn has_unsent(&self) -> bool {
-        self.direct.as_ref().is_some_and(|d| !d.unsent.is_empty())
+    /// Something of an earlier direct write is the session's to write first: the rest
+    /// the socket did not take, or the write's failure.
+    fn direct_held(&self) -> bool {
+        self.direct.as_ref().is_some_and(|d| !d.unsent.is_empty() || d.failed.is_some())
     }
 
     /// A direct write of everything queued (drained into `scratch`, left empty), as the
-    /// flusher and a direct-write session both write it. Returns whether the socket left
-    /// some of it over in `unsent`; without a socket it writes nothing.
+    /// flusher and a direct-write session both write it. Returns whether the session
+    /// must act: the socket left some of it over in `unsent`, or the write failed;
+    /// without a socket it writes nothing.
     fn write_queued(&mut self, scratch: &mut Vec<Drained<Utf8Bytes>>) -> bool {
         let Some(d) = self.direct.as_mut() else { return false };
         self.queue.drain(scratch);
@@ -137,7 +145,8 @@ fn gap_frame(g: &GapNotice) -> Utf8Bytes {
 const FRAMES_PER_WRITE: usize = 32;
 
 /// Writes `frames` (drained from the queue, in order) to `d`'s socket without waiting;
-/// what the socket does not take goes to `d.unsent`. Returns whether anything did.
+/// what the socket does not take goes to `d.unsent`. Returns whether anything did, or
+/// the write failed (`d.failed`; the frames are dropped with the broken connection).
 fn write_frames(d: &mut Direct, frames: &mut [Drained<Utf8Bytes>]) -> bool {
     for f in frames.iter_mut() {
         if let Drained::Gap(g) = f {
@@ -169,8 +178,12 @@ fn write_frames(d: &mut Direct, frames: &mut [Drained<Utf8Bytes>]) -> bool {
         let written = match socket2::SockRef::from(&*d.tcp).send_vectored(slices) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            // The connection failed: the session meets the error on its socket.
-            Err(_) => return false,
+            // The connection is broken: the session ends on this error at its next write
+            // (it is woken for it), and nothing more is written directly.
+            Err(e) => {
+                d.failed = Some(e.kind());
+                return true;
+            }
         };
         if written > 0 {
             d.flusher.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
@@ -314,7 +327,7 @@ impl Outbox {
     /// Lets `flusher` write queued messages straight to `tcp` (the session's socket)
     /// while the session holds nothing.
     pub fn attach(&self, tcp: Arc<TcpStream>, flusher: Arc<Flusher>) {
-        self.lock().direct = Some(Direct { tcp, flusher, unsent: Vec::new() });
+        self.lock().direct = Some(Direct { tcp, flusher, unsent: Vec::new(), failed: None });
     }
 
     /// The session is over: no more direct writes. Pushes are still taken (and never
@@ -332,7 +345,7 @@ impl Outbox {
         if s.queue.is_empty() {
             return;
         }
-        if s.close.is_some() || s.writing || s.has_unsent() {
+        if s.close.is_some() || s.writing || s.direct_held() {
             drop(s);
             self.notify.notify_one();
             return;
@@ -384,9 +397,13 @@ impl Outbox {
     }
 
     /// Writes what a direct write left over to the attached socket (the session's own),
-    /// waiting while it is full; nothing to do without one.
+    /// waiting while it is full; nothing to do without one. A failed direct write is
+    /// this write's error.
     fn poll_unsent(s: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(d) = s.direct.as_mut() else { return Poll::Ready(Ok(())) };
+        if let Some(kind) = d.failed {
+            return Poll::Ready(Err(io::Error::new(kind, "a direct write to the connection failed")));
+        }
         while !d.unsent.is_empty() {
             match d.tcp.try_write(&d.unsent) {
                 Ok(n) => {
@@ -405,7 +422,7 @@ impl Outbox {
     /// The session flushed everything it took and wrote: direct writes may resume.
     pub fn written(&self) {
         let mut s = self.lock();
-        if !s.has_unsent() {
+        if !s.direct_held() {
             s.writing = false;
         }
     }
@@ -476,7 +493,7 @@ impl Outbox {
         }
         let len = frame.len();
         let pushed = s.queue.push_message_with_alt(frame, len, channel, position, policy, key, alt);
-        if matches!(pushed, Pushed::Queued { .. } | Pushed::Dropped { .. }) && !s.writing && !s.has_unsent() {
+        if matches!(pushed, Pushed::Queued { .. } | Pushed::Dropped { .. }) && !s.writing && !s.direct_held() {
             // Direct writes: the flusher writes it, with whatever else comes before its turn.
             if let Some(d) = &s.direct {
                 if !s.dirty {
@@ -590,7 +607,7 @@ impl Outbox {
             Pending::Close
         } else if s.queue.holds_reply() {
             Pending::Reply
-        } else if s.queue.is_empty() && !s.has_unsent() {
+        } else if s.queue.is_empty() && !s.direct_held() {
             Pending::Nothing
         } else {
             Pending::Pushes
@@ -767,6 +784,36 @@ mod tests {
         assert_eq!(o.pending(), Pending::Pushes);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(nothing_to_read(&client));
+    }
+
+    #[tokio::test]
+    async fn a_failed_direct_write_ends_the_session_at_its_next_write() {
+        let (tcp, _client) = pair().await;
+        let (o, flusher, metrics) = attached(tcp.clone());
+        let p = policy(BackpressurePolicy::Disconnect);
+        // Our side can no longer send: the flusher's `sendmsg` fails (EPIPE).
+        socket2::SockRef::from(&*tcp).shutdown(std::net::Shutdown::Write).unwrap_or_else(|e| panic!("{e}"));
+        o.push_message_alt(f("m1"), &ch(), at(1), p, None, None);
+        flusher.turn();
+        assert_eq!(metrics.client_direct_writes.load(Ordering::Relaxed), 0);
+        // The session is woken, and is left something to do even with the queue empty.
+        tokio::time::timeout(std::time::Duration::from_secs(5), o.ready())
+            .await
+            .unwrap_or_else(|_| panic!("the session was not woken"));
+        assert_eq!(o.pending(), Pending::Pushes);
+        // Later messages wait for the session instead of another direct write.
+        o.push_message_alt(f("m2"), &ch(), at(2), p, None, None);
+        flusher.turn();
+        assert_eq!(metrics.client_direct_writes.load(Ordering::Relaxed), 0);
+        let mut scratch = Vec::new();
+        let e = std::future::poll_fn(|cx| o.poll_write_queued(cx, &mut scratch))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("the session's write succeeded on a broken connection"));
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
+        // The failure stays: every later write of the session fails too.
+        let e = std::future::poll_fn(|cx| o.poll_flush(cx)).await.err();
+        assert_eq!(e.map(|e| e.kind()), Some(io::ErrorKind::BrokenPipe));
     }
 
     #[tokio::test]
