@@ -104,6 +104,11 @@ pub struct Outcome {
     pub first_error: Option<String>,
     pub server_cpu: Option<f64>,
     pub server_cpu_s_per_million: Option<f64>,
+    /// Of the server's CPU time in the measure window, the share in user space (the
+    /// rest is the kernel's, mostly the sends): tells the server's own work from the
+    /// system calls it makes. `/proc`'s accounting is in ticks of 10 ms.
+    #[serde(default)]
+    pub server_user_share: Option<f64>,
     pub generator_cpu: f64,
     pub latency_us: Quantiles,
     /// Per publish: time until the last live subscriber had it.
@@ -508,11 +513,12 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
     };
 
     let mut perf_out = None;
-    let (server_cpu, generator_cpu, rss_after);
+    let (server_cpu, server_times, generator_cpu, rss_after);
     if spec.rate <= 0.0 {
         tokio::time::sleep(spec.settle).await;
         rss_after = pid.as_deref().and_then(procfs::rss_kib);
         server_cpu = None;
+        server_times = None;
         generator_cpu = 0.0;
     } else {
         let (stream, buf) = connect(&spec, spec.publish_addr.unwrap_or(spec.addr), &[]).await.context("publisher")?;
@@ -528,9 +534,9 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
             tokio::task::spawn_local(publisher(spec.system, w, shared.clone(), spec.payload, layout.names.clone()));
         tokio::time::sleep_until((start + spec.warmup).into()).await;
         // Every server process's CPU: one node, or all the nodes of a cluster.
-        let servers_cpu = || -> Option<f64> {
-            let first = procfs::cpu_seconds(pid.as_deref()?)?;
-            spec.other_server_pids.iter().try_fold(first, |sum, p| Some(sum + procfs::cpu_seconds(&p.to_string())?))
+        let servers_cpu = || -> Option<procfs::CpuTimes> {
+            let first = procfs::cpu_times(pid.as_deref()?)?;
+            spec.other_server_pids.iter().try_fold(first, |sum, p| Some(sum + procfs::cpu_times(&p.to_string())?))
         };
         let cpu0 = servers_cpu();
         let self0 = procfs::cpu_seconds("self").unwrap_or(0.0);
@@ -545,7 +551,8 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         let secs = t0.elapsed().as_secs_f64();
         let cpu1 = servers_cpu();
         let self1 = procfs::cpu_seconds("self").unwrap_or(0.0);
-        server_cpu = cpu0.zip(cpu1).map(|(a, b)| (b - a) / secs);
+        server_times = cpu0.zip(cpu1).map(|(a, b)| b - a);
+        server_cpu = server_times.map(|t| t.total() / secs);
         generator_cpu = (self1 - self0) / secs;
         rss_after = pid.as_deref().and_then(procfs::rss_kib);
         if let Some(child) = perf_child {
@@ -616,6 +623,7 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         first_error: sh.first_error.clone(),
         server_cpu,
         server_cpu_s_per_million: server_cpu.filter(|_| achieved > 0.0).map(|c| c * 1e6 / achieved),
+        server_user_share: server_times.filter(|t| t.total() > 0.0).map(|t| t.user / t.total()),
         generator_cpu,
         latency_us: Quantiles::of(&sh.latency),
         completion_us: Quantiles::of(&completion),

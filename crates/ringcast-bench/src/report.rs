@@ -697,6 +697,7 @@ mod tests {
             first_error: None,
             server_cpu: Some(0.5),
             server_cpu_s_per_million: Some(cpu),
+            server_user_share: None,
             generator_cpu: 0.3,
             latency_us: Quantiles { count: 1, p50: 100, p90: 200, p99: 1000, p999: 2000, max: 3000 },
             completion_us: Quantiles::default(),
