@@ -42,8 +42,9 @@
 //! carries only its own frames (pongs, pings, the close). A connection thus holds at
 //! most its queue plus one drained batch, as on the session path. A direct write that
 //! fails (the connection broke) drops its frames with the connection, stops direct
-//! writes, and wakes the session, whose next write returns that error and ends it. The queue's delta and
-//! `gap` handling applies as before: the flusher drains it like the session does.
+//! writes, and wakes the session, whose next write returns that error and ends it. The
+//! queue's delta and `gap` handling applies as before: the flusher drains it like the
+//! session does.
 //!
 //! There is one flusher per worker thread, each for a share of the connections, so with
 //! several workers the writes still spread over the cores. Sessions that speak
