@@ -255,6 +255,21 @@ impl<F> SendQueue<F> {
         self.entries.is_empty() && self.gaps.is_empty()
     }
 
+    /// Reads what a [`SendQueue::drain`] reads first (the queue's counters and its first
+    /// entry) and returns something made of it, which the caller passes to
+    /// `std::hint::black_box` so that the reads happen. A writer of many cold queues
+    /// touches a batch of them first: independent loads, whose cache misses overlap,
+    /// where the drains one after another would wait for each miss in turn.
+    #[must_use]
+    pub fn touch(&self) -> usize {
+        let first = match self.entries.front() {
+            Some(Entry::Message { len, .. }) => *len,
+            Some(_) => 1,
+            None => 0,
+        };
+        first + self.messages.frames + self.gaps.len() + usize::from(self.tracks.is_empty())
+    }
+
     /// Bytes of the counted (message and control) frames queued.
     #[must_use]
     pub fn counted_bytes(&self) -> usize {

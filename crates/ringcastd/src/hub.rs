@@ -29,7 +29,7 @@
 //! frames to the nodes whose patterns match as well as to the nodes in `interest`.
 
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Pushed};
+use crate::outbox::{self, Held, Outbox, Pushed};
 use crate::webhooks::Webhooks;
 use ringcast_core::dedup::payload_digest;
 use ringcast_core::log::AppendError;
@@ -1012,28 +1012,60 @@ impl Hub {
         let mut delivered = 0u64;
         // The keep-latest key, read out of the frame once for the message.
         let mut key: Option<Option<&str>> = None;
-        for sub in st.subscribers.values_mut() {
-            if let Some(at) = sub.caught_up_to.as_deref() {
-                if position.epoch == at.epoch && position.offset <= at.offset {
-                    continue;
+        let mut deliver =
+            |held: Held<'_>, caught_up_to: &mut Option<Box<StreamPosition>>, policy: MessagePolicy, delta| {
+                if let Some(at) = caught_up_to.as_deref() {
+                    if position.epoch == at.epoch && position.offset <= at.offset {
+                        return;
+                    }
+                    *caught_up_to = None;
                 }
-                sub.caught_up_to = None;
-            }
-            let alt = msg.alt.as_ref().filter(|_| sub.delta).cloned();
-            let k = match sub.policy.policy {
-                BackpressurePolicy::KeepLatest => *key.get_or_insert_with(|| message_key(msg.frame.as_str())),
-                _ => None,
+                let alt = msg.alt.as_ref().filter(|_| delta).cloned();
+                let k = match policy.policy {
+                    BackpressurePolicy::KeepLatest => *key.get_or_insert_with(|| message_key(msg.frame.as_str())),
+                    _ => None,
+                };
+                match held.push_message_alt(msg.frame.clone(), channel, position, policy, k, alt) {
+                    Pushed::Queued { dropped } => {
+                        delivered += 1;
+                        self.metrics.dropped(policy.policy, dropped);
+                    }
+                    Pushed::Dropped { dropped } => self.metrics.dropped(policy.policy, dropped),
+                    Pushed::Overflow => {
+                        self.metrics.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Pushed::Closed => {}
+                }
             };
-            match sub.outbox.push_message_alt(msg.frame.clone(), channel, position, sub.policy, k, alt) {
-                Pushed::Queued { dropped } => {
-                    delivered += 1;
-                    self.metrics.dropped(sub.policy.policy, dropped);
+        let mut subscribers = st.subscribers.values_mut();
+        loop {
+            // A batch at a time (outbox, "Cold connections"): the outboxes' first lines
+            // loaded together, then the free ones locked and what a push reads of them
+            // loaded together, then the pushes. One locked elsewhere (its session or its
+            // flusher is at it) waits until the batch's locks are released.
+            let batch: [Option<&mut Subscriber>; outbox::TOUCH_AHEAD] = std::array::from_fn(|_| subscribers.next());
+            if batch[0].is_none() {
+                break;
+            }
+            let parts = batch.map(|sub| {
+                sub.map(|Subscriber { outbox, caught_up_to, policy, delta, .. }| {
+                    (&*outbox, caught_up_to, *policy, *delta)
+                })
+            });
+            outbox::touch(parts.iter().flatten().map(|p| p.0));
+            let held: [Option<Held<'_>>; outbox::TOUCH_AHEAD] =
+                std::array::from_fn(|i| parts[i].as_ref().and_then(|p| p.0.try_hold()));
+            std::hint::black_box(held.iter().flatten().map(Held::touch).sum::<usize>());
+            let mut busy = Vec::new();
+            for (part, held) in parts.into_iter().zip(held) {
+                let Some((outbox, caught_up_to, policy, delta)) = part else { continue };
+                match held {
+                    Some(held) => deliver(held, caught_up_to, policy, delta),
+                    None => busy.push((outbox, caught_up_to, policy, delta)),
                 }
-                Pushed::Dropped { dropped } => self.metrics.dropped(sub.policy.policy, dropped),
-                Pushed::Overflow => {
-                    self.metrics.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
-                }
-                Pushed::Closed => {}
+            }
+            for (outbox, caught_up_to, policy, delta) in busy {
+                deliver(outbox.hold(), caught_up_to, policy, delta);
             }
         }
         self.metrics.deliveries.fetch_add(delivered, Ordering::Relaxed);
@@ -2062,6 +2094,32 @@ mod tests {
 
     fn sub_in(ns: &NamespaceOptions, conn: u64, outbox: &Arc<Outbox>) -> LocalSubscriber {
         LocalSubscriber { policy: ns.message_policy(outbox.bounds()), ..sub(conn, outbox, None, 1) }
+    }
+
+    #[test]
+    fn a_fan_out_reaches_every_subscriber_once_across_its_batches() {
+        // More subscribers than two of the fan-out's batches (outbox::TOUCH_AHEAD), the
+        // last one partial; every other one caught up past the first message by replay.
+        let h = hub();
+        let ns = NamespaceOptions::default();
+        let c = ch("chat:many");
+        publish(&h, &c, &ns, &raw("1"), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
+        let epoch = h.info(&c).top.map(|t| t.epoch);
+        let n = 2 * outbox::TOUCH_AHEAD + 3;
+        let outboxes: Vec<Arc<Outbox>> = (0..n).map(|_| Arc::new(Outbox::new(100, 1 << 20))).collect();
+        for (i, o) in outboxes.iter().enumerate() {
+            let since = (i % 2 == 1).then_some(Since { epoch, offset: Offset(0) });
+            assert_eq!(h.subscribe(&c, &ns, &sub(i as u64, o, since, 1), Millis(0)), Ok(()));
+        }
+        for i in 2..=3 {
+            publish(&h, &c, &ns, &raw(&i.to_string()), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
+        }
+        for (i, o) in outboxes.iter().enumerate() {
+            let got = frames(o);
+            let offsets: Vec<_> = got[1..].iter().map(|m| m["offset"].as_u64().unwrap_or(0)).collect();
+            let want = if i % 2 == 1 { vec![1, 2, 3] } else { vec![2, 3] };
+            assert_eq!(offsets, want, "subscriber {i}");
+        }
     }
 
     #[test]

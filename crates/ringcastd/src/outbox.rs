@@ -49,6 +49,18 @@
 //! There is one flusher per worker thread, each for a share of the connections, so with
 //! several workers the writes still spread over the cores. Sessions that speak
 //! MessagePack or coalesce their writes (`limits.min_write_interval`) are not attached.
+//!
+//! # Cold connections
+//!
+//! In a large fan-out every connection's state is cold, once for the push and again for
+//! the write, and locking an outbox is an atomic instruction that waits for its cache
+//! line: one miss after another, each in full, was most of a delivery's user-space time.
+//! So both passes go through a batch of [`TOUCH_AHEAD`] connections at a time: the
+//! fan-out loads the batch's first lines ([`touch`]) before it locks any, and the
+//! flusher also locks the free ones of its batch and loads what their writes read before
+//! it writes the first (`flush_batch`). The loads of a batch are independent, so their
+//! misses overlap. The socket lives in the outbox (`Direct`) for the same reason: a
+//! write then finds the descriptor in a line it already holds.
 
 use ringcast_core::send_queue::{Alt, Bounds, Drained, GapCause, GapNotice, MessagePolicy, SendQueue};
 use ringcast_core::BackpressurePolicy;
@@ -57,7 +69,7 @@ use ringcast_proto::client::{encode_gap, message_key, GapReason};
 use ringcast_proto::CloseCode;
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::{ready, Context, Poll};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -84,7 +96,13 @@ struct State {
 
 #[derive(Debug)]
 struct Direct {
-    tcp: Arc<TcpStream>,
+    /// The connection's socket, owned here and not behind an `Arc` of its own: a direct
+    /// write reads its descriptor from the line it already holds, where a separate
+    /// allocation was one more cache miss per write (2.5 % of the server's CPU at 10k
+    /// subscribers, docs/benchmarks.md, "Status check, 2026-12-01"). The session reads
+    /// and writes it through the outbox ([`crate::socket`]); detaching drops it, which
+    /// closes the connection.
+    tcp: TcpStream,
     /// Also where the writes are counted.
     flusher: Arc<Flusher>,
     /// The rest of a direct write the socket did not take, written before anything else.
@@ -95,6 +113,15 @@ struct Direct {
 }
 
 impl State {
+    /// Reads what a direct write reads (see [`SendQueue::touch`]).
+    fn touch(&self) -> usize {
+        let direct = self.direct.as_ref().map_or(0, |d| {
+            use std::os::fd::AsRawFd as _;
+            d.unsent.len() + usize::from(d.failed.is_some()) + d.tcp.as_raw_fd().unsigned_abs() as usize
+        });
+        self.queue.touch() + direct + usize::from(self.writing)
+    }
+
     /// Something of an earlier direct write is the session's to write first: the rest
     /// the socket did not take, or the write's failure.
     fn direct_held(&self) -> bool {
@@ -142,6 +169,11 @@ fn gap_frame(g: &GapNotice) -> Utf8Bytes {
     Utf8Bytes::from(encode_gap(&g.channel, g.epoch, g.from, g.to, reason))
 }
 
+/// The error of a session's I/O after [`Outbox::detach`] (the session no longer does any).
+fn detached() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the connection's socket was closed")
+}
+
 /// Frames per `sendmsg` of a direct write (two slices each, far below `IOV_MAX`).
 const FRAMES_PER_WRITE: usize = 32;
 
@@ -154,42 +186,85 @@ fn write_frames(d: &mut Direct, frames: &mut [Drained<Utf8Bytes>]) -> bool {
             *f = Drained::Frame(gap_frame(g));
         }
     }
+    match frames {
+        [Drained::Frame(f)] if f.len() <= SMALL_FRAME => write_small(d, f.as_bytes()),
+        // One large frame: a header and a body, not the 1.6 KiB of arrays a write of
+        // many frames sets up first.
+        [_] => write_chunks::<1>(d, frames),
+        _ => write_chunks::<FRAMES_PER_WRITE>(d, frames),
+    }
+}
+
+/// What a direct write's send took (0: the socket is full), counted. `None` when it
+/// failed: the connection is broken, so nothing more is written directly, and the
+/// session, woken for it, ends on the error at its next write.
+fn sent(d: &mut Direct, result: io::Result<usize>) -> Option<usize> {
+    match result {
+        Ok(n) => {
+            if n > 0 {
+                d.flusher.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
+                d.flusher.metrics.client_direct_writes.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(n)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(0),
+        Err(e) => {
+            d.failed = Some(e.kind());
+            None
+        }
+    }
+}
+
+/// The largest frame body [`write_small`] copies.
+const SMALL_FRAME: usize = 512;
+
+/// Most direct writes are one small frame (one message to an idle subscriber): copied
+/// behind its header into one buffer and written with `send(2)`, which spares the
+/// kernel the `sendmsg` message header and the vector of two slices to copy in and
+/// check (2.4 % of a send's kernel time in a loopback micro-benchmark,
+/// docs/benchmarks.md). Returns as [`write_frames`] does.
+fn write_small(d: &mut Direct, body: &[u8]) -> bool {
+    let mut header = [0u8; 10];
+    let h = text_frame_header(body.len(), &mut header);
+    let mut buf = [0u8; 10 + SMALL_FRAME];
+    let len = h + body.len();
+    buf[..h].copy_from_slice(&header[..h]);
+    buf[h..len].copy_from_slice(body);
+    let result = socket2::SockRef::from(&d.tcp).send(&buf[..len]);
+    let Some(written) = sent(d, result) else { return true };
+    if written == len {
+        return false;
+    }
+    d.unsent.extend_from_slice(&buf[written..len]);
+    true
+}
+
+/// [`write_frames`], `N` frames per `sendmsg`.
+fn write_chunks<const N: usize>(d: &mut Direct, frames: &[Drained<Utf8Bytes>]) -> bool {
     fn body(f: &Drained<Utf8Bytes>) -> &[u8] {
         match f {
             Drained::Frame(f) => f.as_bytes(),
-            // Encoded above.
+            // Encoded by write_frames.
             Drained::Gap(_) => &[],
         }
     }
-    let mut headers = [[0u8; 10]; FRAMES_PER_WRITE];
-    let mut header_lens = [0usize; FRAMES_PER_WRITE];
-    for (at, chunk) in frames.chunks(FRAMES_PER_WRITE).enumerate() {
+    let mut headers = [[0u8; 10]; N];
+    let mut header_lens = [0usize; N];
+    for (at, chunk) in frames.chunks(N).enumerate() {
         let mut total = 0;
         for (k, f) in chunk.iter().enumerate() {
             header_lens[k] = text_frame_header(body(f).len(), &mut headers[k]);
             total += header_lens[k] + body(f).len();
         }
-        let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+        // A header and a body per frame.
+        let mut slices = [[IoSlice::new(&[]); 2]; N];
         for (k, f) in chunk.iter().enumerate() {
-            slices[2 * k] = IoSlice::new(&headers[k][..header_lens[k]]);
-            slices[2 * k + 1] = IoSlice::new(body(f));
+            slices[k] = [IoSlice::new(&headers[k][..header_lens[k]]), IoSlice::new(body(f))];
         }
-        let slices = &slices[..2 * chunk.len()];
+        let slices = &slices.as_flattened()[..2 * chunk.len()];
         // sendmsg(2), not writev(2): a socket's write skips the file layer's checks.
-        let written = match socket2::SockRef::from(&*d.tcp).send_vectored(slices) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            // The connection is broken: the session ends on this error at its next write
-            // (it is woken for it), and nothing more is written directly.
-            Err(e) => {
-                d.failed = Some(e.kind());
-                return true;
-            }
-        };
-        if written > 0 {
-            d.flusher.metrics.client_writes.fetch_add(1, Ordering::Relaxed);
-            d.flusher.metrics.client_direct_writes.fetch_add(1, Ordering::Relaxed);
-        }
+        let result = socket2::SockRef::from(&d.tcp).send_vectored(slices);
+        let Some(written) = sent(d, result) else { return true };
         if written == total {
             continue;
         }
@@ -203,7 +278,7 @@ fn write_frames(d: &mut Direct, frames: &mut [Drained<Utf8Bytes>]) -> bool {
                 skip = 0;
             }
         }
-        for f in frames.iter().skip((at + 1) * FRAMES_PER_WRITE) {
+        for f in frames.iter().skip((at + 1) * N) {
             let mut header = [0u8; 10];
             let h = text_frame_header(body(f).len(), &mut header);
             d.unsent.extend_from_slice(&header[..h]);
@@ -243,6 +318,7 @@ impl Flusher {
     /// Writes what is marked, a turn at a time, until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let mut turn = Vec::new();
+        let mut batch = Vec::with_capacity(TOUCH_AHEAD);
         let mut scratch = Vec::new();
         loop {
             tokio::select! {
@@ -250,9 +326,19 @@ impl Flusher {
                 () = self.wake.notified() => {}
             }
             std::mem::swap(&mut *self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner), &mut turn);
-            for (i, outbox) in turn.drain(..).enumerate() {
-                outbox.flush_direct(&mut scratch);
-                if i % YIELD_EVERY == YIELD_EVERY - 1 {
+            let mut outboxes = turn.drain(..);
+            let mut written = 0;
+            loop {
+                batch.extend(outboxes.by_ref().take(TOUCH_AHEAD));
+                if batch.is_empty() {
+                    break;
+                }
+                flush_batch(&batch, &mut scratch);
+                // Dropped while their lines are still in cache.
+                batch.clear();
+                written += TOUCH_AHEAD;
+                if written >= YIELD_EVERY {
+                    written = 0;
                     // A large fan-out's turn lets other tasks (readers, replies) in.
                     tokio::task::yield_now().await;
                 }
@@ -265,14 +351,104 @@ impl Flusher {
     fn turn(&self) {
         let turn = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         let mut scratch = Vec::new();
-        for outbox in turn {
-            outbox.flush_direct(&mut scratch);
+        for batch in turn.chunks(TOUCH_AHEAD) {
+            flush_batch(batch, &mut scratch);
+        }
+    }
+}
+
+/// The flusher's writes of `batch` (at most [`TOUCH_AHEAD`] outboxes), their memory
+/// loaded together first: the outboxes' first lines ([`touch`]), then, with the free
+/// ones locked, what their writes read ([`State::touch`]), so that the cache misses
+/// overlap instead of each write waiting for its own. An outbox locked elsewhere (its
+/// session is writing) is written after the batch's locks are released, so the flusher
+/// never waits for a lock while it holds another.
+fn flush_batch(batch: &[Arc<Outbox>], scratch: &mut Vec<Drained<Utf8Bytes>>) {
+    debug_assert!(batch.len() <= TOUCH_AHEAD);
+    touch(batch);
+    let mut held: [Option<MutexGuard<'_, State>>; TOUCH_AHEAD] =
+        std::array::from_fn(|i| batch.get(i).and_then(|o| o.try_lock()));
+    let mut sum = 0;
+    for s in held.iter().flatten() {
+        sum += s.touch();
+    }
+    std::hint::black_box(sum);
+    let mut busy = 0u32;
+    for (i, (outbox, s)) in batch.iter().zip(held.iter_mut()).enumerate() {
+        match s.take() {
+            Some(s) => outbox.flush_locked(s, scratch),
+            None => busy |= 1 << i,
+        }
+    }
+    for (i, outbox) in batch.iter().enumerate() {
+        if busy & (1 << i) != 0 {
+            outbox.flush_locked(outbox.lock(), scratch);
         }
     }
 }
 
 /// Connections the flusher writes before it lets other tasks run.
 const YIELD_EVERY: usize = 1024;
+
+/// Outboxes whose first cache lines [`touch`] loads at once.
+pub const TOUCH_AHEAD: usize = 16;
+
+/// Loads the first cache line of each of `outboxes` (its reference count, next to its
+/// lock; see [`Outbox`]) before any of them is locked. In a large fan-out every outbox
+/// is cold, and locking one is an atomic instruction that waits for its line: one
+/// cache miss after another, each in full. Plain loads of a batch's lines go out
+/// together instead, so their misses overlap and the locks that follow find the lines
+/// in cache (docs/benchmarks.md, "Status check, 2026-12-01").
+pub fn touch<'a>(outboxes: impl IntoIterator<Item = &'a Arc<Outbox>>) {
+    for outbox in outboxes {
+        std::hint::black_box(Arc::strong_count(outbox));
+    }
+}
+
+/// An [`Outbox`] locked for a push ([`Outbox::hold`], [`Outbox::try_hold`]).
+#[derive(Debug)]
+pub struct Held<'a> {
+    outbox: &'a Arc<Outbox>,
+    state: MutexGuard<'a, State>,
+}
+
+impl Held<'_> {
+    /// Reads what a push reads (see [`SendQueue::touch`]) and returns something made of
+    /// it, for `std::hint::black_box` (module docs, "Cold connections").
+    #[must_use]
+    pub fn touch(&self) -> usize {
+        self.state.touch() + usize::from(self.state.dirty)
+    }
+
+    /// [`Outbox::push_message_alt`] under this lock.
+    pub fn push_message_alt(
+        mut self,
+        frame: Utf8Bytes,
+        channel: &ChannelName,
+        position: StreamPosition,
+        policy: MessagePolicy,
+        key: Option<&str>,
+        alt: Option<Alt<Utf8Bytes>>,
+    ) -> Pushed {
+        let s = &mut *self.state;
+        if s.close.is_some() || s.queue.is_closed() {
+            return Pushed::Closed;
+        }
+        let len = frame.len();
+        let pushed = s.queue.push_message_with_alt(frame, len, channel, position, policy, key, alt);
+        if matches!(pushed, Pushed::Queued { .. } | Pushed::Dropped { .. }) && !s.writing && !s.direct_held() {
+            // Direct writes: the flusher writes it, with whatever else comes before its turn.
+            if let Some(d) = &s.direct {
+                if !s.dirty {
+                    d.flusher.mark(self.outbox.clone());
+                    s.dirty = true;
+                }
+                return pushed;
+            }
+        }
+        self.outbox.after_push(self.state, pushed)
+    }
+}
 
 /// What an [`Outbox`] holds for the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,29 +495,69 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave State inconsistent (every update
         // is a single queue operation), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Lets `flusher` write queued messages straight to `tcp` (the session's socket)
-    /// while the session holds nothing.
-    pub fn attach(&self, tcp: Arc<TcpStream>, flusher: Arc<Flusher>) {
+    /// Takes the session's socket, `tcp`, and lets `flusher` write queued messages
+    /// straight to it while the session holds nothing. The session then reads and writes
+    /// through the outbox ([`crate::socket::Socket`]).
+    pub fn attach(&self, tcp: TcpStream, flusher: Arc<Flusher>) {
         self.lock().direct = Some(Direct { tcp, flusher, unsent: Vec::new(), failed: None });
     }
 
-    /// The session is over: no more direct writes. Pushes are still taken (and never
-    /// written) until the session's unsubscribes reach the hub, which then records the
-    /// leaves as usual.
+    /// The session is over: no more direct writes, and the socket is closed. Pushes are
+    /// still taken (and never written) until the session's unsubscribes reach the hub,
+    /// which then records the leaves as usual.
     pub fn detach(&self) {
-        self.lock().direct = None;
+        let direct = self.lock().direct.take();
+        // Closed (and deregistered) outside the lock.
+        drop(direct);
     }
 
-    /// The [`Flusher`]'s turn: writes everything queued to the socket if the session holds
-    /// nothing, else wakes the session to write it. `scratch` is the flusher's.
-    fn flush_direct(&self, scratch: &mut Vec<Drained<Utf8Bytes>>) {
+    /// The session's read of the attached socket; `NotConnected` once detached.
+    pub(crate) fn poll_read(&self, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let s = self.lock();
+        let Some(d) = s.direct.as_ref() else { return Poll::Ready(Err(detached())) };
+        loop {
+            ready!(d.tcp.poll_read_ready(cx))?;
+            match d.tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// The session's shutdown of the attached socket's sending side, after what a
+    /// direct write left over.
+    pub(crate) fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut s = self.lock();
+        ready!(Self::poll_unsent(&mut s, cx))?;
+        match s.direct.as_ref() {
+            Some(d) => Poll::Ready(socket2::SockRef::from(&d.tcp).shutdown(std::net::Shutdown::Write)),
+            None => Poll::Ready(Err(detached())),
+        }
+    }
+
+    /// The lock if it is free (a poisoned one is usable, see [`Outbox::lock`]).
+    fn try_lock(&self) -> Option<MutexGuard<'_, State>> {
+        match self.state.try_lock() {
+            Ok(s) => Some(s),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// The [`Flusher`]'s turn, with the lock `s` held: writes everything queued to the
+    /// socket if the session holds nothing, else wakes the session to write it.
+    /// `scratch` is the flusher's.
+    fn flush_locked(&self, mut s: MutexGuard<'_, State>, scratch: &mut Vec<Drained<Utf8Bytes>>) {
         s.dirty = false;
         if s.queue.is_empty() {
             return;
@@ -356,17 +572,17 @@ impl Outbox {
         }
     }
 
-    /// The session's write of `buf` (through tungstenite): what a direct write left over
-    /// goes first, and no direct write follows until [`Outbox::written`].
-    pub(crate) fn poll_write(&self, cx: &mut Context<'_>, tcp: &TcpStream, buf: &[u8]) -> Poll<io::Result<usize>> {
-        {
-            let mut s = self.lock();
-            s.writing = true;
-            ready!(Self::poll_unsent(&mut s, cx))?;
-        }
+    /// The session's write of `buf` (through tungstenite) to the attached socket: what a
+    /// direct write left over goes first, and no direct write follows until
+    /// [`Outbox::written`].
+    pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let mut s = self.lock();
+        s.writing = true;
+        ready!(Self::poll_unsent(&mut s, cx))?;
+        let Some(d) = s.direct.as_ref() else { return Poll::Ready(Err(detached())) };
         loop {
-            match tcp.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(tcp.poll_write_ready(cx))?,
+            match d.tcp.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(d.tcp.poll_write_ready(cx))?,
                 r => return Poll::Ready(r),
             }
         }
@@ -433,7 +649,7 @@ impl Outbox {
         self.lock().queue.bounds()
     }
 
-    fn after_push(&self, mut s: std::sync::MutexGuard<'_, State>, pushed: Pushed) -> Pushed {
+    fn after_push(&self, mut s: MutexGuard<'_, State>, pushed: Pushed) -> Pushed {
         if pushed == Pushed::Overflow {
             s.close = Some(CloseCode::SlowConsumer);
         }
@@ -488,23 +704,19 @@ impl Outbox {
         key: Option<&str>,
         alt: Option<Alt<Utf8Bytes>>,
     ) -> Pushed {
-        let mut s = self.lock();
-        if s.close.is_some() || s.queue.is_closed() {
-            return Pushed::Closed;
-        }
-        let len = frame.len();
-        let pushed = s.queue.push_message_with_alt(frame, len, channel, position, policy, key, alt);
-        if matches!(pushed, Pushed::Queued { .. } | Pushed::Dropped { .. }) && !s.writing && !s.direct_held() {
-            // Direct writes: the flusher writes it, with whatever else comes before its turn.
-            if let Some(d) = &s.direct {
-                if !s.dirty {
-                    d.flusher.mark(self.clone());
-                    s.dirty = true;
-                }
-                return pushed;
-            }
-        }
-        self.after_push(s, pushed)
+        self.hold().push_message_alt(frame, channel, position, policy, key, alt)
+    }
+
+    /// The outbox, locked for a push.
+    pub fn hold(self: &Arc<Self>) -> Held<'_> {
+        Held { outbox: self, state: self.lock() }
+    }
+
+    /// The outbox locked for a push if its lock is free: for a batch of pushes, which
+    /// must not wait for one lock while it holds others (module docs, "Cold
+    /// connections").
+    pub fn try_hold(self: &Arc<Self>) -> Option<Held<'_>> {
+        self.try_lock().map(|state| Held { outbox: self, state })
     }
 
     /// Marks where `channel`'s stream starts for this connection (after the frames queued
@@ -717,14 +929,13 @@ mod tests {
         assert_eq!(out.len(), 3);
     }
 
-    /// A connected loopback pair: the server's socket (shared, as a session holds it) and
-    /// the client's.
-    async fn pair() -> (Arc<TcpStream>, TcpStream) {
+    /// A connected loopback pair: the server's socket and the client's.
+    async fn pair() -> (TcpStream, TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let (client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
         let client = client.unwrap_or_else(|e| panic!("connect: {e}"));
-        (Arc::new(server.unwrap_or_else(|e| panic!("accept: {e}")).0), client)
+        (server.unwrap_or_else(|e| panic!("accept: {e}")).0, client)
     }
 
     fn frame(text: &str) -> Vec<u8> {
@@ -748,6 +959,13 @@ mod tests {
         matches!(c.try_read(&mut [0u8; 64]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// The connection was closed with nothing more sent: the next read is the end.
+    async fn closed_with_nothing_more(c: &mut TcpStream) -> bool {
+        use tokio::io::AsyncReadExt as _;
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut [0u8; 64])).await;
+        matches!(read, Ok(Ok(0)))
+    }
+
     #[test]
     fn text_frame_headers_use_the_shortest_length_form() {
         let mut h = [0u8; 10];
@@ -757,7 +975,7 @@ mod tests {
         assert_eq!((text_frame_header(65_536, &mut h), &h[..10]), (10, &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0][..]));
     }
 
-    fn attached(tcp: Arc<TcpStream>) -> (Arc<Outbox>, Arc<Flusher>, Arc<Metrics>) {
+    fn attached(tcp: TcpStream) -> (Arc<Outbox>, Arc<Flusher>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let flusher = Arc::new(Flusher::new(metrics.clone()));
         let o = Arc::new(Outbox::new(10, 10_000));
@@ -768,8 +986,7 @@ mod tests {
     #[tokio::test]
     async fn the_flusher_writes_what_an_idle_connection_was_sent_in_one_write() {
         let (tcp, mut client) = pair().await;
-        // The test keeps `tcp` (as the session's socket would), so the connection stays open.
-        let (o, flusher, metrics) = attached(tcp.clone());
+        let (o, flusher, metrics) = attached(tcp);
         let p = policy(BackpressurePolicy::Disconnect);
         assert_eq!(o.push_message_alt(f("m1"), &ch(), at(1), p, None, None), Pushed::Queued { dropped: 0 });
         assert_eq!(o.push_message_alt(f("m2"), &ch(), at(2), p, None, None), Pushed::Queued { dropped: 0 });
@@ -778,22 +995,54 @@ mod tests {
         assert_eq!(read_n(&mut client, 8, 1).await, [frame("m1"), frame("m2")].concat());
         assert_eq!(metrics.client_writes.load(Ordering::Relaxed), 1);
         assert_eq!(metrics.client_direct_writes.load(Ordering::Relaxed), 1);
-        // Detached (the session ended): nothing more is written to the socket.
+        // Detached (the session ended): the socket is closed, and nothing more is written.
         o.detach();
         assert_eq!(o.push_message_alt(f("m3"), &ch(), at(3), p, None, None), Pushed::Queued { dropped: 0 });
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert!(nothing_to_read(&client));
+        assert!(closed_with_nothing_more(&mut client).await);
+        // The session's own I/O fails from then on.
+        let e = std::future::poll_fn(|cx| o.poll_write(cx, b"late")).await.err();
+        assert_eq!(e.map(|e| e.kind()), Some(io::ErrorKind::NotConnected));
+    }
+
+    #[tokio::test]
+    async fn an_outbox_locked_elsewhere_is_written_after_its_batch() {
+        let (tcp1, mut client1) = pair().await;
+        let (tcp2, mut client2) = pair().await;
+        let (o1, flusher, _) = attached(tcp1);
+        let o2 = Arc::new(Outbox::new(10, 10_000));
+        o2.attach(tcp2, flusher.clone());
+        let p = policy(BackpressurePolicy::Disconnect);
+        o1.push_message_alt(f("m1"), &ch(), at(1), p, None, None);
+        o2.push_message_alt(f("m2"), &ch(), at(1), p, None, None);
+        // Another thread holds o1's lock while the flusher's turn starts: the batch
+        // cannot take it, writes o2, then waits for o1 with no other lock held.
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn({
+            let o1 = o1.clone();
+            move || {
+                let s = o1.lock();
+                locked.send(()).unwrap_or_else(|e| panic!("{e}"));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                drop(s);
+            }
+        });
+        is_locked.recv().unwrap_or_else(|e| panic!("{e}"));
+        flusher.turn();
+        holder.join().unwrap_or_else(|_| panic!("the holder panicked"));
+        assert_eq!(read_n(&mut client2, 4, 1).await, frame("m2"));
+        assert_eq!(read_n(&mut client1, 4, 1).await, frame("m1"));
+        assert_eq!((o1.pending(), o2.pending()), (Pending::Nothing, Pending::Nothing));
     }
 
     #[tokio::test]
     async fn a_failed_direct_write_ends_the_session_at_its_next_write() {
         let (tcp, _client) = pair().await;
-        let (o, flusher, metrics) = attached(tcp.clone());
-        let p = policy(BackpressurePolicy::Disconnect);
         // Our side can no longer send: the flusher's `sendmsg` fails (EPIPE).
-        socket2::SockRef::from(&*tcp).shutdown(std::net::Shutdown::Write).unwrap_or_else(|e| panic!("{e}"));
+        socket2::SockRef::from(&tcp).shutdown(std::net::Shutdown::Write).unwrap_or_else(|e| panic!("{e}"));
+        let (o, flusher, metrics) = attached(tcp);
+        let p = policy(BackpressurePolicy::Disconnect);
         o.push_message_alt(f("m1"), &ch(), at(1), p, None, None);
         flusher.turn();
         assert_eq!(metrics.client_direct_writes.load(Ordering::Relaxed), 0);
@@ -859,11 +1108,11 @@ mod tests {
     async fn many_frames_the_socket_cannot_take_at_once_arrive_whole_and_in_order() {
         use tokio::io::AsyncWriteExt as _;
         let (tcp, mut client) = pair().await;
-        socket2::SockRef::from(&*tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
+        socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
         let metrics = Arc::new(Metrics::default());
         let flusher = Arc::new(Flusher::new(metrics.clone()));
         let o = Arc::new(Outbox::new(100, 100_000_000));
-        o.attach(tcp.clone(), flusher.clone());
+        o.attach(tcp, flusher.clone());
         let p = MessagePolicy {
             policy: BackpressurePolicy::Disconnect,
             bounds: Bounds { messages: 100, bytes: 100_000_000 },
@@ -878,7 +1127,36 @@ mod tests {
         let want: Vec<u8> = texts.iter().flat_map(|t| frame(t)).collect();
         let len = want.len();
         let reader = tokio::spawn(async move { read_n(&mut client, len, 10).await });
-        let mut session = crate::socket::Socket::new(tcp, &[], o.clone());
+        let mut session = crate::socket::Socket::new(&[], o.clone());
+        session.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        o.written();
+        let got = reader.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(got == want, "the frames did not arrive whole and in order");
+        assert_eq!(o.pending(), Pending::Nothing);
+    }
+
+    #[tokio::test]
+    async fn small_frames_written_one_by_one_into_a_full_socket_arrive_whole_and_in_order() {
+        use tokio::io::AsyncWriteExt as _;
+        let (tcp, mut client) = pair().await;
+        socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
+        let (o, flusher, _) = attached(tcp);
+        let p =
+            MessagePolicy { policy: BackpressurePolicy::Disconnect, bounds: Bounds { messages: 10, bytes: 10_000 } };
+        // One small frame per turn (each a single `send`) until the socket leaves part
+        // of one over; the client reads nothing meanwhile.
+        let mut texts = Vec::new();
+        while o.pending() == Pending::Nothing {
+            assert!(texts.len() < 100_000, "the socket never filled");
+            let t = format!("{:05}", texts.len()).repeat(SMALL_FRAME / 5);
+            o.push_message_alt(f(&t), &ch(), at(texts.len() as u64 + 1), p, None, None);
+            flusher.turn();
+            texts.push(t);
+        }
+        let want: Vec<u8> = texts.iter().flat_map(|t| frame(t)).collect();
+        let len = want.len();
+        let reader = tokio::spawn(async move { read_n(&mut client, len, 10).await });
+        let mut session = crate::socket::Socket::new(&[], o.clone());
         session.flush().await.unwrap_or_else(|e| panic!("{e}"));
         o.written();
         let got = reader.await.unwrap_or_else(|e| panic!("{e}"));
@@ -889,11 +1167,11 @@ mod tests {
     #[tokio::test]
     async fn a_direct_session_writes_the_rest_then_the_queue_the_flushers_way() {
         let (tcp, mut client) = pair().await;
-        socket2::SockRef::from(&*tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
+        socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
         let metrics = Arc::new(Metrics::default());
         let o = Arc::new(Outbox::new(100, 100_000_000));
         let flusher = Arc::new(Flusher::new(metrics.clone()));
-        o.attach(tcp.clone(), flusher.clone());
+        o.attach(tcp, flusher.clone());
         let p = MessagePolicy {
             policy: BackpressurePolicy::Disconnect,
             bounds: Bounds { messages: 100, bytes: 100_000_000 },
@@ -933,10 +1211,10 @@ mod tests {
     async fn the_rest_of_a_short_direct_write_goes_out_first_through_the_session() {
         use tokio::io::AsyncWriteExt as _;
         let (tcp, mut client) = pair().await;
-        socket2::SockRef::from(&*tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
+        socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
         let o = Arc::new(Outbox::new(10, 10_000_000));
         let flusher = Arc::new(Flusher::new(Arc::new(Metrics::default())));
-        o.attach(tcp.clone(), flusher.clone());
+        o.attach(tcp, flusher.clone());
         let p = MessagePolicy {
             policy: BackpressurePolicy::Disconnect,
             bounds: Bounds { messages: 10, bytes: 10_000_000 },
@@ -953,7 +1231,7 @@ mod tests {
             read_n(&mut client, want, 10).await
         });
         // The session: drain, write through its socket (what is unsent first), flush.
-        let mut session = crate::socket::Socket::new(tcp, &[], o.clone());
+        let mut session = crate::socket::Socket::new(&[], o.clone());
         let mut batch = Vec::new();
         o.drain(&mut batch);
         assert_eq!(batch, [f("m2")]);

@@ -144,10 +144,9 @@ pub fn run_tcp(
     encoding: Encoding,
 ) -> impl Future<Output = ()> {
     let outbox = new_outbox(&node);
-    let tcp = Arc::new(tcp);
     let flusher = &node.flushers[usize::try_from(conn.0).unwrap_or(0) % node.flushers.len()];
-    outbox.attach(tcp.clone(), flusher.clone());
-    let socket = Socket::new(tcp, &early, outbox.clone());
+    outbox.attach(tcp, flusher.clone());
+    let socket = Socket::new(&early, outbox.clone());
     drop(early);
     run_with(node, outbox, socket, conn, encoding, true)
 }
@@ -193,7 +192,8 @@ where
         // local binding), which was 368 bytes of every connection's task.
         let code = s.run(&mut ws).await;
         drop(ws);
-        // Producers that still hold the outbox write nothing more to the socket.
+        // Producers that still hold the outbox write nothing more to the socket; a
+        // direct-write session's socket, held by the outbox, is closed here.
         s.outbox.detach();
         debug!(close = code.map(|c| c.code()), "session ended");
         // Patterns first, so leaving a channel does not fall back to a pattern's copy.

@@ -1,10 +1,11 @@
 //! A client's TCP socket, shared by its session and the producers of its frames.
 //!
-//! The session reads the socket and writes through tungstenite as before; a flusher
-//! task writes the connection's queued messages straight to the socket while the session
-//! holds nothing ([`Outbox`], "Direct writes"), which spares the session a wake-up per
-//! delivery. Both sides write through the outbox's lock, and no side leaves part of a
-//! frame on the socket: what a short write leaves over is kept in the outbox and written
+//! The socket lives in the connection's [`Outbox`] ([`Outbox::attach`]): a flusher task
+//! writes the connection's queued messages straight to it while the session holds
+//! nothing ("Direct writes" in [`crate::outbox`]), which spares the session a wake-up per
+//! delivery, and the session reads it and writes through tungstenite by way of the
+//! outbox. Both sides write under the outbox's lock, and no side leaves part of a frame
+//! on the socket: what a short write leaves over is kept in the outbox and written
 //! before anything else, so the stream stays a sequence of whole frames.
 
 use crate::outbox::Outbox;
@@ -12,25 +13,25 @@ use bytes::{Buf as _, Bytes};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// The session's side of a client socket (see the module docs).
 #[derive(Debug)]
 pub struct Socket {
-    tcp: Arc<TcpStream>,
     /// What hyper read past the upgrade request: the client's first frames.
     early: Bytes,
+    /// Holds the socket ([`Outbox::attach`]).
     outbox: Arc<Outbox>,
 }
 
 impl Socket {
-    /// `early` is copied out: as hyper hands it over, it is a view of hyper's whole
-    /// read buffer (kilobytes), which it would keep alive for the connection's life.
+    /// The session's side of the socket `outbox` holds. `early` is copied out: as hyper
+    /// hands it over, it is a view of hyper's whole read buffer (kilobytes), which it
+    /// would keep alive for the connection's life.
     #[must_use]
-    pub fn new(tcp: Arc<TcpStream>, early: &[u8], outbox: Arc<Outbox>) -> Socket {
-        Socket { tcp, early: Bytes::copy_from_slice(early), outbox }
+    pub fn new(early: &[u8], outbox: Arc<Outbox>) -> Socket {
+        Socket { early: Bytes::copy_from_slice(early), outbox }
     }
 }
 
@@ -46,24 +47,13 @@ impl AsyncRead for Socket {
             }
             return Poll::Ready(Ok(()));
         }
-        loop {
-            ready!(this.tcp.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match this.tcp.try_read(unfilled) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        this.outbox.poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Socket {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.outbox.poll_write(cx, &self.tcp, buf)
+        self.outbox.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -71,7 +61,6 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.outbox.poll_flush(cx))?;
-        Poll::Ready(socket2::SockRef::from(&*self.tcp).shutdown(std::net::Shutdown::Write))
+        self.outbox.poll_shutdown(cx)
     }
 }
