@@ -55,12 +55,14 @@
 //! In a large fan-out every connection's state is cold, once for the push and again for
 //! the write, and locking an outbox is an atomic instruction that waits for its cache
 //! line: one miss after another, each in full, was most of a delivery's user-space time.
-//! So both passes go through a batch of [`TOUCH_AHEAD`] connections at a time: the
-//! fan-out loads the batch's first lines ([`touch`]) before it locks any, and the
-//! flusher also locks the free ones of its batch and loads what their writes read before
-//! it writes the first (`flush_batch`). The loads of a batch are independent, so their
-//! misses overlap. The socket lives in the outbox (`Direct`) for the same reason: a
-//! write then finds the descriptor in a line it already holds.
+//! So both passes go through a batch of [`TOUCH_AHEAD`] connections at a time: they load
+//! the batch's first lines ([`touch`]) before locking any, then lock the free ones
+//! ([`Outbox::try_hold`] for the fan-out's pushes, `flush_batch` for the flusher's
+//! writes) and load what the pushes or writes read ([`Held::touch`]) before the first
+//! one starts. The loads of a batch are independent, so their misses overlap. An outbox
+//! locked elsewhere waits until the batch's locks are released, so no pass waits for a
+//! lock while it holds another. The socket lives in the outbox (`Direct`) for the same
+//! reason: a write then finds the descriptor in a line it already holds.
 
 use ringcast_core::send_queue::{Alt, Bounds, Drained, GapCause, GapNotice, MessagePolicy, SendQueue};
 use ringcast_core::BackpressurePolicy;
@@ -392,6 +394,8 @@ const YIELD_EVERY: usize = 1024;
 
 /// Outboxes whose first cache lines [`touch`] loads at once.
 pub const TOUCH_AHEAD: usize = 16;
+// `flush_batch` keeps the batch's busy outboxes in a `u32`.
+const _: () = assert!(TOUCH_AHEAD <= 32);
 
 /// Loads the first cache line of each of `outboxes` (its reference count, next to its
 /// lock; see [`Outbox`]) before any of them is locked. In a large fan-out every outbox
@@ -1104,10 +1108,24 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&read_n(&mut client, want.len(), 1).await), String::from_utf8_lossy(&want));
     }
 
+    /// The session flushes what direct writes left over through its socket, and the
+    /// client receives `texts` as whole frames, in order.
+    async fn the_session_flushes_the_rest(o: &Arc<Outbox>, mut client: TcpStream, texts: &[String]) {
+        use tokio::io::AsyncWriteExt as _;
+        let want: Vec<u8> = texts.iter().flat_map(|t| frame(t)).collect();
+        let len = want.len();
+        let reader = tokio::spawn(async move { read_n(&mut client, len, 10).await });
+        let mut session = crate::socket::Socket::new(&[], o.clone());
+        session.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        o.written();
+        let got = reader.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(got == want, "the frames did not arrive whole and in order");
+        assert_eq!(o.pending(), Pending::Nothing);
+    }
+
     #[tokio::test]
     async fn many_frames_the_socket_cannot_take_at_once_arrive_whole_and_in_order() {
-        use tokio::io::AsyncWriteExt as _;
-        let (tcp, mut client) = pair().await;
+        let (tcp, client) = pair().await;
         socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
         let metrics = Arc::new(Metrics::default());
         let flusher = Arc::new(Flusher::new(metrics.clone()));
@@ -1124,21 +1142,12 @@ mod tests {
         }
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes, "the session must write the rest");
-        let want: Vec<u8> = texts.iter().flat_map(|t| frame(t)).collect();
-        let len = want.len();
-        let reader = tokio::spawn(async move { read_n(&mut client, len, 10).await });
-        let mut session = crate::socket::Socket::new(&[], o.clone());
-        session.flush().await.unwrap_or_else(|e| panic!("{e}"));
-        o.written();
-        let got = reader.await.unwrap_or_else(|e| panic!("{e}"));
-        assert!(got == want, "the frames did not arrive whole and in order");
-        assert_eq!(o.pending(), Pending::Nothing);
+        the_session_flushes_the_rest(&o, client, &texts).await;
     }
 
     #[tokio::test]
     async fn small_frames_written_one_by_one_into_a_full_socket_arrive_whole_and_in_order() {
-        use tokio::io::AsyncWriteExt as _;
-        let (tcp, mut client) = pair().await;
+        let (tcp, client) = pair().await;
         socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
         let (o, flusher, _) = attached(tcp);
         let p =
@@ -1153,15 +1162,7 @@ mod tests {
             flusher.turn();
             texts.push(t);
         }
-        let want: Vec<u8> = texts.iter().flat_map(|t| frame(t)).collect();
-        let len = want.len();
-        let reader = tokio::spawn(async move { read_n(&mut client, len, 10).await });
-        let mut session = crate::socket::Socket::new(&[], o.clone());
-        session.flush().await.unwrap_or_else(|e| panic!("{e}"));
-        o.written();
-        let got = reader.await.unwrap_or_else(|e| panic!("{e}"));
-        assert!(got == want, "the frames did not arrive whole and in order");
-        assert_eq!(o.pending(), Pending::Nothing);
+        the_session_flushes_the_rest(&o, client, &texts).await;
     }
 
     #[tokio::test]
