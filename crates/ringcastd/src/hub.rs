@@ -29,7 +29,7 @@
 //! frames to the nodes whose patterns match as well as to the nodes in `interest`.
 
 use crate::metrics::Metrics;
-use crate::outbox::{self, Held, Outbox, Pushed};
+use crate::outbox::{self, Outbox, Pushed};
 use crate::webhooks::Webhooks;
 use ringcast_core::dedup::payload_digest;
 use ringcast_core::log::AppendError;
@@ -1012,62 +1012,36 @@ impl Hub {
         let mut delivered = 0u64;
         // The keep-latest key, read out of the frame once for the message.
         let mut key: Option<Option<&str>> = None;
-        let mut deliver =
-            |held: Held<'_>, caught_up_to: &mut Option<Box<StreamPosition>>, policy: MessagePolicy, delta| {
-                if let Some(at) = caught_up_to.as_deref() {
-                    if position.epoch == at.epoch && position.offset <= at.offset {
-                        return;
-                    }
-                    *caught_up_to = None;
+        // A batch of subscribers at a time, their outboxes' memory loaded together (outbox,
+        // "Cold connections").
+        let subscribers = st
+            .subscribers
+            .values_mut()
+            .map(|Subscriber { outbox, caught_up_to, policy, delta, .. }| (&*outbox, (caught_up_to, *policy, *delta)));
+        outbox::for_each_held(subscribers, |held, (caught_up_to, policy, delta)| {
+            if let Some(at) = caught_up_to.as_deref() {
+                if position.epoch == at.epoch && position.offset <= at.offset {
+                    return;
                 }
-                let alt = msg.alt.as_ref().filter(|_| delta).cloned();
-                let k = match policy.policy {
-                    BackpressurePolicy::KeepLatest => *key.get_or_insert_with(|| message_key(msg.frame.as_str())),
-                    _ => None,
-                };
-                match held.push_message_alt(msg.frame.clone(), channel, position, policy, k, alt) {
-                    Pushed::Queued { dropped } => {
-                        delivered += 1;
-                        self.metrics.dropped(policy.policy, dropped);
-                    }
-                    Pushed::Dropped { dropped } => self.metrics.dropped(policy.policy, dropped),
-                    Pushed::Overflow => {
-                        self.metrics.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Pushed::Closed => {}
-                }
+                *caught_up_to = None;
+            }
+            let alt = msg.alt.as_ref().filter(|_| delta).cloned();
+            let k = match policy.policy {
+                BackpressurePolicy::KeepLatest => *key.get_or_insert_with(|| message_key(msg.frame.as_str())),
+                _ => None,
             };
-        let mut subscribers = st.subscribers.values_mut();
-        loop {
-            // A batch at a time (outbox, "Cold connections"): the outboxes' first lines
-            // loaded together, then the free ones locked and what a push reads of them
-            // loaded together, then the pushes. One locked elsewhere (its session or its
-            // flusher is at it) waits until the batch's locks are released.
-            let batch: [Option<&mut Subscriber>; outbox::TOUCH_AHEAD] = std::array::from_fn(|_| subscribers.next());
-            if batch[0].is_none() {
-                break;
-            }
-            let parts = batch.map(|sub| {
-                sub.map(|Subscriber { outbox, caught_up_to, policy, delta, .. }| {
-                    (&*outbox, caught_up_to, *policy, *delta)
-                })
-            });
-            outbox::touch(parts.iter().flatten().map(|p| p.0));
-            let held: [Option<Held<'_>>; outbox::TOUCH_AHEAD] =
-                std::array::from_fn(|i| parts[i].as_ref().and_then(|p| p.0.try_hold()));
-            std::hint::black_box(held.iter().flatten().map(Held::touch).sum::<usize>());
-            let mut busy = Vec::new();
-            for (part, held) in parts.into_iter().zip(held) {
-                let Some((outbox, caught_up_to, policy, delta)) = part else { continue };
-                match held {
-                    Some(held) => deliver(held, caught_up_to, policy, delta),
-                    None => busy.push((outbox, caught_up_to, policy, delta)),
+            match held.push_message_alt(msg.frame.clone(), channel, position, policy, k, alt) {
+                Pushed::Queued { dropped } => {
+                    delivered += 1;
+                    self.metrics.dropped(policy.policy, dropped);
                 }
+                Pushed::Dropped { dropped } => self.metrics.dropped(policy.policy, dropped),
+                Pushed::Overflow => {
+                    self.metrics.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
+                }
+                Pushed::Closed => {}
             }
-            for (outbox, caught_up_to, policy, delta) in busy {
-                deliver(outbox.hold(), caught_up_to, policy, delta);
-            }
-        }
+        });
         self.metrics.deliveries.fetch_add(delivered, Ordering::Relaxed);
     }
 

@@ -55,13 +55,12 @@
 //! In a large fan-out every connection's state is cold, once for the push and again for
 //! the write, and locking an outbox is an atomic instruction that waits for its cache
 //! line: one miss after another, each in full, was most of a delivery's user-space time.
-//! So both passes go through a batch of [`TOUCH_AHEAD`] connections at a time: they load
-//! the batch's first lines ([`touch`]) before locking any, then lock the free ones
-//! ([`Outbox::try_hold`] for the fan-out's pushes, `flush_batch` for the flusher's
-//! writes) and load what the pushes or writes read ([`Held::touch`]) before the first
-//! one starts. The loads of a batch are independent, so their misses overlap. An outbox
-//! locked elsewhere waits until the batch's locks are released, so no pass waits for a
-//! lock while it holds another. The socket lives in the outbox (`Direct`) for the same
+//! So both passes go through a batch of [`TOUCH_AHEAD`] connections at a time
+//! ([`for_each_held`]): they load the batch's first lines before locking any, then lock
+//! the free ones and load what the pushes or writes read before the first one starts.
+//! The loads of a batch are independent, so their misses overlap. An outbox locked
+//! elsewhere waits until the batch's locks are released, so no pass waits for a lock
+//! while it holds another. The socket lives in the outbox (`Direct`) for the same
 //! reason: a write then finds the descriptor in a line it already holds.
 
 use ringcast_core::send_queue::{Alt, Bounds, Drained, GapCause, GapNotice, MessagePolicy, SendQueue};
@@ -115,13 +114,14 @@ struct Direct {
 }
 
 impl State {
-    /// Reads what a direct write reads (see [`SendQueue::touch`]).
+    /// Reads what a push or a direct write reads (see [`SendQueue::touch`]) and returns
+    /// something made of it, for `std::hint::black_box` ([`for_each_held`]).
     fn touch(&self) -> usize {
         let direct = self.direct.as_ref().map_or(0, |d| {
             use std::os::fd::AsRawFd as _;
             d.unsent.len() + usize::from(d.failed.is_some()) + d.tcp.as_raw_fd().unsigned_abs() as usize
         });
-        self.queue.touch() + direct + usize::from(self.writing)
+        self.queue.touch() + direct + usize::from(self.writing) + usize::from(self.dirty)
     }
 
     /// Something of an earlier direct write is the session's to write first: the rest
@@ -335,7 +335,7 @@ impl Flusher {
                 if batch.is_empty() {
                     break;
                 }
-                flush_batch(&batch, &mut scratch);
+                for_each_held(batch.iter().map(|o| (o, ())), |held, ()| held.flush(&mut scratch));
                 // Dropped while their lines are still in cache.
                 batch.clear();
                 written += TOUCH_AHEAD;
@@ -353,63 +353,53 @@ impl Flusher {
     fn turn(&self) {
         let turn = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         let mut scratch = Vec::new();
-        for batch in turn.chunks(TOUCH_AHEAD) {
-            flush_batch(batch, &mut scratch);
-        }
-    }
-}
-
-/// The flusher's writes of `batch` (at most [`TOUCH_AHEAD`] outboxes), their memory
-/// loaded together first: the outboxes' first lines ([`touch`]), then, with the free
-/// ones locked, what their writes read ([`State::touch`]), so that the cache misses
-/// overlap instead of each write waiting for its own. An outbox locked elsewhere (its
-/// session is writing) is written after the batch's locks are released, so the flusher
-/// never waits for a lock while it holds another.
-fn flush_batch(batch: &[Arc<Outbox>], scratch: &mut Vec<Drained<Utf8Bytes>>) {
-    debug_assert!(batch.len() <= TOUCH_AHEAD);
-    touch(batch);
-    let mut held: [Option<MutexGuard<'_, State>>; TOUCH_AHEAD] =
-        std::array::from_fn(|i| batch.get(i).and_then(|o| o.try_lock()));
-    let mut sum = 0;
-    for s in held.iter().flatten() {
-        sum += s.touch();
-    }
-    std::hint::black_box(sum);
-    let mut busy = 0u32;
-    for (i, (outbox, s)) in batch.iter().zip(held.iter_mut()).enumerate() {
-        match s.take() {
-            Some(s) => outbox.flush_locked(s, scratch),
-            None => busy |= 1 << i,
-        }
-    }
-    for (i, outbox) in batch.iter().enumerate() {
-        if busy & (1 << i) != 0 {
-            outbox.flush_locked(outbox.lock(), scratch);
-        }
+        for_each_held(turn.iter().map(|o| (o, ())), |held, ()| held.flush(&mut scratch));
     }
 }
 
 /// Connections the flusher writes before it lets other tasks run.
 const YIELD_EVERY: usize = 1024;
 
-/// Outboxes whose first cache lines [`touch`] loads at once.
+/// Outboxes [`for_each_held`] takes at a time.
 pub const TOUCH_AHEAD: usize = 16;
-// `flush_batch` keeps the batch's busy outboxes in a `u32`.
-const _: () = assert!(TOUCH_AHEAD <= 32);
 
-/// Loads the first cache line of each of `outboxes` (its reference count, next to its
-/// lock; see [`Outbox`]) before any of them is locked. In a large fan-out every outbox
-/// is cold, and locking one is an atomic instruction that waits for its line: one
-/// cache miss after another, each in full. Plain loads of a batch's lines go out
-/// together instead, so their misses overlap and the locks that follow find the lines
-/// in cache (docs/benchmarks.md, "Status check, 2026-12-01").
-pub fn touch<'a>(outboxes: impl IntoIterator<Item = &'a Arc<Outbox>>) {
-    for outbox in outboxes {
-        std::hint::black_box(Arc::strong_count(outbox));
+/// Runs `work` on each of `items` with its outbox held, [`TOUCH_AHEAD`] at a time (module
+/// docs, "Cold connections"): the fan-out's pushes and the flusher's writes. For each
+/// batch, the outboxes' first lines (the reference count, next to the lock; see
+/// [`Outbox`]) are loaded with plain loads, then the free locks taken and what a push or
+/// a write reads loaded, then `work` runs. The loads are independent,
+/// so their cache misses overlap, where locking cold outboxes one by one waits for each
+/// miss in full. An outbox locked elsewhere is worked on after the batch's locks are
+/// released, so this never waits for a lock while it holds another.
+pub fn for_each_held<'a, T>(items: impl IntoIterator<Item = (&'a Arc<Outbox>, T)>, mut work: impl FnMut(Held<'a>, T)) {
+    let mut items = items.into_iter();
+    loop {
+        let batch: [Option<(&'a Arc<Outbox>, T)>; TOUCH_AHEAD] = std::array::from_fn(|_| items.next());
+        if batch[0].is_none() {
+            return;
+        }
+        let outbox = |i: usize| -> Option<&'a Arc<Outbox>> { batch[i].as_ref().map(|item| item.0) };
+        for i in 0..TOUCH_AHEAD {
+            std::hint::black_box(outbox(i).map(Arc::strong_count));
+        }
+        let held: [Option<Held<'a>>; TOUCH_AHEAD] = std::array::from_fn(|i| outbox(i).and_then(Outbox::try_hold));
+        std::hint::black_box(held.iter().flatten().map(|h| h.state.touch()).sum::<usize>());
+        let mut busy = Vec::new();
+        for (item, held) in batch.into_iter().zip(held) {
+            let Some((outbox, t)) = item else { continue };
+            match held {
+                Some(held) => work(held, t),
+                None => busy.push((outbox, t)),
+            }
+        }
+        for (outbox, t) in busy {
+            work(outbox.hold(), t);
+        }
     }
 }
 
-/// An [`Outbox`] locked for a push ([`Outbox::hold`], [`Outbox::try_hold`]).
+/// An [`Outbox`] locked for a push or the flusher's write ([`Outbox::hold`],
+/// [`for_each_held`]).
 #[derive(Debug)]
 pub struct Held<'a> {
     outbox: &'a Arc<Outbox>,
@@ -417,14 +407,25 @@ pub struct Held<'a> {
 }
 
 impl Held<'_> {
-    /// Reads what a push reads (see [`SendQueue::touch`]) and returns something made of
-    /// it, for `std::hint::black_box` (module docs, "Cold connections").
-    #[must_use]
-    pub fn touch(&self) -> usize {
-        self.state.touch() + usize::from(self.state.dirty)
+    /// The [`Flusher`]'s turn: writes everything queued to the socket if the session
+    /// holds nothing, else wakes the session to write it. `scratch` is the flusher's.
+    fn flush(mut self, scratch: &mut Vec<Drained<Utf8Bytes>>) {
+        let s = &mut *self.state;
+        s.dirty = false;
+        if s.queue.is_empty() {
+            return;
+        }
+        let wake = s.close.is_some() || s.writing || s.direct_held() || s.write_queued(scratch);
+        drop(self.state);
+        if wake {
+            self.outbox.notify.notify_one();
+        }
     }
 
-    /// [`Outbox::push_message_alt`] under this lock.
+    /// [`Outbox::push_message`] with the message's keep-latest `key` read by the caller
+    /// (once per message, not per subscriber; used under `keep_latest` only) and its
+    /// delta form, written instead when the client holds its base
+    /// (`ringcast_core::send_queue`, "Deltas").
     pub fn push_message_alt(
         mut self,
         frame: Utf8Bytes,
@@ -558,24 +559,6 @@ impl Outbox {
         }
     }
 
-    /// The [`Flusher`]'s turn, with the lock `s` held: writes everything queued to the
-    /// socket if the session holds nothing, else wakes the session to write it.
-    /// `scratch` is the flusher's.
-    fn flush_locked(&self, mut s: MutexGuard<'_, State>, scratch: &mut Vec<Drained<Utf8Bytes>>) {
-        s.dirty = false;
-        if s.queue.is_empty() {
-            return;
-        }
-        if s.close.is_some() || s.writing || s.direct_held() {
-            drop(s);
-            self.notify.notify_one();
-            return;
-        }
-        if s.write_queued(scratch) {
-            self.notify.notify_one();
-        }
-    }
-
     /// The session's write of `buf` (through tungstenite) to the attached socket: what a
     /// direct write left over goes first, and no direct write follows until
     /// [`Outbox::written`].
@@ -692,23 +675,7 @@ impl Outbox {
             BackpressurePolicy::KeepLatest => message_key(frame.as_str()).map(str::to_owned),
             _ => None,
         };
-        self.push_message_alt(frame, channel, position, policy, key.as_deref(), None)
-    }
-
-    /// [`Outbox::push_message`] with the message's keep-latest `key` read by the caller
-    /// (once per message, not per subscriber; used under `keep_latest` only) and its
-    /// delta form, written instead when the client holds its base
-    /// (`ringcast_core::send_queue`, "Deltas").
-    pub fn push_message_alt(
-        self: &Arc<Self>,
-        frame: Utf8Bytes,
-        channel: &ChannelName,
-        position: StreamPosition,
-        policy: MessagePolicy,
-        key: Option<&str>,
-        alt: Option<Alt<Utf8Bytes>>,
-    ) -> Pushed {
-        self.hold().push_message_alt(frame, channel, position, policy, key, alt)
+        self.hold().push_message_alt(frame, channel, position, policy, key.as_deref(), None)
     }
 
     /// The outbox, locked for a push.
@@ -716,10 +683,9 @@ impl Outbox {
         Held { outbox: self, state: self.lock() }
     }
 
-    /// The outbox locked for a push if its lock is free: for a batch of pushes, which
-    /// must not wait for one lock while it holds others (module docs, "Cold
-    /// connections").
-    pub fn try_hold(self: &Arc<Self>) -> Option<Held<'_>> {
+    /// The outbox locked if its lock is free: for [`for_each_held`], which must not wait
+    /// for one lock while it holds others.
+    fn try_hold(self: &Arc<Self>) -> Option<Held<'_>> {
         self.try_lock().map(|state| Held { outbox: self, state })
     }
 
@@ -992,8 +958,8 @@ mod tests {
         let (tcp, mut client) = pair().await;
         let (o, flusher, metrics) = attached(tcp);
         let p = policy(BackpressurePolicy::Disconnect);
-        assert_eq!(o.push_message_alt(f("m1"), &ch(), at(1), p, None, None), Pushed::Queued { dropped: 0 });
-        assert_eq!(o.push_message_alt(f("m2"), &ch(), at(2), p, None, None), Pushed::Queued { dropped: 0 });
+        assert_eq!(o.hold().push_message_alt(f("m1"), &ch(), at(1), p, None, None), Pushed::Queued { dropped: 0 });
+        assert_eq!(o.hold().push_message_alt(f("m2"), &ch(), at(2), p, None, None), Pushed::Queued { dropped: 0 });
         flusher.turn();
         assert_eq!(o.pending(), Pending::Nothing, "nothing left for the session");
         assert_eq!(read_n(&mut client, 8, 1).await, [frame("m1"), frame("m2")].concat());
@@ -1001,7 +967,7 @@ mod tests {
         assert_eq!(metrics.client_direct_writes.load(Ordering::Relaxed), 1);
         // Detached (the session ended): the socket is closed, and nothing more is written.
         o.detach();
-        assert_eq!(o.push_message_alt(f("m3"), &ch(), at(3), p, None, None), Pushed::Queued { dropped: 0 });
+        assert_eq!(o.hold().push_message_alt(f("m3"), &ch(), at(3), p, None, None), Pushed::Queued { dropped: 0 });
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes);
         assert!(closed_with_nothing_more(&mut client).await);
@@ -1018,8 +984,8 @@ mod tests {
         let o2 = Arc::new(Outbox::new(10, 10_000));
         o2.attach(tcp2, flusher.clone());
         let p = policy(BackpressurePolicy::Disconnect);
-        o1.push_message_alt(f("m1"), &ch(), at(1), p, None, None);
-        o2.push_message_alt(f("m2"), &ch(), at(1), p, None, None);
+        o1.hold().push_message_alt(f("m1"), &ch(), at(1), p, None, None);
+        o2.hold().push_message_alt(f("m2"), &ch(), at(1), p, None, None);
         // Another thread holds o1's lock while the flusher's turn starts: the batch
         // cannot take it, writes o2, then waits for o1 with no other lock held.
         let (locked, is_locked) = std::sync::mpsc::channel();
@@ -1047,7 +1013,7 @@ mod tests {
         socket2::SockRef::from(&tcp).shutdown(std::net::Shutdown::Write).unwrap_or_else(|e| panic!("{e}"));
         let (o, flusher, metrics) = attached(tcp);
         let p = policy(BackpressurePolicy::Disconnect);
-        o.push_message_alt(f("m1"), &ch(), at(1), p, None, None);
+        o.hold().push_message_alt(f("m1"), &ch(), at(1), p, None, None);
         flusher.turn();
         assert_eq!(metrics.client_direct_writes.load(Ordering::Relaxed), 0);
         // The session is woken, and is left something to do even with the queue empty.
@@ -1056,7 +1022,7 @@ mod tests {
             .unwrap_or_else(|_| panic!("the session was not woken"));
         assert_eq!(o.pending(), Pending::Pushes);
         // Later messages wait for the session instead of another direct write.
-        o.push_message_alt(f("m2"), &ch(), at(2), p, None, None);
+        o.hold().push_message_alt(f("m2"), &ch(), at(2), p, None, None);
         flusher.turn();
         assert_eq!(metrics.client_direct_writes.load(Ordering::Relaxed), 0);
         let mut scratch = Vec::new();
@@ -1076,19 +1042,19 @@ mod tests {
         let (o, flusher, _) = attached(tcp);
         let p = policy(BackpressurePolicy::Disconnect);
         o.push(f("reply"));
-        o.push_message_alt(f("m1"), &ch(), at(1), p, None, None);
+        o.hold().push_message_alt(f("m1"), &ch(), at(1), p, None, None);
         let mut batch = Vec::new();
         o.drain(&mut batch);
         assert_eq!(batch, [f("reply"), f("m1")]);
         // The session holds the batch: m2 is queued for the session, not the flusher.
-        o.push_message_alt(f("m2"), &ch(), at(2), p, None, None);
+        o.hold().push_message_alt(f("m2"), &ch(), at(2), p, None, None);
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(nothing_to_read(&client), "m2 was written before the session's batch");
         o.written();
         // m2 waits, so m3 follows it, and the flusher writes both.
-        o.push_message_alt(f("m3"), &ch(), at(3), p, None, None);
+        o.hold().push_message_alt(f("m3"), &ch(), at(3), p, None, None);
         flusher.turn();
         assert_eq!(o.pending(), Pending::Nothing);
         assert_eq!(read_n(&mut client, 8, 1).await, [frame("m2"), frame("m3")].concat());
@@ -1100,7 +1066,7 @@ mod tests {
         let (o, flusher, _) = attached(tcp);
         let p = policy(BackpressurePolicy::DropOldest);
         for i in 1..=4 {
-            o.push_message_alt(f(&format!("m{i}")), &ch(), at(i), p, None, None);
+            o.hold().push_message_alt(f(&format!("m{i}")), &ch(), at(i), p, None, None);
         }
         flusher.turn();
         let gap = r#"{"type":"gap","channel":"chat:a","epoch":"3","from":1,"to":2,"reason":"slow_consumer"}"#;
@@ -1138,7 +1104,7 @@ mod tests {
         // More frames than one write carries, more bytes than the socket takes.
         let texts: Vec<String> = (0..70).map(|i| format!("{i:03}").repeat(30_000 + i)).collect();
         for (i, t) in texts.iter().enumerate() {
-            o.push_message_alt(f(t), &ch(), at(i as u64 + 1), p, None, None);
+            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 1), p, None, None);
         }
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes, "the session must write the rest");
@@ -1158,7 +1124,7 @@ mod tests {
         while o.pending() == Pending::Nothing {
             assert!(texts.len() < 100_000, "the socket never filled");
             let t = format!("{:05}", texts.len()).repeat(SMALL_FRAME / 5);
-            o.push_message_alt(f(&t), &ch(), at(texts.len() as u64 + 1), p, None, None);
+            o.hold().push_message_alt(f(&t), &ch(), at(texts.len() as u64 + 1), p, None, None);
             flusher.turn();
             texts.push(t);
         }
@@ -1178,13 +1144,13 @@ mod tests {
             bounds: Bounds { messages: 100, bytes: 100_000_000 },
         };
         let big = "x".repeat(4 << 20);
-        o.push_message_alt(f(&big), &ch(), at(1), p, None, None);
+        o.hold().push_message_alt(f(&big), &ch(), at(1), p, None, None);
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes, "the socket took part of the big frame");
         // Behind the rest, so queued for the session: more than one write carries.
         let texts: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
         for (i, t) in texts.iter().enumerate() {
-            o.push_message_alt(f(t), &ch(), at(i as u64 + 2), p, None, None);
+            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 2), p, None, None);
         }
         assert_eq!(o.push(f("reply")), Pushed::Queued { dropped: 0 });
         let want: Vec<u8> = std::iter::once(frame(&big))
@@ -1222,11 +1188,11 @@ mod tests {
         };
         // Far more than the socket takes at once: part is written, the rest kept.
         let big = "x".repeat(4 << 20);
-        assert_eq!(o.push_message_alt(f(&big), &ch(), at(1), p, None, None), Pushed::Queued { dropped: 0 });
+        assert_eq!(o.hold().push_message_alt(f(&big), &ch(), at(1), p, None, None), Pushed::Queued { dropped: 0 });
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes, "the session must write the rest");
         // Behind the rest, so queued.
-        o.push_message_alt(f("m2"), &ch(), at(2), p, None, None);
+        o.hold().push_message_alt(f("m2"), &ch(), at(2), p, None, None);
         let reader = tokio::spawn(async move {
             let want = frame(&"x".repeat(4 << 20)).len() + 4;
             read_n(&mut client, want, 10).await
