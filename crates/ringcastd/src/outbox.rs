@@ -23,7 +23,8 @@
 //! the connection's session task. A message queued for a connection whose session holds
 //! nothing marks the outbox dirty (once: a dirty outbox is already on the list) and adds
 //! it to its flusher's list; the flusher's turn takes the whole list and writes each
-//! connection's queue in one non-blocking `sendmsg` of frame headers and shared frame
+//! connection's queue in one non-blocking `send`: small frames copied behind their
+//! headers into one buffer, larger ones as a `sendmsg` of headers and the shared frame
 //! bytes. So one publish to 15,000 idle subscribers costs one task wake-up, not 15,000,
 //! and under load a connection's messages batch by construction: whatever was queued
 //! before the flusher's turn goes in one write (like Redis's writes of pending clients
@@ -37,8 +38,8 @@
 //! socket does not take (the rest of a frame, and every later frame of the turn) goes to
 //! `unsent`, which the session writes before anything else (it is woken for it), so the
 //! stream only ever carries whole frames in order. The session then writes what is
-//! queued the flusher's way (`Outbox::poll_write_queued`: pre-framed, shared bytes, one
-//! `sendmsg` for many frames), waiting while the socket is full; tungstenite's buffer
+//! queued the flusher's way (`Outbox::poll_write_queued`: pre-framed, one `send` for
+//! many frames), waiting while the socket is full; tungstenite's buffer
 //! carries only its own frames (pongs, pings, the close). A connection thus holds at
 //! most its queue plus one drained batch, as on the session path. A direct write that
 //! fails (the connection broke) drops its frames with the connection, stops direct
@@ -134,11 +135,11 @@ impl State {
     /// flusher and a direct-write session both write it. Returns whether the session
     /// must act: the socket left some of it over in `unsent`, or the write failed;
     /// without a socket it writes nothing.
-    fn write_queued(&mut self, scratch: &mut Vec<Drained<Utf8Bytes>>) -> bool {
+    fn write_queued(&mut self, scratch: &mut WriteScratch) -> bool {
         let Some(d) = self.direct.as_mut() else { return false };
-        self.queue.drain(scratch);
-        let rest = write_frames(d, scratch);
-        scratch.clear();
+        self.queue.drain(&mut scratch.frames);
+        let rest = write_frames(d, &mut scratch.frames, &mut scratch.bytes);
+        scratch.frames.clear();
         rest
     }
 }
@@ -176,25 +177,61 @@ fn detached() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the connection's socket was closed")
 }
 
-/// Frames per `sendmsg` of a direct write (two slices each, far below `IOV_MAX`).
+/// What a direct write works with: the frames drained from the queue, and the buffer
+/// they are copied into for one `send(2)`. The flusher keeps one from write to write
+/// (both are left empty, with their capacity); a session's is freed after each write,
+/// as the session may then wait on a full socket.
+#[derive(Debug, Default)]
+pub(crate) struct WriteScratch {
+    frames: Vec<Drained<Utf8Bytes>>,
+    bytes: Vec<u8>,
+}
+
+/// The most bytes of frames [`write_copied`] puts in one `send(2)`.
+const SEND_BLOCK: usize = 64 << 10;
+
+/// The largest frame body a direct write copies. A write with a larger frame sends the
+/// frames' shared bytes instead ([`write_chunks`]): what the copy saves is per slice,
+/// what it costs grows with the bytes (measured with frames of 100 bytes and 1 KiB,
+/// docs/benchmarks.md, "Status check, 2026-12-01 morning").
+const COPY_UP_TO: usize = 4 << 10;
+
+/// Frames per `sendmsg` of [`write_chunks`] (two slices each, far below `IOV_MAX`).
 const FRAMES_PER_WRITE: usize = 32;
 
 /// Writes `frames` (drained from the queue, in order) to `d`'s socket without waiting;
 /// what the socket does not take goes to `d.unsent`. Returns whether anything did, or
 /// the write failed (`d.failed`; the frames are dropped with the broken connection).
-fn write_frames(d: &mut Direct, frames: &mut [Drained<Utf8Bytes>]) -> bool {
+/// `buf` is [`WriteScratch::bytes`], left empty.
+fn write_frames(d: &mut Direct, frames: &mut [Drained<Utf8Bytes>], buf: &mut Vec<u8>) -> bool {
     for f in frames.iter_mut() {
         if let Drained::Gap(g) = f {
             *f = Drained::Frame(gap_frame(g));
         }
     }
     match frames {
-        [Drained::Frame(f)] if f.len() <= SMALL_FRAME => write_small(d, f.as_bytes()),
+        _ if frames.iter().all(|f| body(f).len() <= COPY_UP_TO) => write_copied(d, frames, buf),
         // One large frame: a header and a body, not the 1.6 KiB of arrays a write of
         // many frames sets up first.
         [_] => write_chunks::<1>(d, frames),
         _ => write_chunks::<FRAMES_PER_WRITE>(d, frames),
     }
+}
+
+/// A drained frame's bytes (a `gap` notice is encoded by [`write_frames`] first).
+fn body(f: &Drained<Utf8Bytes>) -> &[u8] {
+    match f {
+        Drained::Frame(f) => f.as_bytes(),
+        Drained::Gap(_) => &[],
+    }
+}
+
+/// Appends `body`'s frame, header and bytes, to `out`.
+fn put_frame(out: &mut Vec<u8>, body: &[u8]) {
+    let mut header = [0u8; 10];
+    let h = text_frame_header(body.len(), &mut header);
+    out.extend_from_slice(&header[..h]);
+    out.extend_from_slice(body);
 }
 
 /// What a direct write's send took (0: the socket is full), counted. `None` when it
@@ -217,39 +254,45 @@ fn sent(d: &mut Direct, result: io::Result<usize>) -> Option<usize> {
     }
 }
 
-/// The largest frame body [`write_small`] copies.
-const SMALL_FRAME: usize = 512;
-
-/// Most direct writes are one small frame (one message to an idle subscriber): copied
-/// behind its header into one buffer and written with `send(2)`, which spares the
-/// kernel the `sendmsg` message header and the vector of two slices to copy in and
-/// check (2.4 % of a send's kernel time in a loopback micro-benchmark,
-/// docs/benchmarks.md). Returns as [`write_frames`] does.
-fn write_small(d: &mut Direct, body: &[u8]) -> bool {
-    let mut header = [0u8; 10];
-    let h = text_frame_header(body.len(), &mut header);
-    let mut buf = [0u8; 10 + SMALL_FRAME];
-    let len = h + body.len();
-    buf[..h].copy_from_slice(&header[..h]);
-    buf[h..len].copy_from_slice(body);
-    let result = socket2::SockRef::from(&d.tcp).send(&buf[..len]);
-    let Some(written) = sent(d, result) else { return true };
-    if written == len {
-        return false;
-    }
-    d.unsent.extend_from_slice(&buf[written..len]);
-    true
-}
-
-/// [`write_frames`], `N` frames per `sendmsg`.
-fn write_chunks<const N: usize>(d: &mut Direct, frames: &[Drained<Utf8Bytes>]) -> bool {
-    fn body(f: &Drained<Utf8Bytes>) -> &[u8] {
-        match f {
-            Drained::Frame(f) => f.as_bytes(),
-            // Encoded by write_frames.
-            Drained::Gap(_) => &[],
+/// Small frames, as nearly every write of a fan-out carries (one message to an idle
+/// subscriber, or the few queued since the last turn to a busy one): copied behind
+/// their headers into `buf` and written with one `send(2)` per [`SEND_BLOCK`]. The kernel
+/// then copies one flat buffer, where a `sendmsg` of a header and a body per frame makes
+/// it import and walk the slices one by one: in a loopback micro-benchmark a send of 32
+/// frames of 100 bytes cost 7.0 µs copied against 9.3 µs as 64 slices, and at 1k
+/// subscribers x 2k publishes/s the copy held the offered rate where the slices fell
+/// behind (docs/benchmarks.md, "Status check, 2026-12-01 morning"). Returns as
+/// [`write_frames`] does; `buf` is left empty.
+fn write_copied(d: &mut Direct, frames: &[Drained<Utf8Bytes>], buf: &mut Vec<u8>) -> bool {
+    let mut frames = frames.iter().map(body).peekable();
+    let mut rest = false;
+    while frames.peek().is_some() {
+        buf.clear();
+        while let Some(f) = frames.next_if(|f| buf.is_empty() || buf.len() + 10 + f.len() <= SEND_BLOCK) {
+            put_frame(buf, f);
+        }
+        let result = socket2::SockRef::from(&d.tcp).send(buf);
+        let Some(written) = sent(d, result) else {
+            rest = true;
+            break;
+        };
+        if written < buf.len() {
+            // The socket is full: keep the rest of this block and every later frame.
+            d.unsent.extend_from_slice(&buf[written..]);
+            for f in frames {
+                put_frame(&mut d.unsent, f);
+            }
+            rest = true;
+            break;
         }
     }
+    buf.clear();
+    rest
+}
+
+/// A write with a frame larger than [`COPY_UP_TO`]: the frames' shared bytes, a header
+/// and a body each, `N` frames per `sendmsg`. Returns as [`write_frames`] does.
+fn write_chunks<const N: usize>(d: &mut Direct, frames: &[Drained<Utf8Bytes>]) -> bool {
     let mut headers = [[0u8; 10]; N];
     let mut header_lens = [0usize; N];
     for (at, chunk) in frames.chunks(N).enumerate() {
@@ -281,10 +324,7 @@ fn write_chunks<const N: usize>(d: &mut Direct, frames: &[Drained<Utf8Bytes>]) -
             }
         }
         for f in frames.iter().skip((at + 1) * N) {
-            let mut header = [0u8; 10];
-            let h = text_frame_header(body(f).len(), &mut header);
-            d.unsent.extend_from_slice(&header[..h]);
-            d.unsent.extend_from_slice(body(f));
+            put_frame(&mut d.unsent, body(f));
         }
         return true;
     }
@@ -321,7 +361,7 @@ impl Flusher {
     pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let mut turn = Vec::new();
         let mut batch = Vec::with_capacity(TOUCH_AHEAD);
-        let mut scratch = Vec::new();
+        let mut scratch = WriteScratch::default();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -352,7 +392,7 @@ impl Flusher {
     #[cfg(test)]
     fn turn(&self) {
         let turn = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        let mut scratch = Vec::new();
+        let mut scratch = WriteScratch::default();
         for_each_held(turn.iter().map(|o| (o, ())), |held, ()| held.flush(&mut scratch));
     }
 }
@@ -409,7 +449,7 @@ pub struct Held<'a> {
 impl Held<'_> {
     /// The [`Flusher`]'s turn: writes everything queued to the socket if the session
     /// holds nothing, else wakes the session to write it. `scratch` is the flusher's.
-    fn flush(mut self, scratch: &mut Vec<Drained<Utf8Bytes>>) {
+    fn flush(mut self, scratch: &mut WriteScratch) {
         let s = &mut *self.state;
         s.dirty = false;
         if s.queue.is_empty() {
@@ -582,13 +622,13 @@ impl Outbox {
 
     /// A direct-write session's write, when the flusher could not write (the socket was
     /// full, or the session held bytes): what a direct write left over, then everything
-    /// queued, pre-framed in `sendmsg`s as the flusher writes it, waiting while the
+    /// queued, pre-framed as the flusher writes it, waiting while the
     /// socket is full. Returns the close requested, if any. tungstenite's own frames (a
     /// pong, a ping) go before: the session flushes them first.
     pub(crate) fn poll_write_queued(
         &self,
         cx: &mut Context<'_>,
-        scratch: &mut Vec<Drained<Utf8Bytes>>,
+        scratch: &mut WriteScratch,
     ) -> Poll<io::Result<Option<CloseCode>>> {
         let mut s = self.lock();
         loop {
@@ -597,6 +637,9 @@ impl Outbox {
                 return Poll::Ready(Ok(s.close));
             }
             s.write_queued(scratch);
+            // The next turn may wait for a full socket: meanwhile the session holds no
+            // frame list and no send buffer (only the flusher keeps its own).
+            *scratch = WriteScratch::default();
         }
     }
 
@@ -946,11 +989,59 @@ mod tests {
     }
 
     fn attached(tcp: TcpStream) -> (Arc<Outbox>, Arc<Flusher>, Arc<Metrics>) {
+        attached_with(tcp, Bounds { messages: 10, bytes: 10_000 })
+    }
+
+    fn attached_with(tcp: TcpStream, bounds: Bounds) -> (Arc<Outbox>, Arc<Flusher>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let flusher = Arc::new(Flusher::new(metrics.clone()));
-        let o = Arc::new(Outbox::new(10, 10_000));
+        let o = Arc::new(Outbox::new(bounds.messages, bounds.bytes));
         o.attach(tcp, flusher.clone());
         (o, flusher, metrics)
+    }
+
+    /// Bounds far above what the tests that fill a socket queue.
+    const ROOMY: Bounds = Bounds { messages: 100, bytes: 100_000_000 };
+
+    /// 60 frames of 3,000 bytes: each is copied ([`COPY_UP_TO`]), and together they are
+    /// more than two send blocks ([`SEND_BLOCK`]).
+    fn copied_texts() -> Vec<String> {
+        let texts: Vec<String> = (0..60).map(|i| format!("{i:04}").repeat(750)).collect();
+        assert!(texts.iter().all(|t| t.len() <= COPY_UP_TO));
+        assert!(texts.iter().map(|t| t.len() + 4).sum::<usize>() > 2 * SEND_BLOCK);
+        texts
+    }
+
+    #[tokio::test]
+    async fn small_frames_of_one_turn_go_in_one_send_per_block() {
+        let (tcp, client) = pair().await;
+        let (o, flusher, metrics) = attached_with(tcp, ROOMY);
+        let p = MessagePolicy { policy: BackpressurePolicy::Disconnect, bounds: ROOMY };
+        let texts = copied_texts();
+        for (i, t) in texts.iter().enumerate() {
+            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 1), p, None, None);
+        }
+        flusher.turn();
+        // Three blocks at most (fewer sends when the socket filled, the rest then the
+        // session's), not one per frame.
+        let writes = metrics.client_direct_writes.load(Ordering::Relaxed);
+        assert!((1..=3).contains(&writes), "{writes} sends for {} frames", texts.len());
+        the_session_flushes_the_rest(&o, client, &texts).await;
+    }
+
+    #[tokio::test]
+    async fn small_frames_of_one_turn_into_a_full_socket_arrive_whole_and_in_order() {
+        let (tcp, client) = pair().await;
+        socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
+        let (o, flusher, _) = attached_with(tcp, ROOMY);
+        let p = MessagePolicy { policy: BackpressurePolicy::Disconnect, bounds: ROOMY };
+        let texts = copied_texts();
+        for (i, t) in texts.iter().enumerate() {
+            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 1), p, None, None);
+        }
+        flusher.turn();
+        assert_eq!(o.pending(), Pending::Pushes, "the session must write the rest");
+        the_session_flushes_the_rest(&o, client, &texts).await;
     }
 
     #[tokio::test]
@@ -1009,7 +1100,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_direct_write_ends_the_session_at_its_next_write() {
         let (tcp, _client) = pair().await;
-        // Our side can no longer send: the flusher's `sendmsg` fails (EPIPE).
+        // Our side can no longer send: the flusher's `send` fails (EPIPE).
         socket2::SockRef::from(&tcp).shutdown(std::net::Shutdown::Write).unwrap_or_else(|e| panic!("{e}"));
         let (o, flusher, metrics) = attached(tcp);
         let p = policy(BackpressurePolicy::Disconnect);
@@ -1025,7 +1116,7 @@ mod tests {
         o.hold().push_message_alt(f("m2"), &ch(), at(2), p, None, None);
         flusher.turn();
         assert_eq!(metrics.client_direct_writes.load(Ordering::Relaxed), 0);
-        let mut scratch = Vec::new();
+        let mut scratch = WriteScratch::default();
         let e = std::future::poll_fn(|cx| o.poll_write_queued(cx, &mut scratch))
             .await
             .err()
@@ -1093,14 +1184,8 @@ mod tests {
     async fn many_frames_the_socket_cannot_take_at_once_arrive_whole_and_in_order() {
         let (tcp, client) = pair().await;
         socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
-        let metrics = Arc::new(Metrics::default());
-        let flusher = Arc::new(Flusher::new(metrics.clone()));
-        let o = Arc::new(Outbox::new(100, 100_000_000));
-        o.attach(tcp, flusher.clone());
-        let p = MessagePolicy {
-            policy: BackpressurePolicy::Disconnect,
-            bounds: Bounds { messages: 100, bytes: 100_000_000 },
-        };
+        let (o, flusher, _) = attached_with(tcp, ROOMY);
+        let p = MessagePolicy { policy: BackpressurePolicy::Disconnect, bounds: ROOMY };
         // More frames than one write carries, more bytes than the socket takes.
         let texts: Vec<String> = (0..70).map(|i| format!("{i:03}").repeat(30_000 + i)).collect();
         for (i, t) in texts.iter().enumerate() {
@@ -1123,7 +1208,7 @@ mod tests {
         let mut texts = Vec::new();
         while o.pending() == Pending::Nothing {
             assert!(texts.len() < 100_000, "the socket never filled");
-            let t = format!("{:05}", texts.len()).repeat(SMALL_FRAME / 5);
+            let t = format!("{:05}", texts.len()).repeat(100);
             o.hold().push_message_alt(f(&t), &ch(), at(texts.len() as u64 + 1), p, None, None);
             flusher.turn();
             texts.push(t);
@@ -1135,14 +1220,8 @@ mod tests {
     async fn a_direct_session_writes_the_rest_then_the_queue_the_flushers_way() {
         let (tcp, mut client) = pair().await;
         socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
-        let metrics = Arc::new(Metrics::default());
-        let o = Arc::new(Outbox::new(100, 100_000_000));
-        let flusher = Arc::new(Flusher::new(metrics.clone()));
-        o.attach(tcp, flusher.clone());
-        let p = MessagePolicy {
-            policy: BackpressurePolicy::Disconnect,
-            bounds: Bounds { messages: 100, bytes: 100_000_000 },
-        };
+        let (o, flusher, metrics) = attached_with(tcp, ROOMY);
+        let p = MessagePolicy { policy: BackpressurePolicy::Disconnect, bounds: ROOMY };
         let big = "x".repeat(4 << 20);
         o.hold().push_message_alt(f(&big), &ch(), at(1), p, None, None);
         flusher.turn();
@@ -1161,7 +1240,7 @@ mod tests {
         let len = want.len();
         let reader = tokio::spawn(async move { read_n(&mut client, len, 10).await });
         let writes_before = metrics.client_direct_writes.load(Ordering::Relaxed);
-        let mut scratch = Vec::new();
+        let mut scratch = WriteScratch::default();
         let close =
             std::future::poll_fn(|cx| o.poll_write_queued(cx, &mut scratch)).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(close, None);

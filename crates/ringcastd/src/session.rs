@@ -27,7 +27,7 @@ use crate::hub::{Origin, PublishRequest};
 use crate::lazy_read::LazyRead;
 use crate::metrics::Source;
 use crate::node::Node;
-use crate::outbox::{Outbox, Pending, Pushed};
+use crate::outbox::{Outbox, Pending, Pushed, WriteScratch};
 use crate::socket::Socket;
 use bytes::Bytes;
 use futures_util::stream::FusedStream;
@@ -409,7 +409,7 @@ impl Session {
     }
 
     /// Writes everything queued as one batch: a direct-write session the flusher's way
-    /// (pre-framed `sendmsg`s, [`Outbox::poll_write_queued`]), any other through
+    /// (pre-framed, [`Outbox::poll_write_queued`]), any other through
     /// tungstenite. Returns a close the outbox asked for. The batch is freed once
     /// written: an idle session holds no frame list.
     async fn write_batch<S>(&self, ws: &mut WebSocketStream<S>) -> WriteResult
@@ -420,7 +420,7 @@ impl Session {
             // tungstenite's own frames (a pong, a ping) first, then what the socket did not
             // take from the flusher and the queue, written the flusher's way.
             ws.flush().await?;
-            let mut scratch = Vec::new();
+            let mut scratch = WriteScratch::default();
             let close = std::future::poll_fn(|cx| self.outbox.poll_write_queued(cx, &mut scratch)).await?;
             self.outbox.written();
             return Ok(close);
