@@ -1003,12 +1003,17 @@ mod tests {
     /// Bounds far above what the tests that fill a socket queue.
     const ROOMY: Bounds = Bounds { messages: 100, bytes: 100_000_000 };
 
-    /// 60 frames of 3,000 bytes: each is copied ([`COPY_UP_TO`]), and together they are
-    /// more than two send blocks ([`SEND_BLOCK`]).
-    fn copied_texts() -> Vec<String> {
+    /// Queues 60 messages of 3,000 bytes on `o` and returns them: each is copied
+    /// ([`COPY_UP_TO`]), and together they are more than two send blocks
+    /// ([`SEND_BLOCK`]).
+    fn queue_copied_texts(o: &Arc<Outbox>) -> Vec<String> {
         let texts: Vec<String> = (0..60).map(|i| format!("{i:04}").repeat(750)).collect();
         assert!(texts.iter().all(|t| t.len() <= COPY_UP_TO));
         assert!(texts.iter().map(|t| t.len() + 4).sum::<usize>() > 2 * SEND_BLOCK);
+        let p = MessagePolicy { policy: BackpressurePolicy::Disconnect, bounds: ROOMY };
+        for (i, t) in texts.iter().enumerate() {
+            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 1), p, None, None);
+        }
         texts
     }
 
@@ -1016,11 +1021,7 @@ mod tests {
     async fn small_frames_of_one_turn_go_in_one_send_per_block() {
         let (tcp, client) = pair().await;
         let (o, flusher, metrics) = attached_with(tcp, ROOMY);
-        let p = MessagePolicy { policy: BackpressurePolicy::Disconnect, bounds: ROOMY };
-        let texts = copied_texts();
-        for (i, t) in texts.iter().enumerate() {
-            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 1), p, None, None);
-        }
+        let texts = queue_copied_texts(&o);
         flusher.turn();
         // Three blocks at most (fewer sends when the socket filled, the rest then the
         // session's), not one per frame.
@@ -1034,11 +1035,7 @@ mod tests {
         let (tcp, client) = pair().await;
         socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
         let (o, flusher, _) = attached_with(tcp, ROOMY);
-        let p = MessagePolicy { policy: BackpressurePolicy::Disconnect, bounds: ROOMY };
-        let texts = copied_texts();
-        for (i, t) in texts.iter().enumerate() {
-            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 1), p, None, None);
-        }
+        let texts = queue_copied_texts(&o);
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes, "the session must write the rest");
         the_session_flushes_the_rest(&o, client, &texts).await;
