@@ -179,10 +179,10 @@ fn detached() -> io::Error {
 
 /// What a direct write works with: the frames drained from the queue, and the buffer
 /// they are copied into for one `send(2)`. The flusher keeps one from write to write
-/// (both are left empty, with their capacity); a session's is freed after each write,
-/// as the session may then wait on a full socket.
+/// (both are left empty, with their capacity); a session's write makes its own
+/// ([`Outbox::poll_write_queued`]).
 #[derive(Debug, Default)]
-pub(crate) struct WriteScratch {
+struct WriteScratch {
     frames: Vec<Drained<Utf8Bytes>>,
     bytes: Vec<u8>,
 }
@@ -622,24 +622,19 @@ impl Outbox {
 
     /// A direct-write session's write, when the flusher could not write (the socket was
     /// full, or the session held bytes): what a direct write left over, then everything
-    /// queued, pre-framed as the flusher writes it, waiting while the
-    /// socket is full. Returns the close requested, if any. tungstenite's own frames (a
-    /// pong, a ping) go before: the session flushes them first.
-    pub(crate) fn poll_write_queued(
-        &self,
-        cx: &mut Context<'_>,
-        scratch: &mut WriteScratch,
-    ) -> Poll<io::Result<Option<CloseCode>>> {
+    /// queued, pre-framed as the flusher writes it, waiting while the socket is full.
+    /// Returns the close requested, if any. tungstenite's own frames (a pong, a ping) go
+    /// before: the session flushes them first. Each write's frame list and send buffer
+    /// are its own, freed before the next wait, so a session stuck on a full socket
+    /// holds neither (only the flusher keeps its own).
+    pub(crate) fn poll_write_queued(&self, cx: &mut Context<'_>) -> Poll<io::Result<Option<CloseCode>>> {
         let mut s = self.lock();
         loop {
             ready!(Self::poll_unsent(&mut s, cx))?;
             if s.direct.is_none() || s.queue.is_empty() {
                 return Poll::Ready(Ok(s.close));
             }
-            s.write_queued(scratch);
-            // The next turn may wait for a full socket: meanwhile the session holds no
-            // frame list and no send buffer (only the flusher keeps its own).
-            *scratch = WriteScratch::default();
+            s.write_queued(&mut WriteScratch::default());
         }
     }
 
@@ -1113,8 +1108,7 @@ mod tests {
         o.hold().push_message_alt(f("m2"), &ch(), at(2), p, None, None);
         flusher.turn();
         assert_eq!(metrics.client_direct_writes.load(Ordering::Relaxed), 0);
-        let mut scratch = WriteScratch::default();
-        let e = std::future::poll_fn(|cx| o.poll_write_queued(cx, &mut scratch))
+        let e = std::future::poll_fn(|cx| o.poll_write_queued(cx))
             .await
             .err()
             .unwrap_or_else(|| panic!("the session's write succeeded on a broken connection"));
@@ -1237,9 +1231,7 @@ mod tests {
         let len = want.len();
         let reader = tokio::spawn(async move { read_n(&mut client, len, 10).await });
         let writes_before = metrics.client_direct_writes.load(Ordering::Relaxed);
-        let mut scratch = WriteScratch::default();
-        let close =
-            std::future::poll_fn(|cx| o.poll_write_queued(cx, &mut scratch)).await.unwrap_or_else(|e| panic!("{e}"));
+        let close = std::future::poll_fn(|cx| o.poll_write_queued(cx)).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(close, None);
         o.written();
         let got = reader.await.unwrap_or_else(|e| panic!("{e}"));

@@ -27,7 +27,7 @@ use crate::hub::{Origin, PublishRequest};
 use crate::lazy_read::LazyRead;
 use crate::metrics::Source;
 use crate::node::Node;
-use crate::outbox::{Outbox, Pending, Pushed, WriteScratch};
+use crate::outbox::{Outbox, Pending, Pushed};
 use crate::socket::Socket;
 use bytes::Bytes;
 use futures_util::stream::FusedStream;
@@ -420,8 +420,7 @@ impl Session {
             // tungstenite's own frames (a pong, a ping) first, then what the socket did not
             // take from the flusher and the queue, written the flusher's way.
             ws.flush().await?;
-            let mut scratch = WriteScratch::default();
-            let close = std::future::poll_fn(|cx| self.outbox.poll_write_queued(cx, &mut scratch)).await?;
+            let close = std::future::poll_fn(|cx| self.outbox.poll_write_queued(cx)).await?;
             self.outbox.written();
             return Ok(close);
         }
