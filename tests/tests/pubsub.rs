@@ -228,7 +228,8 @@ async fn broadcast_publishes_to_many_channels_with_per_channel_results() -> Resu
 /// `limits.min_write_interval`: a push to a connection that wrote less than the interval
 /// ago waits for its end and goes out with everything queued by then, in order; a
 /// connection that has not written for the interval is written at once; and a
-/// command's reply never waits.
+/// command's reply never waits. With direct writes (the default) the pushes are the
+/// flusher's writes, paced by the interval.
 #[tokio::test]
 async fn pushes_within_the_write_interval_go_out_together_and_replies_do_not_wait() -> Result<()> {
     const INTERVAL: Duration = Duration::from_secs(1);
@@ -239,12 +240,15 @@ async fn pushes_within_the_write_interval_go_out_together_and_replies_do_not_wai
 
     // 20 publishes over HTTP: only the subscriber's session writes meanwhile.
     let writes_before = node.metric("ringcast_client_writes_total").await?;
+    let direct_before = node.metric("ringcast_client_direct_writes_total").await?;
     let start = Instant::now();
     publish_n(&node, "chat:coalesced", 1, 20).await?;
     let got = sub.messages(20).await?;
     let took = start.elapsed();
     assert_eq!(offsets(&got), (1..=20).collect::<Vec<u64>>(), "complete and in order");
     let writes = node.metric("ringcast_client_writes_total").await? - writes_before;
+    let direct = node.metric("ringcast_client_direct_writes_total").await? - direct_before;
+    ensure!(direct == writes, "{direct} of {writes} writes were the flusher's");
     // One write at once (or a first one waiting for the interval since `subscribed`),
     // then at most one per interval; a write per message would be 20.
     let most = 2.0 + took.as_secs_f64() / INTERVAL.as_secs_f64();

@@ -150,7 +150,7 @@ impl Node {
             hooks: crate::hooks::Hooks::new(config.hooks.clone(), metrics.clone()),
             webhooks,
             flushers: (0..tokio::runtime::Handle::current().metrics().num_workers().max(1))
-                .map(|_| Arc::new(crate::outbox::Flusher::new(metrics.clone())))
+                .map(|_| Arc::new(crate::outbox::Flusher::new(metrics.clone(), config.limits.min_write_interval)))
                 .collect(),
             metrics,
             drain,

@@ -49,7 +49,19 @@
 //!
 //! There is one flusher per worker thread, each for a share of the connections, so with
 //! several workers the writes still spread over the cores. Sessions that speak
-//! MessagePack or coalesce their writes (`limits.min_write_interval`) are not attached.
+//! MessagePack are not attached.
+//!
+//! # Coalesced writes
+//!
+//! With `limits.min_write_interval`, a flusher starts its turns at least the interval
+//! apart. Marks made while it waits join the next turn, and pushes to a connection
+//! already marked join its write, so under a steady stream each connection gets at most
+//! one write (one system call) per interval, whatever the publish rate. A flusher that
+//! had no turn for the interval writes at once, so an isolated message is not delayed;
+//! when a turn takes longer than the interval (a large fan-out), the next starts right
+//! after it, and so does a turn for which a connection already holds [`HURRY_AT`]
+//! frames (near saturation, waiting longer only grows the queues). The session's own
+//! writes (replies, and the backlog of a socket that was full) do not wait.
 //!
 //! # Cold connections
 //!
@@ -73,8 +85,10 @@ use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::Metrics;
@@ -339,13 +353,28 @@ pub struct Flusher {
     dirty: Mutex<Vec<Arc<Outbox>>>,
     wake: Notify,
     metrics: Arc<Metrics>,
+    /// `limits.min_write_interval`: the least time from the start of one turn to the
+    /// start of the next (module docs, "Coalesced writes"); zero, a turn as soon as
+    /// something is marked.
+    interval: Duration,
+    /// A connection holds [`HURRY_AT`] frames: the next turn starts now.
+    hurry: Notify,
 }
 
 impl Flusher {
-    /// A flusher that counts its writes in `metrics`.
+    /// A flusher that counts its writes in `metrics` and starts its turns at least
+    /// `interval` apart.
     #[must_use]
-    pub fn new(metrics: Arc<Metrics>) -> Flusher {
-        Flusher { dirty: Mutex::default(), wake: Notify::new(), metrics }
+    pub fn new(metrics: Arc<Metrics>, interval: Duration) -> Flusher {
+        Flusher { dirty: Mutex::default(), wake: Notify::new(), metrics, interval, hurry: Notify::new() }
+    }
+
+    /// A marked connection filled up while the flusher waits for its interval: no
+    /// longer. (Taken by the next wait if none is on.)
+    fn hurry(&self) {
+        if !self.interval.is_zero() {
+            self.hurry.notify_one();
+        }
     }
 
     fn mark(&self, outbox: Arc<Outbox>) {
@@ -362,10 +391,24 @@ impl Flusher {
         let mut turn = Vec::new();
         let mut batch = Vec::with_capacity(TOUCH_AHEAD);
         let mut scratch = WriteScratch::default();
+        // The earliest start of the next turn, with a write interval.
+        let mut next_turn: Option<TokioInstant> = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = self.wake.notified() => {}
+            }
+            if let Some(at) = next_turn.filter(|at| *at > TokioInstant::now()) {
+                // What is marked meanwhile joins this turn, and what is pushed to a
+                // marked outbox joins its write.
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep_until(at) => {}
+                    () = self.hurry.notified() => {}
+                }
+            }
+            if !self.interval.is_zero() {
+                next_turn = Some(TokioInstant::now() + self.interval);
             }
             std::mem::swap(&mut *self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner), &mut turn);
             let mut outboxes = turn.drain(..);
@@ -396,6 +439,13 @@ impl Flusher {
         for_each_held(turn.iter().map(|o| (o, ())), |held, ()| held.flush(&mut scratch));
     }
 }
+
+/// Frames queued for one connection at which a flusher waiting for its write interval
+/// starts its turn at once (module docs, "Coalesced writes"). Batching has paid off by
+/// then (a loopback `send`'s cost per frame stops falling at 8 to 16 frames of 100 B,
+/// docs/benchmarks.md), and a longer wait only grows the queues: near saturation the
+/// fan-out's pushes into long, cold queues cost more than the writes save (finding 13).
+const HURRY_AT: usize = 32;
 
 /// Connections the flusher writes before it lets other tasks run.
 const YIELD_EVERY: usize = 1024;
@@ -487,6 +537,8 @@ impl Held<'_> {
                 if !s.dirty {
                     d.flusher.mark(self.outbox.clone());
                     s.dirty = true;
+                } else if s.queue.len() == HURRY_AT {
+                    d.flusher.hurry();
                 }
                 return pushed;
             }
@@ -989,7 +1041,7 @@ mod tests {
 
     fn attached_with(tcp: TcpStream, bounds: Bounds) -> (Arc<Outbox>, Arc<Flusher>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
-        let flusher = Arc::new(Flusher::new(metrics.clone()));
+        let flusher = Arc::new(Flusher::new(metrics.clone(), Duration::ZERO));
         let o = Arc::new(Outbox::new(bounds.messages, bounds.bytes));
         o.attach(tcp, flusher.clone());
         (o, flusher, metrics)
@@ -997,6 +1049,7 @@ mod tests {
 
     /// Bounds far above what the tests that fill a socket queue.
     const ROOMY: Bounds = Bounds { messages: 100, bytes: 100_000_000 };
+    const ROOMY_POLICY: MessagePolicy = MessagePolicy { policy: BackpressurePolicy::Disconnect, bounds: ROOMY };
 
     /// Queues 60 messages of 3,000 bytes on `o` and returns them: each is copied
     /// ([`COPY_UP_TO`]), and together they are more than two send blocks
@@ -1005,7 +1058,7 @@ mod tests {
         let texts: Vec<String> = (0..60).map(|i| format!("{i:04}").repeat(750)).collect();
         assert!(texts.iter().all(|t| t.len() <= COPY_UP_TO));
         assert!(texts.iter().map(|t| t.len() + 4).sum::<usize>() > 2 * SEND_BLOCK);
-        let p = MessagePolicy { policy: BackpressurePolicy::Disconnect, bounds: ROOMY };
+        let p = ROOMY_POLICY;
         for (i, t) in texts.iter().enumerate() {
             o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 1), p, None, None);
         }
@@ -1034,6 +1087,111 @@ mod tests {
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes, "the session must write the rest");
         the_session_flushes_the_rest(&o, client, &texts).await;
+    }
+
+    /// A connection attached to a running flusher paced by `interval`, with roomy bounds;
+    /// cancel the token and await the task to stop it.
+    fn paced(
+        tcp: TcpStream,
+        interval: Duration,
+    ) -> (Arc<Outbox>, Arc<Metrics>, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>) {
+        let metrics = Arc::new(Metrics::default());
+        let flusher = Arc::new(Flusher::new(metrics.clone(), interval));
+        let o = Arc::new(Outbox::new(ROOMY.messages, ROOMY.bytes));
+        o.attach(tcp, flusher.clone());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(flusher.run(shutdown.clone()));
+        (o, metrics, shutdown, task)
+    }
+
+    /// Pushes `text` (offset `offset`) and checks that it is written at once, as the
+    /// flusher's `n`th write, without the (paused) clock moving.
+    async fn written_at_once(
+        o: &Arc<Outbox>,
+        metrics: &Metrics,
+        client: &mut TcpStream,
+        text: &str,
+        offset: u64,
+        n: u64,
+    ) {
+        let p = ROOMY_POLICY;
+        let start = TokioInstant::now();
+        o.hold().push_message_alt(f(text), &ch(), at(offset), p, None, None);
+        until_written(metrics, n).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "{text} waited");
+        assert_eq!(read_n(client, frame(text).len(), 1).await, frame(text));
+    }
+
+    /// Lets the flusher run without moving the (paused) clock until it wrote `n` times.
+    async fn until_written(metrics: &Metrics, n: u64) {
+        for _ in 0..1000 {
+            if metrics.client_direct_writes.load(Ordering::Relaxed) >= n {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("{} writes, {n} expected", metrics.client_direct_writes.load(Ordering::Relaxed));
+    }
+
+    /// `limits.min_write_interval` on the direct path (module docs, "Coalesced writes"):
+    /// a flusher without a turn for the interval writes at once; what is pushed within
+    /// the interval after a turn waits for its end and goes in one write. On a paused
+    /// clock, so the times are the runtime's, not the host's.
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_flusher_writes_at_once_when_idle_and_once_per_interval_when_busy() {
+        const INTERVAL: Duration = Duration::from_millis(20);
+        let (tcp, mut client) = pair().await;
+        let (o, metrics, shutdown, task) = paced(tcp, INTERVAL);
+        let p = ROOMY_POLICY;
+        let writes = || metrics.client_direct_writes.load(Ordering::Relaxed);
+
+        // Idle: at once.
+        written_at_once(&o, &metrics, &mut client, "m1", 1, 1).await;
+
+        // Within the interval: both wait for its end, then go in one write.
+        o.hold().push_message_alt(f("m2"), &ch(), at(2), p, None, None);
+        o.hold().push_message_alt(f("m3"), &ch(), at(3), p, None, None);
+        tokio::time::sleep(INTERVAL / 2).await;
+        assert_eq!(writes(), 1, "written before the interval ended");
+        assert!(nothing_to_read(&client));
+        tokio::time::sleep(INTERVAL).await;
+        assert_eq!(writes(), 2, "m2 and m3 in one write at the interval's end");
+        assert_eq!(read_n(&mut client, 2 * frame("m2").len(), 1).await, [frame("m2"), frame("m3")].concat());
+
+        // Idle for longer than the interval: at once again.
+        tokio::time::sleep(2 * INTERVAL).await;
+        written_at_once(&o, &metrics, &mut client, "m4", 4, 3).await;
+        shutdown.cancel();
+        task.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A paced flusher does not wait out its interval for a connection that already
+    /// holds [`HURRY_AT`] frames: it writes them at once, in one write.
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_flusher_does_not_wait_for_a_connection_that_filled_up() {
+        const INTERVAL: Duration = Duration::from_secs(1);
+        let (tcp, mut client) = pair().await;
+        let (o, metrics, shutdown, task) = paced(tcp, INTERVAL);
+        let p = ROOMY_POLICY;
+        let writes = || metrics.client_direct_writes.load(Ordering::Relaxed);
+        written_at_once(&o, &metrics, &mut client, "first", 1, 1).await;
+        let start = TokioInstant::now();
+        // One frame short, the flusher waits for the interval; the last one ends the wait.
+        let texts: Vec<String> = (0..HURRY_AT).map(|i| format!("m{i:03}")).collect();
+        for (i, t) in texts.iter().enumerate().take(HURRY_AT - 1) {
+            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 2), p, None, None);
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(writes(), 1, "written before the connection filled up");
+        o.hold().push_message_alt(f(&texts[HURRY_AT - 1]), &ch(), at(HURRY_AT as u64 + 1), p, None, None);
+        until_written(&metrics, 2).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "the full connection waited for the interval");
+        let want: Vec<u8> = texts.iter().flat_map(|t| frame(t)).collect();
+        assert_eq!(read_n(&mut client, want.len(), 1).await, want);
+        shutdown.cancel();
+        task.await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[tokio::test]
@@ -1176,7 +1334,7 @@ mod tests {
         let (tcp, client) = pair().await;
         socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
         let (o, flusher, _) = attached_with(tcp, ROOMY);
-        let p = MessagePolicy { policy: BackpressurePolicy::Disconnect, bounds: ROOMY };
+        let p = ROOMY_POLICY;
         // More frames than one write carries, more bytes than the socket takes.
         let texts: Vec<String> = (0..70).map(|i| format!("{i:03}").repeat(30_000 + i)).collect();
         for (i, t) in texts.iter().enumerate() {
@@ -1212,7 +1370,7 @@ mod tests {
         let (tcp, mut client) = pair().await;
         socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
         let (o, flusher, metrics) = attached_with(tcp, ROOMY);
-        let p = MessagePolicy { policy: BackpressurePolicy::Disconnect, bounds: ROOMY };
+        let p = ROOMY_POLICY;
         let big = "x".repeat(4 << 20);
         o.hold().push_message_alt(f(&big), &ch(), at(1), p, None, None);
         flusher.turn();
@@ -1248,7 +1406,7 @@ mod tests {
         let (tcp, mut client) = pair().await;
         socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
         let o = Arc::new(Outbox::new(10, 10_000_000));
-        let flusher = Arc::new(Flusher::new(Arc::new(Metrics::default())));
+        let flusher = Arc::new(Flusher::new(Arc::new(Metrics::default()), Duration::ZERO));
         o.attach(tcp, flusher.clone());
         let p = MessagePolicy {
             policy: BackpressurePolicy::Disconnect,

@@ -8,8 +8,10 @@
 //! or, with `limits.direct_writes` and nothing queued or in flight for the connection,
 //! write a message straight to its socket ([`crate::outbox`], "Direct writes";
 //! [`run_tcp`]). With `limits.min_write_interval`, pushes queued less than the interval
-//! after the last write wait for its end and go out together; replies and closes never
-//! wait.
+//! after the session's last write wait for its end and go out together; replies and
+//! closes never wait. With direct writes, the flushers start their turns that far apart
+//! instead ([`crate::outbox`], "Coalesced writes"), and what is left for the session
+//! (replies, the backlog of a socket that was full) does not wait.
 //!
 //! Most connections are idle most of the time, so what an idle session holds is kept
 //! small (docs/benchmarks.md, "Idle memory"): its future holds the WebSocket once and one
@@ -124,11 +126,11 @@ where
 }
 
 /// Whether a session of `encoding` lets producers write to its socket: with
-/// `limits.direct_writes`, for JSON sessions that do not coalesce their writes.
+/// `limits.direct_writes`, for JSON sessions (with `limits.min_write_interval`, the
+/// flushers pace their turns by it: [`crate::outbox`], "Coalesced writes").
 #[must_use]
 pub fn direct_writes(node: &Node, encoding: Encoding) -> bool {
-    let limits = &node.config.limits;
-    limits.direct_writes && encoding == Encoding::Json && limits.min_write_interval.is_zero()
+    node.config.limits.direct_writes && encoding == Encoding::Json
 }
 
 /// [`run`] on a client's TCP socket (as hyper upgraded it, with the bytes it read past
@@ -246,8 +248,10 @@ impl Session {
         let far_future = TokioInstant::now() + Duration::from_secs(86_400 * 365);
         let shutdown = self.node.shutdown.clone();
         // `limits.min_write_interval`: the earliest time of the next write, and a write
-        // waiting for it (frames queued, the outbox's wake-up taken).
-        let min_write_interval = node.config.limits.min_write_interval;
+        // waiting for it (frames queued, the outbox's wake-up taken). With direct
+        // writes the flushers pace the pushes; what is left for the session then (a
+        // reply, or the backlog of a socket that was full) goes as soon as it can.
+        let min_write_interval = if self.direct { Duration::ZERO } else { node.config.limits.min_write_interval };
         let mut next_write_at: Option<TokioInstant> = None;
         let mut write_due: Option<TokioInstant> = None;
 
