@@ -263,7 +263,9 @@ fn ws_text_event(body: &[u8]) -> Event<'_> {
     const DATA: &[u8] = br#","data":""#;
     if body.starts_with(MESSAGE) {
         // The data string is last; its content is ASCII without escapes (see payload).
-        if let Some(at) = find(body, DATA) {
+        static DATA_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(DATA));
+        if let Some(at) = DATA_FINDER.find(body) {
             let start = at + DATA.len();
             if body.len() >= start + 2 {
                 return Event::Message(&body[start..body.len() - 2]);
@@ -280,22 +282,40 @@ fn ws_text_event(body: &[u8]) -> Event<'_> {
     }
 }
 
-/// Where `needle` first occurs in `hay`. SIMD substring search: the drivers run it for
-/// every message they receive, and a byte-by-byte scan was a good share of the
-/// generator's CPU (its own CPU decides whether a run is valid).
+/// Where `needle` first occurs in `hay`, for the rare pushes that are not messages. A
+/// message's own search ([`ws_text_event`]) uses a finder built once: building one per
+/// call was a good share of the generator's CPU (its own CPU decides whether a run is
+/// valid).
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
 }
 
 /// Reads a `\r\n`-terminated line starting at `at`: (line without CRLF, index after it).
+/// A byte search for the `\n`: RESP and NATS lines are short and every message has
+/// several, and a substring search (a finder built per call) was a quarter of the
+/// generator's CPU against Redis (docs/benchmarks.md, "Not done").
 fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
     let rest = buf.get(at..)?;
-    let i = find(rest, b"\r\n")?;
-    Some((&rest[..i], at + i + 2))
+    let mut from = 0;
+    loop {
+        let i = from + memchr::memchr(b'\n', rest.get(from..)?)?;
+        if i > 0 && rest[i - 1] == b'\r' {
+            return Some((&rest[..i - 1], at + i + 1));
+        }
+        from = i + 1;
+    }
 }
 
+/// A decimal length field (one or more ASCII digits, no sign), read byte by byte: it
+/// is read several times per message.
 fn number(s: &[u8]) -> Result<usize, ParseError> {
-    std::str::from_utf8(s).ok().and_then(|t| t.parse().ok()).ok_or(ParseError::Malformed("number"))
+    if s.is_empty() {
+        return Err(ParseError::Malformed("number"));
+    }
+    s.iter().try_fold(0usize, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9).ok_or(ParseError::Malformed("number"))?;
+        n.checked_mul(10).and_then(|n| n.checked_add(usize::from(digit))).ok_or(ParseError::Malformed("number"))
+    })
 }
 
 /// A parsed RESP2 value (a bulk string's bytes, `None` for other kinds) and the index
@@ -422,6 +442,24 @@ mod tests {
         let mut out = Vec::new();
         publish(System::Redis, &mut out, "c", b"xy", 0);
         assert_eq!(out, b"*3\r\n$7\r\nPUBLISH\r\n$1\r\nc\r\n$2\r\nxy\r\n".to_vec());
+    }
+
+    #[test]
+    fn numbers_are_digits_only_and_fit() {
+        assert_eq!(number(b"0"), Ok(0));
+        assert_eq!(number(b"1024"), Ok(1024));
+        for bad in [&b""[..], b"-1", b"+1", b"1a", b" 1", b"99999999999999999999999"] {
+            assert_eq!(number(bad), Err(ParseError::Malformed("number")), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_line_ends_at_the_first_crlf_and_not_at_a_bare_newline() {
+        assert_eq!(line(b"ab\ncd\r\nef", 0), Some((&b"ab\ncd"[..], 7)));
+        assert_eq!(line(b"\n\r\n", 0), Some((&b"\n"[..], 3)));
+        assert_eq!(line(b"\r\n", 0), Some((&b""[..], 2)));
+        assert_eq!(line(b"xx\r\nab\r", 4), None, "incomplete");
+        assert_eq!(line(b"ab", 5), None);
     }
 
     #[test]
