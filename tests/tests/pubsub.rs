@@ -238,7 +238,7 @@ async fn pushes_within_the_write_interval_go_out_together_and_replies_do_not_wai
     let (mut sub, _) = WsClient::connect(&url, None).await?;
     sub.subscribe("chat:coalesced", None).await?;
 
-    // 20 publishes over HTTP: only the subscriber's session writes meanwhile.
+    // 20 publishes over HTTP: only the subscriber's connection is written meanwhile.
     let writes_before = node.metric("ringcast_client_writes_total").await?;
     let direct_before = node.metric("ringcast_client_direct_writes_total").await?;
     let start = Instant::now();

@@ -59,7 +59,7 @@
 //! one write (one system call) per interval, whatever the publish rate. A flusher that
 //! had no turn for the interval writes at once, so an isolated message is not delayed;
 //! when a turn takes longer than the interval (a large fan-out), the next starts right
-//! after it, and so does a turn for which a connection already holds [`HURRY_AT`]
+//! after it, and so does a turn for which a connection already holds `HURRY_AT`
 //! frames (near saturation, waiting longer only grows the queues). The session's own
 //! writes (replies, and the backlog of a socket that was full) do not wait.
 //!
