@@ -1058,9 +1058,8 @@ mod tests {
         let texts: Vec<String> = (0..60).map(|i| format!("{i:04}").repeat(750)).collect();
         assert!(texts.iter().all(|t| t.len() <= COPY_UP_TO));
         assert!(texts.iter().map(|t| t.len() + 4).sum::<usize>() > 2 * SEND_BLOCK);
-        let p = ROOMY_POLICY;
         for (i, t) in texts.iter().enumerate() {
-            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 1), p, None, None);
+            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 1), ROOMY_POLICY, None, None);
         }
         texts
     }
@@ -1089,48 +1088,62 @@ mod tests {
         the_session_flushes_the_rest(&o, client, &texts).await;
     }
 
-    /// A connection attached to a running flusher paced by `interval`, with roomy bounds;
-    /// cancel the token and await the task to stop it.
-    fn paced(
-        tcp: TcpStream,
-        interval: Duration,
-    ) -> (Arc<Outbox>, Arc<Metrics>, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>) {
-        let metrics = Arc::new(Metrics::default());
-        let flusher = Arc::new(Flusher::new(metrics.clone(), interval));
-        let o = Arc::new(Outbox::new(ROOMY.messages, ROOMY.bytes));
-        o.attach(tcp, flusher.clone());
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(flusher.run(shutdown.clone()));
-        (o, metrics, shutdown, task)
+    /// A connection attached to a running flusher paced by an interval, with roomy
+    /// bounds, and its client's end.
+    struct Paced {
+        o: Arc<Outbox>,
+        metrics: Arc<Metrics>,
+        client: TcpStream,
+        shutdown: tokio_util::sync::CancellationToken,
+        task: tokio::task::JoinHandle<()>,
     }
 
-    /// Pushes `text` (offset `offset`) and checks that it is written at once, as the
-    /// flusher's `n`th write, without the (paused) clock moving.
-    async fn written_at_once(
-        o: &Arc<Outbox>,
-        metrics: &Metrics,
-        client: &mut TcpStream,
-        text: &str,
-        offset: u64,
-        n: u64,
-    ) {
-        let p = ROOMY_POLICY;
-        let start = TokioInstant::now();
-        o.hold().push_message_alt(f(text), &ch(), at(offset), p, None, None);
-        until_written(metrics, n).await;
-        assert_eq!(start.elapsed(), Duration::ZERO, "{text} waited");
-        assert_eq!(read_n(client, frame(text).len(), 1).await, frame(text));
-    }
-
-    /// Lets the flusher run without moving the (paused) clock until it wrote `n` times.
-    async fn until_written(metrics: &Metrics, n: u64) {
-        for _ in 0..1000 {
-            if metrics.client_direct_writes.load(Ordering::Relaxed) >= n {
-                return;
-            }
-            tokio::task::yield_now().await;
+    impl Paced {
+        async fn new(interval: Duration) -> Paced {
+            let (tcp, client) = pair().await;
+            let metrics = Arc::new(Metrics::default());
+            let flusher = Arc::new(Flusher::new(metrics.clone(), interval));
+            let o = Arc::new(Outbox::new(ROOMY.messages, ROOMY.bytes));
+            o.attach(tcp, flusher.clone());
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let task = tokio::spawn(flusher.run(shutdown.clone()));
+            Paced { o, metrics, client, shutdown, task }
         }
-        panic!("{} writes, {n} expected", metrics.client_direct_writes.load(Ordering::Relaxed));
+
+        fn push(&self, text: &str, offset: u64) {
+            self.o.hold().push_message_alt(f(text), &ch(), at(offset), ROOMY_POLICY, None, None);
+        }
+
+        fn writes(&self) -> u64 {
+            self.metrics.client_direct_writes.load(Ordering::Relaxed)
+        }
+
+        /// Lets the flusher run without moving the (paused) clock until it wrote `n`
+        /// times.
+        async fn until_written(&self, n: u64) {
+            for _ in 0..1000 {
+                if self.writes() >= n {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            panic!("{} writes, {n} expected", self.writes());
+        }
+
+        /// Pushes `text` (offset `offset`) and checks that it is written at once, as the
+        /// flusher's `n`th write, without the clock moving.
+        async fn written_at_once(&mut self, text: &str, offset: u64, n: u64) {
+            let start = TokioInstant::now();
+            self.push(text, offset);
+            self.until_written(n).await;
+            assert_eq!(start.elapsed(), Duration::ZERO, "{text} waited");
+            assert_eq!(read_n(&mut self.client, frame(text).len(), 1).await, frame(text));
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            self.task.await.unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 
     /// `limits.min_write_interval` on the direct path (module docs, "Coalesced writes"):
@@ -1140,58 +1153,49 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_paced_flusher_writes_at_once_when_idle_and_once_per_interval_when_busy() {
         const INTERVAL: Duration = Duration::from_millis(20);
-        let (tcp, mut client) = pair().await;
-        let (o, metrics, shutdown, task) = paced(tcp, INTERVAL);
-        let p = ROOMY_POLICY;
-        let writes = || metrics.client_direct_writes.load(Ordering::Relaxed);
-
+        let mut c = Paced::new(INTERVAL).await;
         // Idle: at once.
-        written_at_once(&o, &metrics, &mut client, "m1", 1, 1).await;
+        c.written_at_once("m1", 1, 1).await;
 
         // Within the interval: both wait for its end, then go in one write.
-        o.hold().push_message_alt(f("m2"), &ch(), at(2), p, None, None);
-        o.hold().push_message_alt(f("m3"), &ch(), at(3), p, None, None);
+        c.push("m2", 2);
+        c.push("m3", 3);
         tokio::time::sleep(INTERVAL / 2).await;
-        assert_eq!(writes(), 1, "written before the interval ended");
-        assert!(nothing_to_read(&client));
+        assert_eq!(c.writes(), 1, "written before the interval ended");
+        assert!(nothing_to_read(&c.client));
         tokio::time::sleep(INTERVAL).await;
-        assert_eq!(writes(), 2, "m2 and m3 in one write at the interval's end");
-        assert_eq!(read_n(&mut client, 2 * frame("m2").len(), 1).await, [frame("m2"), frame("m3")].concat());
+        assert_eq!(c.writes(), 2, "m2 and m3 in one write at the interval's end");
+        assert_eq!(read_n(&mut c.client, 2 * frame("m2").len(), 1).await, [frame("m2"), frame("m3")].concat());
 
         // Idle for longer than the interval: at once again.
         tokio::time::sleep(2 * INTERVAL).await;
-        written_at_once(&o, &metrics, &mut client, "m4", 4, 3).await;
-        shutdown.cancel();
-        task.await.unwrap_or_else(|e| panic!("{e}"));
+        c.written_at_once("m4", 4, 3).await;
+        c.stop().await;
     }
 
     /// A paced flusher does not wait out its interval for a connection that already
     /// holds [`HURRY_AT`] frames: it writes them at once, in one write.
     #[tokio::test(start_paused = true)]
     async fn a_paced_flusher_does_not_wait_for_a_connection_that_filled_up() {
-        const INTERVAL: Duration = Duration::from_secs(1);
-        let (tcp, mut client) = pair().await;
-        let (o, metrics, shutdown, task) = paced(tcp, INTERVAL);
-        let p = ROOMY_POLICY;
-        let writes = || metrics.client_direct_writes.load(Ordering::Relaxed);
-        written_at_once(&o, &metrics, &mut client, "first", 1, 1).await;
+        let mut c = Paced::new(Duration::from_secs(1)).await;
+        c.written_at_once("first", 1, 1).await;
         let start = TokioInstant::now();
         // One frame short, the flusher waits for the interval; the last one ends the wait.
         let texts: Vec<String> = (0..HURRY_AT).map(|i| format!("m{i:03}")).collect();
-        for (i, t) in texts.iter().enumerate().take(HURRY_AT - 1) {
-            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 2), p, None, None);
+        for (i, t) in texts.iter().enumerate() {
+            if i + 1 == HURRY_AT {
+                for _ in 0..100 {
+                    tokio::task::yield_now().await;
+                }
+                assert_eq!(c.writes(), 1, "written before the connection filled up");
+            }
+            c.push(t, i as u64 + 2);
         }
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(writes(), 1, "written before the connection filled up");
-        o.hold().push_message_alt(f(&texts[HURRY_AT - 1]), &ch(), at(HURRY_AT as u64 + 1), p, None, None);
-        until_written(&metrics, 2).await;
+        c.until_written(2).await;
         assert_eq!(start.elapsed(), Duration::ZERO, "the full connection waited for the interval");
         let want: Vec<u8> = texts.iter().flat_map(|t| frame(t)).collect();
-        assert_eq!(read_n(&mut client, want.len(), 1).await, want);
-        shutdown.cancel();
-        task.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read_n(&mut c.client, want.len(), 1).await, want);
+        c.stop().await;
     }
 
     #[tokio::test]
@@ -1334,11 +1338,10 @@ mod tests {
         let (tcp, client) = pair().await;
         socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
         let (o, flusher, _) = attached_with(tcp, ROOMY);
-        let p = ROOMY_POLICY;
         // More frames than one write carries, more bytes than the socket takes.
         let texts: Vec<String> = (0..70).map(|i| format!("{i:03}").repeat(30_000 + i)).collect();
         for (i, t) in texts.iter().enumerate() {
-            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 1), p, None, None);
+            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 1), ROOMY_POLICY, None, None);
         }
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes, "the session must write the rest");
