@@ -275,6 +275,31 @@ async fn pushes_within_the_write_interval_go_out_together_and_replies_do_not_wai
     Ok(())
 }
 
+/// `limits.busy_write_interval`: a flusher spaces its turns only while it is busy
+/// (working at least three quarters of the time), so on a node that is not loaded every
+/// message is written at once, however long the interval. The spacing itself, once the
+/// flusher is busy, is tested on the runtime's clock in `ringcastd::outbox`.
+#[tokio::test]
+async fn a_node_that_is_not_busy_never_waits_for_the_busy_write_interval() -> Result<()> {
+    const INTERVAL: Duration = Duration::from_secs(1);
+    let node = Ringcastd::start(&base_config("\n[limits]\nbusy_write_interval = \"1s\"\n"))?;
+    let (mut sub, _) = WsClient::connect(&node.ws_url(), None).await?;
+    sub.subscribe("chat:quiet", None).await?;
+    let start = Instant::now();
+    for i in 1..=20 {
+        publish_n(&node, "chat:quiet", i, 1).await?;
+        let got = sub.messages(1).await?;
+        assert_eq!(offsets(&got), vec![i as u64]);
+    }
+    let took = start.elapsed();
+    let waits = node.metric("ringcast_flusher_busy_waits_total").await?;
+    // A flusher pacing every turn would take about 20 intervals. The slack of two: a turn
+    // the host preempted looks long, and may make one later turn wait.
+    ensure!(waits <= 2.0, "{waits} turns waited for the busy interval on a quiet node");
+    ensure!(took < 3 * INTERVAL, "20 messages, each awaited, took {took:?}");
+    Ok(())
+}
+
 /// Direct writes (`limits.direct_writes`, the default): a subscriber's messages are
 /// written by a flusher task, and interleaved with the connection's own replies they
 /// still arrive complete and in order; switched off, every write is the session's.

@@ -20,6 +20,7 @@
 //!   the owner's messages arrive in (gaps are buffered, then filled from history).
 //! - [`send_queue`]: a connection's bounded send queue, backpressure policies and gap
 //!   notices.
+//! - [`pacing`]: how far apart a flusher starts its writes, from how busy it is.
 //! - [`presence`]: who is in a channel (debounced join/leave per user), the typing
 //!   rate limit and the last-seen table of the connection registry.
 //! - [`occupancy`]: whether a channel has subscribers anywhere, debounced, for the
@@ -45,6 +46,7 @@ pub mod name;
 pub mod namespace;
 pub mod occupancy;
 pub mod ownership;
+pub mod pacing;
 pub mod pattern;
 pub mod position;
 pub mod presence;

@@ -20,8 +20,8 @@ use std::time::Duration;
 /// instead of closing the connection with 1009.
 pub const ENVELOPE_ALLOWANCE_BYTES: usize = 1024;
 
-/// The longest `limits.min_write_interval`: beyond it, coalescing would add latency
-/// that no real-time client should see.
+/// The longest `limits.min_write_interval` and `limits.busy_write_interval`: beyond it,
+/// coalescing would add latency that no real-time client should see.
 pub const MAX_MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The built-in development config used when no `--config` is given.
@@ -185,6 +185,12 @@ pub struct Limits {
     /// at most one write (one system call) per interval.
     #[serde(with = "ringcast_core::time::serde_duration")]
     pub min_write_interval: Duration,
+    /// Least time between two turns of a flusher while it is busy: it had work at least
+    /// three quarters of the time over its last turns (default `"20ms"`; `"0ms"`: off).
+    /// Below that load nothing waits; at it, each connection's pushes of the interval go
+    /// out in one write (`ringcast_core::pacing`). Direct writes only.
+    #[serde(with = "ringcast_core::time::serde_duration")]
+    pub busy_write_interval: Duration,
     /// Let a flusher task write the messages queued for a connection straight to its
     /// socket, in one write per connection per turn, without waking the connection's
     /// session task (default `true`; `false`: every write is the session's; see
@@ -326,6 +332,7 @@ impl Default for Limits {
             send_queue_bytes: 1024 * 1024,
             write_timeout: Duration::from_secs(10),
             min_write_interval: Duration::ZERO,
+            busy_write_interval: Duration::from_millis(20),
             direct_writes: true,
             socket_send_buffer: None,
         }
@@ -506,6 +513,9 @@ impl Config {
         if l.min_write_interval > MAX_MIN_WRITE_INTERVAL {
             return invalid("limits.min_write_interval", "must be at most 1s".into());
         }
+        if l.busy_write_interval > MAX_MIN_WRITE_INTERVAL {
+            return invalid("limits.busy_write_interval", "must be at most 1s".into());
+        }
         if l.send_queue_messages == 0 || l.send_queue_bytes < l.max_frame_bytes {
             return invalid(
                 "limits.send_queue_*",
@@ -661,6 +671,8 @@ mod tests {
         assert!(msg("[limits]\nsocket_send_buffer = 100").contains("limits.socket_send_buffer"));
         assert!(msg("[limits]\nmin_write_interval = \"2s\"").contains("limits.min_write_interval"));
         assert!(load("[limits]\nmin_write_interval = \"1s\"").is_ok());
+        assert!(msg("[limits]\nbusy_write_interval = \"1001ms\"").contains("limits.busy_write_interval"));
+        assert!(load("[limits]\nbusy_write_interval = \"0ms\"").is_ok());
         assert!(load("").is_ok_and(|c| c.limits.direct_writes), "on unless switched off");
         assert!(load("[limits]\ndirect_writes = false").is_ok_and(|c| !c.limits.direct_writes));
         assert!(msg("[limits]\ndirect_writes = \"no\"").contains("direct_writes"));

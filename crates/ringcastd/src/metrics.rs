@@ -44,6 +44,8 @@ pub struct Metrics {
     pub client_writes: AtomicU64,
     /// Of `client_writes`, the flushers' direct writes (`outbox`, "Direct writes").
     pub client_direct_writes: AtomicU64,
+    /// Flusher turns held back by `limits.busy_write_interval` (the flusher was busy).
+    pub flusher_busy_waits: AtomicU64,
     /// Connections closed 4008 because their queue overflowed (`disconnect`).
     pub slow_consumer_drops: AtomicU64,
     /// Messages dropped from connections' queues under `drop_oldest` and `drop_newest`.
@@ -229,6 +231,12 @@ impl Metrics {
             "ringcast_client_direct_writes_total",
             "Direct writes: pre-framed writes of what was queued for a connection, straight to the socket, by a flusher or, when the socket was full, by the connection's session (also counted in ringcast_client_writes_total).",
             self.client_direct_writes.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "ringcast_flusher_busy_waits_total",
+            "Flusher turns held back by limits.busy_write_interval: the flusher had work at least three quarters of the time, so each connection's pushes of the interval went out in one write.",
+            self.flusher_busy_waits.load(Relaxed),
         );
         let _ = writeln!(
             o,

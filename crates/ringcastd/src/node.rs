@@ -150,7 +150,13 @@ impl Node {
             hooks: crate::hooks::Hooks::new(config.hooks.clone(), metrics.clone()),
             webhooks,
             flushers: (0..tokio::runtime::Handle::current().metrics().num_workers().max(1))
-                .map(|_| Arc::new(crate::outbox::Flusher::new(metrics.clone(), config.limits.min_write_interval)))
+                .map(|_| {
+                    let pacing = ringcast_core::pacing::Pacing {
+                        min: config.limits.min_write_interval,
+                        busy: config.limits.busy_write_interval,
+                    };
+                    Arc::new(crate::outbox::Flusher::new(metrics.clone(), pacing))
+                })
                 .collect(),
             metrics,
             drain,

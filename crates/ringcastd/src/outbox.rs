@@ -53,15 +53,24 @@
 //!
 //! # Coalesced writes
 //!
-//! With `limits.min_write_interval`, a flusher starts its turns at least the interval
-//! apart. Marks made while it waits join the next turn, and pushes to a connection
-//! already marked join its write, so under a steady stream each connection gets at most
-//! one write (one system call) per interval, whatever the publish rate. A flusher that
-//! had no turn for the interval writes at once, so an isolated message is not delayed;
-//! when a turn takes longer than the interval (a large fan-out), the next starts right
-//! after it, and so does a turn for which a connection already holds `HURRY_AT`
-//! frames (near saturation, waiting longer only grows the queues). The session's own
-//! writes (replies, and the backlog of a socket that was full) do not wait.
+//! A flusher may start its turns some time apart (`ringcast_core::pacing`): always
+//! with `limits.min_write_interval`, and with `limits.busy_write_interval` (by default
+//! 20 ms) only while it is busy, having had work at least three quarters of the time
+//! over its last turns. Marks made while it waits join the next turn, and pushes to a
+//! connection already marked join its write, so under a steady stream each connection
+//! gets at most one write (one system call) per interval, whatever the publish rate. A
+//! flusher that had no turn for the interval writes at once, so an isolated message is
+//! not delayed, and one that is not busy never waits for the busy interval; when a turn
+//! takes longer than the interval (a large fan-out), the next starts right after it,
+//! and so does a turn for which a connection already holds `HURRY_AT` frames (near
+//! saturation, waiting longer only grows the queues). The session's own writes
+//! (replies, and the backlog of a socket that was full) do not wait.
+//!
+//! The busy interval exists because a flusher that writes as soon as it can is
+//! work-conserving: near saturation every spare cycle goes to small writes, the core
+//! stays saturated and the queues grow, where spacing the turns makes each write carry
+//! more, which frees the core and shortens the queues (docs/benchmarks.md, "Status
+//! check, 2026-12-01 afternoon: busy-write pacing").
 //!
 //! # Cold connections
 //!
@@ -76,6 +85,7 @@
 //! while it holds another. The socket lives in the outbox (`Direct`) for the same
 //! reason: a write then finds the descriptor in a line it already holds.
 
+use ringcast_core::pacing::{Load, Pacing};
 use ringcast_core::send_queue::{Alt, Bounds, Drained, GapCause, GapNotice, MessagePolicy, SendQueue};
 use ringcast_core::BackpressurePolicy;
 use ringcast_core::{ChannelName, StreamPosition};
@@ -85,7 +95,6 @@ use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant as TokioInstant;
@@ -350,37 +359,45 @@ fn write_chunks<const N: usize>(d: &mut Direct, frames: &[Drained<Utf8Bytes>]) -
 #[derive(Debug)]
 pub struct Flusher {
     /// Outboxes with messages queued since the flusher's last turn, each once.
-    dirty: Mutex<Vec<Arc<Outbox>>>,
+    dirty: Mutex<Dirty>,
     wake: Notify,
     metrics: Arc<Metrics>,
-    /// `limits.min_write_interval`: the least time from the start of one turn to the
-    /// start of the next (module docs, "Coalesced writes"); zero, a turn as soon as
-    /// something is marked.
-    interval: Duration,
+    /// `limits.min_write_interval` and `limits.busy_write_interval` (module docs,
+    /// "Coalesced writes").
+    pacing: Pacing,
     /// A connection holds [`HURRY_AT`] frames: the next turn starts now.
     hurry: Notify,
 }
 
+#[derive(Debug, Default)]
+struct Dirty {
+    outboxes: Vec<Arc<Outbox>>,
+    /// When the first of `outboxes` was marked, if the flusher tracks its load.
+    since: Option<TokioInstant>,
+}
+
 impl Flusher {
-    /// A flusher that counts its writes in `metrics` and starts its turns at least
-    /// `interval` apart.
+    /// A flusher that counts its writes in `metrics` and spaces its turns by `pacing`.
     #[must_use]
-    pub fn new(metrics: Arc<Metrics>, interval: Duration) -> Flusher {
-        Flusher { dirty: Mutex::default(), wake: Notify::new(), metrics, interval, hurry: Notify::new() }
+    pub fn new(metrics: Arc<Metrics>, pacing: Pacing) -> Flusher {
+        Flusher { dirty: Mutex::default(), wake: Notify::new(), metrics, pacing, hurry: Notify::new() }
     }
 
     /// A marked connection filled up while the flusher waits for its interval: no
     /// longer. (Taken by the next wait if none is on.)
     fn hurry(&self) {
-        if !self.interval.is_zero() {
+        if !self.pacing.is_off() {
             self.hurry.notify_one();
         }
     }
 
     fn mark(&self, outbox: Arc<Outbox>) {
         let mut dirty = self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        dirty.push(outbox);
-        if dirty.len() == 1 {
+        dirty.outboxes.push(outbox);
+        if dirty.outboxes.len() == 1 {
+            if !self.pacing.busy.is_zero() {
+                dirty.since = Some(TokioInstant::now());
+            }
             drop(dirty);
             self.wake.notify_one();
         }
@@ -391,14 +408,16 @@ impl Flusher {
         let mut turn = Vec::new();
         let mut batch = Vec::with_capacity(TOUCH_AHEAD);
         let mut scratch = WriteScratch::default();
-        // The earliest start of the next turn, with a write interval.
-        let mut next_turn: Option<TokioInstant> = None;
+        // The start and the end of the last turn, and how busy the flusher is.
+        let mut last: Option<(TokioInstant, TokioInstant)> = None;
+        let mut load = Load::default();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = self.wake.notified() => {}
             }
-            if let Some(at) = next_turn.filter(|at| *at > TokioInstant::now()) {
+            let interval = self.pacing.interval(&load);
+            if let Some(at) = last.map(|(start, _)| start + interval).filter(|at| *at > TokioInstant::now()) {
                 // What is marked meanwhile joins this turn, and what is pushed to a
                 // marked outbox joins its write.
                 tokio::select! {
@@ -406,11 +425,16 @@ impl Flusher {
                     () = tokio::time::sleep_until(at) => {}
                     () = self.hurry.notified() => {}
                 }
+                if interval > self.pacing.min {
+                    self.metrics.flusher_busy_waits.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            if !self.interval.is_zero() {
-                next_turn = Some(TokioInstant::now() + self.interval);
-            }
-            std::mem::swap(&mut *self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner), &mut turn);
+            let start = TokioInstant::now();
+            let since = {
+                let mut dirty = self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                std::mem::swap(&mut dirty.outboxes, &mut turn);
+                dirty.since.take()
+            };
             let mut outboxes = turn.drain(..);
             let mut written = 0;
             loop {
@@ -428,13 +452,20 @@ impl Flusher {
                     tokio::task::yield_now().await;
                 }
             }
+            drop(outboxes);
+            let end = TokioInstant::now();
+            if let (Some(since), Some((_, last_end))) = (since, last) {
+                // Marked during the last turn's yields, or before it ended: no wait.
+                load.record(end - start, since.saturating_duration_since(last_end));
+            }
+            last = Some((start, end));
         }
     }
 
     /// One turn, at once (tests).
     #[cfg(test)]
     fn turn(&self) {
-        let turn = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let turn = std::mem::take(&mut self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner).outboxes);
         let mut scratch = WriteScratch::default();
         for_each_held(turn.iter().map(|o| (o, ())), |held, ()| held.flush(&mut scratch));
     }
@@ -909,6 +940,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use ringcast_core::{BackpressurePolicy, Epoch, Offset};
+    use std::time::Duration;
 
     fn f(s: &str) -> Utf8Bytes {
         Utf8Bytes::from(s.to_owned())
@@ -1041,7 +1073,7 @@ mod tests {
 
     fn attached_with(tcp: TcpStream, bounds: Bounds) -> (Arc<Outbox>, Arc<Flusher>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
-        let flusher = Arc::new(Flusher::new(metrics.clone(), Duration::ZERO));
+        let flusher = Arc::new(Flusher::new(metrics.clone(), Pacing::default()));
         let o = Arc::new(Outbox::new(bounds.messages, bounds.bytes));
         o.attach(tcp, flusher.clone());
         (o, flusher, metrics)
@@ -1088,8 +1120,8 @@ mod tests {
         the_session_flushes_the_rest(&o, client, &texts).await;
     }
 
-    /// A connection attached to a running flusher paced by an interval, with roomy
-    /// bounds, and its client's end.
+    /// A connection attached to a running flusher paced by `pacing`, with roomy bounds,
+    /// and its client's end.
     struct Paced {
         o: Arc<Outbox>,
         metrics: Arc<Metrics>,
@@ -1099,10 +1131,10 @@ mod tests {
     }
 
     impl Paced {
-        async fn new(interval: Duration) -> Paced {
+        async fn new(pacing: Pacing) -> Paced {
             let (tcp, client) = pair().await;
             let metrics = Arc::new(Metrics::default());
-            let flusher = Arc::new(Flusher::new(metrics.clone(), interval));
+            let flusher = Arc::new(Flusher::new(metrics.clone(), pacing));
             let o = Arc::new(Outbox::new(ROOMY.messages, ROOMY.bytes));
             o.attach(tcp, flusher.clone());
             let shutdown = tokio_util::sync::CancellationToken::new();
@@ -1153,7 +1185,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_paced_flusher_writes_at_once_when_idle_and_once_per_interval_when_busy() {
         const INTERVAL: Duration = Duration::from_millis(20);
-        let mut c = Paced::new(INTERVAL).await;
+        let mut c = Paced::new(Pacing { min: INTERVAL, busy: Duration::ZERO }).await;
         // Idle: at once.
         c.written_at_once("m1", 1, 1).await;
 
@@ -1173,11 +1205,44 @@ mod tests {
         c.stop().await;
     }
 
+    /// `limits.busy_write_interval` (module docs, "Coalesced writes"): a flusher writes at
+    /// once until it is busy, then spaces its turns by the interval, and writes at once
+    /// again when it had to wait for work. On a paused clock the turns take no time, so
+    /// "busy" is a flusher that never waited: marks made as soon as a turn ended.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_flusher_spaces_its_turns_and_an_idle_one_writes_at_once() {
+        const INTERVAL: Duration = Duration::from_millis(20);
+        let mut c = Paced::new(Pacing { min: Duration::ZERO, busy: INTERVAL }).await;
+        // No load yet: at once, twice, although the second comes right after the first.
+        c.written_at_once("m1", 1, 1).await;
+        c.written_at_once("m2", 2, 2).await;
+        assert_eq!(c.metrics.flusher_busy_waits.load(Ordering::Relaxed), 0);
+
+        // It never waited for work: busy. The next two wait for the interval, together.
+        c.push("m3", 3);
+        c.push("m4", 4);
+        tokio::time::sleep(INTERVAL / 2).await;
+        assert_eq!(c.writes(), 2, "written before the interval ended");
+        assert!(nothing_to_read(&c.client));
+        tokio::time::sleep(INTERVAL).await;
+        assert_eq!(c.writes(), 3, "m3 and m4 in one write at the interval's end");
+        assert_eq!(read_n(&mut c.client, 2 * frame("m3").len(), 1).await, [frame("m3"), frame("m4")].concat());
+        assert_eq!(c.metrics.flusher_busy_waits.load(Ordering::Relaxed), 1);
+
+        // Idle for a second: the first write is past the interval, at once; after it the
+        // flusher has waited for work most of the time and writes at once again.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.written_at_once("m5", 5, 4).await;
+        c.written_at_once("m6", 6, 5).await;
+        assert_eq!(c.metrics.flusher_busy_waits.load(Ordering::Relaxed), 1);
+        c.stop().await;
+    }
+
     /// A paced flusher does not wait out its interval for a connection that already
     /// holds [`HURRY_AT`] frames: it writes them at once, in one write.
     #[tokio::test(start_paused = true)]
     async fn a_paced_flusher_does_not_wait_for_a_connection_that_filled_up() {
-        let mut c = Paced::new(Duration::from_secs(1)).await;
+        let mut c = Paced::new(Pacing { min: Duration::from_secs(1), busy: Duration::ZERO }).await;
         c.written_at_once("first", 1, 1).await;
         let start = TokioInstant::now();
         // One frame short, the flusher waits for the interval; the last one ends the wait.
@@ -1409,7 +1474,7 @@ mod tests {
         let (tcp, mut client) = pair().await;
         socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap_or_else(|e| panic!("{e}"));
         let o = Arc::new(Outbox::new(10, 10_000_000));
-        let flusher = Arc::new(Flusher::new(Arc::new(Metrics::default()), Duration::ZERO));
+        let flusher = Arc::new(Flusher::new(Arc::new(Metrics::default()), Pacing::default()));
         o.attach(tcp, flusher.clone());
         let p = MessagePolicy {
             policy: BackpressurePolicy::Disconnect,
