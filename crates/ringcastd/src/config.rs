@@ -22,7 +22,7 @@ pub const ENVELOPE_ALLOWANCE_BYTES: usize = 1024;
 
 /// The longest `limits.min_write_interval` and `limits.busy_write_interval`: beyond it,
 /// coalescing would add latency that no real-time client should see.
-pub const MAX_MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+pub const MAX_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The built-in development config used when no `--config` is given.
 pub const DEMO_CONFIG: &str = include_str!("../demo.toml");
@@ -510,10 +510,10 @@ impl Config {
         if l.socket_send_buffer.is_some_and(|b| !(4096..=16 * 1024 * 1024).contains(&b)) {
             return invalid("limits.socket_send_buffer", "must be between 4096 and 16777216 bytes".into());
         }
-        if l.min_write_interval > MAX_MIN_WRITE_INTERVAL {
+        if l.min_write_interval > MAX_WRITE_INTERVAL {
             return invalid("limits.min_write_interval", "must be at most 1s".into());
         }
-        if l.busy_write_interval > MAX_MIN_WRITE_INTERVAL {
+        if l.busy_write_interval > MAX_WRITE_INTERVAL {
             return invalid("limits.busy_write_interval", "must be at most 1s".into());
         }
         if l.send_queue_messages == 0 || l.send_queue_bytes < l.max_frame_bytes {

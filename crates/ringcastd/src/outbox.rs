@@ -1172,6 +1172,21 @@ mod tests {
             assert_eq!(read_n(&mut self.client, frame(text).len(), 1).await, frame(text));
         }
 
+        /// Pushes `texts` (offsets from `offset`) right after the flusher's last turn, the
+        /// `written`th write, and checks that they wait until `interval` after it and then
+        /// go in one write.
+        async fn together_after(&mut self, interval: Duration, texts: [&str; 2], offset: u64, written: u64) {
+            self.push(texts[0], offset);
+            self.push(texts[1], offset + 1);
+            tokio::time::sleep(interval / 2).await;
+            assert_eq!(self.writes(), written, "written before the interval ended");
+            assert!(nothing_to_read(&self.client));
+            tokio::time::sleep(interval).await;
+            assert_eq!(self.writes(), written + 1, "{texts:?} not in one write at the interval's end");
+            let want = [frame(texts[0]), frame(texts[1])].concat();
+            assert_eq!(read_n(&mut self.client, want.len(), 1).await, want);
+        }
+
         async fn stop(self) {
             self.shutdown.cancel();
             self.task.await.unwrap_or_else(|e| panic!("{e}"));
@@ -1190,14 +1205,7 @@ mod tests {
         c.written_at_once("m1", 1, 1).await;
 
         // Within the interval: both wait for its end, then go in one write.
-        c.push("m2", 2);
-        c.push("m3", 3);
-        tokio::time::sleep(INTERVAL / 2).await;
-        assert_eq!(c.writes(), 1, "written before the interval ended");
-        assert!(nothing_to_read(&c.client));
-        tokio::time::sleep(INTERVAL).await;
-        assert_eq!(c.writes(), 2, "m2 and m3 in one write at the interval's end");
-        assert_eq!(read_n(&mut c.client, 2 * frame("m2").len(), 1).await, [frame("m2"), frame("m3")].concat());
+        c.together_after(INTERVAL, ["m2", "m3"], 2, 1).await;
 
         // Idle for longer than the interval: at once again.
         tokio::time::sleep(2 * INTERVAL).await;
@@ -1219,14 +1227,7 @@ mod tests {
         assert_eq!(c.metrics.flusher_busy_waits.load(Ordering::Relaxed), 0);
 
         // It never waited for work: busy. The next two wait for the interval, together.
-        c.push("m3", 3);
-        c.push("m4", 4);
-        tokio::time::sleep(INTERVAL / 2).await;
-        assert_eq!(c.writes(), 2, "written before the interval ended");
-        assert!(nothing_to_read(&c.client));
-        tokio::time::sleep(INTERVAL).await;
-        assert_eq!(c.writes(), 3, "m3 and m4 in one write at the interval's end");
-        assert_eq!(read_n(&mut c.client, 2 * frame("m3").len(), 1).await, [frame("m3"), frame("m4")].concat());
+        c.together_after(INTERVAL, ["m3", "m4"], 3, 2).await;
         assert_eq!(c.metrics.flusher_busy_waits.load(Ordering::Relaxed), 1);
 
         // Idle for a second: the first write is past the interval, at once; after it the
