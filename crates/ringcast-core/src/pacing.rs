@@ -28,8 +28,8 @@ use std::time::Duration;
 pub const BUSY_SHARE: (u32, u32) = (3, 4);
 
 /// Weight of the newest turn in [`Load`]'s averages (1/`SMOOTHING`): one long turn
-/// between idle periods (a single large fan-out) does not make the flusher busy, four
-/// turns in a row with no idle time between them do.
+/// between idle periods (a single large fan-out) does not make the flusher busy; a few
+/// turns in a row with no wait between them do (four, from working half of the time).
 pub const SMOOTHING: u32 = 4;
 
 /// A flusher's write pacing: `limits.min_write_interval` and
@@ -44,7 +44,7 @@ pub struct Pacing {
 }
 
 impl Pacing {
-    /// Whether the turns are ever spaced (so a load is worth tracking).
+    /// Whether no interval is set: the turns are never spaced.
     #[must_use]
     pub fn is_off(&self) -> bool {
         self.min.is_zero() && self.busy.is_zero()
@@ -121,6 +121,18 @@ mod tests {
         assert!(!Load::default().busy());
         let p = Pacing { min: Duration::ZERO, busy: 10 * MS };
         assert_eq!(p.interval(&Load::default()), Duration::ZERO);
+    }
+
+    #[test]
+    fn four_turns_without_a_wait_make_a_half_busy_flusher_busy() {
+        let mut load = after(&[(5, 5); 16]);
+        assert!(!load.busy());
+        for _ in 0..3 {
+            load.record(5 * MS, Duration::ZERO);
+        }
+        assert!(!load.busy(), "three are not enough");
+        load.record(5 * MS, Duration::ZERO);
+        assert!(load.busy());
     }
 
     #[test]
