@@ -2,7 +2,9 @@
 //! notices.
 //!
 //! Producers push frames and never wait. Three kinds of frame share the queue, in order:
-//! - **messages** of a channel's stream (a position and a channel). They are bounded by
+//! - **messages** of a channel's stream ([`QueuedMessage`]: a frame, a position and a
+//!   channel, built once per message and shared by every subscriber's queue, so a
+//!   fan-out writes a pointer per subscriber, not the message). They are bounded by
 //!   the channel's namespace ([`MessagePolicy`]: a message count and bytes, at most the
 //!   connection's own bounds); when a message does not fit, the namespace's
 //!   [`BackpressurePolicy`] decides:
@@ -34,11 +36,20 @@
 //! the message directly follows it. Anything else gets the full frame.
 //!
 //! Frames are opaque (`F`); their sizes are given at push time.
+//!
+//! **Entry size.** A fan-out writes one entry into each subscriber's queue, and at a
+//! thousand subscribers those queues are cold: the write waits for its cache line, and
+//! the next atomic instruction (the outbox's unlock) waits for the write. So an entry
+//! is 16 bytes, four to a cache line: a message is a pointer to the shared
+//! [`QueuedMessage`] and a flag, and everything else (replies, replays, ephemeral
+//! pushes, stream marks) is behind a pointer of its own (docs/benchmarks.md, "Status
+//! check, 2026-12-01 evening").
 
 use crate::name::ChannelName;
 use crate::namespace::BackpressurePolicy;
 use crate::position::{Epoch, Offset, StreamPosition};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// Bounds of a queue, or of one namespace's share of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,46 +127,99 @@ struct Track {
     last: Offset,
 }
 
+/// One message of a channel's stream as the subscribers' queues hold it: built once per
+/// message and shared (an [`Arc`]) by every queue it is pushed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage<F> {
+    pub frame: F,
+    /// The size the bounds count: the full frame's.
+    pub len: usize,
+    pub channel: ChannelName,
+    pub position: StreamPosition,
+    /// Its keep-latest key: under `keep_latest`, a queue that is full replaces its
+    /// queued message of the same channel and key.
+    pub key: Option<Box<str>>,
+    /// Its delta form, written instead of `frame` to a subscriber that takes deltas
+    /// when the client holds its base.
+    pub alt: Option<Alt<F>>,
+}
+
+impl<F> QueuedMessage<F> {
+    /// A message without a key or a delta form.
+    pub fn new(frame: F, len: usize, channel: ChannelName, position: StreamPosition) -> QueuedMessage<F> {
+        QueuedMessage { frame, len, channel, position, key: None, alt: None }
+    }
+
+    /// Its delta form's frame when `alt` (and it has one), else its full frame.
+    pub fn frame_for(&self, alt: bool) -> &F {
+        match &self.alt {
+            Some(a) if alt => &a.frame,
+            _ => &self.frame,
+        }
+    }
+}
+
 /// One frame out of [`SendQueue::drain`], in the order to write.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Drained<F> {
+    /// A reply, a replayed frame or an ephemeral push.
     Frame(F),
+    /// A message, shared with the other queues it went to: its delta form when `alt`,
+    /// else its full frame ([`Drained::frame`]).
+    Message {
+        msg: Arc<QueuedMessage<F>>,
+        alt: bool,
+    },
     Gap(GapNotice),
 }
 
-#[derive(Debug)]
-enum Entry<F> {
-    Control(F),
-    Exempt(F),
-    /// A `join`, `leave` or `typing` push: counted with messages, dropped (never
-    /// noticed) when they are at their bound.
-    Ephemeral(F),
-    Message {
-        frame: F,
-        len: usize,
-        channel: ChannelName,
-        position: StreamPosition,
-        /// What few messages carry, boxed: every entry is written into a queue and moved
-        /// out of it once per subscriber, so its size is on the fan-out's hot path (88
-        /// bytes with these boxed, 136 inline).
-        rare: Option<Box<Rare<F>>>,
-    },
-    /// A channel's stream starts (or restarts) for this client at `position`
-    /// ([`SendQueue::mark_stream`]); nothing is written for it.
-    Mark {
-        channel: ChannelName,
-        position: StreamPosition,
-        holds_state: bool,
-    },
+impl<F> Drained<F> {
+    /// The frame to write; `None` for a gap notice, which the writer encodes.
+    pub fn frame(&self) -> Option<&F> {
+        match self {
+            Drained::Frame(f) => Some(f),
+            Drained::Message { msg, alt } => Some(msg.frame_for(*alt)),
+            Drained::Gap(_) => None,
+        }
+    }
 }
 
-/// A queued message's rarely present parts.
+impl<F: Clone> Drained<F> {
+    /// The frame to write as a frame of its own (a message's shared frame cloned), or
+    /// the gap notice.
+    pub fn into_owned(self) -> Result<F, GapNotice> {
+        match self {
+            Drained::Frame(f) => Ok(f),
+            Drained::Message { msg, alt } => Ok(msg.frame_for(alt).clone()),
+            Drained::Gap(g) => Err(g),
+        }
+    }
+}
+
+/// A queue entry: 16 bytes (see the module docs, "Entry size").
 #[derive(Debug)]
-struct Rare<F> {
-    /// `keep_latest` only: the message's key.
-    key: Option<Box<str>>,
-    /// Its delta form.
-    alt: Option<Alt<F>>,
+enum Entry<F> {
+    Message {
+        msg: Arc<QueuedMessage<F>>,
+        /// The subscriber takes deltas: its delta form may be written instead.
+        delta: bool,
+    },
+    Control(Box<F>),
+    Exempt(Box<F>),
+    /// A `join`, `leave` or `typing` push, shared like a message: counted with
+    /// messages, dropped (never noticed) when they are at their bound.
+    Ephemeral(Arc<F>),
+    /// A channel's stream starts (or restarts) for this client at `position`
+    /// ([`SendQueue::mark_stream`]); nothing is written for it.
+    Mark(Box<Mark>),
+}
+
+/// See [`Entry::Mark`].
+#[derive(Debug)]
+struct Mark {
+    channel: ChannelName,
+    position: StreamPosition,
+    holds_state: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -197,7 +261,7 @@ pub struct SendQueue<F> {
     tracks: HashMap<ChannelName, Track>,
 }
 
-impl<F> SendQueue<F> {
+impl<F: Clone> SendQueue<F> {
     /// An empty queue with the connection's bounds.
     #[must_use]
     pub fn new(bounds: Bounds) -> SendQueue<F> {
@@ -263,7 +327,7 @@ impl<F> SendQueue<F> {
     #[must_use]
     pub fn touch(&self) -> usize {
         let first = match self.entries.front() {
-            Some(Entry::Message { len, .. }) => *len,
+            Some(Entry::Message { msg, .. }) => msg.len,
             Some(_) => 1,
             None => 0,
         };
@@ -298,7 +362,7 @@ impl<F> SendQueue<F> {
         }
         self.control.add(len);
         self.reply_queued = true;
-        self.entries.push_back(Entry::Control(frame));
+        self.entries.push_back(Entry::Control(Box::new(frame)));
         Pushed::Queued { dropped: 0 }
     }
 
@@ -308,20 +372,63 @@ impl<F> SendQueue<F> {
             return;
         }
         let before = self.entries.len();
-        self.entries.extend(frames.into_iter().map(Entry::Exempt));
+        self.entries.extend(frames.into_iter().map(|f| Entry::Exempt(Box::new(f))));
         self.reply_queued |= self.entries.len() > before;
     }
 
-    /// Queues one message of `channel` at `position` under the channel's policy.
-    pub fn push_message(
-        &mut self,
-        frame: F,
-        len: usize,
-        channel: &ChannelName,
-        position: StreamPosition,
-        policy: MessagePolicy,
-    ) -> Pushed {
-        self.push_keyed_message(frame, len, channel, position, policy, None)
+    /// Queues `msg` under its channel's policy. `delta`: the subscriber takes deltas, so
+    /// the message's delta form is written instead when the client holds its base (see
+    /// the module docs); the bounds count the full frame's size. Under `keep_latest` a
+    /// full queue makes room by dropping the queued message of the same channel and key
+    /// (noticed as `Conflated`), then, if that is not enough (or there is none), the
+    /// channel's oldest, like `drop_oldest`.
+    pub fn push_message(&mut self, msg: &Arc<QueuedMessage<F>>, delta: bool, policy: MessagePolicy) -> Pushed {
+        if self.closed {
+            return Pushed::Closed;
+        }
+        let limit = Bounds {
+            messages: policy.bounds.messages.min(self.bounds.messages),
+            bytes: policy.bounds.bytes.min(self.bounds.bytes),
+        };
+        let len = msg.len;
+        let fits = |u: &Usage| u.frames < limit.messages && u.bytes + len <= limit.bytes;
+        let mut dropped = 0;
+        if !fits(&self.messages) {
+            if policy.policy == BackpressurePolicy::KeepLatest && msg.key.is_some() {
+                let same = self.entries.iter().position(
+                    |e| matches!(e, Entry::Message { msg: m, .. } if m.channel == msg.channel && m.key == msg.key),
+                );
+                if let Some(Entry::Message { msg: m, .. }) = same.and_then(|i| self.entries.remove(i)) {
+                    self.messages.sub(m.len);
+                    let at = m.position;
+                    self.note_gap(&m.channel, at.epoch, at.offset, at.offset, GapCause::Conflated);
+                    dropped += 1;
+                }
+            }
+            match policy.policy {
+                BackpressurePolicy::Disconnect => return self.overflow(),
+                BackpressurePolicy::DropNewest => {}
+                BackpressurePolicy::DropOldest | BackpressurePolicy::KeepLatest => {
+                    while !fits(&self.messages) {
+                        let Some(i) = self.oldest_of(&msg.channel) else { break };
+                        if let Some(Entry::Message { msg: m, .. }) = self.entries.remove(i) {
+                            self.messages.sub(m.len);
+                            let at = m.position;
+                            self.note_gap(&m.channel, at.epoch, at.offset, at.offset, GapCause::SlowConsumer);
+                            dropped += 1;
+                        }
+                    }
+                }
+            }
+            if !fits(&self.messages) {
+                let at = msg.position;
+                self.note_gap(&msg.channel, at.epoch, at.offset, at.offset, GapCause::SlowConsumer);
+                return Pushed::Dropped { dropped: dropped + 1 };
+            }
+        }
+        self.messages.add(len);
+        self.entries.push_back(Entry::Message { msg: Arc::clone(msg), delta });
+        Pushed::Queued { dropped }
     }
 
     /// Marks that `channel`'s stream starts for this client after `position`, once
@@ -334,97 +441,14 @@ impl<F> SendQueue<F> {
         if self.closed {
             return;
         }
-        self.entries.push_back(Entry::Mark { channel: channel.clone(), position, holds_state });
-    }
-
-    /// Queues one message of `channel` at `position` under the channel's policy, with its
-    /// keep-latest `key` ([`SendQueue::push_keyed_message`]) and an alternative (delta)
-    /// frame, written instead of `frame` when the client holds its base (see the module
-    /// docs). The bounds count `len`, the full frame's size.
-    #[allow(clippy::too_many_arguments)]
-    pub fn push_message_with_alt(
-        &mut self,
-        frame: F,
-        len: usize,
-        channel: &ChannelName,
-        position: StreamPosition,
-        policy: MessagePolicy,
-        key: Option<&str>,
-        alt: Option<Alt<F>>,
-    ) -> Pushed {
-        if self.closed {
-            return Pushed::Closed;
-        }
-        let limit = Bounds {
-            messages: policy.bounds.messages.min(self.bounds.messages),
-            bytes: policy.bounds.bytes.min(self.bounds.bytes),
-        };
-        let fits = |u: &Usage| u.frames < limit.messages && u.bytes + len <= limit.bytes;
-        let mut dropped = 0;
-        if !fits(&self.messages) {
-            if policy.policy == BackpressurePolicy::KeepLatest {
-                let same = self.entries.iter().position(|e| {
-                    matches!(e, Entry::Message { channel: c, rare: Some(r), .. }
-                        if c == channel && r.key.is_some() && r.key.as_deref() == key)
-                });
-                if let Some(Entry::Message { len, channel, position, .. }) = same.and_then(|i| self.entries.remove(i)) {
-                    self.messages.sub(len);
-                    self.note_gap(&channel, position.epoch, position.offset, position.offset, GapCause::Conflated);
-                    dropped += 1;
-                }
-            }
-            match policy.policy {
-                BackpressurePolicy::Disconnect => return self.overflow(),
-                BackpressurePolicy::DropNewest => {}
-                BackpressurePolicy::DropOldest | BackpressurePolicy::KeepLatest => {
-                    while !fits(&self.messages) {
-                        let Some(i) = self.oldest_of(channel) else { break };
-                        if let Some(Entry::Message { len, channel, position, .. }) = self.entries.remove(i) {
-                            self.messages.sub(len);
-                            self.note_gap(
-                                &channel,
-                                position.epoch,
-                                position.offset,
-                                position.offset,
-                                GapCause::SlowConsumer,
-                            );
-                            dropped += 1;
-                        }
-                    }
-                }
-            }
-            if !fits(&self.messages) {
-                self.note_gap(channel, position.epoch, position.offset, position.offset, GapCause::SlowConsumer);
-                return Pushed::Dropped { dropped: dropped + 1 };
-            }
-        }
-        self.messages.add(len);
-        let key = (policy.policy == BackpressurePolicy::KeepLatest).then(|| key.map(Box::from)).flatten();
-        let rare = (key.is_some() || alt.is_some()).then(|| Box::new(Rare { key, alt }));
-        self.entries.push_back(Entry::Message { frame, len, channel: channel.clone(), position, rare });
-        Pushed::Queued { dropped }
-    }
-
-    /// [`SendQueue::push_message`] of a message with a keep-latest `key`: under the
-    /// `keep_latest` policy a full queue makes room by dropping the queued message of the
-    /// same channel and key (noticed as `Conflated`), then, if that is not enough (or
-    /// there is none), the channel's oldest, like `drop_oldest`.
-    pub fn push_keyed_message(
-        &mut self,
-        frame: F,
-        len: usize,
-        channel: &ChannelName,
-        position: StreamPosition,
-        policy: MessagePolicy,
-        key: Option<&str>,
-    ) -> Pushed {
-        self.push_message_with_alt(frame, len, channel, position, policy, key, None)
+        self.entries.push_back(Entry::Mark(Box::new(Mark { channel: channel.clone(), position, holds_state })));
     }
 
     /// Queues an ephemeral push (best effort: no position, so nothing to recover). It
     /// shares the connection's message bound; when that is full the push is dropped
-    /// without a notice and without disturbing anything queued.
-    pub fn push_ephemeral(&mut self, frame: F, len: usize) -> Pushed {
+    /// without a notice and without disturbing anything queued. Like a message, the frame
+    /// is shared by every queue it goes to.
+    pub fn push_ephemeral(&mut self, frame: &Arc<F>, len: usize) -> Pushed {
         if self.closed {
             return Pushed::Closed;
         }
@@ -432,13 +456,13 @@ impl<F> SendQueue<F> {
             return Pushed::Dropped { dropped: 1 };
         }
         self.messages.add(len);
-        self.entries.push_back(Entry::Ephemeral(frame));
+        self.entries.push_back(Entry::Ephemeral(Arc::clone(frame)));
         Pushed::Queued { dropped: 0 }
     }
 
     /// Index of the oldest queued message of `channel`.
     fn oldest_of(&self, channel: &ChannelName) -> Option<usize> {
-        self.entries.iter().position(|e| matches!(e, Entry::Message { channel: c, .. } if c == channel))
+        self.entries.iter().position(|e| matches!(e, Entry::Message { msg, .. } if &msg.channel == channel))
     }
 
     /// Tells the client that `from..=to` of `channel` will not arrive for `cause`; sent
@@ -470,19 +494,17 @@ impl<F> SendQueue<F> {
         self.tracks.remove(channel);
     }
 
-    /// The frame to write for a message of a marked channel, updating its track.
-    fn choose(&mut self, channel: &ChannelName, position: StreamPosition, frame: F, alt: Option<Alt<F>>) -> F {
-        let Some(t) = self.tracks.get_mut(channel) else { return frame };
+    /// Whether to write the delta form (against `base`) of a message of a marked
+    /// channel, updating its track.
+    fn choose(&mut self, channel: &ChannelName, position: StreamPosition, base: Option<Offset>) -> bool {
+        let Some(t) = self.tracks.get_mut(channel) else { return false };
         let follows = t.epoch == position.epoch && position.offset == t.last.next();
         if !follows {
             *t = Track { epoch: position.epoch, from: position.offset, last: position.offset };
-            return frame;
+            return false;
         }
         t.last = position.offset;
-        match alt {
-            Some(a) if a.base >= t.from && a.base < position.offset => a.frame,
-            _ => frame,
-        }
+        base.is_some_and(|base| base >= t.from && base < position.offset)
     }
 
     /// Moves everything queued to `out` in write order, each gap notice just before the
@@ -498,28 +520,29 @@ impl<F> SendQueue<F> {
         let mut carried_message = false;
         for e in entries.drain(..) {
             let frame = match e {
-                Entry::Control(frame) | Entry::Exempt(frame) | Entry::Ephemeral(frame) => frame,
-                Entry::Mark { channel, position, holds_state } => {
+                Entry::Control(frame) | Entry::Exempt(frame) => *frame,
+                Entry::Ephemeral(frame) => Arc::unwrap_or_clone(frame),
+                Entry::Mark(mark) => {
+                    let Mark { channel, position, holds_state } = *mark;
                     self.start_track(channel, position, holds_state);
                     continue;
                 }
-                Entry::Message { frame, channel, position, rare, .. } => {
+                Entry::Message { msg, delta } => {
                     carried_message = true;
-                    let frame = if self.tracks.is_empty() {
-                        frame
-                    } else {
-                        self.choose(&channel, position, frame, rare.and_then(|r| r.alt))
-                    };
+                    let (channel, position) = (&msg.channel, msg.position);
+                    let base = msg.alt.as_ref().filter(|_| delta).map(|a| a.base);
+                    let alt = !self.tracks.is_empty() && self.choose(channel, position, base);
                     let mut i = 0;
                     while i < self.gaps.len() {
                         let g = &self.gaps[i];
-                        if g.channel == channel && (g.epoch != position.epoch || g.to < position.offset) {
+                        if &g.channel == channel && (g.epoch != position.epoch || g.to < position.offset) {
                             out.push(Drained::Gap(self.gaps.remove(i)));
                         } else {
                             i += 1;
                         }
                     }
-                    frame
+                    out.push(Drained::Message { msg, alt });
+                    continue;
                 }
             };
             out.push(Drained::Frame(frame));
@@ -527,8 +550,7 @@ impl<F> SendQueue<F> {
         // A larger batch keeps its allocation, as a busy connection would only grow it
         // again entry by entry. A small one of replies gives it back: an idle connection,
         // whose last batch was a reply or two, then holds none. A small one that carried
-        // a message keeps room for FREE_UP_TO_ENTRIES (352 bytes with ringcastd's
-        // frames): a subscriber that gets one message per write would otherwise pay an
+        // a message keeps room for FREE_UP_TO_ENTRIES (64 bytes): a subscriber that gets one message per write would otherwise pay an
         // allocation and a free per message (2.5 % of the server's CPU at 10k
         // subscribers x 10 publishes/s, docs/benchmarks.md).
         if drained_entries > FREE_UP_TO_ENTRIES {
@@ -552,15 +574,46 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    /// A queue entry is written and moved once per subscriber of every message, so its
-    /// size is a fan-out cost (docs/benchmarks.md, findings): with ringcastd's frames
-    /// (a `Bytes`, 32 bytes) it is 88 bytes, 136 while a message's key and delta form were
-    /// inline. A bound, not a timing.
+    /// A queue entry is written into a cold queue once per subscriber of every message,
+    /// so its size is a fan-out cost (module docs, "Entry size"): 16 bytes, four to a
+    /// cache line, whatever the frame type (ringcastd's, a `Bytes`, is 32 bytes; the
+    /// entry was 88 bytes while it held the message's frame, channel and position). A
+    /// bound, not a timing.
     #[test]
     fn a_queued_message_stays_small() {
         assert_eq!(std::mem::size_of::<bytes::Bytes>(), 32);
         let size = std::mem::size_of::<Entry<bytes::Bytes>>();
-        assert!(size <= 88, "a queue entry is {size} bytes");
+        assert!(size <= 16, "a queue entry is {size} bytes");
+    }
+
+    /// A message of `channel` at `position`, as the hub builds it once for every queue.
+    fn m<F>(frame: F, len: usize, channel: &ChannelName, position: StreamPosition) -> Arc<QueuedMessage<F>> {
+        Arc::new(QueuedMessage::new(frame, len, channel.clone(), position))
+    }
+
+    /// A fan-out builds a message once: every queue holds the same allocation, and a
+    /// drain hands that allocation to the writer, so no subscriber copies it.
+    #[test]
+    fn a_message_is_shared_by_every_queue_it_goes_to() {
+        let msg = m(String::from("chat:a#1"), 8, &ch("chat:a"), at(1));
+        let p = policy(BackpressurePolicy::DropOldest, 10);
+        let mut queues: Vec<SendQueue<String>> = (0..3).map(|_| q(10)).collect();
+        for q in &mut queues {
+            assert_eq!(q.push_message(&msg, false, p), Pushed::Queued { dropped: 0 });
+        }
+        assert_eq!(Arc::strong_count(&msg), 4);
+        let mut out = Vec::new();
+        queues[0].drain(&mut out);
+        assert!(matches!(&out[..], [Drained::Message { msg: d, alt: false }] if Arc::ptr_eq(d, &msg)));
+        assert_eq!(out[0].frame().map(String::as_str), Some("chat:a#1"));
+        drop(out);
+        drop(queues);
+        assert_eq!(Arc::strong_count(&msg), 1, "written and dropped, nothing holds it");
+    }
+
+    /// Drained output with each message's frame cloned out of it.
+    fn owned<F: Clone>(out: Vec<Drained<F>>) -> Vec<Result<F, GapNotice>> {
+        out.into_iter().map(Drained::into_owned).collect()
     }
 
     #[test]
@@ -571,16 +624,16 @@ mod tests {
         q.push_control(1, 1);
         q.drain(&mut out);
         assert_eq!(q.entries.capacity(), 0, "replies alone leave no allocation");
-        q.push_message(2, 1, &ch("chat:a"), at(1), policy);
+        q.push_message(&m(2, 1, &ch("chat:a"), at(1)), false, policy);
         q.drain(&mut out);
         let kept = q.entries.capacity();
         assert!((1..=FREE_UP_TO_ENTRIES).contains(&kept), "a message keeps a small one: {kept}");
         for o in 2..40 {
-            q.push_message(o, 1, &ch("chat:a"), at(o), policy);
+            q.push_message(&m(o, 1, &ch("chat:a"), at(o)), false, policy);
         }
         q.drain(&mut out);
         assert!(q.entries.capacity() >= 38, "a large batch keeps its allocation");
-        q.push_message(40, 1, &ch("chat:a"), at(40), policy);
+        q.push_message(&m(40, 1, &ch("chat:a"), at(40)), false, policy);
         q.drain(&mut out);
         assert!(q.entries.capacity() <= FREE_UP_TO_ENTRIES, "a small batch shrinks it again");
         q.push_control(41, 1);
@@ -592,8 +645,8 @@ mod tests {
     fn a_queued_reply_is_noted_until_drained() {
         let mut q: SendQueue<u64> = SendQueue::new(Bounds { messages: 100, bytes: 1 << 20 });
         let policy = MessagePolicy { policy: BackpressurePolicy::DropOldest, bounds: q.bounds() };
-        q.push_message(1, 1, &ch("chat:a"), at(1), policy);
-        q.push_ephemeral(2, 1);
+        q.push_message(&m(1, 1, &ch("chat:a"), at(1)), false, policy);
+        q.push_ephemeral(&Arc::new(2), 1);
         assert!(!q.holds_reply(), "pushes alone are not replies");
         q.push_control(3, 1);
         assert!(q.holds_reply());
@@ -614,12 +667,13 @@ mod tests {
         let policy =
             MessagePolicy { policy: BackpressurePolicy::KeepLatest, bounds: Bounds { messages: 3, bytes: 1 << 20 } };
         for (o, key) in [(1, "a"), (2, "b"), (3, "c"), (4, "a"), (5, "b"), (6, "z")] {
-            q.push_keyed_message(o, 1, &c, at(o), policy, Some(key));
+            let msg = QueuedMessage { key: Some(key.into()), ..QueuedMessage::new(o, 1, c.clone(), at(o)) };
+            q.push_message(&Arc::new(msg), false, policy);
         }
         let mut out = Vec::new();
         q.drain(&mut out);
         let gap = |from, to| {
-            Drained::Gap(GapNotice {
+            Err(GapNotice {
                 channel: c.clone(),
                 epoch: at(1).epoch,
                 from: Offset(from),
@@ -628,7 +682,7 @@ mod tests {
             })
         };
         let slow = |from, to| {
-            Drained::Gap(GapNotice {
+            Err(GapNotice {
                 channel: c.clone(),
                 epoch: at(1).epoch,
                 from: Offset(from),
@@ -638,20 +692,24 @@ mod tests {
         };
         // 4 replaces 1 (same key a), 5 replaces 2 (b), 6 has no queued twin: the oldest
         // (3) goes as a plain drop.
-        assert_eq!(out, vec![gap(1, 2), slow(3, 3), Drained::Frame(4), Drained::Frame(5), Drained::Frame(6)]);
+        assert_eq!(owned(out), vec![gap(1, 2), slow(3, 3), Ok(4), Ok(5), Ok(6)]);
     }
 
     #[test]
     fn ephemeral_pushes_share_the_bound_and_drop_silently() {
         let mut q: SendQueue<&str> = SendQueue::new(Bounds { messages: 2, bytes: 1 << 20 });
-        assert_eq!(q.push_ephemeral("typing-1", 8), Pushed::Queued { dropped: 0 });
-        assert_eq!(q.push_ephemeral("typing-2", 8), Pushed::Queued { dropped: 0 });
-        assert_eq!(q.push_ephemeral("typing-3", 8), Pushed::Dropped { dropped: 1 });
+        assert_eq!(q.push_ephemeral(&Arc::new("typing-1"), 8), Pushed::Queued { dropped: 0 });
+        assert_eq!(q.push_ephemeral(&Arc::new("typing-2"), 8), Pushed::Queued { dropped: 0 });
+        assert_eq!(q.push_ephemeral(&Arc::new("typing-3"), 8), Pushed::Dropped { dropped: 1 });
         assert!(!q.is_closed(), "a dropped ephemeral push never closes the connection");
         let mut out = Vec::new();
         q.drain(&mut out);
-        assert_eq!(out, vec![Drained::Frame("typing-1"), Drained::Frame("typing-2")]);
-        assert_eq!(q.push_ephemeral("typing-4", 8), Pushed::Queued { dropped: 0 }, "draining frees the bound");
+        assert_eq!(owned(out), vec![Ok("typing-1"), Ok("typing-2")]);
+        assert_eq!(
+            q.push_ephemeral(&Arc::new("typing-4"), 8),
+            Pushed::Queued { dropped: 0 },
+            "draining frees the bound"
+        );
     }
 
     fn ch(s: &str) -> ChannelName {
@@ -674,16 +732,14 @@ mod tests {
     fn drained(q: &mut SendQueue<String>) -> Vec<String> {
         let mut out = Vec::new();
         q.drain(&mut out);
-        out.into_iter()
-            .map(|d| match d {
-                Drained::Frame(f) => f,
-                Drained::Gap(g) => format!("gap:{}:{}-{}", g.channel, g.from.0, g.to.0),
-            })
+        owned(out)
+            .into_iter()
+            .map(|d| d.unwrap_or_else(|g| format!("gap:{}:{}-{}", g.channel, g.from.0, g.to.0)))
             .collect()
     }
 
     fn push(q: &mut SendQueue<String>, c: &ChannelName, o: u64, p: MessagePolicy) -> Pushed {
-        q.push_message(format!("{c}#{o}"), 10, c, at(o), p)
+        q.push_message(&m(format!("{c}#{o}"), 10, c, at(o)), false, p)
     }
 
     #[test]
@@ -756,7 +812,7 @@ mod tests {
         for o in 1..=3 {
             push(&mut q, &a, o, p);
         }
-        assert_eq!(q.push_message("big".into(), 25, &a, at(4), p), Pushed::Queued { dropped: 3 });
+        assert_eq!(q.push_message(&m("big".into(), 25, &a, at(4)), false, p), Pushed::Queued { dropped: 3 });
         assert_eq!(drained(&mut q), vec!["gap:chat:a:1-3", "big"]);
     }
 
@@ -803,7 +859,7 @@ mod tests {
             .iter()
             .filter_map(|d| match d {
                 Drained::Gap(g) => Some((g.from.0, g.to.0, g.cause)),
-                Drained::Frame(_) => None,
+                Drained::Frame(_) | Drained::Message { .. } => None,
             })
             .collect();
         assert_eq!(causes, vec![(5, 5, GapCause::SlowConsumer), (6, 9, GapCause::Unavailable)]);
@@ -821,10 +877,10 @@ mod tests {
 
     /// A model client: reads a drained batch, returns what it learned per channel.
     fn read(out: Vec<Drained<(String, u64)>>, seen: &mut BTreeMap<String, Vec<(u64, bool)>>) {
-        for d in out {
+        for d in owned(out) {
             match d {
-                Drained::Frame((c, o)) => seen.entry(c).or_default().push((o, false)),
-                Drained::Gap(g) => {
+                Ok((c, o)) => seen.entry(c).or_default().push((o, false)),
+                Err(g) => {
                     let v = seen.entry(g.channel.to_string()).or_default();
                     for o in g.from.0..=g.to.0 {
                         v.push((o, true));
@@ -858,7 +914,7 @@ mod tests {
                 }
                 let o = next[c];
                 next[c] += 1;
-                q.push_message((names[c].to_string(), o), 1, &names[c], at(o), p);
+                q.push_message(&m((names[c].to_string(), o), 1, &names[c], at(o)), false, p);
                 prop_assert!(q.messages.frames <= limit.min(4));
             }
             let mut out = Vec::new();
@@ -880,20 +936,19 @@ mod tests {
     }
 
     fn push_ver(q: &mut SendQueue<Ver>, c: &ChannelName, p: MessagePolicy, key: u8, offset: u64, base: Option<u64>) {
-        let k = key.to_string();
         let alt = base.map(|b| Alt { base: Offset(b), frame: Ver::Patch { key, offset, base: b } });
-        q.push_message_with_alt(Ver::Full { key, offset }, 1, c, at(offset), p, Some(&k), alt);
+        let msg = QueuedMessage {
+            key: Some(key.to_string().into()),
+            alt,
+            ..QueuedMessage::new(Ver::Full { key, offset }, 1, c.clone(), at(offset))
+        };
+        q.push_message(&Arc::new(msg), true, p);
     }
 
     fn frames(q: &mut SendQueue<Ver>) -> Vec<Ver> {
         let mut out = Vec::new();
         q.drain(&mut out);
-        out.into_iter()
-            .filter_map(|d| match d {
-                Drained::Frame(f) => Some(f),
-                Drained::Gap(_) => None,
-            })
-            .collect()
+        owned(out).into_iter().filter_map(Result::ok).collect()
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //!
 //! It runs the per-publish and per-subscriber work of ringcastd's hot path without
 //! sockets, threads or clocks, so the count is deterministic for a given binary: each
-//! message is encoded once (`encode_message`, as the hub does), its shared bytes are
-//! pushed into every subscriber's [`SendQueue`] under the namespace policy (as
-//! `Outbox::push_message` does), and every `DRAIN_EVERY` messages each queue is drained
-//! (as a session writer does). Wall-clock time is never compared: on a shared 2-core
+//! message is encoded once (`encode_message`, as the hub does) into one shared
+//! [`QueuedMessage`], which is pushed into every subscriber's [`SendQueue`] under the
+//! namespace policy (as the hub's fan-out does), and every `DRAIN_EVERY` messages each
+//! queue is drained (as a writer does). Wall-clock time is never compared: on a shared 2-core
 //! machine it is noise; an instruction count moves only when the code does (or the
 //! build: docs/benchmarks.md, "Regression guard").
 //!
@@ -15,9 +15,10 @@
 //! takes seconds rather than the minutes `ringcast-bench` takes.
 
 use bytes::Bytes;
-use ringcast_core::send_queue::{Bounds, Drained, MessagePolicy, Pushed, SendQueue};
+use ringcast_core::send_queue::{Bounds, Drained, MessagePolicy, Pushed, QueuedMessage, SendQueue};
 use ringcast_core::{BackpressurePolicy, ChannelName, Epoch, Offset, StreamPosition};
 use serde_json::value::RawValue;
+use std::sync::Arc;
 
 /// Messages per drain, about what a busy writer finds queued per wake-up.
 pub const DRAIN_EVERY: u64 = 16;
@@ -36,16 +37,17 @@ pub fn fan_out(subscribers: usize, messages: u64, payload: usize) -> anyhow::Res
     for m in 1..=messages {
         let position = StreamPosition { epoch, offset: Offset(m) };
         let frame = Bytes::from(ringcast_proto::client::encode_message(&channel, position, &data));
+        let len = frame.len();
+        let msg = Arc::new(QueuedMessage::new(frame, len, channel.clone(), position));
         for q in &mut queues {
-            if !matches!(q.push_message(frame.clone(), frame.len(), &channel, position, policy), Pushed::Queued { .. })
-            {
+            if !matches!(q.push_message(&msg, false, policy), Pushed::Queued { .. }) {
                 anyhow::bail!("a queue refused a message");
             }
         }
         if m % DRAIN_EVERY == 0 || m == messages {
             for q in &mut queues {
                 q.drain(&mut out);
-                drained += out.iter().filter(|d| matches!(d, Drained::Frame(_))).count() as u64;
+                drained += out.iter().filter(|d| matches!(d, Drained::Message { .. })).count() as u64;
                 out.clear();
             }
         }

@@ -39,8 +39,7 @@ use ringcast_core::ownership::SlotEpoch;
 use ringcast_core::presence::{
     ChannelPresence, LastSeen, LeavingUser, Member, PresenceEvent, PresenceStats, TypingGate, TYPING_INTERVAL,
 };
-use ringcast_core::send_queue::{Alt, GapCause, GapNotice, MessagePolicy};
-use ringcast_core::BackpressurePolicy;
+use ringcast_core::send_queue::{Alt, GapCause, GapNotice, MessagePolicy, QueuedMessage};
 use ringcast_core::NodeId;
 use ringcast_core::TokenBucket;
 use ringcast_core::WebhookSet;
@@ -1009,9 +1008,21 @@ impl Hub {
     /// and takes nothing more: its session unsubscribes everything it held when it ends,
     /// and that is where its presence leave and the channel's occupancy are recorded.
     fn fan_out(&self, channel: &ChannelName, st: &mut ChannelState, position: StreamPosition, msg: &Msg) {
+        if st.subscribers.is_empty() {
+            return;
+        }
         let mut delivered = 0u64;
-        // The keep-latest key, read out of the frame once for the message.
-        let mut key: Option<Option<&str>> = None;
+        // Built once and shared by every subscriber's queue, which holds a pointer to it
+        // (ringcast_core::send_queue, "Entry size"). The keep-latest key is read out of
+        // the frame here, once, for any subscriber under `keep_latest`.
+        let shared = Arc::new(QueuedMessage {
+            frame: msg.frame.clone(),
+            len: msg.frame.len(),
+            channel: channel.clone(),
+            position,
+            key: message_key(msg.frame.as_str()).map(Box::from),
+            alt: msg.alt.clone(),
+        });
         // A batch of subscribers at a time, their outboxes' memory loaded together (outbox,
         // "Cold connections").
         let subscribers = st
@@ -1025,12 +1036,7 @@ impl Hub {
                 }
                 *caught_up_to = None;
             }
-            let alt = msg.alt.as_ref().filter(|_| delta).cloned();
-            let k = match policy.policy {
-                BackpressurePolicy::KeepLatest => *key.get_or_insert_with(|| message_key(msg.frame.as_str())),
-                _ => None,
-            };
-            match held.push_message_alt(msg.frame.clone(), channel, position, policy, k, alt) {
+            match held.push_message(&shared, delta, policy) {
                 Pushed::Queued { dropped } => {
                     delivered += 1;
                     self.metrics.dropped(policy.policy, dropped);
@@ -1727,8 +1733,13 @@ impl Hub {
     }
 
     fn push_ephemeral_local(&self, st: &ChannelState, frame: &Utf8Bytes, join_leave: bool) {
+        if st.subscribers.is_empty() {
+            return;
+        }
+        // Shared by every subscriber's queue, like a message.
+        let frame = Arc::new(frame.clone());
         for sub in st.subscribers.values().filter(|s| s.direct && (!join_leave || s.join_leave)) {
-            if let Pushed::Dropped { .. } = sub.outbox.push_ephemeral(frame.clone()) {
+            if let Pushed::Dropped { .. } = sub.outbox.push_ephemeral(&frame) {
                 self.metrics.ephemeral_drops.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -1968,6 +1979,7 @@ fn recover(log: &mut ChannelLog<Utf8Bytes>, since: Option<Since>, now: Millis) -
 mod tests {
     use super::*;
     use ringcast_core::dedup::DedupPolicy;
+    use ringcast_core::BackpressurePolicy;
     use std::time::Duration;
 
     fn sub(conn: u64, outbox: &Arc<Outbox>, since: Option<Since>, reply_id: u64) -> LocalSubscriber {

@@ -86,10 +86,9 @@
 //! reason: a write then finds the descriptor in a line it already holds.
 
 use ringcast_core::pacing::{Load, Pacing};
-use ringcast_core::send_queue::{Alt, Bounds, Drained, GapCause, GapNotice, MessagePolicy, SendQueue};
-use ringcast_core::BackpressurePolicy;
+use ringcast_core::send_queue::{Bounds, Drained, GapCause, GapNotice, MessagePolicy, QueuedMessage, SendQueue};
 use ringcast_core::{ChannelName, StreamPosition};
-use ringcast_proto::client::{encode_gap, message_key, GapReason};
+use ringcast_proto::client::{encode_gap, GapReason};
 use ringcast_proto::CloseCode;
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
@@ -243,10 +242,7 @@ fn write_frames(d: &mut Direct, frames: &mut [Drained<Utf8Bytes>], buf: &mut Vec
 
 /// A drained frame's bytes (a `gap` notice is encoded by [`write_frames`] first).
 fn body(f: &Drained<Utf8Bytes>) -> &[u8] {
-    match f {
-        Drained::Frame(f) => f.as_bytes(),
-        Drained::Gap(_) => &[],
-    }
+    f.frame().map_or(&[], |f| f.as_bytes())
 }
 
 /// Appends `body`'s frame, header and bytes, to `out`.
@@ -543,25 +539,16 @@ impl Held<'_> {
         }
     }
 
-    /// [`Outbox::push_message`] with the message's keep-latest `key` read by the caller
-    /// (once per message, not per subscriber; used under `keep_latest` only) and its
-    /// delta form, written instead when the client holds its base
+    /// Queues a message (built once and shared by every subscriber's queue) under its
+    /// channel's namespace policy. `delta`: the subscriber takes deltas, so the message's
+    /// delta form is written instead when the client holds its base
     /// (`ringcast_core::send_queue`, "Deltas").
-    pub fn push_message_alt(
-        mut self,
-        frame: Utf8Bytes,
-        channel: &ChannelName,
-        position: StreamPosition,
-        policy: MessagePolicy,
-        key: Option<&str>,
-        alt: Option<Alt<Utf8Bytes>>,
-    ) -> Pushed {
+    pub fn push_message(mut self, msg: &Arc<QueuedMessage<Utf8Bytes>>, delta: bool, policy: MessagePolicy) -> Pushed {
         let s = &mut *self.state;
         if s.close.is_some() || s.queue.is_closed() {
             return Pushed::Closed;
         }
-        let len = frame.len();
-        let pushed = s.queue.push_message_with_alt(frame, len, channel, position, policy, key, alt);
+        let pushed = s.queue.push_message(msg, delta, policy);
         if matches!(pushed, Pushed::Queued { .. } | Pushed::Dropped { .. }) && !s.writing && !s.direct_held() {
             // Direct writes: the flusher writes it, with whatever else comes before its turn.
             if let Some(d) = &s.direct {
@@ -784,21 +771,6 @@ impl Outbox {
         self.after_push(s, pushed)
     }
 
-    /// Queues a message of `channel` under its namespace's policy.
-    pub fn push_message(
-        self: &Arc<Self>,
-        frame: Utf8Bytes,
-        channel: &ChannelName,
-        position: StreamPosition,
-        policy: MessagePolicy,
-    ) -> Pushed {
-        let key = match policy.policy {
-            BackpressurePolicy::KeepLatest => message_key(frame.as_str()).map(str::to_owned),
-            _ => None,
-        };
-        self.hold().push_message_alt(frame, channel, position, policy, key.as_deref(), None)
-    }
-
     /// The outbox, locked for a push.
     pub fn hold(self: &Arc<Self>) -> Held<'_> {
         Held { outbox: self, state: self.lock() }
@@ -821,14 +793,14 @@ impl Outbox {
     }
 
     /// Queues a `join`, `leave` or `typing` push: best effort, dropped silently when the
-    /// connection's message bound is full.
-    pub fn push_ephemeral(&self, frame: Utf8Bytes) -> Pushed {
+    /// connection's message bound is full. The frame is shared by every subscriber's
+    /// queue, like a message's.
+    pub fn push_ephemeral(&self, frame: &Arc<Utf8Bytes>) -> Pushed {
         let mut s = self.lock();
         if s.close.is_some() {
             return Pushed::Closed;
         }
-        let len = frame.len();
-        let pushed = s.queue.push_ephemeral(frame, len);
+        let pushed = s.queue.push_ephemeral(frame, frame.len());
         self.after_push(s, pushed)
     }
 
@@ -889,13 +861,8 @@ impl Outbox {
         };
         // Encoding happens outside the lock; gaps are rare. Collected in place, into
         // `drained`'s allocation.
-        let frames: Vec<Utf8Bytes> = drained
-            .into_iter()
-            .map(|d| match d {
-                Drained::Frame(f) => f,
-                Drained::Gap(g) => gap_frame(&g),
-            })
-            .collect();
+        let frames: Vec<Utf8Bytes> =
+            drained.into_iter().map(|d| d.into_owned().unwrap_or_else(|g| gap_frame(&g))).collect();
         if out.is_empty() {
             *out = frames;
         } else {
@@ -954,6 +921,12 @@ mod tests {
         StreamPosition { epoch: Epoch::new(3).unwrap_or_else(|| unreachable!()), offset: Offset(o) }
     }
 
+    /// Queues a message of `ch()` at `position`, as the hub's fan-out does.
+    fn push(o: &Arc<Outbox>, frame: Utf8Bytes, position: StreamPosition, policy: MessagePolicy) -> Pushed {
+        let len = frame.len();
+        o.hold().push_message(&Arc::new(QueuedMessage::new(frame, len, ch(), position)), false, policy)
+    }
+
     fn policy(p: BackpressurePolicy) -> MessagePolicy {
         MessagePolicy { policy: p, bounds: Bounds { messages: 2, bytes: 1000 } }
     }
@@ -962,9 +935,9 @@ mod tests {
     fn overflow_closes_and_frees() {
         let o = Arc::new(Outbox::new(2, 1000));
         let p = policy(BackpressurePolicy::Disconnect);
-        assert_eq!(o.push_message(f("a"), &ch(), at(1), p), Pushed::Queued { dropped: 0 });
-        assert_eq!(o.push_message(f("b"), &ch(), at(2), p), Pushed::Queued { dropped: 0 });
-        assert_eq!(o.push_message(f("c"), &ch(), at(3), p), Pushed::Overflow);
+        assert_eq!(push(&o, f("a"), at(1), p), Pushed::Queued { dropped: 0 });
+        assert_eq!(push(&o, f("b"), at(2), p), Pushed::Queued { dropped: 0 });
+        assert_eq!(push(&o, f("c"), at(3), p), Pushed::Overflow);
         assert_eq!(o.push(f("d")), Pushed::Closed);
         let mut out = Vec::new();
         assert_eq!(o.drain(&mut out), Some(CloseCode::SlowConsumer));
@@ -976,7 +949,7 @@ mod tests {
         let o = Arc::new(Outbox::new(100, 1000));
         let p = policy(BackpressurePolicy::DropOldest);
         for i in 1..=4 {
-            o.push_message(f(&format!("m{i}")), &ch(), at(i), p);
+            push(&o, f(&format!("m{i}")), at(i), p);
         }
         let mut out = Vec::new();
         assert_eq!(o.drain(&mut out), None);
@@ -1091,7 +1064,7 @@ mod tests {
         assert!(texts.iter().all(|t| t.len() <= COPY_UP_TO));
         assert!(texts.iter().map(|t| t.len() + 4).sum::<usize>() > 2 * SEND_BLOCK);
         for (i, t) in texts.iter().enumerate() {
-            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 1), ROOMY_POLICY, None, None);
+            push(&o, f(t), at(i as u64 + 1), ROOMY_POLICY);
         }
         texts
     }
@@ -1143,7 +1116,7 @@ mod tests {
         }
 
         fn push(&self, text: &str, offset: u64) {
-            self.o.hold().push_message_alt(f(text), &ch(), at(offset), ROOMY_POLICY, None, None);
+            push(&self.o, f(text), at(offset), ROOMY_POLICY);
         }
 
         fn writes(&self) -> u64 {
@@ -1269,8 +1242,8 @@ mod tests {
         let (tcp, mut client) = pair().await;
         let (o, flusher, metrics) = attached(tcp);
         let p = policy(BackpressurePolicy::Disconnect);
-        assert_eq!(o.hold().push_message_alt(f("m1"), &ch(), at(1), p, None, None), Pushed::Queued { dropped: 0 });
-        assert_eq!(o.hold().push_message_alt(f("m2"), &ch(), at(2), p, None, None), Pushed::Queued { dropped: 0 });
+        assert_eq!(push(&o, f("m1"), at(1), p), Pushed::Queued { dropped: 0 });
+        assert_eq!(push(&o, f("m2"), at(2), p), Pushed::Queued { dropped: 0 });
         flusher.turn();
         assert_eq!(o.pending(), Pending::Nothing, "nothing left for the session");
         assert_eq!(read_n(&mut client, 8, 1).await, [frame("m1"), frame("m2")].concat());
@@ -1278,7 +1251,7 @@ mod tests {
         assert_eq!(metrics.client_direct_writes.load(Ordering::Relaxed), 1);
         // Detached (the session ended): the socket is closed, and nothing more is written.
         o.detach();
-        assert_eq!(o.hold().push_message_alt(f("m3"), &ch(), at(3), p, None, None), Pushed::Queued { dropped: 0 });
+        assert_eq!(push(&o, f("m3"), at(3), p), Pushed::Queued { dropped: 0 });
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes);
         assert!(closed_with_nothing_more(&mut client).await);
@@ -1295,8 +1268,8 @@ mod tests {
         let o2 = Arc::new(Outbox::new(10, 10_000));
         o2.attach(tcp2, flusher.clone());
         let p = policy(BackpressurePolicy::Disconnect);
-        o1.hold().push_message_alt(f("m1"), &ch(), at(1), p, None, None);
-        o2.hold().push_message_alt(f("m2"), &ch(), at(1), p, None, None);
+        push(&o1, f("m1"), at(1), p);
+        push(&o2, f("m2"), at(1), p);
         // Another thread holds o1's lock while the flusher's turn starts: the batch
         // cannot take it, writes o2, then waits for o1 with no other lock held.
         let (locked, is_locked) = std::sync::mpsc::channel();
@@ -1324,7 +1297,7 @@ mod tests {
         socket2::SockRef::from(&tcp).shutdown(std::net::Shutdown::Write).unwrap_or_else(|e| panic!("{e}"));
         let (o, flusher, metrics) = attached(tcp);
         let p = policy(BackpressurePolicy::Disconnect);
-        o.hold().push_message_alt(f("m1"), &ch(), at(1), p, None, None);
+        push(&o, f("m1"), at(1), p);
         flusher.turn();
         assert_eq!(metrics.client_direct_writes.load(Ordering::Relaxed), 0);
         // The session is woken, and is left something to do even with the queue empty.
@@ -1333,7 +1306,7 @@ mod tests {
             .unwrap_or_else(|_| panic!("the session was not woken"));
         assert_eq!(o.pending(), Pending::Pushes);
         // Later messages wait for the session instead of another direct write.
-        o.hold().push_message_alt(f("m2"), &ch(), at(2), p, None, None);
+        push(&o, f("m2"), at(2), p);
         flusher.turn();
         assert_eq!(metrics.client_direct_writes.load(Ordering::Relaxed), 0);
         let e = std::future::poll_fn(|cx| o.poll_write_queued(cx))
@@ -1352,19 +1325,19 @@ mod tests {
         let (o, flusher, _) = attached(tcp);
         let p = policy(BackpressurePolicy::Disconnect);
         o.push(f("reply"));
-        o.hold().push_message_alt(f("m1"), &ch(), at(1), p, None, None);
+        push(&o, f("m1"), at(1), p);
         let mut batch = Vec::new();
         o.drain(&mut batch);
         assert_eq!(batch, [f("reply"), f("m1")]);
         // The session holds the batch: m2 is queued for the session, not the flusher.
-        o.hold().push_message_alt(f("m2"), &ch(), at(2), p, None, None);
+        push(&o, f("m2"), at(2), p);
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(nothing_to_read(&client), "m2 was written before the session's batch");
         o.written();
         // m2 waits, so m3 follows it, and the flusher writes both.
-        o.hold().push_message_alt(f("m3"), &ch(), at(3), p, None, None);
+        push(&o, f("m3"), at(3), p);
         flusher.turn();
         assert_eq!(o.pending(), Pending::Nothing);
         assert_eq!(read_n(&mut client, 8, 1).await, [frame("m2"), frame("m3")].concat());
@@ -1376,7 +1349,7 @@ mod tests {
         let (o, flusher, _) = attached(tcp);
         let p = policy(BackpressurePolicy::DropOldest);
         for i in 1..=4 {
-            o.hold().push_message_alt(f(&format!("m{i}")), &ch(), at(i), p, None, None);
+            push(&o, f(&format!("m{i}")), at(i), p);
         }
         flusher.turn();
         let gap = r#"{"type":"gap","channel":"chat:a","epoch":"3","from":1,"to":2,"reason":"slow_consumer"}"#;
@@ -1407,7 +1380,7 @@ mod tests {
         // More frames than one write carries, more bytes than the socket takes.
         let texts: Vec<String> = (0..70).map(|i| format!("{i:03}").repeat(30_000 + i)).collect();
         for (i, t) in texts.iter().enumerate() {
-            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 1), ROOMY_POLICY, None, None);
+            push(&o, f(t), at(i as u64 + 1), ROOMY_POLICY);
         }
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes, "the session must write the rest");
@@ -1427,7 +1400,7 @@ mod tests {
         while o.pending() == Pending::Nothing {
             assert!(texts.len() < 100_000, "the socket never filled");
             let t = format!("{:05}", texts.len()).repeat(100);
-            o.hold().push_message_alt(f(&t), &ch(), at(texts.len() as u64 + 1), p, None, None);
+            push(&o, f(&t), at(texts.len() as u64 + 1), p);
             flusher.turn();
             texts.push(t);
         }
@@ -1441,13 +1414,13 @@ mod tests {
         let (o, flusher, metrics) = attached_with(tcp, ROOMY);
         let p = ROOMY_POLICY;
         let big = "x".repeat(4 << 20);
-        o.hold().push_message_alt(f(&big), &ch(), at(1), p, None, None);
+        push(&o, f(&big), at(1), p);
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes, "the socket took part of the big frame");
         // Behind the rest, so queued for the session: more than one write carries.
         let texts: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
         for (i, t) in texts.iter().enumerate() {
-            o.hold().push_message_alt(f(t), &ch(), at(i as u64 + 2), p, None, None);
+            push(&o, f(t), at(i as u64 + 2), p);
         }
         assert_eq!(o.push(f("reply")), Pushed::Queued { dropped: 0 });
         let want: Vec<u8> = std::iter::once(frame(&big))
@@ -1483,11 +1456,11 @@ mod tests {
         };
         // Far more than the socket takes at once: part is written, the rest kept.
         let big = "x".repeat(4 << 20);
-        assert_eq!(o.hold().push_message_alt(f(&big), &ch(), at(1), p, None, None), Pushed::Queued { dropped: 0 });
+        assert_eq!(push(&o, f(&big), at(1), p), Pushed::Queued { dropped: 0 });
         flusher.turn();
         assert_eq!(o.pending(), Pending::Pushes, "the session must write the rest");
         // Behind the rest, so queued.
-        o.hold().push_message_alt(f("m2"), &ch(), at(2), p, None, None);
+        push(&o, f("m2"), at(2), p);
         let reader = tokio::spawn(async move {
             let want = frame(&"x".repeat(4 << 20)).len() + 4;
             read_n(&mut client, want, 10).await
