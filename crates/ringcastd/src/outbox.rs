@@ -1064,7 +1064,7 @@ mod tests {
         assert!(texts.iter().all(|t| t.len() <= COPY_UP_TO));
         assert!(texts.iter().map(|t| t.len() + 4).sum::<usize>() > 2 * SEND_BLOCK);
         for (i, t) in texts.iter().enumerate() {
-            push(&o, f(t), at(i as u64 + 1), ROOMY_POLICY);
+            push(o, f(t), at(i as u64 + 1), ROOMY_POLICY);
         }
         texts
     }
