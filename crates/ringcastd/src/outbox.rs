@@ -129,8 +129,15 @@ struct Direct {
     tcp: TcpStream,
     /// Also where the writes are counted.
     flusher: Arc<Flusher>,
-    /// The rest of a direct write the socket did not take, written before anything else.
+    /// The rest of a direct write the socket did not take, written before anything else:
+    /// `unsent[unsent_from..]`. Emptied (and freed) once all of it is written; appended
+    /// to only while empty.
     unsent: Vec<u8>,
+    /// How much of `unsent` the socket has taken. An offset, not a cut off the front:
+    /// past saturation `unsent` can hold megabytes that a full socket takes a few
+    /// hundred kilobytes at a time, and moving the rest down after each write made
+    /// every byte cost several copies, the more the further behind the connection was.
+    unsent_from: usize,
     /// A direct write failed (the connection is broken): nothing more is written
     /// directly, and the session's next write returns this error and ends it.
     failed: Option<io::ErrorKind>,
@@ -620,7 +627,7 @@ impl Outbox {
     /// straight to it while the session holds nothing. The session then reads and writes
     /// through the outbox ([`crate::socket::Socket`]).
     pub fn attach(&self, tcp: TcpStream, flusher: Arc<Flusher>) {
-        self.lock().direct = Some(Direct { tcp, flusher, unsent: Vec::new(), failed: None });
+        self.lock().direct = Some(Direct { tcp, flusher, unsent: Vec::new(), unsent_from: 0, failed: None });
     }
 
     /// The session is over: no more direct writes, and the socket is closed. Pushes are
@@ -716,15 +723,14 @@ impl Outbox {
         if let Some(kind) = d.failed {
             return Poll::Ready(Err(io::Error::new(kind, "a direct write to the connection failed")));
         }
-        while !d.unsent.is_empty() {
-            match d.tcp.try_write(&d.unsent) {
-                Ok(n) => {
-                    d.unsent.drain(..n);
-                }
+        while let Some(rest) = d.unsent.get(d.unsent_from..).filter(|rest| !rest.is_empty()) {
+            match d.tcp.try_write(rest) {
+                Ok(n) => d.unsent_from += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(d.tcp.poll_write_ready(cx))?,
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+        d.unsent_from = 0;
         if d.unsent.capacity() > 0 {
             d.unsent = Vec::new();
         }
