@@ -39,7 +39,8 @@ pub struct Pacing {
     /// Least time from the start of one turn to the start of the next, always.
     pub min: Duration,
     /// Least time from the start of one turn to the start of the next while the flusher
-    /// is busy ([`Load::busy`]); never less than `min`.
+    /// is busy ([`Load::busy`]); when shorter than `min`, `min` applies
+    /// ([`Pacing::interval`]).
     pub busy: Duration,
 }
 

@@ -400,8 +400,7 @@ impl<F: Clone> SendQueue<F> {
                 );
                 if let Some(Entry::Message { msg: m, .. }) = same.and_then(|i| self.entries.remove(i)) {
                     self.messages.sub(m.len);
-                    let at = m.position;
-                    self.note_gap(&m.channel, at.epoch, at.offset, at.offset, GapCause::Conflated);
+                    self.note_missed(&m, GapCause::Conflated);
                     dropped += 1;
                 }
             }
@@ -413,16 +412,14 @@ impl<F: Clone> SendQueue<F> {
                         let Some(i) = self.oldest_of(&msg.channel) else { break };
                         if let Some(Entry::Message { msg: m, .. }) = self.entries.remove(i) {
                             self.messages.sub(m.len);
-                            let at = m.position;
-                            self.note_gap(&m.channel, at.epoch, at.offset, at.offset, GapCause::SlowConsumer);
+                            self.note_missed(&m, GapCause::SlowConsumer);
                             dropped += 1;
                         }
                     }
                 }
             }
             if !fits(&self.messages) {
-                let at = msg.position;
-                self.note_gap(&msg.channel, at.epoch, at.offset, at.offset, GapCause::SlowConsumer);
+                self.note_missed(msg, GapCause::SlowConsumer);
                 return Pushed::Dropped { dropped: dropped + 1 };
             }
         }
@@ -472,6 +469,12 @@ impl<F: Clone> SendQueue<F> {
             return;
         }
         self.note_gap(&notice.channel, notice.epoch, notice.from, notice.to, notice.cause);
+    }
+
+    /// Records that the client will not get `msg`, for `cause`.
+    fn note_missed(&mut self, msg: &QueuedMessage<F>, cause: GapCause) {
+        let at = msg.position;
+        self.note_gap(&msg.channel, at.epoch, at.offset, at.offset, cause);
     }
 
     /// Records missing messages, extending the channel's latest notice when they follow
