@@ -209,6 +209,9 @@ async fn the_scoreboard_moves_to_another_node_when_its_node_is_killed_and_misses
     let url = format!("http://{}/?nodes={}&channels={channel}&backoff_ms=200", nodes[0], nodes.join(","));
     b.goto(&url).await?;
     b.wait_for("connected to node-0", "return document.getElementById('node').textContent === 'node-0'", WAIT).await?;
+    // Subscribed: a score published before the subscription's snapshot is taken arrives
+    // in the snapshot, not as a message, and the page would rightly not list it.
+    b.wait_for("the subscription's snapshot", "return (window.scoreboard?.snapshots ?? 0) >= 1", WAIT).await?;
 
     let card = format!("section[data-channel=\"{channel}\"] .game[data-key=\"final\"]");
     let shows = |n: u64| {
