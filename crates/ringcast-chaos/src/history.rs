@@ -81,7 +81,8 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    /// A `subscribed` reply.
+    /// A `subscribed` reply, or a `resubscribed` push (the stream restarted in a new
+    /// epoch: `recovered: false` from the position the subscriber had).
     Subscribed {
         t: u64,
         sub: String,

@@ -380,6 +380,24 @@ fn handle(
                 }
             }
         }
+        Some("resubscribed") => {
+            // The channel's stream restarted in a new epoch (`recovered: false`): recorded
+            // like a `subscribed` reply that did not recover, from the position we had.
+            let (Some(channel), Some(pos)) = (v["channel"].as_str(), pos_of(v)) else { return };
+            let Some(c) = chans.get_mut(channel) else { return };
+            let since = c.pos.replace(pos.clone());
+            rec.record(&Event::Subscribed {
+                t,
+                sub: name.to_owned(),
+                channel: channel.to_owned(),
+                node: node.to_owned(),
+                resume_ms: None,
+                since,
+                recovered: v["recovered"].as_bool(),
+                reason: v["reason"].as_str().map(str::to_owned),
+                pos,
+            });
+        }
         Some("message") => {
             let (Some(channel), Some(pos)) = (v["channel"].as_str(), pos_of(v)) else { return };
             if let Some(c) = chans.get_mut(channel) {
@@ -417,5 +435,57 @@ fn handle(
             });
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::read;
+    use serde_json::json;
+
+    #[test]
+    fn a_restart_push_is_recorded_as_a_subscribe_that_did_not_recover() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("ringcast-chaos-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("history.jsonl");
+        let rec = Recorder::create(&path)?;
+        rec.record(&Event::Meta {
+            scenario: "test".into(),
+            nodes: 3,
+            durable_namespaces: vec!["durable".into()],
+            durable_enforced: true,
+            fault_grace_ms: 1000,
+        });
+        let c = "durable:c1";
+        let mut chans: HashMap<String, Channel> = HashMap::from([(c.to_owned(), Channel::default())]);
+        let mut pending = HashMap::from([(1, (c.to_owned(), None))]);
+        let mut disconnected = None;
+        for v in [
+            json!({"type": "subscribed", "id": 1, "channel": c, "epoch": "7", "offset": 0}),
+            json!({"type": "message", "channel": c, "epoch": "7", "offset": 1, "data": {"k": "p1-1"}}),
+            json!({"type": "resubscribed", "channel": c, "epoch": "8", "offset": 5, "recovered": false,
+                   "reason": "epoch_changed", "oldest": 6, "newest": 5}),
+            json!({"type": "message", "channel": c, "epoch": "8", "offset": 6, "data": {"k": "p1-2"}}),
+        ] {
+            handle("s1", "node-1", &v, &mut chans, &mut pending, &rec, &mut disconnected);
+        }
+        rec.flush();
+        let events = read(&path)?;
+        std::fs::remove_dir_all(&dir)?;
+        match &events[3] {
+            Event::Subscribed { since: Some(since), recovered: Some(false), reason: Some(reason), pos, .. } => {
+                assert_eq!((since.epoch.as_str(), since.offset), ("7", 1), "from where the subscriber was");
+                assert_eq!((pos.epoch.as_str(), pos.offset, reason.as_str()), ("8", 5, "epoch_changed"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Resumes go on from the restarted stream.
+        assert_eq!(chans[c].pos.as_ref().map(|p| (p.epoch.as_str(), p.offset)), Some(("8", 6)));
+        // A durable channel restarting with no node faulted is a violation (I8), and the
+        // restart is no silent gap (I4).
+        let f = crate::checker::check(&events);
+        assert_eq!((f.count("I8"), f.count("I4"), f.recovered_false), (1, 0, 1));
+        Ok(())
     }
 }
