@@ -62,7 +62,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::debug;
+use tracing::{debug, warn};
 
 mod patterns;
 pub use patterns::{PatternRemoved, PatternSubscriber};
@@ -378,8 +378,9 @@ pub struct Hub {
     epochs: EpochSource,
     metrics: Arc<Metrics>,
     peers: OnceLock<Arc<dyn PeerSink>>,
-    /// Slots being handed off: publishes and subscribes on their channels are refused
-    /// (`unavailable`, retried by the caller after re-routing). Checked under each
+    /// Slots changing owner (being handed off, or taken over and not yet installed here):
+    /// publishes and subscribes on their channels are refused (`unavailable`, retried by
+    /// the caller after re-routing). Checked under each
     /// channel's lock, so the snapshot, which takes the same locks after sealing, holds
     /// every message sequenced before the seal and none after.
     sealed: Vec<std::sync::atomic::AtomicBool>,
@@ -445,6 +446,11 @@ impl Hub {
 
     fn is_sealed(&self, channel: &ChannelName) -> bool {
         self.sealed[usize::from(Slot::of(channel).get())].load(Ordering::SeqCst)
+    }
+
+    /// Whether `slot` is sealed (see the `sealed` field).
+    pub fn slot_sealed(&self, slot: Slot) -> bool {
+        self.sealed[usize::from(slot.get())].load(Ordering::SeqCst)
     }
 
     /// Seals or unseals a slot (see the `sealed` field).
@@ -531,9 +537,17 @@ impl Hub {
                     }
                     self.fan_out_ready(&h.channel, st, top.epoch, ready);
                 }
+                let mut interest: BTreeSet<NodeId> = h.interest.into_iter().filter(|n| n != me).collect();
+                if let Some(replaced) = st.log.as_ref() {
+                    // Sealing keeps this from happening (nothing starts a channel of a slot
+                    // being installed). Should it, the nodes that subscribed to the log
+                    // replaced here keep getting the channel: the epoch change tells them.
+                    warn!(channel = %h.channel, replaced = ?replaced.top(), installed = ?top, "install replaces a log started here meanwhile");
+                    interest.append(&mut st.interest);
+                }
                 st.log = Some(restored_log(h.log, &ns, now));
                 st.uncommitted.clear();
-                st.interest = h.interest.into_iter().filter(|n| n != me).collect();
+                st.interest = interest;
                 if let Some(notes) = lock(&self.released_while_sealed).get(&Slot::of(&h.channel)) {
                     for (_, peer) in notes.iter().filter(|(c, _)| *c == h.channel) {
                         st.interest.remove(peer);
@@ -1236,7 +1250,7 @@ impl Hub {
                 let refusal = PeerFrame::Refused {
                     req,
                     code: ErrorCode::Unavailable.as_str().to_owned(),
-                    message: "the slot is being handed off".to_owned(),
+                    message: "the slot is changing owner".to_owned(),
                     retry: true,
                 };
                 return self.send_peer(peer, refusal);
@@ -2504,6 +2518,95 @@ mod tests {
         let events = w_new.take_queued();
         assert_eq!(kinds(&events), ["member_left chat:members"]);
         assert_eq!((events[0]["user"].as_str(), events[0]["info"]["n"].as_u64()), (Some("bob"), Some(2)));
+    }
+
+    /// An owner with `chat:failover` at offsets 1..=3, and a replica (another epoch
+    /// source) holding its copy, recording what it sends to peers.
+    fn owner_and_replica() -> (Hub, Hub, Arc<Recorder>, ChannelName, StreamPosition) {
+        let (owner, replica) = (hub(), Hub::new(node("r"), EpochSource::new(5000), Arc::new(Metrics::default())));
+        owner.set_peers(Arc::new(Recorder::default()));
+        let sent = Arc::new(Recorder::default());
+        replica.set_peers(sent.clone());
+        let ns = NamespaceOptions::default();
+        let c = ch("chat:failover");
+        for d in ["1", "2", "3"] {
+            let data = raw(d);
+            let p = PublishRequest {
+                channel: &c,
+                ns: &ns,
+                data: &data,
+                idempotency_key: None,
+                origin: Origin::Api,
+                key: None,
+            };
+            owner.publish(&p, Millis(0), SlotEpoch(1)).unwrap_or_else(|e| panic!("{e:?}"));
+        }
+        let top = owner.committed(&c).unwrap_or_else(|| unreachable!("published"));
+        let slot = Slot::of(&c);
+        replica.install_replica(
+            slot,
+            owner.snapshot_slot(slot, &node("me"), Millis(0)),
+            |_| Some(ns.clone()),
+            Millis(0),
+        );
+        (owner, replica, sent, c, top)
+    }
+
+    /// `gw` subscribes to the channel at `node` from offset 2 of `top`'s epoch.
+    fn peer_subscribe(at: &Hub, c: &ChannelName, top: StreamPosition, req: u64) {
+        let since = Some(Since { epoch: Some(top.epoch), offset: Offset(2) });
+        assert!(at.serve_peer_subscribe(
+            c,
+            &NamespaceOptions::default(),
+            &node("gw"),
+            req,
+            (since, false),
+            None,
+            Millis(1)
+        ));
+    }
+
+    #[test]
+    fn a_subscribe_between_a_claim_and_its_promotion_is_refused_and_its_retry_continues_the_epoch() {
+        let (_owner, replica, sent, c, top) = owner_and_replica();
+        let slot = Slot::of(&c);
+        // The replica claimed the lost owner's slot; its route table may name it before
+        // the promotion runs, so the slot is sealed from before until after.
+        replica.set_sealed(slot, true);
+        peer_subscribe(&replica, &c, top, 1);
+        assert!(
+            matches!(lock(&sent.0).pop(), Some((_, PeerFrame::Refused { req: 1, retry: true, .. }))),
+            "refused, to be retried"
+        );
+        assert_eq!(replica.committed(&c), None, "no stream was started from nothing");
+        assert_eq!(replica.promote_slot(slot, &node("r"), |_| Some(NamespaceOptions::default()), Millis(2)), 1);
+        replica.set_sealed(slot, false);
+        peer_subscribe(&replica, &c, top, 2);
+        match lock(&sent.0).pop() {
+            Some((_, PeerFrame::Subscribed { epoch, offset, replay, .. })) => {
+                assert_eq!((epoch, offset), (top.epoch.get(), 3), "the lost owner's epoch goes on");
+                assert_eq!(replay.len(), 1, "offset 3 is replayed");
+            }
+            other => panic!("{other:?}"),
+        }
+        let interest = replica.with_existing(&c, |st| st.interest.iter().map(ToString::to_string).collect::<Vec<_>>());
+        assert_eq!(interest, Some(vec!["gw".to_owned()]));
+    }
+
+    #[test]
+    fn an_install_over_a_log_started_meanwhile_keeps_the_nodes_that_subscribed_to_it() {
+        let (_owner, replica, sent, c, top) = owner_and_replica();
+        let slot = Slot::of(&c);
+        // Unsealed (what sealing prevents): the subscribe starts a stream in a new epoch.
+        peer_subscribe(&replica, &c, top, 1);
+        assert!(
+            matches!(lock(&sent.0).pop(), Some((_, PeerFrame::Subscribed { epoch, .. })) if epoch != top.epoch.get())
+        );
+        assert_eq!(replica.promote_slot(slot, &node("r"), |_| Some(NamespaceOptions::default()), Millis(2)), 1);
+        assert_eq!(replica.committed(&c), Some(top), "the replica's copy replaced it");
+        // gw still gets the channel: its next message tells it the epoch changed.
+        let interest = replica.with_existing(&c, |st| st.interest.iter().map(ToString::to_string).collect::<Vec<_>>());
+        assert_eq!(interest, Some(vec!["gw".to_owned()]));
     }
 
     #[test]

@@ -114,6 +114,25 @@ impl Runtime {
             warn!(slots = lost.len(), "slots were taken over by other nodes without a handoff (our lease was lost)");
         }
         let cv = ClusterView { members, claims, vacated };
+        // Slots that went from vacant to ours: continue what we hold copies of. Usually
+        // the claim task does this when its CAS returns; this catches a claim whose
+        // outcome it could not learn (etcd answered too late) but that took effect.
+        let claimed_from_vacant: Vec<(Slot, u64)> = cv
+            .claims
+            .iter()
+            .filter(|(slot, c)| c.owner == self.me && !old_claims.contains_key(slot))
+            .map(|(slot, c)| (*slot, c.epoch.0))
+            .collect();
+        // Sealed from before the table names us until they are promoted: a request that
+        // reads the new table meanwhile is refused (retry) instead of starting a durable
+        // channel over in a new epoch, which the promotion would then replace (with the
+        // interest that request registered). A claim task still in flight sealed its slot
+        // already and unseals it itself.
+        let sealed_here: Vec<Slot> =
+            claimed_from_vacant.iter().map(|(slot, _)| *slot).filter(|slot| !self.hub.slot_sealed(*slot)).collect();
+        for slot in &sealed_here {
+            self.hub.set_sealed(*slot, true);
+        }
         // The ring is built once per view (its cost grows with the members); planning
         // reuses it through the table.
         let table = Arc::new(RouteTable::new(&cv));
@@ -156,17 +175,11 @@ impl Runtime {
             let rt = self.clone();
             self.tracker.spawn(async move { rt.resync_slots(moved).await });
         }
-        // Slots that went from vacant to ours: continue what we hold copies of. Usually
-        // the claim task does this when its CAS returns; this catches a claim whose
-        // outcome it could not learn (etcd answered too late) but that took effect.
-        let claimed_from_vacant: Vec<(Slot, u64)> = cv
-            .claims
-            .iter()
-            .filter(|(slot, c)| c.owner == self.me && !old_claims.contains_key(slot))
-            .map(|(slot, c)| (*slot, c.epoch.0))
-            .collect();
         for (slot, epoch) in claimed_from_vacant {
             self.promote(slot, epoch);
+        }
+        for slot in sealed_here {
+            self.hub.set_sealed(slot, false);
         }
         self.table_changed.send_modify(|n| *n += 1);
         self.resolve_stuck();
@@ -234,6 +247,9 @@ impl Runtime {
                 continue;
             }
             let rt = self.clone();
+            // Sealed until the claim's outcome is known and its channels are promoted, as
+            // a handoff's take-over is: the view may name us before this task promotes.
+            self.hub.set_sealed(slot, true);
             self.tracker.spawn(async move {
                 match rt.membership.claim(slot, ClaimExpect::Vacant).await {
                     Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
@@ -245,6 +261,7 @@ impl Runtime {
                     Ok(outcome) => debug!(%slot, ?outcome, "claim"),
                     Err(e) => warn!(%slot, error = %e, "claim failed"),
                 }
+                rt.hub.set_sealed(slot, false);
                 lock(&rt.claiming).remove(&slot);
                 rt.replan();
             });
