@@ -530,20 +530,22 @@ impl Hub {
             let Some(ns) = ns_of(&h.channel) else { continue };
             self.with_channel(&h.channel, |st| {
                 let top = StreamPosition { epoch: h.log.epoch, offset: h.log.top };
-                if let Some(mut mirror) = st.mirror.take() {
-                    let mut ready = Vec::new();
-                    for (offset, _, frame) in &h.log.history {
-                        mirror.offer(top.epoch, *offset, Msg::from(frame.clone()), now, &mut ready);
-                    }
-                    self.fan_out_ready(&h.channel, st, top.epoch, ready);
-                }
                 let mut interest: BTreeSet<NodeId> = h.interest.into_iter().filter(|n| n != me).collect();
-                if let Some(replaced) = st.log.as_ref() {
-                    // Sealing keeps this from happening (nothing starts a channel of a slot
-                    // being installed). Should it, the nodes that subscribed to the log
-                    // replaced here keep getting the channel: the epoch change tells them.
-                    warn!(channel = %h.channel, replaced = ?replaced.top(), installed = ?top, "install replaces a log started here meanwhile");
+                let replaced = st.log.take();
+                if let Some(old) = &replaced {
+                    // A stale log (this node lost the slot without a handoff and has not
+                    // seen the view that says so yet), or one started while the slot was
+                    // unsealed. The nodes that follow it keep getting the channel.
+                    warn!(channel = %h.channel, replaced = ?old.top(), installed = ?top, "install replaces a log of the channel held here");
                     interest.append(&mut st.interest);
+                }
+                // Local subscribers followed a mirror, or the replaced log up to its top.
+                let followed = st.mirror.take().or_else(|| {
+                    let local = !st.subscribers.is_empty();
+                    replaced.as_ref().filter(|_| local).map(|l| Mirror::new(l.top(), DEFAULT_MAX_PENDING))
+                });
+                if let Some(mirror) = followed {
+                    self.catch_up(&h.channel, st, mirror, top, &h.log.history, now);
                 }
                 st.log = Some(restored_log(h.log, &ns, now));
                 st.uncommitted.clear();
@@ -579,6 +581,33 @@ impl Hub {
                 self.sync_own_presence(&h.channel, st, &ns, now);
             });
         }
+    }
+
+    /// New owner: local subscribers that followed `mirror` get what they had not
+    /// received of the installed log (`top`, `history`): from the history, with a `gap`
+    /// for what it no longer holds, or, when they followed another epoch, a restart.
+    fn catch_up(
+        &self,
+        channel: &ChannelName,
+        st: &mut ChannelState,
+        mut mirror: Mirror<Msg>,
+        top: StreamPosition,
+        history: &[(Offset, std::time::Duration, Utf8Bytes)],
+        now: Millis,
+    ) {
+        if mirror.position().epoch != top.epoch {
+            self.announce_restart(channel, st, top);
+            return;
+        }
+        let mut ready = Vec::new();
+        let oldest = history.first().map_or(top.offset.next(), |(o, _, _)| *o);
+        if let Some(range) = mirror.skip_to(Offset(oldest.0.saturating_sub(1)), now, &mut ready) {
+            self.announce_lost(channel, st, top.epoch, range);
+        }
+        for (offset, _, frame) in history {
+            mirror.offer(top.epoch, *offset, Msg::from(frame.clone()), now, &mut ready);
+        }
+        self.fan_out_ready(channel, st, top.epoch, ready);
     }
 
     /// Old owner after a completed handoff: channels of `slot` become mirrors at their
@@ -2530,16 +2559,8 @@ mod tests {
         let ns = NamespaceOptions::default();
         let c = ch("chat:failover");
         for d in ["1", "2", "3"] {
-            let data = raw(d);
-            let p = PublishRequest {
-                channel: &c,
-                ns: &ns,
-                data: &data,
-                idempotency_key: None,
-                origin: Origin::Api,
-                key: None,
-            };
-            owner.publish(&p, Millis(0), SlotEpoch(1)).unwrap_or_else(|e| panic!("{e:?}"));
+            publish(&owner, &c, &ns, &raw(d), None, Origin::Api, Millis(0), SlotEpoch(1))
+                .unwrap_or_else(|e| panic!("{e:?}"));
         }
         let top = owner.committed(&c).unwrap_or_else(|| unreachable!("published"));
         let slot = Slot::of(&c);
@@ -2594,19 +2615,82 @@ mod tests {
     }
 
     #[test]
-    fn an_install_over_a_log_started_meanwhile_keeps_the_nodes_that_subscribed_to_it() {
+    fn an_install_over_a_log_started_meanwhile_keeps_its_followers_and_tells_its_subscribers() {
         let (_owner, replica, sent, c, top) = owner_and_replica();
         let slot = Slot::of(&c);
-        // Unsealed (what sealing prevents): the subscribe starts a stream in a new epoch.
+        // Unsealed (what sealing prevents): a peer's and a local subscribe start a stream
+        // in a new epoch.
         peer_subscribe(&replica, &c, top, 1);
         assert!(
             matches!(lock(&sent.0).pop(), Some((_, PeerFrame::Subscribed { epoch, .. })) if epoch != top.epoch.get())
         );
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        replica.subscribe(&c, &NamespaceOptions::default(), &sub(1, &o, None, 1), Millis(1)).ok();
+        assert_eq!(frames(&o)[0]["type"], "subscribed");
         assert_eq!(replica.promote_slot(slot, &node("r"), |_| Some(NamespaceOptions::default()), Millis(2)), 1);
         assert_eq!(replica.committed(&c), Some(top), "the replica's copy replaced it");
         // gw still gets the channel: its next message tells it the epoch changed.
         let interest = replica.with_existing(&c, |st| st.interest.iter().map(ToString::to_string).collect::<Vec<_>>());
         assert_eq!(interest, Some(vec!["gw".to_owned()]));
+        // The local subscriber is told its stream restarted, at the installed top.
+        let got = frames(&o);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0]["type"].as_str(), got[0]["recovered"].as_bool()), (Some("resubscribed"), Some(false)));
+        let epoch = top.epoch.get().to_string();
+        assert_eq!((got[0]["epoch"].as_str(), got[0]["offset"].as_u64()), (Some(epoch.as_str()), Some(3)));
+    }
+
+    #[test]
+    fn a_take_over_of_a_slot_whose_stale_log_is_still_here_gives_its_subscribers_what_they_missed() {
+        // `stale` owned the channel up to offset 2 and lost the slot while paused; `next`
+        // continued it to offset 4 and hands it back before `stale` has seen the view.
+        let (stale, next) = (hub(), hub_as("next"));
+        let ns = NamespaceOptions::default();
+        let c = ch("chat:stale");
+        let slot = Slot::of(&c);
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        stale.subscribe(&c, &ns, &sub_in(&ns, 1, &o), Millis(0)).ok();
+        for d in ["1", "2"] {
+            publish(&stale, &c, &ns, &raw(d), None, Origin::Api, Millis(0), SlotEpoch(1)).ok();
+        }
+        next.install(stale.snapshot_slot(slot, &node("me"), Millis(0)), &node("next"), |_| Some(ns.clone()), Millis(0));
+        for d in ["3", "4"] {
+            publish(&next, &c, &ns, &raw(d), None, Origin::Api, Millis(1), SlotEpoch(2)).ok();
+        }
+        let offsets = |o: &Outbox| frames(o).iter().filter_map(|m| m["offset"].as_u64()).collect::<Vec<_>>();
+        assert_eq!(offsets(&o), [0, 1, 2], "the reply, then 1 and 2");
+        stale.install(next.snapshot_slot(slot, &node("next"), Millis(2)), &node("me"), |_| Some(ns.clone()), Millis(2));
+        assert_eq!(offsets(&o), [3, 4], "what the stale log never had, from the history");
+        // Beyond the history: a gap, then what it still holds.
+        let short = NamespaceOptions { history_size: 1, ..NamespaceOptions::default() };
+        let c = ch("chat:short");
+        let slot = Slot::of(&c);
+        let o2 = Arc::new(Outbox::new(100, 1 << 20));
+        stale.subscribe(&c, &short, &sub_in(&short, 2, &o2), Millis(3)).ok();
+        publish(&stale, &c, &short, &raw("1"), None, Origin::Api, Millis(3), SlotEpoch(1)).ok();
+        next.install(
+            stale.snapshot_slot(slot, &node("me"), Millis(3)),
+            &node("next"),
+            |_| Some(short.clone()),
+            Millis(3),
+        );
+        for d in ["2", "3", "4"] {
+            publish(&next, &c, &short, &raw(d), None, Origin::Api, Millis(4), SlotEpoch(2)).ok();
+        }
+        assert_eq!(offsets(&o2), [0, 1]);
+        stale.install(
+            next.snapshot_slot(slot, &node("next"), Millis(5)),
+            &node("me"),
+            |_| Some(short.clone()),
+            Millis(5),
+        );
+        let got = frames(&o2);
+        let kinds: Vec<_> = got.iter().map(|m| m["type"].as_str().unwrap_or("?")).collect();
+        assert_eq!(kinds, ["gap", "message"], "{got:?}");
+        assert_eq!(
+            (got[0]["from"].as_u64(), got[0]["to"].as_u64(), got[1]["offset"].as_u64()),
+            (Some(2), Some(3), Some(4))
+        );
     }
 
     #[test]

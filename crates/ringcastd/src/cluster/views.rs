@@ -117,20 +117,23 @@ impl Runtime {
         // Slots that went from vacant to ours: continue what we hold copies of. Usually
         // the claim task does this when its CAS returns; this catches a claim whose
         // outcome it could not learn (etcd answered too late) but that took effect.
+        // A slot still sealed is some task's to install: a claim task in flight (it
+        // promotes under this function's lock once its CAS returns, whatever the
+        // outcome, if the view shows the slot ours) or a handoff's take-over. Promoting it
+        // here as well would race that task: this node's mirrors of the slot, not yet
+        // replaced by the copies the task installs, would start over in new epochs.
+        // The others are sealed from before the table names us until they are promoted:
+        // a request that reads the new table meanwhile is refused (retry) instead of
+        // starting a durable channel over in a new epoch, which the promotion would then
+        // replace (with the interest that request registered).
         let claimed_from_vacant: Vec<(Slot, u64)> = cv
             .claims
             .iter()
             .filter(|(slot, c)| c.owner == self.me && !old_claims.contains_key(slot))
+            .filter(|(slot, _)| !self.hub.slot_sealed(**slot))
             .map(|(slot, c)| (*slot, c.epoch.0))
             .collect();
-        // Sealed from before the table names us until they are promoted: a request that
-        // reads the new table meanwhile is refused (retry) instead of starting a durable
-        // channel over in a new epoch, which the promotion would then replace (with the
-        // interest that request registered). A claim task still in flight sealed its slot
-        // already and unseals it itself.
-        let sealed_here: Vec<Slot> =
-            claimed_from_vacant.iter().map(|(slot, _)| *slot).filter(|slot| !self.hub.slot_sealed(*slot)).collect();
-        for slot in &sealed_here {
+        for (slot, _) in &claimed_from_vacant {
             self.hub.set_sealed(*slot, true);
         }
         // The ring is built once per view (its cost grows with the members); planning
@@ -177,8 +180,6 @@ impl Runtime {
         }
         for (slot, epoch) in claimed_from_vacant {
             self.promote(slot, epoch);
-        }
-        for slot in sealed_here {
             self.hub.set_sealed(slot, false);
         }
         self.table_changed.send_modify(|n| *n += 1);
@@ -248,20 +249,40 @@ impl Runtime {
             }
             let rt = self.clone();
             // Sealed until the claim's outcome is known and its channels are promoted, as
-            // a handoff's take-over is: the view may name us before this task promotes.
+            // a handoff's take-over is: the view may name us before this task promotes,
+            // and then leaves the promotion to it (see `apply_view`).
             self.hub.set_sealed(slot, true);
             self.tracker.spawn(async move {
-                match rt.membership.claim(slot, ClaimExpect::Vacant).await {
+                let claimed = match rt.membership.claim(slot, ClaimExpect::Vacant).await {
                     Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
                         debug!(%slot, epoch, "claimed");
                         lock(&rt.own_epochs).insert(slot, SlotEpoch(epoch));
                         rt.fences[usize::from(slot.get())].fetch_max(epoch, Ordering::AcqRel);
+                        Some(epoch)
+                    }
+                    Ok(outcome) => {
+                        debug!(%slot, ?outcome, "claim");
+                        None
+                    }
+                    Err(e) => {
+                        warn!(%slot, error = %e, "claim failed");
+                        None
+                    }
+                };
+                {
+                    // Serialised with views: one that showed the slot ours while it was
+                    // sealed did not promote it, so this does, whatever the outcome said
+                    // (an error can hide a claim that took effect).
+                    let _serial = lock(&rt.apply_lock);
+                    let shown = || {
+                        let claims = rt.claims.read().unwrap_or_else(PoisonError::into_inner);
+                        claims.get(&slot).filter(|c| c.owner == rt.me).map(|c| c.epoch.0)
+                    };
+                    if let Some(epoch) = claimed.or_else(shown) {
                         rt.promote(slot, epoch);
                     }
-                    Ok(outcome) => debug!(%slot, ?outcome, "claim"),
-                    Err(e) => warn!(%slot, error = %e, "claim failed"),
+                    rt.hub.set_sealed(slot, false);
                 }
-                rt.hub.set_sealed(slot, false);
                 lock(&rt.claiming).remove(&slot);
                 rt.replan();
             });
