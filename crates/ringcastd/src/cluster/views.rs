@@ -256,8 +256,6 @@ impl Runtime {
                 let claimed = match rt.membership.claim(slot, ClaimExpect::Vacant).await {
                     Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
                         debug!(%slot, epoch, "claimed");
-                        lock(&rt.own_epochs).insert(slot, SlotEpoch(epoch));
-                        rt.fences[usize::from(slot.get())].fetch_max(epoch, Ordering::AcqRel);
                         Some(epoch)
                     }
                     Ok(outcome) => {
@@ -272,8 +270,13 @@ impl Runtime {
                 {
                     // Serialised with views: one that showed the slot ours while it was
                     // sealed did not promote it, so this does, whatever the outcome said
-                    // (an error can hide a claim that took effect).
+                    // (an error can hide a claim that took effect); and one applied
+                    // meanwhile either sees the claim or was decided before it.
                     let _serial = lock(&rt.apply_lock);
+                    if let Some(epoch) = claimed {
+                        lock(&rt.own_epochs).insert(slot, SlotEpoch(epoch));
+                        rt.fences[usize::from(slot.get())].fetch_max(epoch, Ordering::AcqRel);
+                    }
                     let shown = || {
                         let claims = rt.claims.read().unwrap_or_else(PoisonError::into_inner);
                         claims.get(&slot).filter(|c| c.owner == rt.me).map(|c| c.epoch.0)
@@ -406,13 +409,19 @@ impl Runtime {
         match self.membership.claim(slot, ClaimExpect::Epoch(from_epoch)).await {
             Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
                 let namespaces = self.namespaces.clone();
-                lock(&self.own_epochs).insert(slot, SlotEpoch(epoch));
-                self.fences[usize::from(slot.get())].fetch_max(epoch, Ordering::AcqRel);
-                // Copies this node held as the slot's replica are superseded.
-                lock(&self.replica_slots).remove(&slot);
-                self.hub.drop_replicas(slot);
-                self.hub.install(parsed, &self.me, |c| namespaces.get(c.namespace()).cloned(), self.now());
-                self.hub.set_sealed(slot, false);
+                {
+                    // Serialised with views: one applied meanwhile either sees this claim
+                    // (and leaves the slot to us) or was decided before it, so a stale log
+                    // it demotes here goes before this install, never after.
+                    let _serial = lock(&self.apply_lock);
+                    lock(&self.own_epochs).insert(slot, SlotEpoch(epoch));
+                    self.fences[usize::from(slot.get())].fetch_max(epoch, Ordering::AcqRel);
+                    // Copies this node held as the slot's replica are superseded.
+                    lock(&self.replica_slots).remove(&slot);
+                    self.hub.drop_replicas(slot);
+                    self.hub.install(parsed, &self.me, |c| namespaces.get(c.namespace()).cloned(), self.now());
+                    self.hub.set_sealed(slot, false);
+                }
                 info!(%slot, from = %peer, epoch, channels = count, "slot taken over");
                 self.send(&peer, PeerFrame::HandedOff { req, slot: slot.get(), epoch });
                 if self.hub.has_durable(slot, |c| self.is_durable(c)) {
