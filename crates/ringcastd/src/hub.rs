@@ -378,12 +378,14 @@ pub struct Hub {
     epochs: EpochSource,
     metrics: Arc<Metrics>,
     peers: OnceLock<Arc<dyn PeerSink>>,
-    /// Slots changing owner (being handed off, or taken over and not yet installed here):
-    /// publishes and subscribes on their channels are refused (`unavailable`, retried by
-    /// the caller after re-routing). Checked under each
+    /// Slots changing owner (being handed off, or claimed or taken over and not yet
+    /// installed here): publishes and subscribes on their channels are refused
+    /// (`unavailable`, retried by the caller after re-routing). Checked under each
     /// channel's lock, so the snapshot, which takes the same locks after sealing, holds
-    /// every message sequenced before the seal and none after.
-    sealed: Vec<std::sync::atomic::AtomicBool>,
+    /// every message sequenced before the seal and none after. Counted: the tasks that
+    /// seal a slot (a handoff out, a take-over, a claim) can overlap, and the slot stays
+    /// sealed until each has released its seal.
+    sealed: Vec<std::sync::atomic::AtomicU32>,
     /// `Unsubscribe`s received for channels of sealed slots, per slot: a slot being
     /// taken over has no channels yet, and the peer that saw the claim first would
     /// otherwise be put back in the interest the handoff carries. Applied by
@@ -431,7 +433,7 @@ impl Hub {
             epochs,
             metrics,
             peers: OnceLock::new(),
-            sealed: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+            sealed: Slot::all().map(|_| std::sync::atomic::AtomicU32::new(0)).collect(),
             released_while_sealed: Mutex::new(HashMap::new()),
             replica_paused: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
             patterns: patterns::Patterns::default(),
@@ -445,18 +447,24 @@ impl Hub {
     }
 
     fn is_sealed(&self, channel: &ChannelName) -> bool {
-        self.sealed[usize::from(Slot::of(channel).get())].load(Ordering::SeqCst)
+        self.slot_sealed(Slot::of(channel))
     }
 
     /// Whether `slot` is sealed (see the `sealed` field).
     pub fn slot_sealed(&self, slot: Slot) -> bool {
-        self.sealed[usize::from(slot.get())].load(Ordering::SeqCst)
+        self.sealed[usize::from(slot.get())].load(Ordering::SeqCst) > 0
     }
 
-    /// Seals or unseals a slot (see the `sealed` field).
+    /// Seals a slot (`true`), or releases one seal of it (`false`); see the `sealed`
+    /// field. Every seal is released once.
     pub fn set_sealed(&self, slot: Slot, sealed: bool) {
-        self.sealed[usize::from(slot.get())].store(sealed, Ordering::SeqCst);
-        if !sealed {
+        let count = &self.sealed[usize::from(slot.get())];
+        if sealed {
+            count.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let released = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if released == Ok(1) {
             lock(&self.released_while_sealed).remove(&slot);
         }
     }
@@ -2691,6 +2699,26 @@ mod tests {
             (got[0]["from"].as_u64(), got[0]["to"].as_u64(), got[1]["offset"].as_u64()),
             (Some(2), Some(3), Some(4))
         );
+    }
+
+    #[test]
+    fn a_slot_sealed_by_two_tasks_stays_sealed_until_both_release_it() {
+        let h = hub();
+        let ns = NamespaceOptions::default();
+        let c = ch("chat:sealed");
+        let slot = Slot::of(&c);
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        // A handoff out and a claim overlap; the claim finishes first.
+        h.set_sealed(slot, true);
+        h.set_sealed(slot, true);
+        h.set_sealed(slot, false);
+        assert_eq!(h.subscribe(&c, &ns, &sub_in(&ns, 1, &o), Millis(0)), Err(ErrorCode::Unavailable));
+        h.set_sealed(slot, false);
+        assert_eq!(h.subscribe(&c, &ns, &sub_in(&ns, 1, &o), Millis(0)), Ok(()));
+        // A release without a seal changes nothing.
+        h.set_sealed(slot, false);
+        h.set_sealed(slot, true);
+        assert!(h.slot_sealed(slot));
     }
 
     #[test]
