@@ -62,7 +62,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::{debug, warn};
+use tracing::{debug, info};
 
 mod patterns;
 pub use patterns::{PatternRemoved, PatternSubscriber};
@@ -544,7 +544,7 @@ impl Hub {
                     // A stale log (this node lost the slot without a handoff and has not
                     // seen the view that says so yet), or one started while the slot was
                     // unsealed. The nodes that follow it keep getting the channel.
-                    warn!(channel = %h.channel, replaced = ?old.top(), installed = ?top, "install replaces a log of the channel held here");
+                    info!(channel = %h.channel, replaced = ?old.top(), installed = ?top, "replacing a stale log of the channel with the installed one");
                     interest.append(&mut st.interest);
                 }
                 // Local subscribers followed a mirror, or the replaced log up to its top.
