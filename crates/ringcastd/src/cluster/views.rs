@@ -230,8 +230,13 @@ impl Runtime {
         };
         for h in p.hand_off {
             // A slot awaiting its outcome, or handed off but not yet shown moved by
-            // the view, must not be planned again.
-            if lock(&self.stuck).contains_key(&h.slot) || lock(&self.moved).contains_key(&h.slot) {
+            // the view, must not be planned again. Nor one whose claim task has not
+            // promoted it yet: its snapshot would miss the durable channels the replica
+            // copies are about to continue (the task replans when it is done).
+            if lock(&self.stuck).contains_key(&h.slot)
+                || lock(&self.moved).contains_key(&h.slot)
+                || lock(&self.claiming).contains(&h.slot)
+            {
                 continue;
             }
             if !lock(&self.handing).insert(h.slot) {
