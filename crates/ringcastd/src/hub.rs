@@ -526,7 +526,8 @@ impl Hub {
     }
 
     /// New owner: installs handed-off channels. Local subscribers that were following a
-    /// mirror first get what they had not yet received from the snapshot's history.
+    /// mirror, or a stale log of the channel this node still held, first get what they
+    /// had not yet received, from the snapshot's history (a `gap` for what it no longer holds).
     pub fn install(
         &self,
         channels: Vec<ChannelHandoff>,
@@ -2581,7 +2582,7 @@ mod tests {
         (owner, replica, sent, c, top)
     }
 
-    /// `gw` subscribes to the channel at `node` from offset 2 of `top`'s epoch.
+    /// `gw` subscribes to the channel at `at` from offset 2 of `top`'s epoch.
     fn peer_subscribe(at: &Hub, c: &ChannelName, top: StreamPosition, req: u64) {
         let since = Some(Since { epoch: Some(top.epoch), offset: Offset(2) });
         assert!(at.serve_peer_subscribe(
