@@ -553,8 +553,19 @@ impl Hub {
                     let local = !st.subscribers.is_empty();
                     replaced.as_ref().filter(|_| local).map(|l| Mirror::new(l.top(), DEFAULT_MAX_PENDING))
                 });
-                if let Some(mirror) = followed {
-                    self.catch_up(&h.channel, st, mirror, top, &h.log.history, now);
+                match followed {
+                    // They followed another stream: it did not survive.
+                    Some(mirror) if mirror.position().epoch != top.epoch => self.announce_restart(&h.channel, st, top),
+                    Some(mirror) => {
+                        st.mirror = Some(mirror);
+                        let oldest = h.log.history.first().map_or(top.offset.next(), |(o, _, _)| *o);
+                        let history = h.log.history.iter().map(|(offset, _, frame)| {
+                            (StreamPosition { epoch: top.epoch, offset: *offset }, Msg::from(frame.clone()))
+                        });
+                        self.catch_up_mirror(&h.channel, st, Some(oldest), history, now);
+                        st.mirror = None;
+                    }
+                    None => {}
                 }
                 st.log = Some(restored_log(h.log, &ns, now));
                 st.uncommitted.clear();
@@ -590,33 +601,6 @@ impl Hub {
                 self.sync_own_presence(&h.channel, st, &ns, now);
             });
         }
-    }
-
-    /// New owner: local subscribers that followed `mirror` get what they had not
-    /// received of the installed log (`top`, `history`): from the history, with a `gap`
-    /// for what it no longer holds, or, when they followed another epoch, a restart.
-    fn catch_up(
-        &self,
-        channel: &ChannelName,
-        st: &mut ChannelState,
-        mut mirror: Mirror<Msg>,
-        top: StreamPosition,
-        history: &[(Offset, std::time::Duration, Utf8Bytes)],
-        now: Millis,
-    ) {
-        if mirror.position().epoch != top.epoch {
-            self.announce_restart(channel, st, top);
-            return;
-        }
-        let mut ready = Vec::new();
-        let oldest = history.first().map_or(top.offset.next(), |(o, _, _)| *o);
-        if let Some(range) = mirror.skip_to(Offset(oldest.0.saturating_sub(1)), now, &mut ready) {
-            self.announce_lost(channel, st, top.epoch, range);
-        }
-        for (offset, _, frame) in history {
-            mirror.offer(top.epoch, *offset, Msg::from(frame.clone()), now, &mut ready);
-        }
-        self.fan_out_ready(channel, st, top.epoch, ready);
     }
 
     /// Old owner after a completed handoff: channels of `slot` become mirrors at their
@@ -1399,6 +1383,32 @@ impl Hub {
         out
     }
 
+    /// Catches the channel's mirror up on a page of its owner's stream (a fill, a
+    /// resync's replay, a handed-off log's history): offsets below `oldest`, which the
+    /// owner no longer holds, are announced to local subscribers as a `gap`; `messages`
+    /// are offered; what became deliverable is fanned out in order.
+    fn catch_up_mirror(
+        &self,
+        channel: &ChannelName,
+        st: &mut ChannelState,
+        oldest: Option<Offset>,
+        messages: impl IntoIterator<Item = (StreamPosition, Msg)>,
+        now: Millis,
+    ) {
+        let Some(mirror) = st.mirror.as_mut() else { return };
+        let epoch = mirror.position().epoch;
+        let mut ready = Vec::new();
+        if let Some(range) = oldest.and_then(|o| mirror.skip_to(Offset(o.0.saturating_sub(1)), now, &mut ready)) {
+            self.announce_lost(channel, st, epoch, range);
+        }
+        if let Some(mirror) = st.mirror.as_mut() {
+            for (pos, msg) in messages {
+                mirror.offer(pos.epoch, pos.offset, msg, now, &mut ready);
+            }
+        }
+        self.fan_out_ready(channel, st, epoch, ready);
+    }
+
     /// Gateway: a page of the owner's history fetched to fill a mirror's gap: its
     /// stream `epoch`, the oldest offset it still holds, and its messages as
     /// `(position, frame)`. What the owner no longer holds is given up and announced to
@@ -1412,21 +1422,12 @@ impl Hub {
         now: Millis,
     ) {
         self.with_existing(channel, |st| {
-            let Some(mirror) = st.mirror.as_mut() else { return };
-            let mine = mirror.position().epoch;
-            if epoch != Some(mine) {
+            if st.mirror.as_ref().map(|m| m.position().epoch) != epoch {
                 // The owner's stream restarted; the next Deliver re-bases the mirror.
                 return;
             }
-            let mut ready = Vec::new();
-            for (pos, frame) in messages {
-                mirror.offer(pos.epoch, pos.offset, Msg::from(frame), now, &mut ready);
-            }
-            let lost = mirror.skip_to(Offset(oldest.0.saturating_sub(1)), now, &mut ready);
-            if let Some(range) = lost {
-                self.announce_lost(channel, st, mine, range);
-            }
-            self.fan_out_ready(channel, st, mine, ready);
+            let messages = messages.into_iter().map(|(pos, frame)| (pos, Msg::from(frame)));
+            self.catch_up_mirror(channel, st, Some(oldest), messages, now);
         });
     }
 
@@ -1482,18 +1483,9 @@ impl Hub {
                 self.announce_restart(channel, st, top);
                 return false;
             }
-            let mut ready = Vec::new();
-            if let Some(oldest) = lost_before {
-                if let Some(range) = mirror.skip_to(Offset(oldest.0.saturating_sub(1)), now, &mut ready) {
-                    self.announce_lost(channel, st, top.epoch, range);
-                }
-            }
-            let Some(mirror) = st.mirror.as_mut() else { return false };
-            for (pos, frame) in replay {
-                mirror.offer(pos.epoch, pos.offset, Msg::from(frame), now, &mut ready);
-            }
             mirror.expect(top.epoch, top.offset, now);
-            self.fan_out_ready(channel, st, top.epoch, ready);
+            let replay = replay.into_iter().map(|(pos, frame)| (pos, Msg::from(frame)));
+            self.catch_up_mirror(channel, st, lost_before, replay, now);
             false
         })
         // Forgotten meanwhile: nobody here follows it.
