@@ -455,16 +455,17 @@ impl Hub {
         self.sealed[usize::from(slot.get())].load(Ordering::SeqCst) > 0
     }
 
-    /// Seals a slot (`true`), or releases one seal of it (`false`); see the `sealed`
-    /// field. Every seal is released once.
-    pub fn set_sealed(&self, slot: Slot, sealed: bool) {
+    /// Seals a slot (see the `sealed` field). Every seal is released once, with
+    /// [`Hub::unseal`].
+    pub fn seal(&self, slot: Slot) {
+        self.sealed[usize::from(slot.get())].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Releases one seal of a slot; the last release unseals it (a release without a
+    /// seal changes nothing).
+    pub fn unseal(&self, slot: Slot) {
         let count = &self.sealed[usize::from(slot.get())];
-        if sealed {
-            count.fetch_add(1, Ordering::SeqCst);
-            return;
-        }
-        let released = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if released == Ok(1) {
+        if count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) == Ok(1) {
             lock(&self.released_while_sealed).remove(&slot);
         }
     }
@@ -2594,7 +2595,7 @@ mod tests {
         let slot = Slot::of(&c);
         // The replica claimed the lost owner's slot; its route table may name it before
         // the promotion runs, so the slot is sealed from before until after.
-        replica.set_sealed(slot, true);
+        replica.seal(slot);
         peer_subscribe(&replica, &c, top, 1);
         assert!(
             matches!(lock(&sent.0).pop(), Some((_, PeerFrame::Refused { req: 1, retry: true, .. }))),
@@ -2602,7 +2603,7 @@ mod tests {
         );
         assert_eq!(replica.committed(&c), None, "no stream was started from nothing");
         assert_eq!(replica.promote_slot(slot, &node("r"), |_| Some(NamespaceOptions::default()), Millis(2)), 1);
-        replica.set_sealed(slot, false);
+        replica.unseal(slot);
         peer_subscribe(&replica, &c, top, 2);
         match lock(&sent.0).pop() {
             Some((_, PeerFrame::Subscribed { epoch, offset, replay, .. })) => {
@@ -2702,15 +2703,15 @@ mod tests {
         let slot = Slot::of(&c);
         let o = Arc::new(Outbox::new(100, 1 << 20));
         // A handoff out and a claim overlap; the claim finishes first.
-        h.set_sealed(slot, true);
-        h.set_sealed(slot, true);
-        h.set_sealed(slot, false);
+        h.seal(slot);
+        h.seal(slot);
+        h.unseal(slot);
         assert_eq!(h.subscribe(&c, &ns, &sub_in(&ns, 1, &o), Millis(0)), Err(ErrorCode::Unavailable));
-        h.set_sealed(slot, false);
+        h.unseal(slot);
         assert_eq!(h.subscribe(&c, &ns, &sub_in(&ns, 1, &o), Millis(0)), Ok(()));
         // A release without a seal changes nothing.
-        h.set_sealed(slot, false);
-        h.set_sealed(slot, true);
+        h.unseal(slot);
+        h.seal(slot);
         assert!(h.slot_sealed(slot));
     }
 
@@ -2725,10 +2726,10 @@ mod tests {
         let slot = Slot::of(&c);
         let handed = old.snapshot_slot(slot, &node("me"), Millis(0));
         // The new owner has claimed the slot (gw saw it) but not installed it yet.
-        new.set_sealed(slot, true);
+        new.seal(slot);
         new.drop_interest(&c, &node("gw"), Millis(1));
         new.install(handed, &node("new"), |_| Some(ns.clone()), Millis(2));
-        new.set_sealed(slot, false);
+        new.unseal(slot);
         let interest = new.with_existing(&c, |st| st.interest.iter().map(ToString::to_string).collect::<Vec<_>>());
         assert_eq!(interest, Some(vec!["gw2".to_owned()]));
         // Unsealing forgets the notes: a later handoff in starts clean.

@@ -114,18 +114,13 @@ impl Runtime {
             warn!(slots = lost.len(), "slots were taken over by other nodes without a handoff (our lease was lost)");
         }
         let cv = ClusterView { members, claims, vacated };
-        // Slots that went from vacant to ours: continue what we hold copies of. Usually
-        // the claim task does this when its CAS returns; this catches a claim whose
-        // outcome it could not learn (etcd answered too late) but that took effect.
-        // A slot still sealed is some task's to install: a claim task in flight (it
-        // promotes under this function's lock once its CAS returns, whatever the
-        // outcome, if the view shows the slot ours) or a handoff's take-over. Promoting it
-        // here as well would race that task: this node's mirrors of the slot, not yet
-        // replaced by the copies the task installs, would start over in new epochs.
-        // The others are sealed from before the table names us until they are promoted:
-        // a request that reads the new table meanwhile is refused (retry) instead of
-        // starting a durable channel over in a new epoch, which the promotion would then
-        // replace (with the interest that request registered).
+        // Slots that went from vacant to ours: continue what we hold copies of. A slot
+        // still sealed is its claim task's (or a take-over's) to install: promoting it here
+        // too would race the task, and our mirrors of the slot would start over in new
+        // epochs. So this promotes only claims whose task ended without promoting (an
+        // error hid a claim that took effect), sealed from before the table names us:
+        // a request reading the new table meanwhile is refused (retry) rather than
+        // starting a durable channel over that the promotion would then replace.
         let claimed_from_vacant: Vec<(Slot, u64)> = cv
             .claims
             .iter()
@@ -134,7 +129,7 @@ impl Runtime {
             .map(|(slot, c)| (*slot, c.epoch.0))
             .collect();
         for (slot, _) in &claimed_from_vacant {
-            self.hub.set_sealed(*slot, true);
+            self.hub.seal(*slot);
         }
         // The ring is built once per view (its cost grows with the members); planning
         // reuses it through the table.
@@ -180,7 +175,7 @@ impl Runtime {
         }
         for (slot, epoch) in claimed_from_vacant {
             self.promote(slot, epoch);
-            self.hub.set_sealed(slot, false);
+            self.hub.unseal(slot);
         }
         self.table_changed.send_modify(|n| *n += 1);
         self.resolve_stuck();
@@ -256,7 +251,7 @@ impl Runtime {
             // Sealed until the claim's outcome is known and its channels are promoted, as
             // a handoff's take-over is: the view may name us before this task promotes,
             // and then leaves the promotion to it (see `apply_view`).
-            self.hub.set_sealed(slot, true);
+            self.hub.seal(slot);
             self.tracker.spawn(async move {
                 let claimed = match rt.membership.claim(slot, ClaimExpect::Vacant).await {
                     Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
@@ -289,7 +284,7 @@ impl Runtime {
                     if let Some(epoch) = claimed.or_else(shown) {
                         rt.promote(slot, epoch);
                     }
-                    rt.hub.set_sealed(slot, false);
+                    rt.hub.unseal(slot);
                 }
                 lock(&rt.claiming).remove(&slot);
                 rt.replan();
@@ -304,7 +299,7 @@ impl Runtime {
         let _one = self.sync_locks[usize::from(h.slot.get())].lock().await;
         h.from_epoch = self.owner_epoch(h.slot, h.from_epoch);
         let started = Instant::now();
-        self.hub.set_sealed(h.slot, true);
+        self.hub.seal(h.slot);
         let channels: Vec<ChannelSnapshotWire> =
             self.hub.snapshot_slot(h.slot, &self.me, self.now()).into_iter().map(snapshot_to_wire).collect();
         let count = channels.len();
@@ -366,7 +361,7 @@ impl Runtime {
         // Handed off: unseal once the view shows the new claim (or a later one).
         lock(&self.moved).retain(|slot, epoch| match claims.get(slot) {
             Some(c) if c.epoch.0 >= *epoch => {
-                self.hub.set_sealed(*slot, false);
+                self.hub.unseal(*slot);
                 false
             }
             _ => true,
@@ -375,7 +370,7 @@ impl Runtime {
             // Still ours (at the epoch we offered, or a later one we wrote ourselves, e.g.
             // naming a replica, which also made the target's CAS fail): serve it again.
             Some(c) if c.owner == self.me && c.epoch.0 >= *epoch => {
-                self.hub.set_sealed(*slot, false);
+                self.hub.unseal(*slot);
                 false
             }
             Some(c) if c.owner == self.me => true,
@@ -384,7 +379,7 @@ impl Runtime {
             other => {
                 debug!(%slot, holder = ?other.map(|c| &c.owner), "handoff outcome resolved: the slot is not ours; demoting");
                 self.hub.demote_slot(*slot);
-                self.hub.set_sealed(*slot, false);
+                self.hub.unseal(*slot);
                 false
             }
         });
@@ -410,7 +405,7 @@ impl Runtime {
         // Claim first, sealed, and install only once the claim is ours: requests that
         // reach us meanwhile are refused (retry) rather than served from nothing, and a
         // failed claim leaves everything as it was.
-        self.hub.set_sealed(slot, true);
+        self.hub.seal(slot);
         match self.membership.claim(slot, ClaimExpect::Epoch(from_epoch)).await {
             Ok(ringcast_cluster::membership::ClaimOutcome::Claimed { epoch }) => {
                 let namespaces = self.namespaces.clone();
@@ -425,7 +420,7 @@ impl Runtime {
                     lock(&self.replica_slots).remove(&slot);
                     self.hub.drop_replicas(slot);
                     self.hub.install(parsed, &self.me, |c| namespaces.get(c.namespace()).cloned(), self.now());
-                    self.hub.set_sealed(slot, false);
+                    self.hub.unseal(slot);
                 }
                 info!(%slot, from = %peer, epoch, channels = count, "slot taken over");
                 self.send(&peer, PeerFrame::HandedOff { req, slot: slot.get(), epoch });
@@ -434,7 +429,7 @@ impl Runtime {
                 }
             }
             other => {
-                self.hub.set_sealed(slot, false);
+                self.hub.unseal(slot);
                 warn!(%slot, outcome = ?other, "takeover claim failed; the old owner keeps the slot");
                 self.refuse(&peer, req, &Refusal::new(ErrorCode::Unavailable, "claim failed"), false);
             }
