@@ -62,7 +62,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 mod patterns;
 pub use patterns::{PatternRemoved, PatternSubscriber};
@@ -104,6 +104,54 @@ pub trait PeerSink: Send + Sync + 'static {
 
 /// `Unsubscribe`s noted per sealed slot at most (a takeover lasts a moment).
 const MAX_RELEASES_WHILE_SEALED: usize = 10_000;
+/// Members (joins and leaves) in the presence updates noted per sealed slot at most.
+const MAX_PRESENCE_NOTED_WHILE_SEALED: usize = 100_000;
+
+/// A peer's presence update of one channel (see [`Hub::presence_update`]).
+struct PresenceUpdate {
+    channel: ChannelName,
+    ns: NamespaceOptions,
+    node: NodeId,
+    joins: Vec<(ConnId, Arc<str>, Option<Arc<str>>)>,
+    leaves: Vec<ConnId>,
+    sync: bool,
+    at: Millis,
+}
+
+/// The presence updates noted for one sealed slot, in arrival order, bounded by
+/// [`MAX_PRESENCE_NOTED_WHILE_SEALED`] members.
+#[derive(Default)]
+struct NotedPresence {
+    updates: Vec<PresenceUpdate>,
+    members: usize,
+}
+
+impl NotedPresence {
+    /// Notes `u`; false (and not noted) when the bound is reached.
+    fn push(&mut self, u: PresenceUpdate) -> bool {
+        let members = u.joins.len() + u.leaves.len();
+        if self.members + members > MAX_PRESENCE_NOTED_WHILE_SEALED {
+            return false;
+        }
+        self.members += members;
+        self.updates.push(u);
+        true
+    }
+}
+
+/// Takes the noted updates of `channel`, in order.
+fn take_noted(noted: &mut HashMap<Slot, NotedPresence>, channel: &ChannelName) -> Vec<PresenceUpdate> {
+    let slot = Slot::of(channel);
+    let Some(n) = noted.get_mut(&slot) else { return Vec::new() };
+    let (mine, rest): (Vec<_>, Vec<_>) =
+        std::mem::take(&mut n.updates).into_iter().partition(|u| u.channel == *channel);
+    n.members = rest.iter().map(|u| u.joins.len() + u.leaves.len()).sum();
+    n.updates = rest;
+    if n.updates.is_empty() {
+        noted.remove(&slot);
+    }
+    mine
+}
 
 /// Users one node remembers the last-seen time of (the registry channels it owns).
 pub const LAST_SEEN_CAPACITY: usize = 100_000;
@@ -391,6 +439,16 @@ pub struct Hub {
     /// otherwise be put back in the interest the handoff carries. Applied by
     /// [`Hub::install`]; cleared when the slot is unsealed.
     released_while_sealed: Mutex<HashMap<Slot, Vec<(ChannelName, NodeId)>>>,
+    /// Peers' presence updates received for channels of sealed slots, per slot, in
+    /// order. A node that sees a take-over's claim before the new owner has installed
+    /// the slot sends its members' leaves there, and nothing repeats them: dropped, the
+    /// installed presence would keep those members for good. A handoff that fails
+    /// leaves the old owner with the slot, and the senders never see a move. So they
+    /// are applied, in order and under each channel's lock, when the slot's last seal
+    /// is released, to the channels this node then sequences; for the others (the slot
+    /// was handed off) they are dropped, as their nodes re-announce to the new owner
+    /// when they see the move.
+    presence_while_sealed: Mutex<HashMap<Slot, NotedPresence>>,
     /// Slots whose replica is being (re)built: durable publishes wait. Checked under
     /// each channel's lock, so the replica's snapshot (taken after setting it) holds
     /// every message sequenced before and none after.
@@ -435,6 +493,7 @@ impl Hub {
             peers: OnceLock::new(),
             sealed: Slot::all().map(|_| std::sync::atomic::AtomicU32::new(0)).collect(),
             released_while_sealed: Mutex::new(HashMap::new()),
+            presence_while_sealed: Mutex::new(HashMap::new()),
             replica_paused: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
             patterns: patterns::Patterns::default(),
             webhooks: OnceLock::new(),
@@ -467,6 +526,7 @@ impl Hub {
         let count = &self.sealed[usize::from(slot.get())];
         if count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) == Ok(1) {
             lock(&self.released_while_sealed).remove(&slot);
+            self.apply_noted_presence(slot);
         }
     }
 
@@ -1808,7 +1868,9 @@ impl Hub {
 
     /// Owner: a node's announcement of its clients in a presence channel: `joins` and
     /// `leaves`, or with `sync` its complete list. Ignored unless this node sequences
-    /// the channel (the caller checked the slot) and the namespace has presence.
+    /// the channel (the caller checked the slot) and the namespace has presence. While
+    /// the slot is sealed it is noted, and applied when the slot is unsealed (see the
+    /// `presence_while_sealed` field).
     #[allow(clippy::too_many_arguments)]
     pub fn presence_update(
         &self,
@@ -1823,26 +1885,89 @@ impl Hub {
         if !ns.presence {
             return;
         }
+        let update = PresenceUpdate {
+            channel: channel.clone(),
+            ns: ns.clone(),
+            node: node.clone(),
+            joins,
+            leaves: leaves.to_vec(),
+            sync,
+            at: now,
+        };
         self.with_channel(channel, |st| {
-            if self.is_sealed(channel) {
-                // The node re-announces to the new owner when it sees the slot move.
-                return;
+            // Checked under the notes' lock, which the last unseal takes before applying
+            // them: an update is either noted before that or sees the slot unsealed.
+            let earlier = {
+                let mut noted = lock(&self.presence_while_sealed);
+                if self.is_sealed(channel) {
+                    let slot = Slot::of(channel);
+                    if !noted.entry(slot).or_default().push(update) {
+                        warn!(%channel, %node, "too many presence updates while the slot changes owner; one dropped");
+                    }
+                    return;
+                }
+                // Updates noted before an unseal that has not reached this channel yet
+                // go first: they arrived first.
+                take_noted(&mut noted, channel)
+            };
+            for u in earlier {
+                self.apply_presence(st, u);
             }
             self.owned_log(channel, st, ns);
-            let p = st.presence_mut(ns);
-            let mut events = Vec::new();
-            if sync {
-                events = p.sync_node(node, joins, now);
-            } else {
-                for conn in leaves {
-                    events.extend(p.leave(node, *conn, now));
+            self.apply_presence(st, update);
+        });
+    }
+
+    /// Applies a peer's presence update to a channel this node sequences.
+    fn apply_presence(&self, st: &mut ChannelState, u: PresenceUpdate) {
+        if st.log.is_none() {
+            // Handed off while it was noted: the node re-announces to the new owner.
+            return;
+        }
+        let p = st.presence_mut(&u.ns);
+        let mut events = Vec::new();
+        if u.sync {
+            events = p.sync_node(&u.node, u.joins, u.at);
+        } else {
+            for conn in &u.leaves {
+                events.extend(p.leave(&u.node, *conn, u.at));
+            }
+            for (conn, user, info) in u.joins {
+                events.extend(p.join(&u.node, conn, &user, info, u.at));
+            }
+        }
+        self.emit_presence(&u.channel, st, events, u.at);
+    }
+
+    /// The slot's last seal was released: applies the presence updates noted while it
+    /// was sealed, channel by channel under its lock (see `presence_while_sealed`).
+    fn apply_noted_presence(&self, slot: Slot) {
+        let channels: BTreeSet<ChannelName> = match lock(&self.presence_while_sealed).get(&slot) {
+            Some(noted) => noted.updates.iter().map(|u| u.channel.clone()).collect(),
+            None => return,
+        };
+        for channel in channels {
+            let applied = self.with_existing(&channel, |st| {
+                let updates = {
+                    let mut noted = lock(&self.presence_while_sealed);
+                    if self.slot_sealed(slot) {
+                        // Sealed again meanwhile: the next unseal applies them.
+                        return;
+                    }
+                    take_noted(&mut noted, &channel)
+                };
+                for u in updates {
+                    self.apply_presence(st, u);
                 }
-                for (conn, user, info) in joins {
-                    events.extend(p.join(node, conn, &user, info, now));
+            });
+            if applied.is_none() {
+                // Forgotten meanwhile: nothing here to apply them to.
+                let mut noted = lock(&self.presence_while_sealed);
+                if !self.slot_sealed(slot) {
+                    take_noted(&mut noted, &channel);
                 }
             }
-            self.emit_presence(channel, st, events, now);
-        });
+        }
     }
 
     /// Owner: `node` is gone (left the cluster or restarted): its clients leave every
@@ -1857,10 +1982,17 @@ impl Hub {
         }
     }
 
-    /// Gateway: this node's presence members of `channel` (for a re-announcement to its
-    /// owner). Empty when the channel has no member here.
-    pub fn local_members(&self, channel: &ChannelName) -> Vec<(ConnId, Arc<str>, Option<Arc<str>>)> {
-        self.with_existing(channel, |st| st.local_members()).unwrap_or_default()
+    /// Gateway: hands this node's presence members of `channel` (empty when it has
+    /// none) to `announce`, which sends them to the owner, under the channel's lock.
+    /// Joins go out with subscribes under the same lock, and leaves once the member is
+    /// gone, so the owner gets the announcement in order with them: a member leaving
+    /// meanwhile is either in it, and its leave follows, or not in it.
+    pub fn announce_members(
+        &self,
+        channel: &ChannelName,
+        announce: impl FnOnce(Vec<(ConnId, Arc<str>, Option<Arc<str>>)>),
+    ) {
+        self.with_channel(channel, |st| announce(st.local_members()));
     }
 
     /// Owner: a channel's presence: counts and up to `limit` members. `None` when this
@@ -2549,6 +2681,94 @@ mod tests {
         let events = w_new.take_queued();
         assert_eq!(kinds(&events), ["member_left chat:members"]);
         assert_eq!((events[0]["user"].as_str(), events[0]["info"]["n"].as_u64()), (Some("bob"), Some(2)));
+    }
+
+    /// Old owner `old` with ann (its own) and bob (of node `gw`) in a presence channel,
+    /// sealed for a handoff and snapshotted; the new owner `new` sealed for the take-over.
+    fn presence_handoff_in_flight() -> (Hub, Hub, Arc<Webhooks>, NamespaceOptions, ChannelName, Vec<ChannelHandoff>) {
+        let (old, _w_old) = hub_with_webhooks();
+        let (new, w_new) = hub_with_webhooks_as("new");
+        old.set_peers(Arc::new(Recorder::default()));
+        let ns = presence_webhooks_ns();
+        let c = ch("chat:sealed");
+        let o = Arc::new(Outbox::new(100, 1 << 20));
+        let ann =
+            LocalSubscriber { member: Some(MemberTag { user: Arc::from("ann"), info: None }), ..sub(1, &o, None, 1) };
+        old.subscribe(&c, &ns, &ann, Millis(0)).ok();
+        let bob = Some((ConnId(7), Arc::<str>::from("bob"), None));
+        assert!(old.serve_peer_subscribe(&c, &ns, &node("gw"), 1, (None, false), bob, Millis(0)));
+        old.seal(Slot::of(&c));
+        let handed = old.snapshot_slot(Slot::of(&c), &node("me"), Millis(100));
+        new.seal(Slot::of(&c));
+        (old, new, w_new, ns, c, handed)
+    }
+
+    #[test]
+    fn a_leave_that_reaches_the_new_owner_before_its_install_is_applied_after_it() {
+        let (_old, new, w_new, ns, c, handed) = presence_handoff_in_flight();
+        // gw saw the claim first: bob's leave arrives while the take-over is sealed.
+        new.presence_update(&c, &ns, &node("gw"), Vec::new(), &[ConnId(7)], false, Millis(1_000));
+        assert!(new.presence(&c, 10).is_none(), "noted, not applied to nothing");
+        new.install(handed, &node("new"), |_| Some(ns.clone()), Millis(1_010));
+        let users = |h: &Hub| {
+            let view = h.presence(&c, 10).unwrap_or_else(|| unreachable!("installed"));
+            view.members.iter().map(|m| m.user.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(users(&new).len(), 2, "still sealed: bob is inherited, not yet gone");
+        new.unseal(Slot::of(&c));
+        assert_eq!(users(&new), ["ann"]);
+        new.sweep(Millis(2_999));
+        assert!(w_new.take_queued().is_empty(), "within the grace from when he left");
+        new.sweep(Millis(3_000));
+        let events = w_new.take_queued();
+        assert_eq!(kinds(&events), ["member_left chat:sealed"]);
+        assert_eq!(events[0]["user"], "bob");
+        assert!(lock(&new.presence_while_sealed).is_empty());
+    }
+
+    #[test]
+    fn presence_noted_while_sealed_goes_first_and_in_order() {
+        let (_old, new, w_new, ns, c, handed) = presence_handoff_in_flight();
+        let carl = || vec![(ConnId(8), Arc::<str>::from("carl"), None)];
+        // gw announces carl, then bob leaves; after the unseal carl leaves too.
+        new.presence_update(&c, &ns, &node("gw"), carl(), &[], false, Millis(1_000));
+        new.presence_update(&c, &ns, &node("gw"), Vec::new(), &[ConnId(7)], false, Millis(1_001));
+        new.install(handed, &node("new"), |_| Some(ns.clone()), Millis(1_010));
+        new.unseal(Slot::of(&c));
+        new.presence_update(&c, &ns, &node("gw"), Vec::new(), &[ConnId(8)], false, Millis(1_100));
+        new.sweep(Millis(10_000));
+        let mut events: Vec<String> = w_new
+            .take_queued()
+            .iter()
+            .map(|e| format!("{} {}", e["type"].as_str().unwrap_or("?"), e["user"].as_str().unwrap_or("?")))
+            .collect();
+        assert_eq!(events.remove(0), "member_joined carl");
+        events.sort();
+        assert_eq!(events, ["member_left bob", "member_left carl"]);
+        let view = new.presence(&c, 10).unwrap_or_else(|| unreachable!("installed"));
+        assert_eq!(view.members.iter().map(|m| m.user.to_string()).collect::<Vec<_>>(), ["ann"]);
+    }
+
+    #[test]
+    fn presence_noted_at_an_old_owner_applies_if_the_handoff_failed_and_drops_if_it_went() {
+        // Failed: the old owner keeps the slot and bob's leave.
+        let (old, _new, _w, ns, c, _handed) = presence_handoff_in_flight();
+        old.presence_update(&c, &ns, &node("gw"), Vec::new(), &[ConnId(7)], false, Millis(1_000));
+        let users = |h: &Hub| {
+            let view = h.presence(&c, 10).unwrap_or_else(|| unreachable!("kept"));
+            view.members.iter().map(|m| m.user.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(users(&old).len(), 2, "noted while sealed");
+        old.unseal(Slot::of(&c));
+        assert_eq!(users(&old), ["ann"]);
+        assert!(lock(&old.presence_while_sealed).is_empty());
+        // Went: the demoted old owner starts nothing; gw re-announces to the new owner.
+        let (old, _new, _w, ns, c, _handed) = presence_handoff_in_flight();
+        old.demote_slot(Slot::of(&c));
+        old.presence_update(&c, &ns, &node("gw"), Vec::new(), &[ConnId(7)], false, Millis(1_000));
+        old.unseal(Slot::of(&c));
+        assert!(old.presence(&c, 10).is_none() && old.committed(&c).is_none(), "no log, no presence");
+        assert!(lock(&old.presence_while_sealed).is_empty());
     }
 
     /// An owner with `chat:failover` at offsets 1..=3, and a replica (another epoch

@@ -254,19 +254,21 @@ impl Runtime {
     /// namespace an empty list too, as the owner may have inherited members of ours that
     /// have left since).
     pub(super) fn announce_members(&self, owner: &NodeId, epoch: SlotEpoch, channel: &ChannelName) {
-        let members = self.hub.local_members(channel);
-        if members.is_empty() && !self.namespaces.get(channel.namespace()).is_some_and(|ns| ns.presence) {
-            return;
-        }
-        let joins = members
-            .into_iter()
-            .map(|(conn, user, info)| MemberWire {
-                conn: conn.0,
-                user: user.to_string(),
-                info: info.as_deref().map(str::to_owned),
-            })
-            .collect();
-        self.send_presence(owner, epoch, channel, joins, Vec::new(), true);
+        let presence = self.namespaces.get(channel.namespace()).is_some_and(|ns| ns.presence);
+        self.hub.announce_members(channel, |members| {
+            if members.is_empty() && !presence {
+                return;
+            }
+            let joins = members
+                .into_iter()
+                .map(|(conn, user, info)| MemberWire {
+                    conn: conn.0,
+                    user: user.to_string(),
+                    info: info.as_deref().map(str::to_owned),
+                })
+                .collect();
+            self.send_presence(owner, epoch, channel, joins, Vec::new(), true);
+        });
     }
 
     /// A channel's presence from its owner.

@@ -143,6 +143,25 @@ impl Runtime {
         }
     }
 
+    /// Checks that this node owns `slot` for a presence update routed under `epoch`:
+    /// as [`Runtime::serve_slot`], or by a claim of ours at `epoch` or newer that the
+    /// route table has not shown yet. The sender saw our claim first; its members'
+    /// leaves, dropped here, would not be sent again (see `Hub::presence_update`).
+    fn serve_presence(&self, slot: u16, epoch: u64) -> Result<(), Refusal> {
+        let Err((refusal, _)) = self.serve_slot(slot, epoch) else { return Ok(()) };
+        let Some(slot) = Slot::new(slot) else { return Err(refusal) };
+        let shown = match self.table().route(slot) {
+            Route::Claimed { epoch, .. } => epoch.0,
+            _ => 0,
+        };
+        let ours = lock(&self.own_epochs).get(&slot).map(|e| e.0);
+        if ours.is_some_and(|e| e >= epoch && e > shown) {
+            self.check_owner()
+        } else {
+            Err(refusal)
+        }
+    }
+
     pub(super) fn parse_channel(&self, raw: &str, slot: u16) -> Result<(ChannelName, NamespaceOptions), Refusal> {
         let channel = ChannelName::new(raw).map_err(|e| Refusal::new(ErrorCode::InvalidChannel, e.to_string()))?;
         if Slot::of(&channel).get() != slot {
@@ -325,10 +344,9 @@ impl Runtime {
             }
             PeerFrame::Presence { slot, slot_epoch, channel, joins, leaves, sync } => {
                 // Not the owner (any more): the node re-announces when it sees the move.
-                let Ok((channel, ns)) = self
-                    .serve_slot(slot, slot_epoch)
-                    .map_err(|(r, _)| r)
-                    .and_then(|()| self.parse_channel(&channel, slot))
+                // Not shown the owner yet, though we claimed the slot: served.
+                let Ok((channel, ns)) =
+                    self.serve_presence(slot, slot_epoch).and_then(|()| self.parse_channel(&channel, slot))
                 else {
                     debug!(%peer, "presence update for a slot not served here dropped");
                     return;
