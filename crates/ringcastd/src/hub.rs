@@ -2703,6 +2703,12 @@ mod tests {
         (old, new, w_new, ns, c, handed)
     }
 
+    /// The users of the channel's present members (one per client) at `h`, its owner.
+    fn member_users(h: &Hub, c: &ChannelName) -> Vec<String> {
+        let view = h.presence(c, 10).unwrap_or_else(|| panic!("{c} has no presence here"));
+        view.members.iter().map(|m| m.user.to_string()).collect()
+    }
+
     #[test]
     fn a_leave_that_reaches_the_new_owner_before_its_install_is_applied_after_it() {
         let (_old, new, w_new, ns, c, handed) = presence_handoff_in_flight();
@@ -2710,13 +2716,9 @@ mod tests {
         new.presence_update(&c, &ns, &node("gw"), Vec::new(), &[ConnId(7)], false, Millis(1_000));
         assert!(new.presence(&c, 10).is_none(), "noted, not applied to nothing");
         new.install(handed, &node("new"), |_| Some(ns.clone()), Millis(1_010));
-        let users = |h: &Hub| {
-            let view = h.presence(&c, 10).unwrap_or_else(|| unreachable!("installed"));
-            view.members.iter().map(|m| m.user.to_string()).collect::<Vec<_>>()
-        };
-        assert_eq!(users(&new).len(), 2, "still sealed: bob is inherited, not yet gone");
+        assert_eq!(member_users(&new, &c).len(), 2, "still sealed: bob is inherited, not yet gone");
         new.unseal(Slot::of(&c));
-        assert_eq!(users(&new), ["ann"]);
+        assert_eq!(member_users(&new, &c), ["ann"]);
         new.sweep(Millis(2_999));
         assert!(w_new.take_queued().is_empty(), "within the grace from when he left");
         new.sweep(Millis(3_000));
@@ -2745,8 +2747,7 @@ mod tests {
         assert_eq!(events.remove(0), "member_joined carl");
         events.sort();
         assert_eq!(events, ["member_left bob", "member_left carl"]);
-        let view = new.presence(&c, 10).unwrap_or_else(|| unreachable!("installed"));
-        assert_eq!(view.members.iter().map(|m| m.user.to_string()).collect::<Vec<_>>(), ["ann"]);
+        assert_eq!(member_users(&new, &c), ["ann"]);
     }
 
     #[test]
@@ -2754,13 +2755,9 @@ mod tests {
         // Failed: the old owner keeps the slot and bob's leave.
         let (old, _new, _w, ns, c, _handed) = presence_handoff_in_flight();
         old.presence_update(&c, &ns, &node("gw"), Vec::new(), &[ConnId(7)], false, Millis(1_000));
-        let users = |h: &Hub| {
-            let view = h.presence(&c, 10).unwrap_or_else(|| unreachable!("kept"));
-            view.members.iter().map(|m| m.user.to_string()).collect::<Vec<_>>()
-        };
-        assert_eq!(users(&old).len(), 2, "noted while sealed");
+        assert_eq!(member_users(&old, &c).len(), 2, "noted while sealed");
         old.unseal(Slot::of(&c));
-        assert_eq!(users(&old), ["ann"]);
+        assert_eq!(member_users(&old, &c), ["ann"]);
         assert!(lock(&old.presence_while_sealed).is_empty());
         // Went: the demoted old owner starts nothing; gw re-announces to the new owner.
         let (old, _new, _w, ns, c, _handed) = presence_handoff_in_flight();
