@@ -144,18 +144,19 @@ impl Runtime {
     }
 
     /// Checks that this node owns `slot` for a presence update routed under `epoch`:
-    /// as [`Runtime::serve_slot`], or by a claim of ours at `epoch` or newer that the
-    /// route table has not shown yet. The sender saw our claim first; its members'
-    /// leaves, dropped here, would not be sent again (see `Hub::presence_update`).
+    /// as [`Runtime::serve_slot`], or by a claim of ours (this lease's, at `epoch` or
+    /// newer) that the route table has not shown yet. The sender saw our claim first;
+    /// its members' leaves, dropped here, would not be sent again (see
+    /// `Hub::presence_update`).
     fn serve_presence(&self, slot: u16, epoch: u64) -> Result<(), Refusal> {
         let Err((refusal, _)) = self.serve_slot(slot, epoch) else { return Ok(()) };
         let Some(slot) = Slot::new(slot) else { return Err(refusal) };
         let shown = match self.table().route(slot) {
-            Route::Claimed { epoch, .. } => epoch.0,
-            _ => 0,
+            Route::Claimed { epoch, .. } => epoch,
+            _ => SlotEpoch(0),
         };
-        let ours = lock(&self.own_epochs).get(&slot).map(|e| e.0);
-        if ours.is_some_and(|e| e >= epoch && e > shown) {
+        let covers = lock(&self.own_epochs).get(&slot).is_some_and(|e| e.0 >= epoch);
+        if covers && self.claimed_since(slot, shown) {
             self.check_owner()
         } else {
             Err(refusal)
