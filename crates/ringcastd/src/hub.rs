@@ -102,10 +102,9 @@ pub trait PeerSink: Send + Sync + 'static {
     fn slot_epoch(&self, slot: Slot) -> SlotEpoch;
 }
 
-/// `Unsubscribe`s noted per sealed slot at most (a takeover lasts a moment).
-const MAX_RELEASES_WHILE_SEALED: usize = 10_000;
-/// Members (joins and leaves) in the presence updates noted per sealed slot at most.
-const MAX_PRESENCE_NOTED_WHILE_SEALED: usize = 100_000;
+/// What is noted per sealed slot at most: releases count one each, presence updates
+/// their members (a take-over lasts a moment).
+const MAX_NOTED_WHILE_SEALED: usize = 100_000;
 
 /// A peer's presence update of one channel (see [`Hub::presence_update`]).
 struct PresenceUpdate {
@@ -118,36 +117,63 @@ struct PresenceUpdate {
     at: Millis,
 }
 
-/// The presence updates noted for one sealed slot, in arrival order, bounded by
-/// [`MAX_PRESENCE_NOTED_WHILE_SEALED`] members.
-#[derive(Default)]
-struct NotedPresence {
-    updates: Vec<PresenceUpdate>,
-    members: usize,
+/// What a peer told this node about a channel of a sealed slot (see the
+/// `noted_while_sealed` field).
+enum SealedNote {
+    /// An `Unsubscribe`: `peer` has no subscribers on the channel any more.
+    Release {
+        channel: ChannelName,
+        peer: NodeId,
+        at: Millis,
+    },
+    Presence(Box<PresenceUpdate>),
 }
 
-impl NotedPresence {
-    /// Notes `u`; false (and not noted) when the bound is reached.
-    fn push(&mut self, u: PresenceUpdate) -> bool {
-        let members = u.joins.len() + u.leaves.len();
-        if self.members + members > MAX_PRESENCE_NOTED_WHILE_SEALED {
+impl SealedNote {
+    fn channel(&self) -> &ChannelName {
+        match self {
+            SealedNote::Release { channel, .. } => channel,
+            SealedNote::Presence(u) => &u.channel,
+        }
+    }
+
+    /// Its share of [`MAX_NOTED_WHILE_SEALED`].
+    fn weight(&self) -> usize {
+        match self {
+            SealedNote::Release { .. } => 1,
+            SealedNote::Presence(u) => (u.joins.len() + u.leaves.len()).max(1),
+        }
+    }
+}
+
+/// The notes of one sealed slot, in arrival order, bounded by [`MAX_NOTED_WHILE_SEALED`].
+#[derive(Default)]
+struct SealedNotes {
+    notes: Vec<SealedNote>,
+    weight: usize,
+}
+
+impl SealedNotes {
+    /// Notes `n`; false (and not noted) when the bound is reached.
+    fn push(&mut self, n: SealedNote) -> bool {
+        let weight = n.weight();
+        if self.weight + weight > MAX_NOTED_WHILE_SEALED {
             return false;
         }
-        self.members += members;
-        self.updates.push(u);
+        self.weight += weight;
+        self.notes.push(n);
         true
     }
 }
 
-/// Takes the noted updates of `channel`, in order.
-fn take_noted(noted: &mut HashMap<Slot, NotedPresence>, channel: &ChannelName) -> Vec<PresenceUpdate> {
+/// Takes the notes of `channel`, in order.
+fn take_noted(noted: &mut HashMap<Slot, SealedNotes>, channel: &ChannelName) -> Vec<SealedNote> {
     let slot = Slot::of(channel);
     let Some(n) = noted.get_mut(&slot) else { return Vec::new() };
-    let (mine, rest): (Vec<_>, Vec<_>) =
-        std::mem::take(&mut n.updates).into_iter().partition(|u| u.channel == *channel);
-    n.members = rest.iter().map(|u| u.joins.len() + u.leaves.len()).sum();
-    n.updates = rest;
-    if n.updates.is_empty() {
+    let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut n.notes).into_iter().partition(|u| u.channel() == channel);
+    n.weight = rest.iter().map(SealedNote::weight).sum();
+    n.notes = rest;
+    if n.notes.is_empty() {
         noted.remove(&slot);
     }
     mine
@@ -434,21 +460,16 @@ pub struct Hub {
     /// seal a slot (a handoff out, a take-over, a claim) can overlap, and the slot stays
     /// sealed until each has released its seal.
     sealed: Vec<std::sync::atomic::AtomicU32>,
-    /// `Unsubscribe`s received for channels of sealed slots, per slot: a slot being
-    /// taken over has no channels yet, and the peer that saw the claim first would
-    /// otherwise be put back in the interest the handoff carries. Applied by
-    /// [`Hub::install`]; cleared when the slot is unsealed.
-    released_while_sealed: Mutex<HashMap<Slot, Vec<(ChannelName, NodeId)>>>,
-    /// Peers' presence updates received for channels of sealed slots, per slot, in
-    /// order. A node that sees a take-over's claim before the new owner has installed
-    /// the slot sends its members' leaves there, and nothing repeats them: dropped, the
-    /// installed presence would keep those members for good. A handoff that fails
-    /// leaves the old owner with the slot, and the senders never see a move. So they
-    /// are applied, in order and under each channel's lock, when the slot's last seal
-    /// is released, to the channels this node then sequences; for the others (the slot
-    /// was handed off) they are dropped, as their nodes re-announce to the new owner
-    /// when they see the move.
-    presence_while_sealed: Mutex<HashMap<Slot, NotedPresence>>,
+    /// `Unsubscribe`s and presence updates received for channels of sealed slots, per
+    /// slot, in order. A node that sees a take-over's claim before the new owner has
+    /// installed the slot sends them there, and nothing repeats them: dropped, the
+    /// interest and presence the handoff carries would bring back that node's interest
+    /// and its members that left, for good. A handoff that fails leaves the old owner
+    /// with the slot, and the senders never see a move. So they are applied, in order
+    /// and under each channel's lock, when the slot's last seal is released, to the
+    /// channels this node then sequences; for the others (the slot was handed off) they
+    /// are dropped, as their nodes repeat them to the new owner when they see the move.
+    noted_while_sealed: Mutex<HashMap<Slot, SealedNotes>>,
     /// Slots whose replica is being (re)built: durable publishes wait. Checked under
     /// each channel's lock, so the replica's snapshot (taken after setting it) holds
     /// every message sequenced before and none after.
@@ -492,8 +513,7 @@ impl Hub {
             metrics,
             peers: OnceLock::new(),
             sealed: Slot::all().map(|_| std::sync::atomic::AtomicU32::new(0)).collect(),
-            released_while_sealed: Mutex::new(HashMap::new()),
-            presence_while_sealed: Mutex::new(HashMap::new()),
+            noted_while_sealed: Mutex::new(HashMap::new()),
             replica_paused: Slot::all().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
             patterns: patterns::Patterns::default(),
             webhooks: OnceLock::new(),
@@ -525,8 +545,7 @@ impl Hub {
     pub fn unseal(&self, slot: Slot) {
         let count = &self.sealed[usize::from(slot.get())];
         if count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) == Ok(1) {
-            lock(&self.released_while_sealed).remove(&slot);
-            self.apply_noted_presence(slot);
+            self.apply_noted(slot);
         }
     }
 
@@ -631,11 +650,6 @@ impl Hub {
                 st.log = Some(restored_log(h.log, &ns, now));
                 st.uncommitted.clear();
                 st.interest = interest;
-                if let Some(notes) = lock(&self.released_while_sealed).get(&Slot::of(&h.channel)) {
-                    for (_, peer) in notes.iter().filter(|(c, _)| *c == h.channel) {
-                        st.interest.remove(peer);
-                    }
-                }
                 st.remote_interest = false;
                 st.webhooks = ns.webhook_set();
                 st.occupancy = match h.occupied {
@@ -1373,13 +1387,14 @@ impl Hub {
 
     /// Owner: `peer` has no subscribers on the channel any more.
     pub fn drop_interest(&self, channel: &ChannelName, peer: &NodeId, now: Millis) {
-        if self.is_sealed(channel) {
-            // Noted before looking for the channel, so an install that runs meanwhile
-            // either finds the note or has created the channel for the lookup below.
-            let mut released = lock(&self.released_while_sealed);
-            let notes = released.entry(Slot::of(channel)).or_default();
-            if notes.len() < MAX_RELEASES_WHILE_SEALED {
-                notes.push((channel.clone(), peer.clone()));
+        {
+            // Checked under the notes' lock, as in `presence_update`.
+            let mut noted = lock(&self.noted_while_sealed);
+            if self.is_sealed(channel) {
+                let note = SealedNote::Release { channel: channel.clone(), peer: peer.clone(), at: now };
+                if !noted.entry(Slot::of(channel)).or_default().push(note) {
+                    warn!(%channel, %peer, "too many notes while the slot changes owner; a release dropped");
+                }
             }
         }
         self.with_existing(channel, |st| {
@@ -1870,7 +1885,7 @@ impl Hub {
     /// `leaves`, or with `sync` its complete list. Ignored unless this node sequences
     /// the channel (the caller checked the slot) and the namespace has presence. While
     /// the slot is sealed it is noted, and applied when the slot is unsealed (see the
-    /// `presence_while_sealed` field).
+    /// `noted_while_sealed` field).
     #[allow(clippy::too_many_arguments)]
     pub fn presence_update(
         &self,
@@ -1898,32 +1913,42 @@ impl Hub {
             // Checked under the notes' lock, which the last unseal takes before applying
             // them: an update is either noted before that or sees the slot unsealed.
             let earlier = {
-                let mut noted = lock(&self.presence_while_sealed);
+                let mut noted = lock(&self.noted_while_sealed);
                 if self.is_sealed(channel) {
-                    let slot = Slot::of(channel);
-                    if !noted.entry(slot).or_default().push(update) {
-                        warn!(%channel, %node, "too many presence updates while the slot changes owner; one dropped");
+                    if !noted.entry(Slot::of(channel)).or_default().push(SealedNote::Presence(Box::new(update))) {
+                        warn!(%channel, %node, "too many notes while the slot changes owner; a presence update dropped");
                     }
                     return;
                 }
-                // Updates noted before an unseal that has not reached this channel yet
-                // go first: they arrived first.
+                // Notes taken before an unseal that has not reached this channel yet go
+                // first: they arrived first.
                 take_noted(&mut noted, channel)
             };
-            for u in earlier {
-                self.apply_presence(st, u);
+            for note in earlier {
+                self.apply_note(st, note);
             }
             self.owned_log(channel, st, ns);
             self.apply_presence(st, update);
         });
     }
 
-    /// Applies a peer's presence update to a channel this node sequences.
-    fn apply_presence(&self, st: &mut ChannelState, u: PresenceUpdate) {
+    /// Applies a peer's note to a channel this node sequences.
+    fn apply_note(&self, st: &mut ChannelState, note: SealedNote) {
         if st.log.is_none() {
-            // Handed off while it was noted: the node re-announces to the new owner.
+            // Handed off while it was noted: the node repeats it to the new owner.
             return;
         }
+        match note {
+            SealedNote::Release { channel, peer, at } => {
+                st.interest.remove(&peer);
+                self.observe_occupancy(&channel, st, at);
+            }
+            SealedNote::Presence(u) => self.apply_presence(st, *u),
+        }
+    }
+
+    /// Applies a peer's presence update to a channel this node sequences.
+    fn apply_presence(&self, st: &mut ChannelState, u: PresenceUpdate) {
         let p = st.presence_mut(&u.ns);
         let mut events = Vec::new();
         if u.sync {
@@ -1939,30 +1964,30 @@ impl Hub {
         self.emit_presence(&u.channel, st, events, u.at);
     }
 
-    /// The slot's last seal was released: applies the presence updates noted while it
-    /// was sealed, channel by channel under its lock (see `presence_while_sealed`).
-    fn apply_noted_presence(&self, slot: Slot) {
-        let channels: BTreeSet<ChannelName> = match lock(&self.presence_while_sealed).get(&slot) {
-            Some(noted) => noted.updates.iter().map(|u| u.channel.clone()).collect(),
+    /// The slot's last seal was released: applies what was noted while it was sealed,
+    /// channel by channel under its lock (see the `noted_while_sealed` field).
+    fn apply_noted(&self, slot: Slot) {
+        let channels: BTreeSet<ChannelName> = match lock(&self.noted_while_sealed).get(&slot) {
+            Some(noted) => noted.notes.iter().map(|n| n.channel().clone()).collect(),
             None => return,
         };
         for channel in channels {
             let applied = self.with_existing(&channel, |st| {
-                let updates = {
-                    let mut noted = lock(&self.presence_while_sealed);
+                let notes = {
+                    let mut noted = lock(&self.noted_while_sealed);
                     if self.slot_sealed(slot) {
                         // Sealed again meanwhile: the next unseal applies them.
                         return;
                     }
                     take_noted(&mut noted, &channel)
                 };
-                for u in updates {
-                    self.apply_presence(st, u);
+                for note in notes {
+                    self.apply_note(st, note);
                 }
             });
             if applied.is_none() {
                 // Forgotten meanwhile: nothing here to apply them to.
-                let mut noted = lock(&self.presence_while_sealed);
+                let mut noted = lock(&self.noted_while_sealed);
                 if !self.slot_sealed(slot) {
                     take_noted(&mut noted, &channel);
                 }
@@ -2725,7 +2750,7 @@ mod tests {
         let events = w_new.take_queued();
         assert_eq!(kinds(&events), ["member_left chat:sealed"]);
         assert_eq!(events[0]["user"], "bob");
-        assert!(lock(&new.presence_while_sealed).is_empty());
+        assert!(lock(&new.noted_while_sealed).is_empty());
     }
 
     #[test]
@@ -2758,14 +2783,14 @@ mod tests {
         assert_eq!(member_users(&old, &c).len(), 2, "noted while sealed");
         old.unseal(Slot::of(&c));
         assert_eq!(member_users(&old, &c), ["ann"]);
-        assert!(lock(&old.presence_while_sealed).is_empty());
+        assert!(lock(&old.noted_while_sealed).is_empty());
         // Went: the demoted old owner starts nothing; gw re-announces to the new owner.
         let (old, _new, _w, ns, c, _handed) = presence_handoff_in_flight();
         old.demote_slot(Slot::of(&c));
         old.presence_update(&c, &ns, &node("gw"), Vec::new(), &[ConnId(7)], false, Millis(1_000));
         old.unseal(Slot::of(&c));
         assert!(old.presence(&c, 10).is_none() && old.committed(&c).is_none(), "no log, no presence");
-        assert!(lock(&old.presence_while_sealed).is_empty());
+        assert!(lock(&old.noted_while_sealed).is_empty());
     }
 
     /// An owner with `chat:failover` at offsets 1..=3, and a replica (another epoch
@@ -2950,7 +2975,7 @@ mod tests {
         let interest = new.with_existing(&c, |st| st.interest.iter().map(ToString::to_string).collect::<Vec<_>>());
         assert_eq!(interest, Some(vec!["gw2".to_owned()]));
         // Unsealing forgets the notes: a later handoff in starts clean.
-        assert!(lock(&new.released_while_sealed).is_empty());
+        assert!(lock(&new.noted_while_sealed).is_empty());
     }
 
     #[test]
