@@ -30,6 +30,7 @@ fn spec(addr: std::net::SocketAddr, channels: usize, zipf: f64) -> Spec {
         stall_fraction: 0.0,
         perf: false,
         repetition: 1,
+        start_at_unix_ms: None,
     }
 }
 
@@ -60,5 +61,42 @@ async fn many_channels_uniform_and_zipf_are_delivered_in_full_and_in_order() -> 
     let o = run(spec(node.addr, 0, 0.0)).await?;
     assert_eq!(clean(&o), (60, 0, 0, 0, 0), "first error {:?}", o.first_error);
     assert!((o.offered_deliveries_per_s - 100.0 * 60.0).abs() < 1e-6, "{}", o.offered_deliveries_per_s);
+    Ok(())
+}
+
+fn unix_ms_from_now(offset_ms: i64) -> Result<u64> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let now_ms = i64::try_from(now.as_millis())?;
+    Ok(u64::try_from(now_ms + offset_ms)?)
+}
+
+/// Workload (g) runs two generators at once, their first messages due at given
+/// wall-clock times: a run does not publish before its time, and a time that passed
+/// while the subscribers connected is an error, not a run in another window.
+#[tokio::test]
+async fn a_generator_publishes_from_its_start_time_and_refuses_one_that_passed() -> Result<()> {
+    let node = Ringcastd::start(&base_config(
+        "[limits]\ncommands_per_second = 0\n\n[namespaces.bench]\nanonymous = true\nclient_publish_rate = 0\n",
+    ))?;
+    let at = |offset_ms| -> Result<Spec> {
+        let mut spec = spec(node.addr, 0, 0.0);
+        spec.subscribers = 5;
+        spec.channels_per_conn = 1;
+        spec.start_at_unix_ms = Some(unix_ms_from_now(offset_ms)?);
+        Ok(spec)
+    };
+
+    let began = std::time::Instant::now();
+    let o = run(at(2_500)?).await?;
+    // Message 0 is due 2.5 s from now, the window ends warmup + measure (1.5 s) later.
+    assert!(began.elapsed() >= Duration::from_millis(4_000), "finished after {:?}", began.elapsed());
+    assert_eq!((o.connected, o.lost, o.errors, o.disconnects), (5, 0, 0, 0), "first error {:?}", o.first_error);
+    assert_eq!(o.published, 150);
+
+    let err = run(at(-1_000)?).await.err().map(|e| format!("{e:#}"));
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("passed before the subscribers were ready")),
+        "a start time in the past: {err:?}"
+    );
     Ok(())
 }

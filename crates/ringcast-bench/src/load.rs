@@ -84,6 +84,12 @@ pub struct Spec {
     /// Count send syscalls of the server with `perf stat` over the window.
     pub perf: bool,
     pub repetition: u32,
+    /// When message 0 is due, in ms since the Unix epoch; `None`: 50 ms after the
+    /// subscribers are ready. Two generators given times half a period apart publish
+    /// through the same seconds without their sends meeting (workload g measures a
+    /// cluster and a single node at once this way).
+    #[serde(default)]
+    pub start_at_unix_ms: Option<u64>,
 }
 
 /// What one run measured.
@@ -110,6 +116,11 @@ pub struct Outcome {
     #[serde(default)]
     pub server_user_share: Option<f64>,
     pub generator_cpu: f64,
+    /// Share of each CPU's time in the measure window that the hypervisor gave to
+    /// someone else (steal), in CPU order: a noisy neighbour shows here, and moves every
+    /// run measured in that window alike.
+    #[serde(default)]
+    pub steal_share_by_cpu: Vec<f64>,
     pub latency_us: Quantiles,
     /// Per publish: time until the last live subscriber had it.
     pub completion_us: Quantiles,
@@ -425,6 +436,18 @@ fn perf_sum(text: &str) -> Option<u64> {
     (!counts.is_empty()).then(|| counts.iter().sum())
 }
 
+/// The [`Instant`] of a wall-clock time given in ms since the Unix epoch; an error when
+/// that time has passed (the subscribers took longer to connect than the caller allowed).
+fn instant_of_unix_ms(at: u64) -> anyhow::Result<Instant> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?;
+    let ahead = Duration::from_millis(at).checked_sub(now).with_context(|| {
+        format!("--start-at {at} passed before the subscribers were ready (now {})", now.as_millis())
+    })?;
+    Ok(Instant::now() + ahead)
+}
+
 async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
     let base = Instant::now();
     let pid = spec.server_pid.map(|p| p.to_string());
@@ -514,6 +537,7 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
 
     let mut perf_out = None;
     let (server_cpu, server_times, generator_cpu, rss_after);
+    let mut steal_share = Vec::new();
     if spec.rate <= 0.0 {
         tokio::time::sleep(spec.settle).await;
         rss_after = pid.as_deref().and_then(procfs::rss_kib);
@@ -527,7 +551,10 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         }
         let (r, w) = stream.into_split();
         tokio::task::spawn_local(publisher_reader(spec.system, r, shared.clone()));
-        let start = Instant::now() + Duration::from_millis(50);
+        let start = match spec.start_at_unix_ms {
+            None => Instant::now() + Duration::from_millis(50),
+            Some(at) => instant_of_unix_ms(at)?,
+        };
         shared.borrow_mut().start_ns = u64::try_from((start - base).as_nanos()).unwrap_or(0);
         tokio::time::sleep_until(start.into()).await;
         let pub_task =
@@ -540,6 +567,7 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         };
         let cpu0 = servers_cpu();
         let self0 = procfs::cpu_seconds("self").unwrap_or(0.0);
+        let steal0 = procfs::steal_seconds_by_cpu();
         let t0 = Instant::now();
         let perf_child = match (spec.perf, spec.server_pid) {
             (true, Some(p)) => perf_start(p, spec.measure.as_secs_f64()),
@@ -551,6 +579,7 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         let secs = t0.elapsed().as_secs_f64();
         let cpu1 = servers_cpu();
         let self1 = procfs::cpu_seconds("self").unwrap_or(0.0);
+        steal_share = procfs::steal_seconds_by_cpu().iter().zip(&steal0).map(|(b, a)| (b - a) / secs).collect();
         server_times = cpu0.zip(cpu1).map(|(a, b)| b - a);
         server_cpu = server_times.map(|t| t.total() / secs);
         generator_cpu = (self1 - self0) / secs;
@@ -625,6 +654,7 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         server_cpu_s_per_million: server_cpu.filter(|_| achieved > 0.0).map(|c| c * 1e6 / achieved),
         server_user_share: server_times.filter(|t| t.total() > 0.0).map(|t| t.user / t.total()),
         generator_cpu,
+        steal_share_by_cpu: steal_share,
         latency_us: Quantiles::of(&sh.latency),
         completion_us: Quantiles::of(&completion),
         server_rss_before_kib: rss_before,

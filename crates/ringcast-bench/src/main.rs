@@ -189,14 +189,19 @@ struct RunArgs {
     perf: bool,
     #[arg(long, default_value_t = 1)]
     repetition: u32,
+    /// When the first message is due, in ms since the Unix epoch (default: as soon as
+    /// the subscribers are ready). The run fails when that time has passed by then.
+    #[arg(long, value_name = "UNIX_MS")]
+    start_at: Option<u64>,
     /// Append the result as one JSON line here (and print it on stdout).
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
-/// Prints an outcome as one JSON line, and appends it to `out` when given.
+/// Prints an outcome as one JSON line, and appends it to `out` when given, in one
+/// write: generators that run at once (workload g) append to the same file.
 fn emit(outcome: &impl serde::Serialize, out: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let line = serde_json::to_string(outcome)?;
+    let mut line = serde_json::to_string(outcome)?;
     println!("{line}");
     if let Some(path) = out {
         let mut f = std::fs::OpenOptions::new()
@@ -204,7 +209,8 @@ fn emit(outcome: &impl serde::Serialize, out: Option<&std::path::Path>) -> anyho
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        writeln!(f, "{line}")?;
+        line.push('\n');
+        f.write_all(line.as_bytes())?;
     }
     Ok(())
 }
@@ -232,6 +238,7 @@ fn main() -> anyhow::Result<()> {
                 stall_fraction: a.stall_fraction,
                 perf: a.perf,
                 repetition: a.repetition,
+                start_at_unix_ms: a.start_at,
             };
             let outcome = load::run(spec)?;
             emit(&outcome, a.out.as_deref())

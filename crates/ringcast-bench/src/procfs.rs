@@ -1,4 +1,5 @@
-//! Process accounting from `/proc`: CPU time (all threads) and resident memory.
+//! Process accounting from `/proc`: CPU time (all threads) and resident memory, and
+//! the time the hypervisor took from each CPU.
 
 use std::fs;
 
@@ -61,6 +62,22 @@ fn status_field(pid: &str, key: &str) -> Option<u64> {
     line[key.len()..].split_whitespace().next()?.parse().ok()
 }
 
+/// Seconds the hypervisor ran something else while each CPU wanted to run (the `steal`
+/// column of `/proc/stat`'s `cpuN` lines), in CPU order; empty where the kernel does not
+/// count it.
+#[must_use]
+pub fn steal_seconds_by_cpu() -> Vec<f64> {
+    fs::read_to_string("/proc/stat").map(|s| parse_steal(&s)).unwrap_or_default()
+}
+
+fn parse_steal(stat: &str) -> Vec<f64> {
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        // cpuN user nice system idle iowait irq softirq steal ...
+        .map_while(|l| Some(l.split_whitespace().nth(8)?.parse::<u64>().ok()? as f64 / CLOCK_TICKS_PER_SECOND))
+        .collect()
+}
+
 /// Resident set size of `pid` in KiB.
 #[must_use]
 pub fn rss_kib(pid: &str) -> Option<u64> {
@@ -94,10 +111,21 @@ mod tests {
     }
 
     #[test]
+    fn steal_is_read_per_cpu_and_not_from_the_total_line() {
+        let stat = "cpu  99822 0 6614 70226 436 0 472 3307 0 0\n\
+                    cpu0 49939 0 3286 35170 270 0 300 1327 0 0\n\
+                    cpu1 49882 0 3327 35056 166 0 171 1980 0 0\n\
+                    intr 1 2 3\n";
+        assert_eq!(parse_steal(stat), vec![13.27, 19.8]);
+        assert_eq!(parse_steal("cpu0 1 2 3\n"), Vec::<f64>::new());
+    }
+
+    #[test]
     fn reads_this_process() {
         assert!(cpu_seconds("self").is_some());
         assert!(rss_kib("self").is_some_and(|k| k > 0));
         assert!(alive("self"));
         assert!(open_files_limit().is_some_and(|n| n > 0));
+        assert!(!steal_seconds_by_cpu().is_empty());
     }
 }
