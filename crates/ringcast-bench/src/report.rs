@@ -362,8 +362,8 @@ fn burst_target(rows: &[Row], rc_config: &str) -> Target {
 /// while the hypervisor took at most [`QUIET_STEAL_SHARE`] of every CPU, when there are
 /// [`MIN_QUIET_PAIRS`] of them: a window where the host takes the servers' core away
 /// for milliseconds at a time moves both p99s by several ms, either way, and says
-/// nothing about the hop (2026-12-02: quiet pairs +0.2 to +0.9 ms, the others -10.2 to
-/// +5.3). The text gives the median over every pair too.
+/// nothing about the hop (run 3 of 2026-12-02: quiet pairs +0.2 to +0.9 ms, the two
+/// others -10.2 and +5.3). The text gives the median over every pair too.
 fn cluster_target(rows: &[Row], outcomes: &[Outcome]) -> Target {
     let name = format!("cross-node delivery (g) adds <= {CLUSTER_EXTRA_P99_MS} ms p99 at low load");
     let g = |o: &&Outcome| o.spec.system == System::Ringcast && o.spec.workload == "g" && o.valid;
