@@ -466,9 +466,11 @@ pub struct Hub {
     /// interest and presence the handoff carries would bring back that node's interest
     /// and its members that left, for good. A handoff that fails leaves the old owner
     /// with the slot, and the senders never see a move. So they are applied, in order
-    /// and under each channel's lock, when the slot's last seal is released, to the
-    /// channels this node then sequences; for the others (the slot was handed off) they
-    /// are dropped, as their nodes repeat them to the new owner when they see the move.
+    /// and under each channel's lock, when the slot's last seal is released (or before
+    /// a peer's subscribe or presence update that reaches the channel first, see
+    /// `Hub::apply_earlier_notes`), to the channels this node then sequences; for the
+    /// others (the slot was handed off) they are dropped, as their nodes repeat them to
+    /// the new owner when they see the move.
     noted_while_sealed: Mutex<HashMap<Slot, SealedNotes>>,
     /// Slots whose replica is being (re)built: durable publishes wait. Checked under
     /// each channel's lock, so the replica's snapshot (taken after setting it) holds
@@ -1352,6 +1354,8 @@ impl Hub {
                 };
                 return self.send_peer(peer, refusal);
             }
+            // A release noted while sealed must not undo the interest registered below.
+            self.apply_earlier_notes(channel, st);
             let log = self.owned_log(channel, st, ns);
             let top = log.top();
             let (outcome, replay) = recover(log, since, now);
@@ -1964,6 +1968,24 @@ impl Hub {
         self.emit_presence(&u.channel, st, events, u.at);
     }
 
+    /// Applies, under `channel`'s lock, what was noted for it while its slot was sealed
+    /// and the last unseal has not applied yet (nothing while the slot is sealed). An
+    /// owner's change to the channel's interest or presence calls it first: what
+    /// arrived earlier goes first, so a noted release cannot undo a later subscribe.
+    fn apply_earlier_notes(&self, channel: &ChannelName, st: &mut ChannelState) {
+        let notes = {
+            let mut noted = lock(&self.noted_while_sealed);
+            if self.is_sealed(channel) {
+                // Sealed again meanwhile: the next unseal applies them.
+                return;
+            }
+            take_noted(&mut noted, channel)
+        };
+        for note in notes {
+            self.apply_note(st, note);
+        }
+    }
+
     /// The slot's last seal was released: applies what was noted while it was sealed,
     /// channel by channel under its lock (see the `noted_while_sealed` field).
     fn apply_noted(&self, slot: Slot) {
@@ -1972,19 +1994,7 @@ impl Hub {
             None => return,
         };
         for channel in channels {
-            let applied = self.with_existing(&channel, |st| {
-                let notes = {
-                    let mut noted = lock(&self.noted_while_sealed);
-                    if self.slot_sealed(slot) {
-                        // Sealed again meanwhile: the next unseal applies them.
-                        return;
-                    }
-                    take_noted(&mut noted, &channel)
-                };
-                for note in notes {
-                    self.apply_note(st, note);
-                }
-            });
+            let applied = self.with_existing(&channel, |st| self.apply_earlier_notes(&channel, st));
             if applied.is_none() {
                 // Forgotten meanwhile: nothing here to apply them to.
                 let mut noted = lock(&self.noted_while_sealed);
@@ -2975,6 +2985,30 @@ mod tests {
         let interest = new.with_existing(&c, |st| st.interest.iter().map(ToString::to_string).collect::<Vec<_>>());
         assert_eq!(interest, Some(vec!["gw2".to_owned()]));
         // Unsealing forgets the notes: a later handoff in starts clean.
+        assert!(lock(&new.noted_while_sealed).is_empty());
+    }
+
+    #[test]
+    fn a_noted_release_does_not_undo_a_subscribe_served_before_the_unseal_applied_it() {
+        let (old, new) = (hub(), hub_as("new"));
+        old.set_peers(Arc::new(Recorder::default()));
+        new.set_peers(Arc::new(Recorder::default()));
+        let ns = NamespaceOptions::default();
+        let c = ch("chat:again");
+        assert!(old.serve_peer_subscribe(&c, &ns, &node("gw"), 1, (None, false), None, Millis(0)));
+        let slot = Slot::of(&c);
+        let handed = old.snapshot_slot(slot, &node("me"), Millis(0));
+        // gw's last subscriber leaves while the new owner installs; a new one comes.
+        new.seal(slot);
+        new.drop_interest(&c, &node("gw"), Millis(1));
+        new.install(handed, &node("new"), |_| Some(ns.clone()), Millis(2));
+        // The last seal is released, and gw's retried subscribe is served before the
+        // unseal reaches the channel to apply the release.
+        new.sealed[usize::from(slot.get())].store(0, Ordering::SeqCst);
+        assert!(new.serve_peer_subscribe(&c, &ns, &node("gw"), 2, (None, false), None, Millis(3)));
+        new.apply_noted(slot);
+        let interest = new.with_existing(&c, |st| st.interest.iter().map(ToString::to_string).collect::<Vec<_>>());
+        assert_eq!(interest, Some(vec!["gw".to_owned()]), "the subscribe came after the release");
         assert!(lock(&new.noted_while_sealed).is_empty());
     }
 
