@@ -1,7 +1,7 @@
 //! The benchmark's load generator (`crates/ringcast-bench`) against a real node: its
 //! loss and order accounting holds for the many-channel layout of workload (c), so a
 //! benchmark row marked valid really had every subscriber receive every message of its
-//! channels.
+//! channels. The null fan-out floor (`ringcast-bench floor`) serves the same generator.
 
 use anyhow::{Context, Result};
 use ringcast_bench::load::{self, Spec};
@@ -61,6 +61,33 @@ async fn many_channels_uniform_and_zipf_are_delivered_in_full_and_in_order() -> 
     let o = run(spec(node.addr, 0, 0.0)).await?;
     assert_eq!(clean(&o), (60, 0, 0, 0, 0), "first error {:?}", o.first_error);
     assert!((o.offered_deliveries_per_s - 100.0 * 60.0).abs() < 1e-6, "{}", o.offered_deliveries_per_s);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_null_fan_out_floor_serves_the_generator_every_message_once_and_in_order() -> Result<()> {
+    // The floor is a blocking, one-thread server: it gets a thread of its own (the
+    // test process ends it).
+    let listener = ringcast_bench::floor::listen(([127, 0, 0, 1], 0).into())?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || ringcast_bench::floor::serve(&listener, &mut std::io::sink()));
+    let clean = |o: &load::Outcome| (o.connected, o.connect_failures, o.lost, o.errors, o.disconnects);
+    // Many channels (each connection on 3 of 20), then everyone on one; the second run
+    // also shows that subscribers of an earlier publisher are still written to and
+    // dropped once they are gone, without disturbing the new run.
+    for (channels, zipf) in [(20, 1.0), (0, 0.0)] {
+        let o = run(Spec { system: System::Floor, ..spec(addr, channels, zipf) }).await?;
+        assert_eq!(clean(&o), (60, 0, 0, 0, 0), "{channels} channels: first error {:?}", o.first_error);
+        assert_eq!(o.published, 150);
+        assert!(o.latency_us.count > 0 && o.completion_us.count > 0, "{o:?}");
+        // The push is Redis's, byte for byte: 139 bytes for a 100-byte payload on
+        // "bench:c0" (bytes and deliveries are counted in the same window, give or take
+        // a read at its edges).
+        if channels == 0 {
+            let bytes = o.wire_bytes_per_delivery.unwrap_or_default();
+            assert!((135.0..=143.0).contains(&bytes), "{bytes} bytes per delivery");
+        }
+    }
     Ok(())
 }
 

@@ -6,7 +6,9 @@
 //! scheduled send time and sequence number ([`payload`]); an open-loop publisher and
 //! latency from the scheduled time into HDR histograms ([`load`]); who subscribes
 //! to which channels and where each publish goes ([`layout`]); server CPU and memory
-//! from `/proc` ([`procfs`]); the Markdown/JSON report and the PNG chart ([`report`]).
+//! from `/proc` ([`procfs`]); the Markdown/JSON report and the PNG chart ([`report`]);
+//! and [`floor`], a null fan-out server that does one send per delivery and nothing
+//! else, the host's floor under all three.
 //! Two scenarios of their own: [`storm`], the presence storm (a network blip that drops
 //! and reconnects every user of many presence channels) counted against the naive cost,
 //! and [`scoreboard`], live scores to many viewers with a few slow ones: deliveries,
@@ -19,6 +21,7 @@
 //! although every run checks for loss (sequence gaps) and disconnects and is marked
 //! invalid when it sees any.
 
+pub mod floor;
 pub mod layout;
 pub mod load;
 pub mod payload;

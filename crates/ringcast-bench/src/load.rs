@@ -130,6 +130,16 @@ pub struct Outcome {
     pub wire_bytes_per_delivery: Option<f64>,
     /// Server send-side syscalls (write, writev, sendto, sendmsg) per delivery.
     pub send_syscalls_per_delivery: Option<f64>,
+    /// Per delivery in the window, how often the generator's thread went to sleep
+    /// waiting for data (voluntary context switches). Each such sleep ends with a
+    /// wake-up inside one of the server's sends (on loopback the sender runs the
+    /// receiver's wake-up), so a reader that catches up often makes sends dearer.
+    #[serde(default)]
+    pub generator_sleeps_per_delivery: Option<f64>,
+    /// Per delivery in the window, the server's voluntary context switches (all
+    /// threads; every node's in workload g).
+    #[serde(default)]
+    pub server_sleeps_per_delivery: Option<f64>,
     pub valid: bool,
     pub invalid_because: Vec<String>,
 }
@@ -538,6 +548,8 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
     let mut perf_out = None;
     let (server_cpu, server_times, generator_cpu, rss_after);
     let mut steal_share = Vec::new();
+    // Voluntary context switches in the window: (generator, servers).
+    let mut switches: (Option<u64>, Option<u64>) = (None, None);
     if spec.rate <= 0.0 {
         tokio::time::sleep(spec.settle).await;
         rss_after = pid.as_deref().and_then(procfs::rss_kib);
@@ -565,7 +577,14 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
             let first = procfs::cpu_times(pid.as_deref()?)?;
             spec.other_server_pids.iter().try_fold(first, |sum, p| Some(sum + procfs::cpu_times(&p.to_string())?))
         };
+        let servers_switches = || -> Option<u64> {
+            let first = procfs::voluntary_switches(pid.as_deref()?)?;
+            spec.other_server_pids
+                .iter()
+                .try_fold(first, |sum, p| Some(sum + procfs::voluntary_switches(&p.to_string())?))
+        };
         let cpu0 = servers_cpu();
+        let switches0 = (procfs::voluntary_switches("self"), servers_switches());
         let self0 = procfs::cpu_seconds("self").unwrap_or(0.0);
         let steal0 = procfs::steal_seconds_by_cpu();
         let t0 = Instant::now();
@@ -578,7 +597,12 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         shared.borrow_mut().counting = false;
         let secs = t0.elapsed().as_secs_f64();
         let cpu1 = servers_cpu();
+        let switches1 = (procfs::voluntary_switches("self"), servers_switches());
         let self1 = procfs::cpu_seconds("self").unwrap_or(0.0);
+        switches = (
+            switches0.0.zip(switches1.0).map(|(a, b)| b.saturating_sub(a)),
+            switches0.1.zip(switches1.1).map(|(a, b)| b.saturating_sub(a)),
+        );
         steal_share = procfs::steal_seconds_by_cpu().iter().zip(&steal0).map(|(b, a)| (b - a) / secs).collect();
         server_times = cpu0.zip(cpu1).map(|(a, b)| b - a);
         server_cpu = server_times.map(|t| t.total() / secs);
@@ -662,6 +686,8 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         rss_per_conn_kib: rss_per_conn,
         wire_bytes_per_delivery: (spec.rate > 0.0).then(|| sh.window_bytes as f64 / deliveries_window),
         send_syscalls_per_delivery: perf_out.map(|n| n as f64 / deliveries_window),
+        generator_sleeps_per_delivery: switches.0.filter(|_| achieved > 0.0).map(|n| n as f64 / deliveries_window),
+        server_sleeps_per_delivery: switches.1.filter(|_| achieved > 0.0).map(|n| n as f64 / deliveries_window),
         valid: invalid.is_empty(),
         invalid_because: invalid,
         spec,

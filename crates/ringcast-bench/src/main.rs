@@ -2,10 +2,12 @@
 //! `--out`; `ringcast-bench report ...` turns those lines into the Markdown table, the
 //! JSON summary and the PNG chart; `presence-storm` and `scoreboard` run those workloads
 //! against a running ringcastd, and `storm-report` / `scoreboard-report` render their
-//! JSON lines. `scripts/bench` starts and pins the servers.
+//! JSON lines; `floor` is the null fan-out server the others are measured against.
+//! `scripts/bench` starts and pins the servers.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use ringcast_bench::floor;
 use ringcast_bench::load::{self, Spec};
 use ringcast_bench::proto::System;
 use ringcast_bench::report;
@@ -25,6 +27,12 @@ struct Args {
 enum Cmd {
     /// Run one load point against a running server.
     Run(RunArgs),
+    /// The null fan-out server (RESP2 `SUBSCRIBE`/`PUBLISH`, one send per delivery and
+    /// nothing else): the floor the servers are measured against, system `floor`.
+    Floor {
+        #[arg(long, default_value = "127.0.0.1:6391")]
+        listen: SocketAddr,
+    },
     /// Build the report from the JSON lines of `run`.
     Report {
         /// JSON lines written by `run --out`.
@@ -217,6 +225,12 @@ fn emit(outcome: &impl serde::Serialize, out: Option<&std::path::Path>) -> anyho
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
+        Cmd::Floor { listen } => {
+            let listener = floor::listen(listen)?;
+            let mut log = std::io::stderr();
+            writeln!(log, "ringcast-bench floor: listening on {}", listener.local_addr()?)?;
+            floor::serve(&listener, &mut log)
+        }
         Cmd::Run(a) => {
             let spec = Spec {
                 system: a.system,

@@ -57,9 +57,27 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
 }
 
 fn status_field(pid: &str, key: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_field(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?, key)
+}
+
+fn parse_status_field(status: &str, key: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(key))?;
     line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Times the threads of `pid` (`self` for this process) gave up their CPU to wait, in
+/// all: the `voluntary_ctxt_switches` of every `/proc/PID/task/TID/status`. A reader
+/// that drains its sockets faster than data comes sleeps and is woken again, and on
+/// loopback the writer's `send` pays for that wake-up.
+#[must_use]
+pub fn voluntary_switches(pid: &str) -> Option<u64> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut sum = 0;
+    // A thread that ended between the listing and the read is skipped.
+    for status in tasks.flatten().filter_map(|t| fs::read_to_string(t.path().join("status")).ok()) {
+        sum += parse_status_field(&status, "voluntary_ctxt_switches:")?;
+    }
+    Some(sum)
 }
 
 /// Seconds the hypervisor ran something else while each CPU wanted to run (the `steal`
@@ -127,5 +145,14 @@ mod tests {
         assert!(alive("self"));
         assert!(open_files_limit().is_some_and(|n| n > 0));
         assert!(!steal_seconds_by_cpu().is_empty());
+        assert!(voluntary_switches("self").is_some());
+    }
+
+    #[test]
+    fn a_status_field_is_read_by_its_whole_key() {
+        let status = "Name:\tx\nnonvoluntary_ctxt_switches:\t7\nvoluntary_ctxt_switches:\t42\n";
+        assert_eq!(parse_status_field(status, "voluntary_ctxt_switches:"), Some(42));
+        assert_eq!(parse_status_field(status, "nonvoluntary_ctxt_switches:"), Some(7));
+        assert_eq!(parse_status_field(status, "VmRSS:"), None);
     }
 }

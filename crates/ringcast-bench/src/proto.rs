@@ -6,6 +6,7 @@
 //!   frames in; commands and pushes are the JSON of `proto/client.md`.
 //! - `redis`: RESP2 `SUBSCRIBE` / `PUBLISH` and the `message` push.
 //! - `nats`: the core NATS text protocol (`CONNECT`, `SUB`, `PUB`, `MSG`, `PING`/`PONG`).
+//! - `floor`: the `redis` driver, against [`crate::floor`], the null fan-out server.
 //!
 //! Parsers never allocate for a message push: they return a slice of the input.
 
@@ -18,6 +19,9 @@ pub enum System {
     Ringcast,
     Redis,
     Nats,
+    /// The null fan-out server, `ringcast-bench floor` (RESP2, like Redis): not a peer
+    /// but the host's price of one loopback send per delivery.
+    Floor,
 }
 
 impl System {
@@ -27,6 +31,7 @@ impl System {
             System::Ringcast => "ringcast",
             System::Redis => "redis",
             System::Nats => "nats",
+            System::Floor => "floor",
         }
     }
 }
@@ -74,7 +79,7 @@ impl std::error::Error for ParseError {}
 pub fn parse(system: System, buf: &[u8]) -> Result<Option<(usize, Event<'_>)>, ParseError> {
     match system {
         System::Ringcast => parse_ws(buf),
-        System::Redis => parse_resp(buf),
+        System::Redis | System::Floor => parse_resp(buf),
         System::Nats => parse_nats(buf),
     }
 }
@@ -91,7 +96,7 @@ pub fn subscribe(system: System, channels: &[String]) -> Vec<u8> {
                 ws_text(&mut out, cmd.as_bytes());
             }
         }
-        System::Redis => {
+        System::Redis | System::Floor => {
             out.extend_from_slice(format!("*{}\r\n", channels.len() + 1).as_bytes());
             resp_bulk(&mut out, b"SUBSCRIBE");
             for c in channels {
@@ -115,7 +120,7 @@ pub fn subscribe(system: System, channels: &[String]) -> Vec<u8> {
 pub fn ready_count(system: System, n: usize) -> usize {
     match system {
         System::Nats => 1,
-        System::Ringcast | System::Redis => n,
+        System::Ringcast | System::Redis | System::Floor => n,
     }
 }
 
@@ -125,7 +130,7 @@ pub fn publisher_hello(system: System) -> Vec<u8> {
     let mut out = Vec::new();
     match system {
         System::Ringcast => ws_text(&mut out, br#"{"id":1,"type":"connect"}"#),
-        System::Redis => {}
+        System::Redis | System::Floor => {}
         // The PING's PONG tells the generator the server has taken the CONNECT.
         System::Nats => out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n"),
     }
@@ -144,7 +149,7 @@ pub fn publish(system: System, out: &mut Vec<u8>, channel: &str, payload: &[u8],
             cmd.extend_from_slice(b"\"}");
             ws_text(out, &cmd);
         }
-        System::Redis => {
+        System::Redis | System::Floor => {
             out.extend_from_slice(b"*3\r\n");
             resp_bulk(out, b"PUBLISH");
             resp_bulk(out, channel.as_bytes());
@@ -294,7 +299,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// A byte search for the `\n`: RESP and NATS lines are short and every message has
 /// several, and a substring search (a finder built per call) was a quarter of the
 /// generator's CPU against Redis (docs/benchmarks.md, "Not done").
-fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+pub(crate) fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
     let rest = buf.get(at..)?;
     let mut from = 0;
     loop {
@@ -308,7 +313,7 @@ fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
 
 /// A decimal length field (one or more ASCII digits, no sign), read byte by byte: it
 /// is read several times per message.
-fn number(s: &[u8]) -> Result<usize, ParseError> {
+pub(crate) fn number(s: &[u8]) -> Result<usize, ParseError> {
     if s.is_empty() {
         return Err(ParseError::Malformed("number"));
     }

@@ -302,10 +302,10 @@ fn burst_target(rows: &[Row], rc_config: &str) -> Target {
         .filter(|r| r.system == System::Ringcast && r.workload == "b" && comparable_in(r, rc_config) && r.valid)
         // The most subscribers, then the lowest publish rate: one publish in isolation.
         .max_by_key(|r| (r.subscribers, std::cmp::Reverse((r.rate * 1000.0) as u64)));
-    let peer_burst = |r: &Row| {
+    let burst_of = |system: System, r: &Row| {
         rows.iter()
             .filter(|p| {
-                p.system != System::Ringcast
+                p.system == system
                     && p.workload == "b"
                     && comparable(p)
                     && p.valid
@@ -314,6 +314,12 @@ fn burst_target(rows: &[Row], rc_config: &str) -> Target {
             })
             .map(|p| p.completion_p99_us)
             .min()
+    };
+    let peer_burst = |r: &Row| [burst_of(System::Redis, r), burst_of(System::Nats, r)].into_iter().flatten().min();
+    // The null fan-out server, where it ran: the kernel's share of the same fan-out.
+    let floor = |r: &Row| {
+        burst_of(System::Floor, r)
+            .map_or_else(String::new, |f| format!("; null fan-out floor {:.1} ms", f as f64 / 1000.0))
     };
     let suffix = if rc_config == "1 thread" { String::new() } else { format!(", ringcast {rc_config}") };
     match burst {
@@ -331,10 +337,11 @@ fn burst_target(rows: &[Row], rc_config: &str) -> Target {
                     r.subscribers
                 ),
                 measured: format!(
-                    "{:.1} ms at {} publish/s (better peer in the same run: {}){scope}",
+                    "{:.1} ms at {} publish/s (better peer in the same run: {}{}){scope}",
                     r.completion_p99_us as f64 / 1000.0,
                     r.rate,
                     peer_burst(r).map_or_else(|| "–".into(), |p| format!("{:.1} ms", p as f64 / 1000.0)),
+                    floor(r),
                 ),
                 ratio: Some(r.completion_p99_us as f64 / SLO_P99_US as f64),
                 met: decides.then_some(r.completion_p99_us <= SLO_P99_US),
@@ -707,6 +714,7 @@ pub fn chart(summary: &Summary, path: &Path, font: &Path) -> anyhow::Result<()> 
         let base = match sys {
             "ringcast" => (200, 40, 40),
             "redis" => (40, 90, 200),
+            "floor" => (120, 120, 120),
             _ => (30, 150, 60),
         };
         let fade = if n > 1000 { 0.6 } else { 1.0 };
@@ -805,6 +813,8 @@ mod tests {
             rss_per_conn_kib: None,
             wire_bytes_per_delivery: Some(130.0),
             send_syscalls_per_delivery: None,
+            generator_sleeps_per_delivery: None,
+            server_sleeps_per_delivery: None,
             valid: true,
             invalid_because: vec![],
         }
@@ -883,6 +893,31 @@ mod tests {
         let burst = s.targets.last().unwrap_or_else(|| panic!("no targets"));
         assert!(burst.name.contains(SESSION_WRITES_CONFIG), "{burst:?}");
         assert!(burst.measured.contains("150.0 ms") && burst.measured.contains("200.0 ms"), "{burst:?}");
+        assert_eq!(burst.met, Some(false));
+    }
+
+    #[test]
+    fn the_floor_is_shown_beside_the_burst_but_is_never_the_peer() {
+        let run = |system: System, workload: &str, subs: usize, rate: f64, cpu: f64, compl: u64| {
+            let mut o = outcome(system, rate, cpu, 1);
+            o.spec.workload = workload.into();
+            o.spec.subscribers = subs;
+            o.completion_us.p99 = compl;
+            o
+        };
+        let s = summarise(&[
+            run(System::Ringcast, "a", 10_000, 10.0, 8.0, 0),
+            run(System::Redis, "a", 10_000, 10.0, 9.0, 0),
+            run(System::Floor, "a", 10_000, 10.0, 4.0, 0),
+            run(System::Ringcast, "b", 15_000, 1.0, 9.0, 250_000),
+            run(System::Redis, "b", 15_000, 1.0, 9.0, 240_000),
+            run(System::Floor, "b", 15_000, 1.0, 9.0, 120_000),
+        ]);
+        let cpu = s.targets.iter().find(|t| t.name.contains("10k")).unwrap_or_else(|| panic!("{:?}", s.targets));
+        assert!(cpu.ratio.is_some_and(|r| (r - 8.0 / 9.0).abs() < 1e-9), "the floor is no peer: {cpu:?}");
+        let burst = s.targets.iter().find(|t| t.name.starts_with("fan-out p99")).unwrap_or_else(|| panic!("no burst"));
+        assert!(burst.measured.contains("better peer in the same run: 240.0 ms"), "{burst:?}");
+        assert!(burst.measured.contains("null fan-out floor 120.0 ms"), "{burst:?}");
         assert_eq!(burst.met, Some(false));
     }
 
