@@ -8,7 +8,7 @@
 //! to which channels and where each publish goes ([`layout`]); server CPU and memory
 //! from `/proc` ([`procfs`]); the Markdown/JSON report and the PNG chart ([`report`]);
 //! and [`floor`], a null fan-out server that does one send per delivery and nothing
-//! else, the host's floor under all three.
+//! else: the floor under all three wherever each delivery needs a send of its own.
 //! Two scenarios of their own: [`storm`], the presence storm (a network blip that drops
 //! and reconnects every user of many presence channels) counted against the naive cost,
 //! and [`scoreboard`], live scores to many viewers with a few slow ones: deliveries,
