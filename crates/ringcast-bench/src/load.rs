@@ -131,9 +131,10 @@ pub struct Outcome {
     /// Server send-side syscalls (write, writev, sendto, sendmsg) per delivery.
     pub send_syscalls_per_delivery: Option<f64>,
     /// Per delivery in the window, how often the generator's thread went to sleep
-    /// waiting for data (voluntary context switches). Each such sleep ends with a
-    /// wake-up inside one of the server's sends (on loopback the sender runs the
-    /// receiver's wake-up), so a reader that catches up often makes sends dearer.
+    /// (voluntary context switches). A sleep ends with data, woken inside one of the
+    /// server's sends (on loopback the sender runs the receiver's wake-up), or with the
+    /// publisher's 1 ms tick: so this bounds how often the server's sends had to wake an
+    /// idle reader, which makes them dearer.
     #[serde(default)]
     pub generator_sleeps_per_delivery: Option<f64>,
     /// Per delivery in the window, the server's voluntary context switches (all
