@@ -179,6 +179,18 @@ fn take_noted(noted: &mut HashMap<Slot, SealedNotes>, channel: &ChannelName) -> 
     mine
 }
 
+/// Keeps `note` for the last unseal of its channel's slot (`noted` is the notes' lock,
+/// held); past the bound the note is dropped with a warning.
+fn keep_noted(noted: &mut HashMap<Slot, SealedNotes>, note: SealedNote) {
+    let (channel, what, node) = match &note {
+        SealedNote::Release { channel, peer, .. } => (channel.clone(), "a release", peer.clone()),
+        SealedNote::Presence(u) => (u.channel.clone(), "a presence update", u.node.clone()),
+    };
+    if !noted.entry(Slot::of(&channel)).or_default().push(note) {
+        warn!(%channel, %node, "too many notes while the slot changes owner; {what} dropped");
+    }
+}
+
 /// Users one node remembers the last-seen time of (the registry channels it owns).
 pub const LAST_SEEN_CAPACITY: usize = 100_000;
 /// Users a channel's typing gate tracks at once (those who typed in the last second).
@@ -1355,7 +1367,7 @@ impl Hub {
                 return self.send_peer(peer, refusal);
             }
             // A release noted while sealed must not undo the interest registered below.
-            self.apply_earlier_notes(channel, st);
+            self.apply_earlier_notes(channel, st, |_| {});
             let log = self.owned_log(channel, st, ns);
             let top = log.top();
             let (outcome, replay) = recover(log, since, now);
@@ -1392,13 +1404,10 @@ impl Hub {
     /// Owner: `peer` has no subscribers on the channel any more.
     pub fn drop_interest(&self, channel: &ChannelName, peer: &NodeId, now: Millis) {
         {
-            // Checked under the notes' lock, as in `presence_update`.
+            // Checked under the notes' lock (see `Hub::apply_earlier_notes`).
             let mut noted = lock(&self.noted_while_sealed);
             if self.is_sealed(channel) {
-                let note = SealedNote::Release { channel: channel.clone(), peer: peer.clone(), at: now };
-                if !noted.entry(Slot::of(channel)).or_default().push(note) {
-                    warn!(%channel, %peer, "too many notes while the slot changes owner; a release dropped");
-                }
+                keep_noted(&mut noted, SealedNote::Release { channel: channel.clone(), peer: peer.clone(), at: now });
             }
         }
         self.with_existing(channel, |st| {
@@ -1914,25 +1923,18 @@ impl Hub {
             at: now,
         };
         self.with_channel(channel, |st| {
-            // Checked under the notes' lock, which the last unseal takes before applying
-            // them: an update is either noted before that or sees the slot unsealed.
-            let earlier = {
-                let mut noted = lock(&self.noted_while_sealed);
-                if self.is_sealed(channel) {
-                    if !noted.entry(Slot::of(channel)).or_default().push(SealedNote::Presence(Box::new(update))) {
-                        warn!(%channel, %node, "too many notes while the slot changes owner; a presence update dropped");
-                    }
-                    return;
+            // While the slot is sealed the update is noted for the last unseal; otherwise
+            // what was noted earlier goes first: it arrived first.
+            let mut update = Some(update);
+            let unsealed = self.apply_earlier_notes(channel, st, |noted| {
+                if let Some(u) = update.take() {
+                    keep_noted(noted, SealedNote::Presence(Box::new(u)));
                 }
-                // Notes taken before an unseal that has not reached this channel yet go
-                // first: they arrived first.
-                take_noted(&mut noted, channel)
-            };
-            for note in earlier {
-                self.apply_note(st, note);
+            });
+            if let Some(update) = update.filter(|_| unsealed) {
+                self.owned_log(channel, st, ns);
+                self.apply_presence(st, update);
             }
-            self.owned_log(channel, st, ns);
-            self.apply_presence(st, update);
         });
     }
 
@@ -1969,21 +1971,31 @@ impl Hub {
     }
 
     /// Applies, under `channel`'s lock, what was noted for it while its slot was sealed
-    /// and the last unseal has not applied yet (nothing while the slot is sealed). An
-    /// owner's change to the channel's interest or presence calls it first: what
-    /// arrived earlier goes first, so a noted release cannot undo a later subscribe.
-    fn apply_earlier_notes(&self, channel: &ChannelName, st: &mut ChannelState) {
+    /// and the last unseal has not applied yet, and returns true. An owner's change to
+    /// the channel's interest or presence calls it first: what arrived earlier goes
+    /// first, so a noted release cannot undo a later subscribe. While the slot is sealed
+    /// it applies nothing (the next unseal does), runs `if_sealed` under the notes' lock
+    /// (where a presence update notes itself), and returns false. That lock orders a
+    /// caller against the last unseal, which takes it before applying the notes: the
+    /// caller either notes before that or finds the slot unsealed.
+    fn apply_earlier_notes(
+        &self,
+        channel: &ChannelName,
+        st: &mut ChannelState,
+        if_sealed: impl FnOnce(&mut HashMap<Slot, SealedNotes>),
+    ) -> bool {
         let notes = {
             let mut noted = lock(&self.noted_while_sealed);
             if self.is_sealed(channel) {
-                // Sealed again meanwhile: the next unseal applies them.
-                return;
+                if_sealed(&mut noted);
+                return false;
             }
             take_noted(&mut noted, channel)
         };
         for note in notes {
             self.apply_note(st, note);
         }
+        true
     }
 
     /// The slot's last seal was released: applies what was noted while it was sealed,
@@ -1994,7 +2006,7 @@ impl Hub {
             None => return,
         };
         for channel in channels {
-            let applied = self.with_existing(&channel, |st| self.apply_earlier_notes(&channel, st));
+            let applied = self.with_existing(&channel, |st| self.apply_earlier_notes(&channel, st, |_| {}));
             if applied.is_none() {
                 // Forgotten meanwhile: nothing here to apply them to.
                 let mut noted = lock(&self.noted_while_sealed);
@@ -2864,8 +2876,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let interest = replica.with_existing(&c, |st| st.interest.iter().map(ToString::to_string).collect::<Vec<_>>());
-        assert_eq!(interest, Some(vec!["gw".to_owned()]));
+        assert_eq!(interest_of(&replica, &c), Some(vec!["gw".to_owned()]));
     }
 
     #[test]
@@ -2884,8 +2895,7 @@ mod tests {
         assert_eq!(replica.promote_slot(slot, &node("r"), |_| Some(NamespaceOptions::default()), Millis(2)), 1);
         assert_eq!(replica.committed(&c), Some(top), "the replica's copy replaced it");
         // gw still gets the channel: its next message tells it the epoch changed.
-        let interest = replica.with_existing(&c, |st| st.interest.iter().map(ToString::to_string).collect::<Vec<_>>());
-        assert_eq!(interest, Some(vec!["gw".to_owned()]));
+        assert_eq!(interest_of(&replica, &c), Some(vec!["gw".to_owned()]));
         // The local subscriber is told its stream restarted, at the installed top.
         let got = frames(&o);
         assert_eq!(got.len(), 1, "{got:?}");
@@ -2967,48 +2977,50 @@ mod tests {
         assert!(h.slot_sealed(slot));
     }
 
-    #[test]
-    fn a_release_that_reaches_the_new_owner_before_its_install_is_kept() {
+    /// A handoff of `c` in which `gw`'s release reaches the new owner between its claim
+    /// and its install: the old owner served subscribes from `gw` and `others`, the new
+    /// owner seals the slot, notes the release and installs the old owner's snapshot.
+    /// Returns the new owner (still sealed) and the slot.
+    fn installed_with_a_noted_release(c: &ChannelName, ns: &NamespaceOptions, others: &[&str]) -> (Hub, Slot) {
         let (old, new) = (hub(), hub_as("new"));
         old.set_peers(Arc::new(Recorder::default()));
-        let ns = NamespaceOptions::default();
-        let c = ch("chat:early");
-        assert!(old.serve_peer_subscribe(&c, &ns, &node("gw"), 1, (None, false), None, Millis(0)));
-        assert!(old.serve_peer_subscribe(&c, &ns, &node("gw2"), 2, (None, false), None, Millis(0)));
-        let slot = Slot::of(&c);
+        new.set_peers(Arc::new(Recorder::default()));
+        for (req, peer) in (1..).zip(std::iter::once(&"gw").chain(others)) {
+            assert!(old.serve_peer_subscribe(c, ns, &node(peer), req, (None, false), None, Millis(0)));
+        }
+        let slot = Slot::of(c);
         let handed = old.snapshot_slot(slot, &node("me"), Millis(0));
-        // The new owner has claimed the slot (gw saw it) but not installed it yet.
         new.seal(slot);
-        new.drop_interest(&c, &node("gw"), Millis(1));
+        new.drop_interest(c, &node("gw"), Millis(1));
         new.install(handed, &node("new"), |_| Some(ns.clone()), Millis(2));
+        (new, slot)
+    }
+
+    fn interest_of(h: &Hub, c: &ChannelName) -> Option<Vec<String>> {
+        h.with_existing(c, |st| st.interest.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_release_that_reaches_the_new_owner_before_its_install_is_kept() {
+        let (ns, c) = (NamespaceOptions::default(), ch("chat:early"));
+        let (new, slot) = installed_with_a_noted_release(&c, &ns, &["gw2"]);
         new.unseal(slot);
-        let interest = new.with_existing(&c, |st| st.interest.iter().map(ToString::to_string).collect::<Vec<_>>());
-        assert_eq!(interest, Some(vec!["gw2".to_owned()]));
+        assert_eq!(interest_of(&new, &c), Some(vec!["gw2".to_owned()]));
         // Unsealing forgets the notes: a later handoff in starts clean.
         assert!(lock(&new.noted_while_sealed).is_empty());
     }
 
     #[test]
     fn a_noted_release_does_not_undo_a_subscribe_served_before_the_unseal_applied_it() {
-        let (old, new) = (hub(), hub_as("new"));
-        old.set_peers(Arc::new(Recorder::default()));
-        new.set_peers(Arc::new(Recorder::default()));
-        let ns = NamespaceOptions::default();
-        let c = ch("chat:again");
-        assert!(old.serve_peer_subscribe(&c, &ns, &node("gw"), 1, (None, false), None, Millis(0)));
-        let slot = Slot::of(&c);
-        let handed = old.snapshot_slot(slot, &node("me"), Millis(0));
+        let (ns, c) = (NamespaceOptions::default(), ch("chat:again"));
         // gw's last subscriber leaves while the new owner installs; a new one comes.
-        new.seal(slot);
-        new.drop_interest(&c, &node("gw"), Millis(1));
-        new.install(handed, &node("new"), |_| Some(ns.clone()), Millis(2));
+        let (new, slot) = installed_with_a_noted_release(&c, &ns, &[]);
         // The last seal is released, and gw's retried subscribe is served before the
         // unseal reaches the channel to apply the release.
         new.sealed[usize::from(slot.get())].store(0, Ordering::SeqCst);
         assert!(new.serve_peer_subscribe(&c, &ns, &node("gw"), 2, (None, false), None, Millis(3)));
         new.apply_noted(slot);
-        let interest = new.with_existing(&c, |st| st.interest.iter().map(ToString::to_string).collect::<Vec<_>>());
-        assert_eq!(interest, Some(vec!["gw".to_owned()]), "the subscribe came after the release");
+        assert_eq!(interest_of(&new, &c), Some(vec!["gw".to_owned()]), "the subscribe came after the release");
         assert!(lock(&new.noted_while_sealed).is_empty());
     }
 
