@@ -82,30 +82,21 @@ pub fn parse_command(buf: &[u8]) -> Result<Option<Command<'_>>, ParseError> {
     Ok(Some((at, args)))
 }
 
-/// Appends `$len\r\nbytes\r\n`.
-fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.push(b'$');
-    out.extend_from_slice(bytes.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(bytes);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// The push every subscriber of `channel` gets for a publish of `payload`: what Redis
 /// sends, byte for byte.
 pub fn message_push(out: &mut Vec<u8>, channel: &[u8], payload: &[u8]) {
     out.clear();
     out.extend_from_slice(b"*3\r\n");
-    bulk(out, b"message");
-    bulk(out, channel);
-    bulk(out, payload);
+    proto::resp_bulk(out, b"message");
+    proto::resp_bulk(out, channel);
+    proto::resp_bulk(out, payload);
 }
 
 /// Redis's confirmation of the `nth` channel of a `SUBSCRIBE`.
 fn subscribe_reply(out: &mut Vec<u8>, channel: &[u8], nth: usize) {
     out.extend_from_slice(b"*3\r\n");
-    bulk(out, b"subscribe");
-    bulk(out, channel);
+    proto::resp_bulk(out, b"subscribe");
+    proto::resp_bulk(out, channel);
     out.extend_from_slice(format!(":{nth}\r\n").as_bytes());
 }
 

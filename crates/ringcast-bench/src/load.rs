@@ -215,6 +215,17 @@ fn now_ns(base: Instant) -> u64 {
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// `read` of the server `pid` plus that of `spec`'s other server processes (workload g's
+/// other nodes); `None` when any of them cannot be read.
+fn over_servers<T: std::ops::Add<Output = T>>(
+    pid: Option<&str>,
+    spec: &Spec,
+    read: impl Fn(&str) -> Option<T>,
+) -> Option<T> {
+    let first = read(pid?)?;
+    spec.other_server_pids.iter().try_fold(first, |sum, p| Some(sum + read(&p.to_string())?))
+}
+
 /// Runs one load point to completion.
 pub fn run(spec: Spec) -> anyhow::Result<Outcome> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -573,17 +584,9 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         let pub_task =
             tokio::task::spawn_local(publisher(spec.system, w, shared.clone(), spec.payload, layout.names.clone()));
         tokio::time::sleep_until((start + spec.warmup).into()).await;
-        // Every server process's CPU: one node, or all the nodes of a cluster.
-        let servers_cpu = || -> Option<procfs::CpuTimes> {
-            let first = procfs::cpu_times(pid.as_deref()?)?;
-            spec.other_server_pids.iter().try_fold(first, |sum, p| Some(sum + procfs::cpu_times(&p.to_string())?))
-        };
-        let servers_switches = || -> Option<u64> {
-            let first = procfs::voluntary_switches(pid.as_deref()?)?;
-            spec.other_server_pids
-                .iter()
-                .try_fold(first, |sum, p| Some(sum + procfs::voluntary_switches(&p.to_string())?))
-        };
+        // Every server process's CPU and sleeps: one node, or all the nodes of a cluster.
+        let servers_cpu = || over_servers(pid.as_deref(), &spec, procfs::cpu_times);
+        let servers_switches = || over_servers(pid.as_deref(), &spec, procfs::voluntary_switches);
         let cpu0 = servers_cpu();
         let switches0 = (procfs::voluntary_switches("self"), servers_switches());
         let self0 = procfs::cpu_seconds("self").unwrap_or(0.0);
@@ -600,10 +603,8 @@ async fn run_local(spec: Spec) -> anyhow::Result<Outcome> {
         let cpu1 = servers_cpu();
         let switches1 = (procfs::voluntary_switches("self"), servers_switches());
         let self1 = procfs::cpu_seconds("self").unwrap_or(0.0);
-        switches = (
-            switches0.0.zip(switches1.0).map(|(a, b)| b.saturating_sub(a)),
-            switches0.1.zip(switches1.1).map(|(a, b)| b.saturating_sub(a)),
-        );
+        let grew = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| b.saturating_sub(a));
+        switches = (grew(switches0.0, switches1.0), grew(switches0.1, switches1.1));
         steal_share = procfs::steal_seconds_by_cpu().iter().zip(&steal0).map(|(b, a)| (b - a) / secs).collect();
         server_times = cpu0.zip(cpu1).map(|(a, b)| b - a);
         server_cpu = server_times.map(|t| t.total() / secs);

@@ -180,7 +180,8 @@ pub fn ws_upgrade_reply(buf: &[u8]) -> Option<(usize, bool)> {
     Some((end, buf.starts_with(b"HTTP/1.1 101")))
 }
 
-fn resp_bulk(out: &mut Vec<u8>, s: &[u8]) {
+/// Appends a RESP2 bulk string: `$len\r\nbytes\r\n`.
+pub(crate) fn resp_bulk(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(format!("${}\r\n", s.len()).as_bytes());
     out.extend_from_slice(s);
     out.extend_from_slice(b"\r\n");
