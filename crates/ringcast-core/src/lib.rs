@@ -37,6 +37,7 @@
 
 pub mod backoff;
 pub mod caps;
+pub mod conn_map;
 pub mod dedup;
 pub mod delta;
 pub mod latest;

@@ -31,6 +31,7 @@
 use crate::metrics::Metrics;
 use crate::outbox::{self, Outbox, Pushed};
 use crate::webhooks::Webhooks;
+use ringcast_core::conn_map::ConnMap;
 use ringcast_core::dedup::payload_digest;
 use ringcast_core::log::AppendError;
 use ringcast_core::mirror::{Mirror, Offer, DEFAULT_MAX_PENDING};
@@ -209,7 +210,9 @@ struct ChannelState {
     /// one is in flight the interest it registers must not be released: its subscriber
     /// is not in `subscribers` yet.
     subscribing: u16,
-    subscribers: HashMap<ConnId, Subscriber>,
+    /// In connection order, so a fan-out walks them the way their memory was allocated
+    /// (`ringcast_core::conn_map`).
+    subscribers: ConnMap<Subscriber>,
     /// Owner role, durable channels: messages sequenced but not yet held by the replica,
     /// in offset order; fanned out when committed.
     uncommitted: VecDeque<(StreamPosition, Msg)>,
@@ -753,7 +756,7 @@ impl Hub {
                                 mirror: None,
                                 remote_interest: false,
                                 subscribing: 0,
-                                subscribers: HashMap::new(),
+                                subscribers: ConnMap::default(),
                                 uncommitted: VecDeque::new(),
                                 replica: None,
                                 client_publishes: None,
