@@ -24,6 +24,10 @@ pub const ENVELOPE_ALLOWANCE_BYTES: usize = 1024;
 /// coalescing would add latency that no real-time client should see.
 pub const MAX_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The largest `limits.send_queue_messages` and `limits.send_queue_bytes` (4 Gi, more than
+/// any connection's queue can use): a channel keeps each subscriber's bounds in 32 bits.
+pub const MAX_SEND_QUEUE: usize = u32::MAX as usize;
+
 /// The built-in development config used when no `--config` is given.
 pub const DEMO_CONFIG: &str = include_str!("../demo.toml");
 
@@ -522,6 +526,13 @@ impl Config {
                 "send_queue_messages must be at least 1 and send_queue_bytes at least max_frame_bytes".into(),
             );
         }
+        // A channel keeps each subscriber's bounds in 32 bits (the hub's `PackedPolicy`).
+        if l.send_queue_messages > MAX_SEND_QUEUE || l.send_queue_bytes > MAX_SEND_QUEUE {
+            return invalid(
+                "limits.send_queue_*",
+                format!("send_queue_messages and send_queue_bytes must be at most {MAX_SEND_QUEUE}"),
+            );
+        }
         for (name, d) in [
             ("limits.handshake_timeout", l.handshake_timeout),
             ("limits.connect_timeout", l.connect_timeout),
@@ -676,6 +687,9 @@ mod tests {
         assert!(load("").is_ok_and(|c| c.limits.direct_writes), "on unless switched off");
         assert!(load("[limits]\ndirect_writes = false").is_ok_and(|c| !c.limits.direct_writes));
         assert!(msg("[limits]\ndirect_writes = \"no\"").contains("direct_writes"));
+        assert!(msg("[limits]\nsend_queue_messages = 4294967296").contains("at most 4294967295"));
+        assert!(msg("[limits]\nsend_queue_bytes = 4294967296").contains("limits.send_queue_*"));
+        assert!(load("[limits]\nsend_queue_messages = 4294967295\nsend_queue_bytes = 4294967295").is_ok());
         assert!(msg("[namespaces.s]\ndelta = true").contains("needs keep_latest"));
         assert!(load("[limits]\nsocket_send_buffer = 65536\n[namespaces.s]\nkeep_latest = true\ndelta = true").is_ok());
         let env = HashMap::from([("RINGCAST_LISTEN".to_string(), "nope".to_string())]);

@@ -40,7 +40,8 @@ use ringcast_core::ownership::SlotEpoch;
 use ringcast_core::presence::{
     ChannelPresence, LastSeen, LeavingUser, Member, PresenceEvent, PresenceStats, TypingGate, TYPING_INTERVAL,
 };
-use ringcast_core::send_queue::{Alt, GapCause, GapNotice, MessagePolicy, QueuedMessage};
+use ringcast_core::send_queue::{Alt, Bounds, GapCause, GapNotice, MessagePolicy, QueuedMessage};
+use ringcast_core::BackpressurePolicy;
 use ringcast_core::NodeId;
 use ringcast_core::TokenBucket;
 use ringcast_core::WebhookSet;
@@ -265,7 +266,7 @@ impl ChannelState {
     fn local_members(&self) -> Vec<(ConnId, Arc<str>, Option<Arc<str>>)> {
         self.subscribers
             .iter()
-            .filter_map(|(conn, s)| s.member.as_ref().map(|m| (*conn, m.user.clone(), m.info.clone())))
+            .filter_map(|(conn, s)| s.member().map(|m| (*conn, m.user.clone(), m.info.clone())))
             .collect()
     }
 }
@@ -314,42 +315,111 @@ pub struct MemberTag {
     pub info: Option<Arc<str>>,
 }
 
-/// A subscriber in a channel's fan-out: one per connection and channel, so the rare
-/// parts are boxed (a channel's map of them is most of a subscription's memory).
+/// A subscriber in a channel's fan-out: one per connection and channel. A channel's map
+/// of them is most of the memory of every subscription beyond a connection's first, so
+/// an entry is 40 bytes with its key: the bounds in 32 bits ([`PackedPolicy`]) and what
+/// few subscribers carry in one box ([`Rare`]). What a delivery reads (the outbox, the
+/// policy and the flags) is in the entry itself: no box is loaded for a message.
 #[derive(Debug)]
 struct Subscriber {
     outbox: Arc<Outbox>,
-    policy: MessagePolicy,
-    /// Presence namespaces only.
-    member: Option<Box<MemberTag>>,
+    policy: PackedPolicy,
     join_leave: bool,
     delta: bool,
     /// Subscribed to the channel itself; false when attached for a pattern subscription
     /// (which gets messages only: no presence, ephemeral pushes or deltas).
     direct: bool,
+    /// `rare` holds a `caught_up_to`: the fan-out reads the box only then.
+    catching_up: bool,
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a [`Subscriber`] that few have.
+#[derive(Debug)]
+struct Rare {
+    /// Presence namespaces only.
+    member: Option<MemberTag>,
     /// Gateway: the position the subscriber was attached at while the mirror was still
     /// behind it (waiting on a gap). What the mirror releases up to there, the
     /// subscriber already has from its replay; cleared once the stream passes it.
-    caught_up_to: Option<Box<StreamPosition>>,
+    caught_up_to: Option<StreamPosition>,
+}
+
+/// A [`MessagePolicy`] in 12 bytes instead of 24. The configuration caps a connection's
+/// bounds, and with them every namespace's share, at `u32::MAX`
+/// ([`crate::config::MAX_SEND_QUEUE`]), so nothing is lost; a larger bound (only
+/// possible in a test) is kept as `u32::MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PackedPolicy {
+    messages: u32,
+    bytes: u32,
+    policy: BackpressurePolicy,
+}
+
+impl PackedPolicy {
+    fn of(p: MessagePolicy) -> PackedPolicy {
+        let bound = |b: usize| u32::try_from(b).unwrap_or(u32::MAX);
+        PackedPolicy { messages: bound(p.bounds.messages), bytes: bound(p.bounds.bytes), policy: p.policy }
+    }
+
+    fn get(self) -> MessagePolicy {
+        MessagePolicy {
+            policy: self.policy,
+            bounds: Bounds { messages: self.messages as usize, bytes: self.bytes as usize },
+        }
+    }
 }
 
 impl Subscriber {
-    fn of(sub: &LocalSubscriber) -> Subscriber {
+    /// `caught_up_to`: see [`Rare::caught_up_to`].
+    fn of(sub: &LocalSubscriber, caught_up_to: Option<StreamPosition>) -> Subscriber {
+        let member = sub.member.clone();
         Subscriber {
             outbox: sub.outbox.clone(),
-            policy: sub.policy,
-            member: sub.member.clone().map(Box::new),
+            policy: PackedPolicy::of(sub.policy),
             join_leave: sub.join_leave,
             delta: sub.delta,
             direct: !sub.pattern,
-            caught_up_to: None,
+            catching_up: caught_up_to.is_some(),
+            rare: (member.is_some() || caught_up_to.is_some()).then(|| Box::new(Rare { member, caught_up_to })),
         }
     }
 
     /// A connection attached to a channel for one of its pattern subscriptions.
     fn for_pattern(outbox: Arc<Outbox>, policy: MessagePolicy) -> Subscriber {
-        Subscriber { outbox, policy, member: None, join_leave: false, delta: false, direct: false, caught_up_to: None }
+        Subscriber {
+            outbox,
+            policy: PackedPolicy::of(policy),
+            join_leave: false,
+            delta: false,
+            direct: false,
+            catching_up: false,
+            rare: None,
+        }
     }
+
+    fn member(&self) -> Option<&MemberTag> {
+        self.rare.as_ref()?.member.as_ref()
+    }
+}
+
+/// The fan-out's check of [`Rare::caught_up_to`]: whether the subscriber already has the
+/// message at `position` from its replay. Once the stream passes that position it is
+/// forgotten (and the box with it when it holds nothing else).
+fn already_replayed(catching_up: &mut bool, rare: &mut Option<Box<Rare>>, position: StreamPosition) -> bool {
+    if !*catching_up {
+        return false;
+    }
+    let at = rare.as_ref().and_then(|r| r.caught_up_to);
+    if at.is_some_and(|at| position.epoch == at.epoch && position.offset <= at.offset) {
+        return true;
+    }
+    *catching_up = false;
+    match rare {
+        Some(r) if r.member.is_some() => r.caught_up_to = None,
+        _ => *rare = None,
+    }
+    false
 }
 
 /// A channel's presence as its owner holds it.
@@ -1153,16 +1223,13 @@ impl Hub {
         });
         // A batch of subscribers at a time, their outboxes' memory loaded together (outbox,
         // "Cold connections").
-        let subscribers = st
-            .subscribers
-            .values_mut()
-            .map(|Subscriber { outbox, caught_up_to, policy, delta, .. }| (&*outbox, (caught_up_to, *policy, *delta)));
-        outbox::for_each_held(subscribers, |held, (caught_up_to, policy, delta)| {
-            if let Some(at) = caught_up_to.as_deref() {
-                if position.epoch == at.epoch && position.offset <= at.offset {
-                    return;
-                }
-                *caught_up_to = None;
+        let subscribers =
+            st.subscribers.values_mut().map(|Subscriber { outbox, policy, delta, catching_up, rare, .. }| {
+                (&*outbox, (catching_up, rare, policy.get(), *delta))
+            });
+        outbox::for_each_held(subscribers, |held, (catching_up, rare, policy, delta)| {
+            if already_replayed(catching_up, rare, position) {
+                return;
             }
             match held.push_message(&shared, delta, policy) {
                 Pushed::Queued { dropped } => {
@@ -1331,7 +1398,7 @@ impl Hub {
             if sub.delta {
                 sub.outbox.mark_stream(channel, top, holds_state);
             }
-            if st.subscribers.insert(sub.conn, Subscriber::of(sub)).is_none() {
+            if st.subscribers.insert(sub.conn, Subscriber::of(sub, None)).is_none() {
                 self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
             self.observe_occupancy(channel, st, now);
@@ -1622,7 +1689,7 @@ impl Hub {
                 // The mirror is still waiting for messages the owner's reply already
                 // counts (a gap being filled): the replay gives them to this subscriber,
                 // so it must not get them again when the mirror releases them.
-                Some(m) if m.position().offset < top.offset => caught_up_to = Some(Box::new(top)),
+                Some(m) if m.position().offset < top.offset => caught_up_to = Some(top),
                 Some(_) => {}
                 None => st.mirror = Some(Mirror::new(top, DEFAULT_MAX_PENDING)),
             }
@@ -1634,7 +1701,7 @@ impl Hub {
             if sub.delta {
                 sub.outbox.mark_stream(channel, top, holds_state);
             }
-            if st.subscribers.insert(sub.conn, Subscriber { caught_up_to, ..Subscriber::of(sub) }).is_none() {
+            if st.subscribers.insert(sub.conn, Subscriber::of(sub, caught_up_to)).is_none() {
                 self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
@@ -1717,7 +1784,7 @@ impl Hub {
                     }
                 }
                 let mut member_elsewhere = false;
-                if sub.member.is_some() {
+                if sub.member().is_some() {
                     if st.log.is_some() {
                         // Owner: the leave is ours to record (debounced by the grace).
                         let events = st.presence.as_mut().and_then(|p| p.leave(&self.me, conn, now));
@@ -3090,6 +3157,36 @@ mod tests {
         let out = h.unsubscribe(&c, ConnId(1), Millis(0));
         assert_eq!((out.removed, out.release), (true, true), "the owner registered it with its reply");
         let _ = ns;
+    }
+
+    #[test]
+    fn a_subscriber_entry_stays_at_forty_bytes() {
+        // A channel's map holds one per subscriber: growing it grows every subscription
+        // (docs/benchmarks.md, idle memory with ten subscriptions per connection).
+        assert_eq!(std::mem::size_of::<(ConnId, Subscriber)>(), 40);
+    }
+
+    #[test]
+    fn a_packed_policy_keeps_every_bound_the_configuration_allows() {
+        for policy in [
+            BackpressurePolicy::DropOldest,
+            BackpressurePolicy::DropNewest,
+            BackpressurePolicy::Disconnect,
+            BackpressurePolicy::KeepLatest,
+        ] {
+            for (messages, bytes) in
+                [(1, 1024), (1000, 1 << 20), (crate::config::MAX_SEND_QUEUE, crate::config::MAX_SEND_QUEUE)]
+            {
+                let p = MessagePolicy { policy, bounds: Bounds { messages, bytes } };
+                assert_eq!(PackedPolicy::of(p).get(), p);
+            }
+        }
+        let beyond = MessagePolicy {
+            policy: BackpressurePolicy::Disconnect,
+            bounds: Bounds { messages: usize::MAX, bytes: crate::config::MAX_SEND_QUEUE + 1 },
+        };
+        let kept = PackedPolicy::of(beyond).get().bounds;
+        assert_eq!((kept.messages, kept.bytes), (crate::config::MAX_SEND_QUEUE, crate::config::MAX_SEND_QUEUE));
     }
 
     #[test]
