@@ -213,7 +213,7 @@ pub fn docker(args: &[&str]) -> Result<String> {
 
 /// Runs `scripts/cluster rolling-restart` on `project` while `publisher` publishes to
 /// `channels` in turn (every 20 ms, idempotent keys, each retried for up to `within`) and
-/// `subscriber` follows them. Then checks the rolling restart lost nothing: every
+/// `subscriber` follows them (the load starts once it holds every channel). Then checks the rolling restart lost nothing: every
 /// acknowledged message reached the subscriber, in order, in one epoch per channel at
 /// contiguous offsets, with no `recovered: false`, gap or restarted stream; and the load
 /// really ran (more than 50 publishes). Returns the restart's JSON report.
@@ -224,8 +224,24 @@ pub async fn rolling_restart_under_load(
     channels: &[String],
     within: std::time::Duration,
 ) -> Result<Value> {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::time::{Duration, Instant};
+    let mut seen: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    let mut not_recovered = Vec::new();
+    // The subscriber holds every channel before the first publish: a message sequenced
+    // before its subscription reached the owner was never promised to it (it subscribes
+    // from the live edge), so a load started at once could ack one it never sees.
+    let mut unsubscribed: BTreeSet<String> = channels.iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !unsubscribed.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let late = || format!("the subscriber did not hold {unsubscribed:?} within 30 s");
+        let e = tokio::time::timeout(left, subscriber.next()).await.with_context(late)??;
+        if let ringcast_client::Event::Subscribed { channel, .. } = &e {
+            unsubscribed.remove(channel);
+        }
+        record(e, &mut seen, &mut not_recovered);
+    }
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let load_channels = channels.to_vec();
     let load = tokio::spawn(async move {
@@ -243,8 +259,6 @@ pub async fn rolling_restart_under_load(
         }
         anyhow::Ok(acked)
     });
-    let mut seen: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
-    let mut not_recovered = Vec::new();
     let restarting = project.clone();
     let restart = tokio::task::spawn_blocking(move || restarting.cluster_json(&["rolling-restart"]));
     tokio::pin!(restart);
