@@ -71,13 +71,9 @@ pub fn parse_command(buf: &[u8]) -> Result<Option<Command<'_>>, ParseError> {
         if len > MAX_ARG_BYTES {
             return Err(ParseError::Malformed("argument too long"));
         }
-        let end = start + len;
-        let Some(crlf) = buf.get(end..end + 2) else { return Ok(None) };
-        if crlf != b"\r\n" {
-            return Err(ParseError::Malformed("a bulk string ends with CRLF"));
-        }
-        args.push(&buf[start..end]);
-        at = end + 2;
+        let Some((arg, next)) = proto::bulk_body(buf, start, len)? else { return Ok(None) };
+        args.push(arg);
+        at = next;
     }
     Ok(Some((at, args)))
 }
@@ -86,10 +82,7 @@ pub fn parse_command(buf: &[u8]) -> Result<Option<Command<'_>>, ParseError> {
 /// sends, byte for byte.
 pub fn message_push(out: &mut Vec<u8>, channel: &[u8], payload: &[u8]) {
     out.clear();
-    out.extend_from_slice(b"*3\r\n");
-    proto::resp_bulk(out, b"message");
-    proto::resp_bulk(out, channel);
-    proto::resp_bulk(out, payload);
+    proto::resp_array(out, &[b"message", channel, payload]);
 }
 
 /// Redis's confirmation of the `nth` channel of a `SUBSCRIBE`.

@@ -97,11 +97,9 @@ pub fn subscribe(system: System, channels: &[String]) -> Vec<u8> {
             }
         }
         System::Redis | System::Floor => {
-            out.extend_from_slice(format!("*{}\r\n", channels.len() + 1).as_bytes());
-            resp_bulk(&mut out, b"SUBSCRIBE");
-            for c in channels {
-                resp_bulk(&mut out, c.as_bytes());
-            }
+            let args: Vec<&[u8]> =
+                std::iter::once(&b"SUBSCRIBE"[..]).chain(channels.iter().map(|c| c.as_bytes())).collect();
+            resp_array(&mut out, &args);
         }
         System::Nats => {
             out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false}\r\n");
@@ -149,12 +147,7 @@ pub fn publish(system: System, out: &mut Vec<u8>, channel: &str, payload: &[u8],
             cmd.extend_from_slice(b"\"}");
             ws_text(out, &cmd);
         }
-        System::Redis | System::Floor => {
-            out.extend_from_slice(b"*3\r\n");
-            resp_bulk(out, b"PUBLISH");
-            resp_bulk(out, channel.as_bytes());
-            resp_bulk(out, payload);
-        }
+        System::Redis | System::Floor => resp_array(out, &[b"PUBLISH", channel.as_bytes(), payload]),
         System::Nats => {
             out.extend_from_slice(format!("PUB {channel} {}\r\n", payload.len()).as_bytes());
             out.extend_from_slice(payload);
@@ -178,6 +171,14 @@ pub fn ws_upgrade(host: &str) -> Vec<u8> {
 pub fn ws_upgrade_reply(buf: &[u8]) -> Option<(usize, bool)> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     Some((end, buf.starts_with(b"HTTP/1.1 101")))
+}
+
+/// Appends a RESP2 array of bulk strings: a command, or a push such as `message`.
+pub(crate) fn resp_array(out: &mut Vec<u8>, items: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+    for item in items {
+        resp_bulk(out, item);
+    }
 }
 
 /// Appends a RESP2 bulk string: `$len\r\nbytes\r\n`.
@@ -324,6 +325,17 @@ pub(crate) fn number(s: &[u8]) -> Result<usize, ParseError> {
     })
 }
 
+/// The `len` bytes of a bulk string starting at `start` (after its `$len` line) and the
+/// index after their CRLF; `None` when incomplete.
+pub(crate) fn bulk_body(buf: &[u8], start: usize, len: usize) -> Result<Option<(&[u8], usize)>, ParseError> {
+    let end = start.checked_add(len).ok_or(ParseError::Malformed("number"))?;
+    let Some(crlf) = buf.get(end..).and_then(|rest| rest.get(..2)) else { return Ok(None) };
+    if crlf != b"\r\n" {
+        return Err(ParseError::Malformed("a bulk string ends with CRLF"));
+    }
+    Ok(Some((&buf[start..end], end + 2)))
+}
+
 /// A parsed RESP2 value (a bulk string's bytes, `None` for other kinds) and the index
 /// after it; `None` when incomplete.
 type RespValue<'a> = Option<(Option<&'a [u8]>, usize)>;
@@ -332,13 +344,7 @@ type RespValue<'a> = Option<(Option<&'a [u8]>, usize)>;
 fn resp_value(buf: &[u8], at: usize) -> Result<RespValue<'_>, ParseError> {
     let Some((l, next)) = line(buf, at) else { return Ok(None) };
     match l.first() {
-        Some(b'$') => {
-            let n = number(&l[1..])?;
-            if buf.len() < next + n + 2 {
-                return Ok(None);
-            }
-            Ok(Some((Some(&buf[next..next + n]), next + n + 2)))
-        }
+        Some(b'$') => Ok(bulk_body(buf, next, number(&l[1..])?)?.map(|(b, end)| (Some(b), end))),
         Some(b':' | b'+') => Ok(Some((None, next))),
         _ => Err(ParseError::Malformed("unexpected RESP value")),
     }
@@ -445,6 +451,10 @@ mod tests {
         let sub = b"*3\r\n$9\r\nsubscribe\r\n$8\r\nbench:c0\r\n:1\r\n";
         assert_eq!(parse(System::Redis, sub), Ok(Some((sub.len(), Event::Ready))));
         assert_eq!(parse(System::Redis, b":1000\r\n"), Ok(Some((7, Event::Other))));
+        let unframed = b"*3\r\n$7\r\nmessage\r\n$8\r\nbench:c0\r\n$5\r\nhelloXY";
+        assert_eq!(parse(System::Redis, unframed), Err(ParseError::Malformed("a bulk string ends with CRLF")));
+        let huge = format!("*1\r\n${}\r\n", usize::MAX);
+        assert_eq!(parse(System::Redis, huge.as_bytes()), Err(ParseError::Malformed("number")));
         let mut out = Vec::new();
         publish(System::Redis, &mut out, "c", b"xy", 0);
         assert_eq!(out, b"*3\r\n$7\r\nPUBLISH\r\n$1\r\nc\r\n$2\r\nxy\r\n".to_vec());
