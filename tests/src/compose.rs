@@ -234,9 +234,9 @@ pub async fn rolling_restart_under_load(
     let mut unsubscribed: BTreeSet<String> = channels.iter().cloned().collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !unsubscribed.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let late = || format!("the subscriber did not hold {unsubscribed:?} within 30 s");
-        let e = tokio::time::timeout(left, subscriber.next()).await.with_context(late)??;
+        let e =
+            next_before(subscriber, deadline, || format!("the subscriber did not hold {unsubscribed:?} within 30 s"))
+                .await?;
         if let ringcast_client::Event::Subscribed { channel, .. } = &e {
             unsubscribed.remove(channel);
         }
@@ -276,9 +276,8 @@ pub async fn rolling_restart_under_load(
         // One bound for the whole catch-up, not one per event: the subscriber may be
         // between reconnects (its backoff reaches 8 s, and a dial to a node still
         // starting costs it another), so a single wait can take longer than 10 s.
-        let left = deadline.saturating_duration_since(Instant::now());
         let short = || format!("the subscriber fell short within 30 s: acked {acked:?}, seen {seen:?}");
-        let e = tokio::time::timeout(left, subscriber.next()).await.with_context(short)??;
+        let e = next_before(subscriber, deadline, short).await?;
         record(e, &mut seen, &mut not_recovered);
     }
     ensure!(not_recovered.is_empty(), "not a lossless resume during the rolling restart: {not_recovered:?}");
@@ -291,6 +290,16 @@ pub async fn rolling_restart_under_load(
         ensure!(seen[ch][..a.len()] == a[..], "{ch}: the subscriber missed or reordered acked messages");
     }
     Ok(restarted)
+}
+
+/// The subscriber's next event, or the error `what` says once `deadline` passes.
+async fn next_before(
+    subscriber: &mut ringcast_client::Subscriber,
+    deadline: std::time::Instant,
+    what: impl FnOnce() -> String,
+) -> Result<ringcast_client::Event> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    Ok(tokio::time::timeout(left, subscriber.next()).await.with_context(what)??)
 }
 
 /// Records a subscriber event: messages by channel, and anything that is not a lossless
